@@ -1,0 +1,105 @@
+"""The `keyspan` command line.
+
+Every setting of a process is a flag, with `KEYSPAN_<NAME>` as its environment variable
+(flags win). Exit codes: 0 ok, 1 not found, 2 usage, 3 precondition failed, 4 unavailable.
+Each group of commands lives in its own module and is added to `cli` at the bottom.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+from keyspan import __version__
+from keyspan.services.config import ServeConfig, config_fields
+from keyspan.storage.errors import ConfigError, KeyspanError
+
+if TYPE_CHECKING:
+    from keyspan.services.common.process import GrpcProcess
+
+C = TypeVar("C")
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_PRECONDITION, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
+
+
+def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add one click option per config field, with its help, default and env variable."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for name, default, meta in reversed(config_fields(cls)):
+            kind: Any = type(default)
+            if "choices" in meta:
+                kind = click.Choice(meta["choices"], case_sensitive=False)
+            elif isinstance(default, Path):
+                kind, default = click.Path(file_okay=False), str(default)
+            fn = click.option(
+                "--" + name.replace("_", "-"),
+                name,
+                default=default,
+                show_default=True,
+                type=kind,
+                help=meta.get("help", ""),
+                envvar=f"KEYSPAN_{name.upper()}",
+                show_envvar=True,
+            )(fn)
+        return fn
+
+    return decorate
+
+
+def build_config(cls: type[C], settings: dict[str, Any]) -> C:
+    """The config from parsed flags, validated; a bad setting is a usage error (exit 2)."""
+    for name, default, meta in config_fields(cls):
+        if isinstance(default, Path):
+            settings[name] = Path(settings[name])
+        elif "choices" in meta and isinstance(default, str) and default.isupper():
+            settings[name] = settings[name].upper()
+    try:
+        return cls(**settings).validate()  # type: ignore[attr-defined, no-any-return]
+    except ConfigError as err:
+        raise click.UsageError(str(err)) from None
+
+
+def run_process(make: Callable[[], GrpcProcess], log_level: str, log_format: str) -> None:
+    """Run a server process until SIGTERM/SIGINT; exit 4 when it cannot start."""
+    from keyspan.services.common.logging import setup_logging
+    from keyspan.services.common.process import run_until_signal
+
+    setup_logging(log_level, log_format)
+    try:
+        asyncio.run(run_until_signal(make))
+    except (OSError, KeyspanError) as err:
+        click.echo(f"keyspan: {err}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="keyspan")
+def cli() -> None:
+    """keyspan: a range-partitioned key-value and JSON-document store over gRPC.
+
+    Start a server with `keyspan serve`, then talk to it with any gRPC client
+    (grpcurl works through server reflection).
+    """
+
+
+@cli.command()
+@config_options(ServeConfig)
+def serve(**settings: Any) -> None:
+    """Run the all-in-one server: KV, health and reflection over local partitions.
+
+    Data lives in --data (created on first start, cut into partitions at
+    --split-points). SIGTERM or Ctrl-C shuts down cleanly: in-flight writes
+    finish and are committed before the process exits.
+    """
+    from keyspan.services.server import KeyspanServer
+
+    config = build_config(ServeConfig, settings)
+    run_process(lambda: KeyspanServer(config), config.log_level, config.log_format)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,172 @@
+"""Domain errors -> gRPC statuses, in exactly one place, applied by one interceptor.
+
+Every error a client can cause maps to a code with google.rpc details (field violations,
+ErrorInfo with a stable reason, RetryInfo, keyspan.v1.WrongPartition). Anything else is a
+server fault: logged once here, answered INTERNAL, and reported to Sentry when set up.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from keyspan.storage.errors import (
+    EtagMismatchError,
+    InvalidArgumentError,
+    KeyspanError,
+    NotFoundError,
+    NotJsonError,
+    UnavailableError,
+    ValueTooLargeError,
+    WrongPartitionError,
+)
+from keyspan.v1 import errors_pb2
+
+log = logging.getLogger(__name__)
+DOMAIN = "keyspan.dev"
+
+# Called with the exception of every server fault; services/common/observability sets it.
+fault_hooks: list[Callable[[BaseException, str], None]] = []
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _status(code: int, message: str, *details: Any) -> grpc.Status:
+    return rpc_status.to_status(
+        status_pb2.Status(code=code, message=message, details=[_pack(d) for d in details])
+    )
+
+
+def _field_violation(field: str, description: str) -> error_details_pb2.BadRequest:
+    return error_details_pb2.BadRequest(
+        field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=description)]
+    )
+
+
+def _error_info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)
+
+
+def wrong_partition_detail(err: WrongPartitionError) -> errors_pb2.WrongPartition:
+    detail = errors_pb2.WrongPartition(
+        key=err.key,
+        partition_id=err.partition_id,
+        start=err.start,
+        node_id=err.node_id,
+        address=err.address,
+        map_version=err.map_version,
+    )
+    if err.end is not None:
+        detail.end = err.end
+    return detail
+
+
+def to_status(err: KeyspanError) -> grpc.Status | None:
+    """The status for a domain error, or None when it is a server fault."""
+    match err:
+        case InvalidArgumentError(field=field, rule=rule):
+            return _status(code_pb2.INVALID_ARGUMENT, str(err), _field_violation(field, rule))
+        case ValueTooLargeError(field=field, size=size, limit=limit):
+            return _status(
+                code_pb2.RESOURCE_EXHAUSTED,
+                str(err),
+                _field_violation(field, f"is {size} bytes; the limit is {limit}"),
+            )
+        case EtagMismatchError(current=current):
+            return _status(
+                code_pb2.ABORTED, str(err), _error_info("ETAG_MISMATCH", current_etag=str(current))
+            )
+        case NotFoundError():
+            return _status(code_pb2.NOT_FOUND, str(err), _error_info("NOT_FOUND"))
+        case NotJsonError():
+            return _status(code_pb2.FAILED_PRECONDITION, str(err), _error_info("NOT_JSON"))
+        case WrongPartitionError():
+            return _status(
+                code_pb2.FAILED_PRECONDITION,
+                str(err),
+                _error_info("WRONG_PARTITION"),
+                wrong_partition_detail(err),
+            )
+        case UnavailableError(retry_after_s=after):
+            delay = duration_pb2.Duration()
+            delay.FromNanoseconds(int(after * 1e9))
+            return _status(
+                code_pb2.UNAVAILABLE,
+                str(err),
+                _error_info("UNAVAILABLE"),
+                error_details_pb2.RetryInfo(retry_delay=delay),
+            )
+    return None
+
+
+async def _abort(context: grpc.aio.ServicerContext, err: BaseException, method: str) -> None:
+    status = to_status(err) if isinstance(err, KeyspanError) else None
+    if status is None:
+        log.error("server fault", exc_info=err, extra={"method": method})
+        for hook in fault_hooks:
+            hook(err, method)
+        status = _status(code_pb2.INTERNAL, f"internal error ({type(err).__name__}); see the server log")
+    await context.abort_with_status(status)
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request, context)
+        except (KeyspanError, Exception) as err:
+            if isinstance(err, grpc.aio.AbortError):
+                raise
+            await _abort(context, err, method)
+
+    return wrapped
+
+
+def _wrap_stream(
+    behavior: Callable[..., AsyncIterator[Any]], method: str
+) -> Callable[..., AsyncIterator[Any]]:
+    async def wrapped(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(requests, context):
+                yield response
+        except (KeyspanError, Exception) as err:
+            if isinstance(err, grpc.aio.AbortError):
+                raise
+            await _abort(context, err, method)
+
+    return wrapped
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps what a servicer raises to its status; the servicers never build statuses."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method = details.method
+        if handler is None or not method.startswith("/keyspan."):
+            return handler
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(handler.stream_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

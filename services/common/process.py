@@ -1,0 +1,121 @@
+"""What every keyspan process shares: a grpc.aio server with the error interceptor,
+health and reflection, and an orderly start and stop.
+
+Health is NOT_SERVING from the moment the port is bound until `on_start` has finished
+(shards open and checked, map loaded), then SERVING. `stop` runs in order: health
+NOT_SERVING, the server stops taking calls and gives in-flight ones the grace period,
+then `on_stop` (writers drain, files close).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from keyspan.services.common.errors import ErrorInterceptor
+from keyspan.services.config import GRPC_MAX_MESSAGE_BYTES, ProcessConfig
+
+log = logging.getLogger(__name__)
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+# Extra server interceptors (metrics, tracing), outermost first; observability adds them.
+interceptor_factories: list[Callable[[ProcessConfig], grpc.aio.ServerInterceptor]] = []
+
+
+class GrpcProcess:
+    """Base of serve, node, control and gateway. Subclasses register their servicers in
+    `register` and name them in `services`; they open what they serve in `on_start`."""
+
+    name = "keyspan"
+
+    def __init__(self, config: ProcessConfig) -> None:
+        self.config = config.validate()
+        self.health = health.aio.HealthServicer()
+        interceptors = [make(config) for make in interceptor_factories]
+        self.server = grpc.aio.server(
+            interceptors=[*interceptors, ErrorInterceptor()], options=SERVER_OPTIONS
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        services = self.register(self.server)
+        reflection.enable_server_reflection([*services, HEALTH_SERVICE, reflection.SERVICE_NAME], self.server)
+        self.services = services
+        self.port = 0
+
+    def register(self, server: grpc.aio.Server) -> list[str]:
+        """Add the servicers; return their full service names."""
+        return []
+
+    async def on_start(self) -> None:
+        """Open what the process serves; health turns SERVING after this returns."""
+
+    async def on_stop(self) -> None:
+        """Close what on_start opened, after the server stopped taking calls."""
+
+    async def set_health(self, status: int) -> None:
+        for service in ("", *self.services):
+            await self.health.set(service, status)
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.address.rpartition(':')[0]}:{self.port}"
+
+    async def start(self) -> int:
+        """Listen, run on_start, then report SERVING. Returns the bound port."""
+        started = time.monotonic()
+        await self.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        try:
+            self.port = self.server.add_insecure_port(self.config.address)
+        except RuntimeError:
+            await self.server.stop(None)
+            raise OSError(
+                f"cannot listen on {self.config.address} (in use, or not an address of this host)"
+            ) from None
+        await self.server.start()
+        try:
+            await self.on_start()
+        except BaseException:
+            await self.server.stop(None)
+            raise
+        await self.set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving",
+            extra={
+                "component": self.name,
+                "address": self.address,
+                "start_ms": round((time.monotonic() - started) * 1000, 1),
+            },
+        )
+        return self.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.shutdown_grace_s if grace_s is None else grace_s)
+        await self.on_stop()
+        log.info("stopped", extra={"component": self.name})
+
+
+async def run_until_signal(make: Callable[[], GrpcProcess]) -> None:
+    """Create and start the process, wait for SIGTERM or SIGINT, then stop it cleanly.
+
+    The process is made inside the running loop: grpc.aio binds its server to it.
+    """
+    process = make()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await process.start()
+    await stop.wait()
+    log.info("shutting down", extra={"component": process.name, "grace_s": process.config.shutdown_grace_s})
+    await process.stop()

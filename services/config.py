@@ -1,0 +1,132 @@
+"""Typed settings for each process, documented here once and checked at start-up.
+
+Sources apply in order: the defaults below, then `KEYSPAN_<NAME>` environment variables,
+then command-line flags (click reads both; flags win). Every field carries the help text
+that `--help`, the README and the Helm values repeat. `ProcessConfig` holds what every
+process shares; each process's config extends it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from keyspan.storage.errors import ConfigError
+
+DEFAULT_ADDRESS = "127.0.0.1:7420"
+GRPC_MAX_MESSAGE_BYTES = 16 << 20
+
+
+def parse_address(address: str, name: str = "address") -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{name}: {address!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def _help(text: str, **more: Any) -> dict[str, Any]:
+    return {"help": text, **more}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessConfig:
+    """Settings every keyspan process has."""
+
+    address: str = field(default=DEFAULT_ADDRESS, metadata=_help("HOST:PORT the gRPC server listens on."))
+    shutdown_grace_s: float = field(
+        default=10.0, metadata=_help("Seconds in-flight RPCs get to finish on SIGTERM.")
+    )
+    log_level: str = field(
+        default="INFO",
+        metadata=_help("DEBUG, INFO, WARNING or ERROR.", choices=["DEBUG", "INFO", "WARNING", "ERROR"]),
+    )
+    log_format: str = field(
+        default="auto",
+        metadata=_help(
+            "json (one event per line), text, or auto (text on a terminal, json otherwise).",
+            choices=["auto", "json", "text"],
+        ),
+    )
+
+    def validate(self) -> Any:
+        parse_address(self.address)
+        if self.shutdown_grace_s < 0:
+            raise ConfigError(f"shutdown_grace_s: {self.shutdown_grace_s} must not be negative")
+        return self
+
+
+@dataclass(frozen=True, kw_only=True)
+class StorageConfig(ProcessConfig):
+    """Settings of a process that holds partitions (serve, node)."""
+
+    data: Path = field(
+        default=Path("keyspan-data"), metadata=_help("Directory of the shard files and catalogue.")
+    )
+    synchronous: str = field(
+        default="FULL",
+        metadata=_help(
+            "SQLite synchronous: FULL (a write is durable when acknowledged) or NORMAL "
+            "(faster; the last commits may be lost on power loss).",
+            choices=["FULL", "NORMAL"],
+        ),
+    )
+    max_value_bytes: int = field(
+        default=1 << 20, metadata=_help("Largest value accepted; larger gets RESOURCE_EXHAUSTED.")
+    )
+    read_threads: int = field(
+        default=2, metadata=_help("Threads that run SQLite reads (never on the event loop).")
+    )
+    max_write_batch: int = field(
+        default=256, metadata=_help("Most writes committed in one group-commit transaction.")
+    )
+    sweep_interval_s: float = field(
+        default=30.0, metadata=_help("Seconds between background sweeps of expired entries.")
+    )
+
+    def validate(self) -> Any:
+        super().validate()
+        if not 1 <= self.max_value_bytes <= GRPC_MAX_MESSAGE_BYTES - 64 * 1024:
+            raise ConfigError(
+                f"max_value_bytes: {self.max_value_bytes} must be between 1 and the gRPC message "
+                f"limit {GRPC_MAX_MESSAGE_BYTES} less 64 KiB"
+            )
+        if not 1 <= self.read_threads <= 64:
+            raise ConfigError(f"read_threads: {self.read_threads} must be between 1 and 64")
+        if not 1 <= self.max_write_batch <= 10_000:
+            raise ConfigError(f"max_write_batch: {self.max_write_batch} must be between 1 and 10000")
+        if self.sweep_interval_s <= 0:
+            raise ConfigError(f"sweep_interval_s: {self.sweep_interval_s} must be positive")
+        return self
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig(StorageConfig):
+    """`keyspan serve`: the all-in-one server."""
+
+    split_points: str = field(
+        default="g,n,u",
+        metadata=_help(
+            "Comma-separated keys where a new data dir's partitions are cut "
+            "(text, or 0x-prefixed hex). Only used when the data dir is created."
+        ),
+    )
+
+    def validate(self) -> Any:
+        super().validate()
+        self.split_keys()
+        return self
+
+    def split_keys(self) -> list[bytes]:
+        keys = []
+        for part in filter(None, (p.strip() for p in self.split_points.split(","))):
+            try:
+                keys.append(bytes.fromhex(part[2:]) if part.startswith("0x") else part.encode())
+            except ValueError:
+                raise ConfigError(f"split_points: {part!r} is not valid hex") from None
+        return keys
+
+
+def config_fields(cls: type) -> list[tuple[str, Any, dict[str, Any]]]:
+    """(name, default, metadata) for each field of a config dataclass."""
+    return [(f.name, f.default, dict(f.metadata)) for f in fields(cls)]

@@ -1,0 +1,54 @@
+"""The all-in-one server (`keyspan serve`): KV, health and reflection over local partitions."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from keyspan.services.common.process import GrpcProcess
+from keyspan.services.config import ServeConfig, StorageConfig
+from keyspan.services.node.kv import KVServicer
+from keyspan.storage.limits import Limits
+from keyspan.storage.shardset import ShardSet, ShardSetOptions, ranges_from_split_points
+from keyspan.streams.sweep import Sweeper
+from keyspan.v1 import kv_pb2, kv_pb2_grpc
+
+KV_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name
+
+
+def shardset_for(config: StorageConfig) -> ShardSet:
+    return ShardSet(
+        config.data,
+        ShardSetOptions(
+            synchronous=config.synchronous,
+            read_threads=config.read_threads,
+            max_write_batch=config.max_write_batch,
+        ),
+    )
+
+
+class KeyspanServer(GrpcProcess):
+    """One `keyspan serve` process; tests run it in-process on port 0."""
+
+    name = "serve"
+    config: ServeConfig
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.shards = shardset_for(config)
+        self.sweeper = Sweeper(self.shards, config.sweep_interval_s)
+        super().__init__(config)
+
+    def register(self, server: grpc.aio.Server) -> list[str]:
+        limits = Limits(max_value_bytes=self.config.max_value_bytes)
+        kv_pb2_grpc.add_KVServicer_to_server(KVServicer(self.shards, limits), server)
+        return [KV_SERVICE]
+
+    async def on_start(self) -> None:
+        ranges = ranges_from_split_points(self.config.split_keys())
+        initial = [(f"p{i:04d}", r) for i, r in enumerate(ranges)]
+        await asyncio.to_thread(self.shards.open, initial)
+        self.sweeper.start()
+
+    async def on_stop(self) -> None:
+        await self.sweeper.stop()
+        await asyncio.to_thread(self.shards.close)

@@ -1,0 +1,96 @@
+"""The storage layer's errors: plain exceptions that carry data, no status codes.
+
+services/common/errors.py maps each one to a gRPC status in exactly one place.
+"""
+
+from __future__ import annotations
+
+
+class KeyspanError(Exception):
+    """Base of every error keyspan raises on purpose."""
+
+
+class InvalidArgumentError(KeyspanError):
+    """A request field broke a rule; nothing was written.
+
+    `field` names the request field (``key``, ``entries[3].value``); `rule` says what it
+    must be, with the limit.
+    """
+
+    def __init__(self, field: str, rule: str) -> None:
+        super().__init__(f"{field}: {rule}")
+        self.field, self.rule = field, rule
+
+
+class KeyTooLongError(InvalidArgumentError):
+    def __init__(self, length: int, limit: int, field: str = "key") -> None:
+        super().__init__(field, f"is {length} bytes; the limit is {limit}")
+        self.length, self.limit = length, limit
+
+
+class EmptyKeyError(InvalidArgumentError):
+    def __init__(self, field: str = "key") -> None:
+        super().__init__(field, "must not be empty (1..1024 bytes)")
+
+
+class ValueTooLargeError(KeyspanError):
+    """A value over max_value_bytes; RESOURCE_EXHAUSTED at the edge."""
+
+    def __init__(self, size: int, limit: int, field: str = "value") -> None:
+        super().__init__(f"{field}: is {size} bytes; the limit is {limit}")
+        self.field, self.size, self.limit = field, size, limit
+
+
+class EtagMismatchError(KeyspanError):
+    """A write's precondition did not hold. `current` is 0 when the key is absent."""
+
+    def __init__(self, key: bytes, expected: int | None, current: int) -> None:
+        wanted = "absent" if expected is None else f"etag {expected}"
+        found = "absent" if current == 0 else f"etag {current}"
+        super().__init__(f"key {key!r} is {found}, not {wanted}")
+        self.key, self.expected, self.current = key, expected, current
+
+
+class NotFoundError(KeyspanError):
+    def __init__(self, key: bytes) -> None:
+        super().__init__(f"key {key!r} does not exist")
+        self.key = key
+
+
+class NotJsonError(KeyspanError):
+    """A JSON operation (patch, projection) on an entry that holds bytes."""
+
+    def __init__(self, key: bytes) -> None:
+        super().__init__(f"key {key!r} holds bytes, not a JSON document")
+        self.key = key
+
+
+class WrongPartitionError(KeyspanError):
+    """The key is not owned here; the fields say who owns it, as far as this side knows."""
+
+    def __init__(
+        self,
+        key: bytes,
+        *,
+        partition_id: str = "",
+        start: bytes = b"",
+        end: bytes | None = None,
+        node_id: str = "",
+        address: str = "",
+        map_version: int = 0,
+    ) -> None:
+        super().__init__(f"key {key!r} is not served here; owner: {address or 'unknown'}")
+        self.key, self.partition_id, self.start, self.end = key, partition_id, start, end
+        self.node_id, self.address, self.map_version = node_id, address, map_version
+
+
+class UnavailableError(KeyspanError):
+    """Temporarily unable to serve (starting, draining, moving, closed); retry later."""
+
+    def __init__(self, reason: str, retry_after_s: float = 0.1) -> None:
+        super().__init__(reason)
+        self.reason, self.retry_after_s = reason, retry_after_s
+
+
+class ConfigError(KeyspanError):
+    """A setting is out of its range; raised at start-up, before anything is opened."""

@@ -1,0 +1,142 @@
+"""Keys and key ranges.
+
+A key is an immutable byte string of 1..MAX_KEY_BYTES bytes, ordered bytewise. Typed
+constructors keep the order of the values they encode:
+
+- ``Key.text("user/ann")``: UTF-8;
+- ``Key.int(-5)``: 8 bytes big-endian with the sign bit flipped, so -1 < 0 < 1;
+- ``Key.tuple("user", 42)``: an order-preserving tuple encoding, so ("user", 42) sorts
+  before ("user", 100) and ("user", "ann") before ("user", "bob").
+
+``Key.of(x)`` picks text for one str, int for one int, raw for bytes, tuple otherwise.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from functools import total_ordering
+
+from keyspan.storage.errors import EmptyKeyError, InvalidArgumentError, KeyTooLongError
+
+MAX_KEY_BYTES = 1024
+
+# Tuple element type codes; their order is the order of elements of different types.
+_NONE, _BYTES, _TEXT, _INT = 0x00, 0x01, 0x02, 0x15
+_INT_BIAS = 1 << 63
+
+
+def check_key(raw: bytes, field: str = "key", limit: int = MAX_KEY_BYTES) -> bytes:
+    """Return `raw` when it is a valid key; raise InvalidArgumentError naming `field`."""
+    if not raw:
+        raise EmptyKeyError(field)
+    if len(raw) > limit:
+        raise KeyTooLongError(len(raw), limit, field)
+    return raw
+
+
+def _escape(data: bytes) -> bytes:
+    # 0x00 ends an element, so a 0x00 inside it becomes 0x00 0xFF, which sorts above the end.
+    return data.replace(b"\x00", b"\x00\xff") + b"\x00"
+
+
+def _encode_element(part: object) -> bytes:
+    if part is None:
+        return bytes([_NONE])
+    if isinstance(part, bool):
+        raise InvalidArgumentError("key", "tuple elements are str, bytes, int or None, not bool")
+    if isinstance(part, int):
+        if not -_INT_BIAS <= part < _INT_BIAS:
+            raise InvalidArgumentError("key", "integers must fit in 64 bits")
+        return bytes([_INT]) + struct.pack(">Q", part + _INT_BIAS)
+    if isinstance(part, str):
+        return bytes([_TEXT]) + _escape(part.encode())
+    if isinstance(part, bytes | bytearray | memoryview):
+        return bytes([_BYTES]) + _escape(bytes(part))
+    raise InvalidArgumentError(
+        "key", f"tuple elements are str, bytes, int or None, not {type(part).__name__}"
+    )
+
+
+@total_ordering
+@dataclass(frozen=True, slots=True)
+class Key:
+    """A validated key. Compare, hash and sort by its raw bytes."""
+
+    raw: bytes
+
+    def __post_init__(self) -> None:
+        check_key(self.raw)
+
+    @classmethod
+    def text(cls, value: str) -> Key:
+        return cls(value.encode())
+
+    @classmethod
+    def int(cls, value: int) -> Key:
+        return cls(_encode_element(value)[1:])
+
+    @classmethod
+    def tuple(cls, *parts: object) -> Key:
+        return cls(b"".join(_encode_element(p) for p in parts))
+
+    @classmethod
+    def of(cls, *parts: object) -> Key:
+        if len(parts) == 1:
+            (part,) = parts
+            if isinstance(part, Key):
+                return part
+            if isinstance(part, str):
+                return cls.text(part)
+            if isinstance(part, bytes | bytearray | memoryview):
+                return cls(bytes(part))
+            if isinstance(part, int) and not isinstance(part, bool):
+                return cls.int(part)
+        return cls.tuple(*parts)
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Key):
+            return NotImplemented
+        return self.raw < other.raw
+
+    def __bytes__(self) -> bytes:
+        return self.raw
+
+    def __str__(self) -> str:
+        try:
+            text = self.raw.decode()
+        except UnicodeDecodeError:
+            return "0x" + self.raw.hex()
+        return text if text.isprintable() else "0x" + self.raw.hex()
+
+
+def key_successor(raw: bytes) -> bytes:
+    """The smallest key greater than `raw`: where a forward scan resumes after `raw`."""
+    return raw + b"\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRange:
+    """The keys k with start <= k < end; end None means +infinity, start b"" -infinity."""
+
+    start: bytes = b""
+    end: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.end is not None and self.end <= self.start:
+            raise InvalidArgumentError("end", f"must be greater than start ({self.start!r})")
+
+    def __contains__(self, key: bytes) -> bool:
+        return self.start <= key and (self.end is None or key < self.end)
+
+    def intersect(self, other: KeyRange) -> KeyRange | None:
+        start = max(self.start, other.start)
+        ends = [e for e in (self.end, other.end) if e is not None]
+        end = min(ends) if ends else None
+        if end is not None and end <= start:
+            return None
+        return KeyRange(start, end)
+
+    def __str__(self) -> str:
+        end = "+inf" if self.end is None else repr(self.end)
+        return f"[{self.start!r}, {end})"

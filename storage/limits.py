@@ -1,0 +1,58 @@
+"""Request limits checked at the edge, before anything is queued or read."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from keyspan.storage.errors import InvalidArgumentError, ValueTooLargeError
+from keyspan.storage.keys import MAX_KEY_BYTES, check_key
+
+MAX_TTL_S = 315_360_000.0  # ten years
+MIN_TTL_S = 0.001
+MAX_PATHS = 64
+MAX_CREDITS = 1_000_000
+MAX_BULK_ENTRIES = 100_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    max_key_bytes: int = MAX_KEY_BYTES
+    max_value_bytes: int = 1 << 20
+
+    def key(self, raw: bytes, field: str = "key") -> bytes:
+        return check_key(raw, field, self.max_key_bytes)
+
+    def value(self, raw: bytes, field: str = "value") -> bytes:
+        if len(raw) > self.max_value_bytes:
+            raise ValueTooLargeError(len(raw), self.max_value_bytes, field)
+        return raw
+
+
+def expiry_ms(ttl_s: float, now_ms: int, field: str = "ttl_s") -> int | None:
+    """The absolute expiry for a TTL in seconds; None for 0 (no TTL)."""
+    if ttl_s == 0:
+        return None
+    if not math.isfinite(ttl_s) or not MIN_TTL_S <= ttl_s <= MAX_TTL_S:
+        raise InvalidArgumentError(
+            field,
+            f"must be 0 (no TTL) or between {MIN_TTL_S} and {MAX_TTL_S:.0f} seconds, not {ttl_s}",
+        )
+    return now_ms + max(1, round(ttl_s * 1000))
+
+
+def check_paths(paths: list[str] | tuple[str, ...], field: str = "paths") -> tuple[str, ...]:
+    if len(paths) > MAX_PATHS:
+        raise InvalidArgumentError(field, f"has {len(paths)} paths; the limit is {MAX_PATHS}")
+    for i, path in enumerate(paths):
+        if not path.startswith("$"):
+            raise InvalidArgumentError(
+                f"{field}[{i}]", f"{path!r} is not a JSON path; paths start with $, like $.a.b"
+            )
+    return tuple(paths)
+
+
+def check_credits(credits: int, field: str = "credits") -> int:
+    if not 1 <= credits <= MAX_CREDITS:
+        raise InvalidArgumentError(field, f"must be between 1 and {MAX_CREDITS}, not {credits}")
+    return credits

@@ -1,0 +1,447 @@
+"""One partition's SQLite-WAL file, through apsw. Plain blocking code.
+
+The write connection belongs to the partition's writer thread (storage/writer.py); reads
+borrow one of a few read connections (WAL readers never block the writer). Nothing here
+touches an event loop.
+
+Schema: ``entries`` holds the data (JSON documents as JSONB); ``changes`` is a bounded
+log of (revision, key) for every write, from which an online move catches up;
+``meta`` holds the partition's id, range and revision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apsw
+from keyspan.storage.errors import (
+    EtagMismatchError,
+    InvalidArgumentError,
+    KeyspanError,
+    NotFoundError,
+    NotJsonError,
+)
+from keyspan.storage.keys import KeyRange
+from keyspan.storage.mutations import Bulk, Delete, Mutation, Patch, PatchResult, Put, SweepBatch
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries(
+    key BLOB PRIMARY KEY,
+    value BLOB NOT NULL,
+    json INTEGER NOT NULL,
+    etag INTEGER NOT NULL,
+    expires_at_ms INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entries_by_expiry ON entries(expires_at_ms)
+    WHERE expires_at_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS changes(revision INTEGER PRIMARY KEY, key BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
+"""
+_UPSERT = (
+    "INSERT INTO entries(key, value, json, etag, expires_at_ms) VALUES(?1, ?2, 0, ?3, ?4) "
+    "ON CONFLICT(key) DO UPDATE SET value = excluded.value, json = 0, "
+    "etag = excluded.etag, expires_at_ms = excluded.expires_at_ms"
+)
+_UPSERT_JSON = _UPSERT.replace("?2, 0,", "jsonb(?2), 1,").replace("json = 0", "json = 1")
+_LOG = "INSERT INTO changes(revision, key) VALUES(?, ?)"
+_CURRENT = "SELECT etag, expires_at_ms FROM entries WHERE key = ?"
+_VALUE = "CASE json WHEN 1 THEN json(value) ELSE value END"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """An entry as read: value is JSON text for documents."""
+
+    key: bytes
+    value: bytes
+    json: bool
+    etag: int
+    expires_at_ms: int | None
+
+
+def _as_bytes(value: Any) -> bytes:
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+def _projection(paths: Sequence[str]) -> tuple[str, list[str]]:
+    """SQL for a JSON object of path -> value, with its bindings."""
+    pairs = ", ".join("?, value -> ?" for _ in paths)
+    return f"json_object({pairs})", [p for path in paths for p in (path, path)]
+
+
+class Shard:
+    """A partition's file: its schema, its write path and its read queries.
+
+    Thread rules: `apply_batch` runs on the writer thread only; the read methods take
+    a connection from `reader()`, which any thread may use.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        partition_id: str,
+        key_range: KeyRange,
+        *,
+        synchronous: str = "FULL",
+        changelog_max: int = 100_000,
+        readers: int = 4,
+    ) -> None:
+        self.path, self.partition_id, self.range = path, partition_id, key_range
+        self._synchronous, self._changelog_max = synchronous, changelog_max
+        self._db = self._connect()
+        self._readers: list[apsw.Connection] = []
+        self._readers_max = readers
+        self._readers_lock = threading.Lock()
+        self._readers_free = threading.Semaphore(readers)
+        with self._db:
+            self._db.execute(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES('schema_version', ?), ('revision', 0)",
+                (SCHEMA_VERSION,),
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES('partition_id', ?), ('start', ?), ('end', ?)",
+                (partition_id, key_range.start, key_range.end),
+            )
+        self.revision: int = self._meta("revision")
+
+    def _connect(self) -> apsw.Connection:
+        db = apsw.Connection(str(self.path))
+        db.set_busy_timeout(10_000)
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise KeyspanError(f"{self.path}: cannot enable WAL mode")
+        db.execute(f"PRAGMA synchronous={self._synchronous}")
+        db.execute("PRAGMA cache_size=-16384")
+        return db
+
+    def _meta(self, name: str) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else row[0]
+
+    def check(self) -> None:
+        """Run SQLite's quick_check; raise KeyspanError when the file is damaged."""
+        result = [r[0] for r in self._db.execute("PRAGMA quick_check")]
+        if result != ["ok"]:
+            raise KeyspanError(f"{self.path}: quick_check failed: {result[:3]}")
+
+    def close(self) -> None:
+        with self._readers_lock:
+            for db in self._readers:
+                db.close()
+            self._readers.clear()
+        self._db.close()
+
+    # -- reads -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[apsw.Connection]:
+        """Borrow a read connection; at most `readers` are open, callers wait for one."""
+        self._readers_free.acquire()
+        try:
+            with self._readers_lock:
+                db = self._readers.pop() if self._readers else None
+            if db is None:
+                db = self._connect()
+                db.execute("PRAGMA query_only=1")
+            try:
+                yield db
+            finally:
+                with self._readers_lock:
+                    self._readers.append(db)
+        finally:
+            self._readers_free.release()
+
+    @staticmethod
+    def get(db: apsw.Connection, key: bytes, now_ms: int, paths: Sequence[str] = ()) -> Row | None:
+        """The live entry at `key`, or None when absent or expired.
+
+        With paths, a JSON document's value is the projection; a bytes value raises
+        NotJsonError; a malformed path raises InvalidArgumentError.
+        """
+        value_sql, bindings = (_VALUE, []) if not paths else _projection(paths)
+        sql = f"SELECT {value_sql}, json, etag, expires_at_ms FROM entries WHERE key = ?"
+        if paths:
+            sql = sql.replace(value_sql, f"CASE json WHEN 1 THEN {value_sql} END")
+        try:
+            found = db.execute(sql, (*bindings, key)).fetchone()
+        except apsw.SQLError as err:
+            raise _path_error(db, paths, "paths") from err
+        if found is None:
+            return None
+        value, is_json, etag, expires = found
+        if expires is not None and expires <= now_ms:
+            return None
+        if paths and not is_json:
+            raise NotJsonError(key)
+        return Row(key, _as_bytes(value), bool(is_json), etag, expires)
+
+    @staticmethod
+    def scan(
+        db: apsw.Connection,
+        key_range: KeyRange,
+        now_ms: int,
+        *,
+        reverse: bool = False,
+        paths: Sequence[str] = (),
+        max_rows: int = 1000,
+        max_bytes: int = 64 * 1024,
+    ) -> tuple[list[Row], bool]:
+        """Up to max_rows live entries of key_range in order, stopping past max_bytes.
+
+        The flag is True when the range holds nothing after the rows returned.
+        """
+        value_sql, bindings = (_VALUE, []) if not paths else _projection(paths)
+        if paths:
+            value_sql = f"CASE json WHEN 1 THEN {value_sql} ELSE value END"
+        where = "key >= ?" + ("" if key_range.end is None else " AND key < ?")
+        args: list[Any] = [*bindings, key_range.start]
+        if key_range.end is not None:
+            args.append(key_range.end)
+        sql = (
+            f"SELECT key, {value_sql}, json, etag, expires_at_ms FROM entries WHERE {where} "
+            f"AND (expires_at_ms IS NULL OR expires_at_ms > ?) "
+            f"ORDER BY key {'DESC' if reverse else 'ASC'} LIMIT ?"
+        )
+        rows: list[Row] = []
+        size = 0
+        try:
+            for key, value, is_json, etag, expires in db.execute(sql, (*args, now_ms, max_rows)):
+                value = _as_bytes(value)
+                rows.append(Row(key, value, bool(is_json), etag, expires))
+                size += len(key) + len(value) + 16
+                if size >= max_bytes:
+                    return rows, False
+        except apsw.SQLError as err:
+            raise _path_error(db, paths, "paths") from err
+        return rows, len(rows) < max_rows
+
+    @staticmethod
+    def count(db: apsw.Connection, now_ms: int) -> tuple[int, int]:
+        """(entries, expired entries) in this shard."""
+        entries = db.execute("SELECT count(*) FROM entries").fetchone()[0]
+        expired = db.execute(
+            "SELECT count(*) FROM entries WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= ?",
+            (now_ms,),
+        ).fetchone()[0]
+        return entries, expired
+
+    def size_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(f"{self.path}{suffix}").st_size
+        return total
+
+    # -- writes (writer thread only) ----------------------------------------------------
+
+    def apply_batch(self, mutations: Sequence[Mutation]) -> list[Any]:
+        """Commit all mutations in one transaction and one fsync.
+
+        Returns one outcome per mutation: Put -> etag, Delete -> deleted (bool),
+        Patch -> PatchResult, Bulk -> accepted count, SweepBatch -> (scanned, deleted),
+        or the KeyspanError that failed that mutation alone (it wrote nothing). An SQLite
+        error outside a single mutation aborts the batch and is raised; the revision is
+        then as before.
+        """
+        revision_before = self.revision
+        outcomes: list[Any] = []
+        try:
+            with self._db:
+                for mutation in mutations:
+                    try:
+                        outcomes.append(self._apply(mutation))
+                    except KeyspanError as err:
+                        outcomes.append(err)
+                if self.revision != revision_before:
+                    self._db.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (self.revision,))
+                    # Trim the change log about every 1024 revisions, not on every batch.
+                    if self.revision // 1024 != revision_before // 1024:
+                        horizon = self.revision - self._changelog_max
+                        self._db.execute("DELETE FROM changes WHERE revision <= ?", (horizon,))
+        except BaseException:
+            self.revision = revision_before
+            raise
+        return outcomes
+
+    def _next_revision(self) -> int:
+        # The revision travels with the partition through split, merge and move, so a
+        # deleted-then-recreated key can never receive an etag it had before.
+        self.revision += 1
+        return self.revision
+
+    def _current_etag(self, key: bytes, now_ms: int | None = None) -> int:
+        found = self._db.execute(_CURRENT, (key,)).fetchone()
+        if found is None:
+            return 0
+        etag, expires = found
+        if expires is not None and now_ms is not None and expires <= now_ms:
+            return 0
+        return int(etag)
+
+    def _apply(self, m: Mutation) -> Any:
+        match m:
+            case Put():
+                return self._put(m)
+            case Delete():
+                return self._delete(m)
+            case Patch():
+                return self._patch(m)
+            case Bulk():
+                return self._bulk(m)
+            case SweepBatch():
+                return self._sweep(m)
+        raise TypeError(f"not a mutation: {m!r}")
+
+    def _check_precondition(self, key: bytes, if_etag: int, if_absent: bool) -> None:
+        if not (if_etag or if_absent):
+            return
+        current = self._current_etag(key, _now_ms())
+        if if_absent and current:
+            raise EtagMismatchError(key, None, current)
+        if if_etag and current != if_etag:
+            raise EtagMismatchError(key, if_etag, current)
+
+    def _put(self, m: Put) -> int:
+        self._check_precondition(m.key, m.if_etag, m.if_absent)
+        if m.json:
+            value: Any = self._json_text(m.value, "value")
+            sql = _UPSERT_JSON
+        else:
+            value, sql = m.value, _UPSERT
+        etag = self.revision + 1
+        self._db.execute(sql, (m.key, value, etag, m.expires_at_ms))
+        self._db.execute(_LOG, (self._next_revision(), m.key))
+        return etag
+
+    def _json_text(self, value: bytes | str, field: str) -> str:
+        try:
+            text = value.decode() if isinstance(value, bytes) else value
+        except UnicodeDecodeError:
+            raise InvalidArgumentError(field, "must be UTF-8 JSON text") from None
+        if not self._db.execute("SELECT json_valid(?, 1)", (text,)).fetchone()[0]:
+            raise InvalidArgumentError(field, "must be valid JSON text (RFC 8259)")
+        return text
+
+    def _delete(self, m: Delete) -> bool:
+        if m.if_etag:
+            self._check_precondition(m.key, m.if_etag, False)
+        gone = self._db.execute(
+            "DELETE FROM entries WHERE key = ? RETURNING expires_at_ms", (m.key,)
+        ).fetchone()
+        if gone is None:
+            return False
+        self._db.execute(_LOG, (self._next_revision(), m.key))
+        expires = gone[0]
+        return expires is None or expires > _now_ms()
+
+    def _patch(self, m: Patch) -> PatchResult:
+        found = self._db.execute(
+            "SELECT json, etag, expires_at_ms FROM entries WHERE key = ?", (m.key,)
+        ).fetchone()
+        if found is None or (found[2] is not None and found[2] <= _now_ms()):
+            if m.if_etag:
+                raise EtagMismatchError(m.key, m.if_etag, 0)
+            raise NotFoundError(m.key)
+        if not found[0]:
+            raise NotJsonError(m.key)
+        if m.if_etag and found[1] != m.if_etag:
+            raise EtagMismatchError(m.key, m.if_etag, found[1])
+        expr, args = "value", []
+        if m.merge_patch:
+            expr = f"jsonb_patch({expr}, json(?))"
+            args.append(self._json_text(m.merge_patch, "merge_patch"))
+        for i, (path, text) in enumerate(m.set):
+            expr = f"jsonb_set({expr}, ?, json(?))"
+            args += [path, self._json_text(text, f"set[{i}].value")]
+        for path in m.remove:
+            expr = f"jsonb_remove({expr}, ?)"
+            args.append(path)
+        etag = self.revision + 1
+        try:
+            new = self._db.execute(
+                f"UPDATE entries SET value = {expr}, etag = ? WHERE key = ? RETURNING json(value)",
+                (*args, etag, m.key),
+            ).fetchone()
+        except apsw.SQLError as err:
+            paths = [p for p, _ in m.set] + list(m.remove)
+            fields = [f"set[{i}].path" for i in range(len(m.set))]
+            fields += [f"remove[{i}]" for i in range(len(m.remove))]
+            raise _path_error(self._db, paths, fields) from err
+        self._db.execute(_LOG, (self._next_revision(), m.key))
+        return PatchResult(etag, _as_bytes(new[0]))
+
+    def _bulk(self, m: Bulk) -> int:
+        first = self.revision + 1
+        plain, docs = [], []
+        for i, row in enumerate(m.rows):
+            if row.json:
+                docs.append(
+                    (
+                        row.key,
+                        self._json_text(row.value, f"entries[{i}].value"),
+                        first + i,
+                        row.expires_at_ms,
+                    )
+                )
+            else:
+                plain.append((row.key, row.value, first + i, row.expires_at_ms))
+        with self._db:  # a savepoint: the rows go in whole or not at all
+            if plain:
+                self._db.executemany(_UPSERT, plain)
+            if docs:
+                self._db.executemany(_UPSERT_JSON, docs)
+            self._db.executemany(_LOG, ((first + i, row.key) for i, row in enumerate(m.rows)))
+        self.revision += len(m.rows)
+        return len(m.rows)
+
+    def _sweep(self, m: SweepBatch) -> tuple[int, int]:
+        end_sql = "" if m.end is None else " AND key < ?"
+        args: list[Any] = [m.now_ms, m.start] + ([] if m.end is None else [m.end])
+        keys = [
+            r[0]
+            for r in self._db.execute(
+                "DELETE FROM entries WHERE key IN (SELECT key FROM entries "
+                "WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= ? AND key >= ?"
+                f"{end_sql} LIMIT ?) RETURNING key",
+                (*args, m.limit),
+            )
+        ]
+        for key in keys:
+            self._db.execute(_LOG, (self._next_revision(), key))
+        return len(keys), len(keys)
+
+    def changes_since(self, db: apsw.Connection, revision: int, limit: int) -> list[tuple[int, bytes]]:
+        """(revision, key) of the writes after `revision`, oldest first, from the change log."""
+        return [
+            (r, k)
+            for r, k in db.execute(
+                "SELECT revision, key FROM changes WHERE revision > ? ORDER BY revision LIMIT ?",
+                (revision, limit),
+            )
+        ]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _path_error(db: apsw.Connection, paths: Sequence[str], fields: str | Sequence[str]) -> KeyspanError:
+    """Name the first malformed JSON path, for an SQLite error raised by a JSON function."""
+    for i, path in enumerate(paths):
+        try:
+            db.execute("SELECT json_extract('{}', ?)", (path,)).fetchone()
+        except apsw.SQLError:
+            field = f"{fields}[{i}]" if isinstance(fields, str) else fields[i]
+            return InvalidArgumentError(field, f"{path!r} is not a JSON path like $.a.b or $.items[0]")
+    return InvalidArgumentError(
+        "paths" if isinstance(fields, str) else "merge_patch", "rejected by SQLite's JSON functions"
+    )

@@ -1,0 +1,303 @@
+"""The partitions one node holds: their shards, writers, catalogue and key routing.
+
+The catalogue (``catalogue.json`` in the data directory) lists each partition's id,
+range and file, and is replaced atomically on every change, so a restarted node reopens
+exactly the partitions it had.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from keyspan.storage.errors import ConfigError, KeyspanError, UnavailableError, WrongPartitionError
+from keyspan.storage.keys import KeyRange
+from keyspan.storage.mutations import Bulk, BulkRow, Mutation, SweepBatch
+from keyspan.storage.readers import ReadPool
+from keyspan.storage.shard import Row, Shard
+from keyspan.storage.writer import PartitionWriter
+
+log = logging.getLogger(__name__)
+CATALOGUE = "catalogue.json"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionStats:
+    partition_id: str
+    range: KeyRange
+    approximate_entries: int
+    bytes: int
+    expired_entries: int
+    revision: int
+
+
+@dataclass(eq=False)
+class Partition:
+    """One partition open on this node: its shard and its writer."""
+
+    id: str
+    range: KeyRange
+    shard: Shard
+    writer: PartitionWriter
+
+    async def write(self, mutation: Mutation) -> Any:
+        return await self.writer.submit(mutation)
+
+
+def ranges_from_split_points(split_points: Sequence[bytes]) -> list[KeyRange]:
+    """The ranges that tile the whole key space, cut at the sorted split points."""
+    points = sorted(set(split_points))
+    if b"" in points:
+        raise ConfigError("split points must be non-empty keys")
+    bounds: list[bytes | None] = [b"", *points, None]
+    return [KeyRange(bounds[i] or b"", bounds[i + 1]) for i in range(len(bounds) - 1)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardSetOptions:
+    synchronous: str = "FULL"
+    read_threads: int = 2
+    readers_per_shard: int = 4
+    max_write_batch: int = 256
+    changelog_max: int = 100_000
+
+
+class ShardSet:
+    """The node's partitions, in key order. Not thread-safe: use it from the event loop.
+
+    `on_missing` builds the WrongPartitionError for a key no local partition owns (the
+    cluster's node fills in the owner from its map); by default the error names no owner.
+    """
+
+    def __init__(self, data_dir: Path, options: ShardSetOptions | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.options = options or ShardSetOptions()
+        self.reads = ReadPool(self.options.read_threads)
+        self._partitions: list[Partition] = []
+        self._starts: list[bytes] = []
+        self.on_missing: Callable[[bytes], WrongPartitionError] = WrongPartitionError
+
+    # -- lifecycle (blocking: call through asyncio.to_thread at start-up) -------------------
+
+    def open(self, initial_ranges: Sequence[tuple[str, KeyRange]] = ()) -> None:
+        """Open the catalogue's partitions, creating `initial_ranges` on a new data dir.
+
+        Every shard is checked (SQLite quick_check) before it is served.
+        """
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_data_dir()
+        catalogue = self.data_dir / CATALOGUE
+        if catalogue.exists():
+            listed = json.loads(catalogue.read_text())["partitions"]
+            wanted = [(p["id"], _range_from_json(p)) for p in listed]
+        else:
+            wanted = list(initial_ranges)
+        for partition_id, key_range in wanted:
+            self._open_partition(partition_id, key_range)
+        self._write_catalogue()
+
+    def _lock_data_dir(self) -> None:
+        """Hold an exclusive lock on the data dir for as long as this process lives."""
+        self._lock_file = open(self.data_dir / "LOCK", "a+")  # noqa: SIM115 - held until exit
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise KeyspanError(f"{self.data_dir} is in use by another keyspan process") from None
+
+    def _open_partition(self, partition_id: str, key_range: KeyRange) -> Partition:
+        started = time.monotonic()
+        shard = Shard(
+            self.data_dir / f"{partition_id}.db",
+            partition_id,
+            key_range,
+            synchronous=self.options.synchronous,
+            changelog_max=self.options.changelog_max,
+            readers=self.options.readers_per_shard,
+        )
+        shard.check()
+        partition = Partition(
+            partition_id,
+            key_range,
+            shard,
+            PartitionWriter(shard, max_batch=self.options.max_write_batch),
+        )
+        i = bisect.bisect_left(self._starts, key_range.start)
+        self._partitions.insert(i, partition)
+        self._starts.insert(i, key_range.start)
+        log.info(
+            "partition opened",
+            extra={
+                "partition_id": partition_id,
+                "range": str(key_range),
+                "revision": shard.revision,
+                "open_ms": round((time.monotonic() - started) * 1000, 1),
+            },
+        )
+        return partition
+
+    def add_partition(self, partition_id: str, key_range: KeyRange) -> Partition:
+        """Create or open one partition and record it in the catalogue."""
+        for p in self._partitions:
+            if p.id == partition_id:
+                return p
+            if p.range.intersect(key_range) is not None:
+                raise KeyspanError(f"range {key_range} overlaps partition {p.id} {p.range}")
+        partition = self._open_partition(partition_id, key_range)
+        self._write_catalogue()
+        return partition
+
+    def drop_partition(self, partition_id: str, *, delete_files: bool = False) -> None:
+        """Stop serving a partition: its writer commits what is queued, then it closes."""
+        for i, p in enumerate(self._partitions):
+            if p.id == partition_id:
+                del self._partitions[i], self._starts[i]
+                self._write_catalogue()
+                p.writer.close()
+                p.shard.close()
+                if delete_files:
+                    for suffix in ("", "-wal", "-shm"):
+                        Path(f"{p.shard.path}{suffix}").unlink(missing_ok=True)
+                return
+
+    def _write_catalogue(self) -> None:
+        body = {
+            "partitions": [
+                {
+                    "id": p.id,
+                    "start": p.range.start.hex(),
+                    "end": None if p.range.end is None else p.range.end.hex(),
+                }
+                for p in self._partitions
+            ]
+        }
+        tmp = self.data_dir / (CATALOGUE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(body, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.data_dir / CATALOGUE)
+        dir_fd = os.open(self.data_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def close(self) -> None:
+        """Commit what every writer has queued, then close shards and read threads."""
+        for p in self._partitions:
+            p.writer.close()
+        self.reads.close()
+        for p in self._partitions:
+            p.shard.close()
+        if getattr(self, "_lock_file", None) is not None:
+            self._lock_file.close()
+
+    # -- routing --------------------------------------------------------------------------
+
+    @property
+    def partitions(self) -> list[Partition]:
+        return list(self._partitions)
+
+    def locate(self, key: bytes) -> Partition:
+        """The local partition that owns `key`; WrongPartitionError when none does."""
+        i = bisect.bisect_right(self._starts, key) - 1
+        if i >= 0:
+            p = self._partitions[i]
+            if key in p.range:
+                return p
+        raise self.on_missing(key)
+
+    def overlapping(self, key_range: KeyRange) -> list[tuple[Partition, KeyRange]]:
+        """The local partitions meeting key_range, in key order, each with the common part."""
+        out = []
+        for p in self._partitions:
+            common = p.range.intersect(key_range)
+            if common is not None:
+                out.append((p, common))
+        return out
+
+    # -- operations ----------------------------------------------------------------------
+
+    async def get(self, key: bytes, paths: Sequence[str] = ()) -> Row | None:
+        shard = self.locate(key).shard
+
+        def read() -> Row | None:
+            with shard.reader() as db:
+                return Shard.get(db, key, now_ms(), paths)
+
+        return await self.reads.run(read)
+
+    async def write(self, key: bytes, mutation: Mutation) -> Any:
+        return await self.locate(key).write(mutation)
+
+    async def bulk_put(self, rows: Sequence[BulkRow]) -> tuple[int, bytes | None]:
+        """Commit the longest prefix of `rows` inside the first row's partition.
+
+        Returns (accepted, next_key); next_key is None when every row went in.
+        """
+        partition = self.locate(rows[0].key)
+        end = partition.range.end
+        accepted = (
+            len(rows)
+            if end is None or rows[-1].key < end
+            else bisect.bisect_left(rows, end, key=lambda r: r.key)
+        )
+        await partition.write(Bulk(list(rows[:accepted])))
+        return accepted, None if accepted == len(rows) else rows[accepted].key
+
+    async def scan_batch(
+        self,
+        partition: Partition,
+        key_range: KeyRange,
+        *,
+        reverse: bool,
+        paths: Sequence[str],
+        max_rows: int,
+        max_bytes: int,
+    ) -> tuple[list[Row], bool]:
+        def read() -> tuple[list[Row], bool]:
+            with partition.shard.reader() as db:
+                return Shard.scan(
+                    db,
+                    key_range,
+                    now_ms(),
+                    reverse=reverse,
+                    paths=paths,
+                    max_rows=max_rows,
+                    max_bytes=max_bytes,
+                )
+
+        if partition not in self._partitions:
+            raise UnavailableError(f"partition {partition.id} is no longer served here")
+        return await self.reads.run(read)
+
+    async def sweep_batch(self, partition: Partition, key_range: KeyRange, limit: int) -> tuple[int, int]:
+        return await partition.write(SweepBatch(key_range.start, key_range.end, now_ms(), limit))
+
+    async def stats(self) -> list[PartitionStats]:
+        async def one(p: Partition) -> PartitionStats:
+            def read() -> tuple[int, int]:
+                with p.shard.reader() as db:
+                    return Shard.count(db, now_ms())
+
+            entries, expired = await self.reads.run(read)
+            return PartitionStats(p.id, p.range, entries, p.shard.size_bytes(), expired, p.shard.revision)
+
+        return [await one(p) for p in self._partitions]
+
+
+def _range_from_json(p: dict[str, Any]) -> KeyRange:
+    return KeyRange(bytes.fromhex(p["start"]), None if p["end"] is None else bytes.fromhex(p["end"]))

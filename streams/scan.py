@@ -1,0 +1,124 @@
+"""The server side of Scan: credits in, batches of entries out, resumable anywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from keyspan.storage.errors import InvalidArgumentError
+from keyspan.storage.keys import KeyRange, key_successor
+from keyspan.storage.limits import MAX_CREDITS, check_credits, check_paths
+from keyspan.storage.shard import Row
+from keyspan.storage.shardset import ShardSet
+from keyspan.v1 import kv_pb2
+
+BATCH_BYTES = 64 * 1024
+BATCH_ROWS = 10_000
+
+
+def entry_of(row: Row) -> kv_pb2.Entry:
+    return kv_pb2.Entry(
+        key=row.key,
+        value=row.value,
+        etag=row.etag,
+        expires_at_ms=row.expires_at_ms or 0,
+        json=row.json,
+    )
+
+
+def range_of(start: bytes, end: bytes | None, field: str = "end") -> KeyRange:
+    if end is not None and end <= start:
+        raise InvalidArgumentError(field, "must be greater than start (the range is [start, end))")
+    return KeyRange(start, end)
+
+
+class _Credits:
+    """Credits granted by the client, topped up by a task reading its later requests."""
+
+    def __init__(self, first: int) -> None:
+        self.left = first
+        self._more = asyncio.Event()
+        self.closed = False
+
+    async def pump(self, requests: AsyncIterator[kv_pb2.ScanRequest]) -> None:
+        try:
+            async for request in requests:
+                if request.credits <= 0 or self.left + request.credits > MAX_CREDITS * 2:
+                    continue
+                self.left += request.credits
+                self._more.set()
+        finally:
+            self.closed = True
+            self._more.set()
+
+    async def wait(self) -> bool:
+        """Wait for credits; False when the client closed its side with none left."""
+        while self.left <= 0:
+            if self.closed:
+                return False
+            self._more.clear()
+            await self._more.wait()
+        return True
+
+
+def _rest(common: KeyRange, cursor: bytes | None, reverse: bool) -> KeyRange | None:
+    """What is left to read of `common` when the scan has reached `cursor`."""
+    if reverse:
+        upper = common.end if cursor is None or (common.end is not None and common.end < cursor) else cursor
+        return None if upper is not None and upper <= common.start else KeyRange(common.start, upper)
+    assert cursor is not None
+    lower = max(cursor, common.start)
+    return None if common.end is not None and lower >= common.end else KeyRange(lower, common.end)
+
+
+async def serve_scan(
+    shards: ShardSet, requests: AsyncIterator[kv_pb2.ScanRequest]
+) -> AsyncIterator[kv_pb2.ScanResponse]:
+    """Stream the first request's range in batches, never past the credits granted."""
+    first = await anext(requests, None)
+    if first is None:
+        return
+    key_range = range_of(first.start, first.end if first.HasField("end") else None)
+    paths = check_paths(list(first.paths))
+    credits = _Credits(check_credits(first.credits))
+    remaining = first.limit or None
+    pump = asyncio.create_task(credits.pump(requests))
+    try:
+        parts = shards.overlapping(key_range)
+        if first.reverse:
+            parts.reverse()
+        cursor = key_range.end if first.reverse else key_range.start
+        for index, (partition, common) in enumerate(parts):
+            last_part = index == len(parts) - 1
+            while (todo := _rest(common, cursor, first.reverse)) is not None:
+                if not await credits.wait():
+                    return
+                want = min(credits.left, BATCH_ROWS, remaining or BATCH_ROWS)
+                rows, exhausted = await shards.scan_batch(
+                    partition,
+                    todo,
+                    reverse=first.reverse,
+                    paths=paths,
+                    max_rows=want,
+                    max_bytes=BATCH_BYTES,
+                )
+                if rows:
+                    cursor = rows[-1].key if first.reverse else key_successor(rows[-1].key)
+                    credits.left -= len(rows)
+                    if remaining is not None:
+                        remaining -= len(rows)
+                done = remaining == 0 or (exhausted and last_part)
+                if rows or done:
+                    yield kv_pb2.ScanResponse(
+                        entries=[entry_of(r) for r in rows], resume_key=cursor or b"", done=done
+                    )
+                if done:
+                    return
+                if exhausted:
+                    break
+        yield kv_pb2.ScanResponse(resume_key=cursor or b"", done=True)
+    finally:
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump

@@ -1,0 +1,89 @@
+"""Deleting expired entries: the Sweep stream and the node's background sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from keyspan.storage.errors import InvalidArgumentError, KeyspanError
+from keyspan.storage.keys import KeyRange
+from keyspan.storage.shardset import ShardSet
+from keyspan.streams.scan import range_of
+from keyspan.v1 import kv_pb2
+
+log = logging.getLogger(__name__)
+SWEEP_BATCH = 1000
+
+
+async def sweep_range(
+    shards: ShardSet, key_range: KeyRange, max_deletes_per_s: float = 0.0
+) -> AsyncIterator[tuple[int, int]]:
+    """Delete the range's expired entries in batches; yield (scanned, deleted) so far."""
+    scanned = deleted = 0
+    started = time.monotonic()
+    batch = SWEEP_BATCH if not max_deletes_per_s else max(1, min(SWEEP_BATCH, int(max_deletes_per_s)))
+    for partition, common in shards.overlapping(key_range):
+        while True:
+            found, gone = await shards.sweep_batch(partition, common, batch)
+            scanned, deleted = scanned + found, deleted + gone
+            if found:
+                yield scanned, deleted
+            if found < batch:
+                break
+            if max_deletes_per_s:
+                ahead_s = deleted / max_deletes_per_s - (time.monotonic() - started)
+                if ahead_s > 0:
+                    await asyncio.sleep(ahead_s)
+
+
+async def serve_sweep(
+    shards: ShardSet, requests: AsyncIterator[kv_pb2.SweepRequest]
+) -> AsyncIterator[kv_pb2.SweepResponse]:
+    first = await anext(requests, None)
+    if first is None:
+        return
+    if first.max_deletes_per_s < 0:
+        raise InvalidArgumentError("max_deletes_per_s", "must be 0 (no limit) or positive")
+    key_range = range_of(first.start, first.end if first.HasField("end") else None)
+    scanned = deleted = 0
+    async for scanned, deleted in sweep_range(shards, key_range, first.max_deletes_per_s):
+        yield kv_pb2.SweepResponse(scanned=scanned, deleted=deleted)
+    yield kv_pb2.SweepResponse(scanned=scanned, deleted=deleted, done=True)
+
+
+class Sweeper:
+    """Sweeps every partition of the node every interval_s, in bounded batches."""
+
+    def __init__(self, shards: ShardSet, interval_s: float = 30.0) -> None:
+        self._shards, self.interval_s = shards, interval_s
+        self._task: asyncio.Task[None] | None = None
+        self.deleted = 0
+        self.deleted_last_pass = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="sweeper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def sweep_once(self) -> int:
+        """One pass over every partition; returns how many entries it deleted."""
+        deleted = 0
+        async for _, deleted in sweep_range(self._shards, KeyRange()):
+            self.deleted_last_pass = deleted
+        self.deleted += deleted
+        return deleted
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.sweep_once()
+            except KeyspanError:
+                log.warning("sweep pass interrupted", exc_info=True)
