@@ -103,3 +103,7 @@ def serve(**settings: Any) -> None:
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from keyspan.storage.errors import InvalidArgumentError, ValueTooLargeError
@@ -13,6 +15,9 @@ MIN_TTL_S = 0.001
 MAX_PATHS = 64
 MAX_CREDITS = 1_000_000
 MAX_BULK_ENTRIES = 100_000
+# SQLite's JSON path syntax: $ then .key, ."quoted key", [N], [#] or [#-N] steps. SQLite
+# parses a path only as far as the document goes, so it is checked here, up front.
+_JSON_PATH = re.compile(r'\$(?:\.(?:"[^"]*"|[^.\[\]"]+)|\[(?:\d+|#(?:-\d+)?)\])*')
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,13 +46,14 @@ def expiry_ms(ttl_s: float, now_ms: int, field: str = "ttl_s") -> int | None:
     return now_ms + max(1, round(ttl_s * 1000))
 
 
-def check_paths(paths: list[str] | tuple[str, ...], field: str = "paths") -> tuple[str, ...]:
+def check_paths(paths: Sequence[str], field: str = "paths", suffix: str = "") -> tuple[str, ...]:
+    """The paths, when each is a JSON path in SQLite's syntax and there are few enough."""
     if len(paths) > MAX_PATHS:
         raise InvalidArgumentError(field, f"has {len(paths)} paths; the limit is {MAX_PATHS}")
     for i, path in enumerate(paths):
-        if not path.startswith("$"):
+        if not _JSON_PATH.fullmatch(path):
             raise InvalidArgumentError(
-                f"{field}[{i}]", f"{path!r} is not a JSON path; paths start with $, like $.a.b"
+                f"{field}[{i}]{suffix}", f"{path!r} is not a JSON path like $.a.b or $.items[0]"
             )
     return tuple(paths)
 

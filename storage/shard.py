@@ -29,6 +29,7 @@ from keyspan.storage.errors import (
     NotJsonError,
 )
 from keyspan.storage.keys import KeyRange
+from keyspan.storage.limits import check_paths
 from keyspan.storage.mutations import Bulk, Delete, Mutation, Patch, PatchResult, Put, SweepBatch
 
 SCHEMA_VERSION = 1
@@ -355,6 +356,11 @@ class Shard:
             raise NotJsonError(m.key)
         if m.if_etag and found[1] != m.if_etag:
             raise EtagMismatchError(m.key, m.if_etag, found[1])
+        check_paths([p for p, _ in m.set], "set", suffix=".path")
+        check_paths(m.remove, "remove")
+        for i, path in enumerate(m.remove):
+            if path == "$":
+                raise InvalidArgumentError(f"remove[{i}]", "cannot remove the whole document; use Delete")
         expr, args = "value", []
         if m.merge_patch:
             expr = f"jsonb_patch({expr}, json(?))"

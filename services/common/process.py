@@ -51,6 +51,7 @@ class GrpcProcess:
         reflection.enable_server_reflection([*services, HEALTH_SERVICE, reflection.SERVICE_NAME], self.server)
         self.services = services
         self.port = 0
+        self._stopped = False
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         """Add the servicers; return their full service names."""
@@ -99,6 +100,10 @@ class GrpcProcess:
         return self.port
 
     async def stop(self, grace_s: float | None = None) -> None:
+        """Stop serving; safe to call more than once."""
+        if self._stopped:
+            return
+        self._stopped = True
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.shutdown_grace_s if grace_s is None else grace_s)
         await self.on_stop()

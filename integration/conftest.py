@@ -1,0 +1,97 @@
+"""Real processes on loopback: helpers to start `keyspan serve` and wait for it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_serving(address: str, timeout_s: float = 30.0, service: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{address} did not report SERVING within {timeout_s} s")
+            time.sleep(0.05)
+
+
+class ServeProcess:
+    """A real `keyspan serve` process on a free 127.0.0.1 port."""
+
+    def __init__(self, data: Path, *extra: str) -> None:
+        self.data, self.extra = data, extra
+        self.address = f"127.0.0.1:{free_port()}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data.parent / f"{data.name}.log"
+
+    def start(self) -> ServeProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "keyspan.services.cli",
+            "serve",
+            "--address",
+            self.address,
+            "--data",
+            str(self.data),
+            "--log-format",
+            "json",
+            *self.extra,
+        ]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+        wait_serving(self.address)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        """SIGTERM and wait; SIGKILL if it does not exit in time. Returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait()
+
+
+@pytest.fixture
+def serve_process(tmp_path: Path) -> Iterator[ServeProcess]:
+    process = ServeProcess(tmp_path / "data")
+    try:
+        yield process
+    finally:
+        if process.proc is not None and process.proc.poll() is None:
+            os.killpg(process.proc.pid, signal.SIGKILL)
+            process.proc.wait()

@@ -1,0 +1,264 @@
+"""Every bad input the issue names gets a clear status naming the field, and changes nothing."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from keyspan.v1 import errors_pb2, kv_pb2, kv_pb2_grpc
+
+BIG = b"x" * (1 << 20 + 1)
+
+
+def details(err: grpc.aio.AioRpcError) -> dict[str, object]:
+    status = rpc_status.from_call(err)
+    found: dict[str, object] = {}
+    assert status is not None, "the error carries no google.rpc.Status"
+    for detail in status.details:
+        for kind in (
+            error_details_pb2.BadRequest,
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.RetryInfo,
+            errors_pb2.WrongPartition,
+        ):
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                found[kind.DESCRIPTOR.name] = message
+    return found
+
+
+async def snapshot(kv: kv_pb2_grpc.KVStub) -> list[tuple[bytes, bytes, int]]:
+    call = kv.Scan()
+    await call.write(kv_pb2.ScanRequest(credits=100_000))
+    rows = []
+    async for response in call:
+        rows += [(e.key, e.value, e.etag) for e in response.entries]
+        if response.done:
+            break
+    return rows
+
+
+async def seed(kv: kv_pb2_grpc.KVStub) -> None:
+    await kv.Put(kv_pb2.PutRequest(key=b"doc", value=b'{"a": 1}', json=True))
+    await kv.Put(kv_pb2.PutRequest(key=b"raw", value=b"bytes"))
+
+
+UNARY_CASES = [
+    ("Put", kv_pb2.PutRequest(key=b"", value=b"v"), grpc.StatusCode.INVALID_ARGUMENT, "key", "empty"),
+    ("Put", kv_pb2.PutRequest(key=b"k" * 1025), grpc.StatusCode.INVALID_ARGUMENT, "key", "limit is 1024"),
+    ("Get", kv_pb2.GetRequest(key=b"k" * 1025), grpc.StatusCode.INVALID_ARGUMENT, "key", "limit is 1024"),
+    ("Put", kv_pb2.PutRequest(key=b"k", value=BIG), grpc.StatusCode.RESOURCE_EXHAUSTED, "value", "limit is"),
+    (
+        "Put",
+        kv_pb2.PutRequest(key=b"k", value=b"{no", json=True),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "value",
+        "JSON",
+    ),
+    (
+        "Put",
+        kv_pb2.PutRequest(key=b"k", value=b"\xff", json=True),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "value",
+        "UTF-8",
+    ),
+    (
+        "Put",
+        kv_pb2.PutRequest(key=b"k", value=b"v", ttl_s=-1),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ttl_s",
+        "between",
+    ),
+    (
+        "Put",
+        kv_pb2.PutRequest(key=b"k", value=b"v", ttl_s=1e12),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ttl_s",
+        "between",
+    ),
+    (
+        "Put",
+        kv_pb2.PutRequest(key=b"k", ttl_s=float("nan")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ttl_s",
+        "between",
+    ),
+    (
+        "Put",
+        kv_pb2.PutRequest(key=b"k", if_etag=1, if_absent=True),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "if_absent",
+        "combined",
+    ),
+    (
+        "Patch",
+        kv_pb2.PatchRequest(key=b"raw", merge_patch="{}"),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        None,
+        "NOT_JSON",
+    ),
+    ("Patch", kv_pb2.PatchRequest(key=b"doc"), grpc.StatusCode.INVALID_ARGUMENT, "merge_patch", "needs"),
+    (
+        "Patch",
+        kv_pb2.PatchRequest(key=b"doc", merge_patch="[1,"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "merge_patch",
+        "JSON",
+    ),
+    (
+        "Patch",
+        kv_pb2.PatchRequest(key=b"doc", remove=["a"]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "remove[0]",
+        "JSON path",
+    ),
+    (
+        "Patch",
+        kv_pb2.PatchRequest(key=b"nope", merge_patch="{}"),
+        grpc.StatusCode.NOT_FOUND,
+        None,
+        "NOT_FOUND",
+    ),
+    (
+        "Get",
+        kv_pb2.GetRequest(key=b"doc", paths=["$.a", "$$"]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "paths[1]",
+        "JSON path",
+    ),
+    (
+        "Get",
+        kv_pb2.GetRequest(key=b"raw", paths=["$.a"]),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        None,
+        "NOT_JSON",
+    ),
+    (
+        "Get",
+        kv_pb2.GetRequest(key=b"doc", paths=["$.a"] * 65),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "paths",
+        "limit is 64",
+    ),
+    (
+        "Put",
+        kv_pb2.PutRequest(key=b"doc", value=b"v", if_etag=999),
+        grpc.StatusCode.ABORTED,
+        None,
+        "ETAG_MISMATCH",
+    ),
+    (
+        "Put",
+        kv_pb2.PutRequest(key=b"doc", value=b"v", if_absent=True),
+        grpc.StatusCode.ABORTED,
+        None,
+        "ETAG_MISMATCH",
+    ),
+    ("Delete", kv_pb2.DeleteRequest(key=b"doc", if_etag=999), grpc.StatusCode.ABORTED, None, "ETAG_MISMATCH"),
+]
+
+
+@pytest.mark.parametrize(("method", "request_", "code", "field", "rule"), UNARY_CASES)
+async def test_bad_unary_input_is_refused_with_its_field_and_nothing_changes(
+    kv: kv_pb2_grpc.KVStub, method: str, request_: object, code: grpc.StatusCode, field: str | None, rule: str
+) -> None:
+    await seed(kv)
+    before = await snapshot(kv)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await getattr(kv, method)(request_)
+    assert caught.value.code() == code
+    found = details(caught.value)
+    if field is not None:
+        violation = found["BadRequest"].field_violations[0]  # type: ignore[attr-defined]
+        assert violation.field == field
+        assert rule in violation.description
+    else:
+        assert found["ErrorInfo"].reason == rule  # type: ignore[attr-defined]
+    assert await snapshot(kv) == before
+
+
+async def test_an_etag_mismatch_carries_the_current_etag(kv: kv_pb2_grpc.KVStub) -> None:
+    etag = (await kv.Put(kv_pb2.PutRequest(key=b"k", value=b"v"))).etag
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await kv.Put(kv_pb2.PutRequest(key=b"k", value=b"w", if_etag=etag + 1))
+    assert details(caught.value)["ErrorInfo"].metadata["current_etag"] == str(etag)  # type: ignore[attr-defined]
+
+
+async def stream_error(call: grpc.aio.StreamStreamCall, request: object) -> grpc.aio.AioRpcError:
+    await call.write(request)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in call:
+            continue
+    return caught.value
+
+
+STREAM_CASES = [
+    ("Scan", kv_pb2.ScanRequest(start=b"m", end=b"c", credits=10), "end", "greater than start"),
+    ("Scan", kv_pb2.ScanRequest(start=b"m", end=b"m", credits=10), "end", "greater than start"),
+    ("Scan", kv_pb2.ScanRequest(credits=0), "credits", "between 1 and"),
+    ("Scan", kv_pb2.ScanRequest(credits=5, paths=["nope"]), "paths[0]", "JSON path"),
+    ("Sweep", kv_pb2.SweepRequest(start=b"z", end=b"a"), "end", "greater than start"),
+    ("Sweep", kv_pb2.SweepRequest(max_deletes_per_s=-1), "max_deletes_per_s", "positive"),
+    (
+        "BulkPut",
+        kv_pb2.BulkPutRequest(
+            entries=[kv_pb2.Entry(key=b"b", value=b"1"), kv_pb2.Entry(key=b"a", value=b"2")]
+        ),
+        "entries[1].key",
+        "sorted",
+    ),
+    (
+        "BulkPut",
+        kv_pb2.BulkPutRequest(
+            entries=[kv_pb2.Entry(key=b"a", value=b"1"), kv_pb2.Entry(key=b"a", value=b"2")]
+        ),
+        "entries[1].key",
+        "duplicate",
+    ),
+    (
+        "BulkPut",
+        kv_pb2.BulkPutRequest(entries=[kv_pb2.Entry(key=b"", value=b"1")]),
+        "entries[0].key",
+        "empty",
+    ),
+    (
+        "BulkPut",
+        kv_pb2.BulkPutRequest(
+            entries=[kv_pb2.Entry(key=b"a", value=b"1"), kv_pb2.Entry(key=b"b", value=b"{", json=True)]
+        ),
+        "entries[1].value",
+        "JSON",
+    ),
+    (
+        "BulkPut",
+        kv_pb2.BulkPutRequest(entries=[kv_pb2.Entry(key=b"a", ttl_s=-5)]),
+        "entries[0].ttl_s",
+        "between",
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "request_", "field", "rule"), STREAM_CASES)
+async def test_bad_stream_input_is_refused_with_its_field_and_nothing_changes(
+    kv: kv_pb2_grpc.KVStub, method: str, request_: object, field: str, rule: str
+) -> None:
+    await seed(kv)
+    before = await snapshot(kv)
+    err = await stream_error(getattr(kv, method)(), request_)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    violation = details(err)["BadRequest"].field_violations[0]  # type: ignore[attr-defined]
+    assert (violation.field, rule in violation.description) == (field, True)
+    assert await snapshot(kv) == before
+
+
+async def test_an_unknown_fault_is_internal_without_a_stack_trace(kv: kv_pb2_grpc.KVStub, server) -> None:
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("boom")
+
+    server.shards.get = broken
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await kv.Get(kv_pb2.GetRequest(key=b"k"))
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "Traceback" not in caught.value.details() and "ZeroDivisionError" in caught.value.details()

@@ -1,0 +1,207 @@
+"""Scan, BulkPut and Sweep through a real in-process server (partitions cut at g, n, u)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from keyspan.services.server import KeyspanServer
+from keyspan.v1 import kv_pb2, kv_pb2_grpc
+
+KEYS = [f"{c}{i:03d}".encode() for c in "aghmnotuz" for i in range(50)]  # spans all 4 partitions
+
+
+async def load(kv: kv_pb2_grpc.KVStub, keys: list[bytes], batch: int = 100) -> list[kv_pb2.BulkPutResponse]:
+    call = kv.BulkPut()
+    answers = []
+    pending = list(keys)
+    while pending:
+        await call.write(
+            kv_pb2.BulkPutRequest(entries=[kv_pb2.Entry(key=k, value=k * 3) for k in pending[:batch]])
+        )
+        answer = await call.read()
+        answers.append(answer)
+        pending = pending[answer.accepted :]
+    await call.done_writing()
+    return answers
+
+
+async def scan(
+    kv: kv_pb2_grpc.KVStub, first: kv_pb2.ScanRequest, top_up: int = 0
+) -> list[kv_pb2.ScanResponse]:
+    call = kv.Scan()
+    await call.write(first)
+    out = []
+    async for response in call:
+        out.append(response)
+        if response.done:
+            break
+        if top_up:
+            await call.write(kv_pb2.ScanRequest(credits=top_up))
+    return out
+
+
+async def test_bulk_put_commits_the_prefix_inside_one_partition_and_names_the_next_key(
+    kv: kv_pb2_grpc.KVStub,
+) -> None:
+    answers = await load(kv, KEYS, batch=120)
+    assert sum(a.accepted for a in answers) == len(KEYS)
+    assert answers[0].accepted == 50 and answers[0].next_key == b"g000"
+    assert all(a.accepted > 0 for a in answers)
+    got = [e.key for r in await scan(kv, kv_pb2.ScanRequest(credits=10_000)) for e in r.entries]
+    assert got == KEYS
+
+
+async def test_scan_never_sends_more_entries_than_credited(kv: kv_pb2_grpc.KVStub) -> None:
+    await load(kv, KEYS)
+    call = kv.Scan()
+    await call.write(kv_pb2.ScanRequest(credits=7))
+    received = 0
+    first = await call.read()
+    received += len(first.entries)
+    assert received == 7 and not first.done
+    # With no credits left the server waits: nothing more arrives.
+    try:
+        await asyncio.wait_for(call.read(), 0.3)
+        raise AssertionError("the server sent entries without credits")
+    except TimeoutError:
+        pass
+    call.cancel()
+
+
+async def test_scan_with_small_credits_streams_everything_in_order(kv: kv_pb2_grpc.KVStub) -> None:
+    await load(kv, KEYS)
+    call = kv.Scan()
+    await call.write(kv_pb2.ScanRequest(credits=40))
+    granted, got = 40, []
+    async for response in call:
+        got += [e.key for e in response.entries]
+        assert len(got) <= granted
+        if response.done:
+            break
+        await call.write(kv_pb2.ScanRequest(credits=40))
+        granted += 40
+    assert got == KEYS
+
+
+async def test_a_scan_resumes_right_after_the_last_delivered_entry(kv: kv_pb2_grpc.KVStub) -> None:
+    await load(kv, KEYS)
+    first = (await scan(kv, kv_pb2.ScanRequest(credits=75, limit=75)))[-1]
+    rest = await scan(kv, kv_pb2.ScanRequest(start=first.resume_key, credits=10_000))
+    got = [e.key for r in rest for e in r.entries]
+    assert got == KEYS[75:]
+
+
+async def test_reverse_scan_with_limit_and_end_bound(kv: kv_pb2_grpc.KVStub) -> None:
+    await load(kv, KEYS)
+    responses = await scan(
+        kv, kv_pb2.ScanRequest(start=b"h", end=b"o010", reverse=True, limit=60, credits=1000)
+    )
+    got = [e.key for r in responses for e in r.entries]
+    expected = sorted((k for k in KEYS if b"h" <= k < b"o010"), reverse=True)[:60]
+    assert got == expected and responses[-1].done
+    resumed = await scan(
+        kv, kv_pb2.ScanRequest(start=b"h", end=responses[-1].resume_key, reverse=True, credits=1000)
+    )
+    assert [e.key for r in resumed for e in r.entries] == sorted(
+        (k for k in KEYS if b"h" <= k < b"o010"), reverse=True
+    )[60:]
+
+
+async def test_scan_projects_json_documents_and_skips_expired_entries(kv: kv_pb2_grpc.KVStub) -> None:
+    await kv.Put(kv_pb2.PutRequest(key=b"d1", value=b'{"n": 1, "x": "big"}', json=True))
+    await kv.Put(kv_pb2.PutRequest(key=b"d2", value=b"raw"))
+    await kv.Put(kv_pb2.PutRequest(key=b"d3", value=b"short-lived", ttl_s=0.05))
+    await asyncio.sleep(0.1)
+    responses = await scan(kv, kv_pb2.ScanRequest(start=b"d", end=b"e", paths=["$.n"], credits=10))
+    assert [(e.key, e.value, e.json) for r in responses for e in r.entries] == [
+        (b"d1", b'{"$.n":1}', True),
+        (b"d2", b"raw", False),
+    ]
+
+
+async def test_an_empty_range_answers_done(kv: kv_pb2_grpc.KVStub) -> None:
+    responses = await scan(kv, kv_pb2.ScanRequest(start=b"q", end=b"r", credits=10))
+    assert len(responses) == 1 and responses[0].done and not responses[0].entries
+
+
+async def test_ttl_entries_vanish_on_time_and_sweep_reports_progress(kv: kv_pb2_grpc.KVStub) -> None:
+    call = kv.BulkPut()
+    await call.write(
+        kv_pb2.BulkPutRequest(
+            entries=[kv_pb2.Entry(key=b"t%04d" % i, value=b"v", ttl_s=0.2) for i in range(2500)]
+        )
+    )
+    assert (await call.read()).accepted == 2500
+    await call.done_writing()
+    put = await kv.Put(kv_pb2.PutRequest(key=b"t-keep", value=b"v", ttl_s=60))
+    got = await kv.Get(kv_pb2.GetRequest(key=b"t0001"))
+    assert got.found and got.expires_at_ms > time.time() * 1000
+    await asyncio.sleep(0.3)
+    assert not (await kv.Get(kv_pb2.GetRequest(key=b"t0001"))).found
+    stats = await kv.Stats(kv_pb2.StatsRequest())
+    assert sum(p.expired_entries for p in stats.partitions) == 2500
+    sweep = kv.Sweep()
+    await sweep.write(kv_pb2.SweepRequest(start=b"t", end=b"u"))
+    progress = [r async for r in sweep]
+    assert progress[-1].done and progress[-1].deleted == 2500 and len(progress) >= 3
+    assert [p.deleted for p in progress] == sorted(p.deleted for p in progress)
+    stats = await kv.Stats(kv_pb2.StatsRequest())
+    assert stats.approximate_entries == 1 and sum(p.expired_entries for p in stats.partitions) == 0
+    assert (await kv.Get(kv_pb2.GetRequest(key=b"t-keep"))).etag == put.etag
+
+
+async def test_stats_lists_the_partitions_that_tile_the_key_space(kv: kv_pb2_grpc.KVStub) -> None:
+    stats = await kv.Stats(kv_pb2.StatsRequest())
+    bounds = [(p.start, p.end if p.HasField("end") else None) for p in stats.partitions]
+    assert bounds == [(b"", b"g"), (b"g", b"n"), (b"n", b"u"), (b"u", None)]
+
+
+async def test_health_is_serving_and_reflection_lists_the_services(server: KeyspanServer) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "keyspan.v1.KV"):
+            answer = await health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+    def reflect() -> tuple[list[str], list[str]]:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            db = ProtoReflectionDescriptorDatabase(channel)
+            service = db.FindFileContainingSymbol("keyspan.v1.KV").service[0]
+            return list(db.get_services()), [m.name for m in service.method]
+
+    services, methods = await asyncio.to_thread(reflect)  # the reflection client is sync
+    assert "keyspan.v1.KV" in services and "grpc.health.v1.Health" in services
+    assert methods == ["Get", "Put", "Delete", "Patch", "Stats", "Scan", "BulkPut", "Sweep"]
+
+
+async def test_shutdown_commits_every_acknowledged_write(server: KeyspanServer) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        kv = kv_pb2_grpc.KVStub(channel)
+        puts = {
+            i: asyncio.ensure_future(kv.Put(kv_pb2.PutRequest(key=b"s%03d" % i, value=b"v")))
+            for i in range(300)
+        }
+        await asyncio.sleep(0.05)
+        await server.stop(5)
+        await asyncio.gather(*puts.values(), return_exceptions=True)
+    acked = {i: p.result().etag for i, p in puts.items() if not p.exception()}
+    refused = [p.exception() for p in puts.values() if p.exception()]
+    assert acked, "no write finished before the shutdown"
+    # Calls that reach a stopping server are refused before they run: never applied.
+    assert {e.code() for e in refused} <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}  # type: ignore[union-attr]
+    again = KeyspanServer(replace(server.config, address="127.0.0.1:0"))
+    await again.start()
+    try:
+        for i in puts:
+            row = await again.shards.get(b"s%03d" % i)
+            if i in acked:
+                assert row is not None and row.etag == acked[i]
+            else:
+                assert row is None
+    finally:
+        await again.stop(0)

@@ -1,0 +1,51 @@
+import pytest
+from keyspan.storage.errors import InvalidArgumentError
+from keyspan.storage.keys import Key, KeyRange, key_successor
+
+
+@pytest.mark.parametrize(
+    ("lower", "higher"),
+    [
+        (Key.of("user", 42), Key.of("user", 100)),
+        (Key.of(-1), Key.of(0)),
+        (Key.of(-(2**63)), Key.of(2**63 - 1)),
+        (Key.of(255), Key.of(256)),
+        (Key.of("user", "ann"), Key.of("user", "bob")),
+        (Key.of("a", None), Key.of("a", b"")),
+        (Key.of("ab"), Key.of("b")),
+        (Key.tuple("a\x00b"), Key.tuple("a\x00c")),
+        (Key.tuple("a"), Key.tuple("a\x00")),
+    ],
+)
+def test_typed_keys_sort_like_their_values(lower: Key, higher: Key) -> None:
+    assert lower.raw < higher.raw
+    assert lower < higher
+
+
+@pytest.mark.parametrize(
+    ("raw", "field_rule"),
+    [(b"", "must not be empty"), (b"x" * 1025, "1025 bytes; the limit is 1024")],
+)
+def test_invalid_keys_name_the_rule(raw: bytes, field_rule: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=field_rule) as caught:
+        Key(raw)
+    assert caught.value.field == "key"
+
+
+def test_key_of_picks_the_natural_encoding() -> None:
+    assert Key.of("user/ann").raw == b"user/ann"
+    assert Key.of(b"\x00\x01").raw == b"\x00\x01"
+    assert len(Key.of(7).raw) == 8
+    with pytest.raises(InvalidArgumentError):
+        Key.of(1.5)  # type: ignore[arg-type]
+
+
+def test_key_range_membership_and_bounds() -> None:
+    r = KeyRange(b"b", b"d")
+    assert b"b" in r and b"c\xff" in r and b"d" not in r and b"a" not in r
+    assert b"zzz" in KeyRange(b"b")
+    assert r.intersect(KeyRange(b"c")) == KeyRange(b"c", b"d")
+    assert r.intersect(KeyRange(b"d")) is None
+    with pytest.raises(InvalidArgumentError, match="greater than start"):
+        KeyRange(b"d", b"b")
+    assert key_successor(b"a") > b"a" and key_successor(b"a") < b"a\x01"

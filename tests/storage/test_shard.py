@@ -1,0 +1,198 @@
+"""The shard and the shard set on real SQLite files in tmp_path."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import apsw
+import pytest
+import pytest_asyncio
+from keyspan.storage.errors import (
+    EtagMismatchError,
+    InvalidArgumentError,
+    NotFoundError,
+    NotJsonError,
+    WrongPartitionError,
+)
+from keyspan.storage.keys import KeyRange
+from keyspan.storage.mutations import BulkRow, Delete, Patch, Put
+from keyspan.storage.shard import Shard
+from keyspan.storage.shardset import ShardSet, now_ms, ranges_from_split_points
+
+
+async def open_set(path: Path, split: list[bytes] | None = None) -> ShardSet:
+    shards = ShardSet(path)
+    ranges = ranges_from_split_points(split if split is not None else [b"m"])
+    await asyncio.to_thread(shards.open, [(f"p{i}", r) for i, r in enumerate(ranges)])
+    return shards
+
+
+@pytest_asyncio.fixture
+async def shards(tmp_path: Path) -> AsyncIterator[ShardSet]:
+    s = await open_set(tmp_path / "d")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+async def test_the_shard_file_is_in_wal_mode_with_full_sync(shards: ShardSet) -> None:
+    shard = shards.partitions[0].shard
+    db = apsw.Connection(str(shard.path))
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert Path(f"{shard.path}-wal").exists()
+    assert shard._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+async def test_etags_grow_and_are_never_reused_after_delete(shards: ShardSet) -> None:
+    first = await shards.write(b"k", Put(b"k", b"1"))
+    second = await shards.write(b"k", Put(b"k", b"2"))
+    assert await shards.write(b"k", Delete(b"k")) is True
+    again = await shards.write(b"k", Put(b"k", b"3"))
+    assert first < second < again
+    row = await shards.get(b"k")
+    assert row is not None and row.value == b"3" and row.etag == again
+
+
+async def test_preconditions_are_checked_against_the_current_etag(shards: ShardSet) -> None:
+    etag = await shards.write(b"k", Put(b"k", b"v", if_absent=True))
+    with pytest.raises(EtagMismatchError) as caught:
+        await shards.write(b"k", Put(b"k", b"w", if_absent=True))
+    assert caught.value.current == etag
+    with pytest.raises(EtagMismatchError):
+        await shards.write(b"k", Put(b"k", b"w", if_etag=etag + 100))
+    assert await shards.write(b"k", Put(b"k", b"w", if_etag=etag)) > etag
+    with pytest.raises(EtagMismatchError) as gone:
+        await shards.write(b"zz", Delete(b"zz", if_etag=5))
+    assert gone.value.current == 0
+
+
+async def test_json_documents_project_and_patch_atomically(shards: ShardSet) -> None:
+    await shards.write(b"d", Put(b"d", b'{"a": 1, "b": {"c": [1, 2]}, "e": "x"}', json=True))
+    row = await shards.get(b"d", ["$.b.c[1]", "$.missing"])
+    assert row is not None and row.value == b'{"$.b.c[1]":2,"$.missing":null}'
+    result = await shards.write(
+        b"d", Patch(b"d", merge_patch='{"a": null, "n": 5}', set=(("$.b.z", '"new"'),), remove=("$.e",))
+    )
+    assert result.value == b'{"b":{"c":[1,2],"z":"new"},"n":5}'
+    stored = await shards.get(b"d")
+    assert stored is not None and stored.value == result.value and stored.etag == result.etag
+
+
+@pytest.mark.parametrize(
+    ("patch", "error", "field"),
+    [
+        (Patch(b"d", merge_patch="{nope"), InvalidArgumentError, "merge_patch"),
+        (Patch(b"d", set=(("$.a", "{bad"),)), InvalidArgumentError, "set[0].value"),
+        (Patch(b"d", set=(("a.b", "1"),)), InvalidArgumentError, "set[0].path"),
+        (Patch(b"d", remove=("$.a", "$.a[")), InvalidArgumentError, "remove[1]"),
+        (Patch(b"d", remove=("$",)), InvalidArgumentError, "remove[0]"),
+        (Patch(b"bytes", merge_patch="{}"), NotJsonError, None),
+        (Patch(b"absent", merge_patch="{}"), NotFoundError, None),
+    ],
+)
+async def test_a_bad_patch_names_its_field_and_changes_nothing(
+    shards: ShardSet, patch: Patch, error: type[Exception], field: str | None
+) -> None:
+    etag = await shards.write(b"d", Put(b"d", b'{"a": 1}', json=True))
+    await shards.write(b"bytes", Put(b"bytes", b"raw"))
+    with pytest.raises(error) as caught:
+        await shards.write(patch.key, patch)
+    if field is not None:
+        assert caught.value.field == field  # type: ignore[attr-defined]
+    row = await shards.get(b"d")
+    assert row is not None and row.value == b'{"a":1}' and row.etag == etag
+
+
+async def test_expired_entries_are_never_read_and_the_sweep_deletes_them(shards: ShardSet) -> None:
+    now = now_ms()
+    await shards.write(b"old", Put(b"old", b"v", expires_at_ms=now - 1))
+    await shards.write(b"new", Put(b"new", b"v", expires_at_ms=now + 60_000))
+    assert await shards.get(b"old") is None
+    assert (await shards.get(b"new")) is not None
+    stats = {s.partition_id: s for s in await shards.stats()}
+    assert stats["p1"].expired_entries == 1 and stats["p1"].approximate_entries == 2
+    part = shards.partitions[1]
+    assert await shards.sweep_batch(part, part.range, 100) == (1, 1)
+    stats = {s.partition_id: s for s in await shards.stats()}
+    assert stats["p1"].expired_entries == 0 and stats["p1"].approximate_entries == 1
+
+
+async def test_bulk_prefix_stops_at_the_partition_end_and_commits_whole(shards: ShardSet) -> None:
+    rows = [BulkRow(k, b"v") for k in (b"a", b"b", b"l", b"m", b"n")]
+    assert await shards.bulk_put(rows) == (3, b"m")
+    assert await shards.bulk_put(rows[3:]) == (2, None)
+    bad = [BulkRow(b"c", b"{}", json=True), BulkRow(b"d", b"{oops", json=True)]
+    with pytest.raises(InvalidArgumentError) as caught:
+        await shards.bulk_put(bad)
+    assert caught.value.field == "entries[1].value"
+    assert await shards.get(b"c") is None
+
+
+async def test_a_key_outside_every_partition_is_a_wrong_partition(tmp_path: Path) -> None:
+    shards = ShardSet(tmp_path / "d")
+    await asyncio.to_thread(shards.open, [("only", KeyRange(b"b", b"c"))])
+    try:
+        with pytest.raises(WrongPartitionError):
+            await shards.get(b"a")
+    finally:
+        shards.close()
+
+
+async def test_revision_and_data_survive_reopen(tmp_path: Path) -> None:
+    shards = await open_set(tmp_path / "d")
+    etag = await shards.write(b"k", Put(b"k", b"v"))
+    shards.close()
+    again = await open_set(tmp_path / "d", split=[b"zzz"])  # the catalogue wins over new split points
+    try:
+        assert [p.range for p in again.partitions] == [KeyRange(b"", b"m"), KeyRange(b"m", None)]
+        row = await again.get(b"k")
+        assert row is not None and row.etag == etag
+        assert await again.write(b"k", Put(b"k", b"w")) > etag
+    finally:
+        again.close()
+
+
+async def test_concurrent_writes_share_transactions(shards: ShardSet) -> None:
+    writer = shards.partitions[0].writer
+    before = writer.batches
+    etags = await asyncio.gather(*(shards.write(b"c%d" % i, Put(b"c%d" % i, b"v")) for i in range(64)))
+    assert len(set(etags)) == 64
+    assert writer.batches - before < 64
+
+
+async def test_the_change_log_lists_every_write_by_revision(shards: ShardSet) -> None:
+    for i in range(5):
+        await shards.write(b"a", Put(b"a", b"%d" % i))
+    await shards.write(b"b", Delete(b"b"))  # nothing deleted: no revision, no log entry
+    await shards.write(b"a", Delete(b"a"))
+    shard = shards.partitions[0].shard
+    with shard.reader() as db:
+        log = shard.changes_since(db, 0, 100)
+    assert log == [(r, b"a") for r in range(1, 7)]
+
+
+async def test_the_data_dir_is_locked_against_a_second_process(shards: ShardSet) -> None:
+    other = ShardSet(shards.data_dir)
+    with pytest.raises(Exception, match="in use"):
+        other.open([])
+    other.reads.close()
+
+
+def test_scan_reads_in_both_directions_within_a_byte_budget(tmp_path: Path) -> None:
+    shard = Shard(tmp_path / "s.db", "s", KeyRange())
+    try:
+        from keyspan.storage.mutations import Bulk
+
+        shard.apply_batch([Bulk([BulkRow(b"k%03d" % i, b"x" * 100) for i in range(100)])])
+        with shard.reader() as db:
+            rows, done = Shard.scan(db, KeyRange(b"k010", b"k020"), now_ms(), max_rows=100)
+            assert [r.key for r in rows] == [b"k%03d" % i for i in range(10, 20)] and done
+            rows, done = Shard.scan(db, KeyRange(), now_ms(), reverse=True, max_rows=3)
+            assert [r.key for r in rows] == [b"k099", b"k098", b"k097"] and not done
+            rows, done = Shard.scan(db, KeyRange(), now_ms(), max_rows=1000, max_bytes=1000)
+            assert 5 <= len(rows) < 20 and not done
+    finally:
+        shard.close()
