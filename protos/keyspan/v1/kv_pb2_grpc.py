@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class KVStub:
-    """Missing associated documentation comment in .proto file."""
+    """KV is the data plane: point reads and writes, JSON patches, and three bidirectional
+    streams for scans, bulk loads and TTL sweeps.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -77,7 +79,9 @@ class KVStub:
 
 
 class KVServicer:
-    """Missing associated documentation comment in .proto file."""
+    """KV is the data plane: point reads and writes, JSON patches, and three bidirectional
+    streams for scans, bulk loads and TTL sweeps.
+    """
 
     def Get(self, request, context):
         """Get reads one entry. An absent or expired key answers found=false (not an error).
@@ -233,7 +237,9 @@ def add_KVServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class KV:
-    """Missing associated documentation comment in .proto file."""
+    """KV is the data plane: point reads and writes, JSON patches, and three bidirectional
+    streams for scans, bulk loads and TTL sweeps.
+    """
 
     @staticmethod
     def Get(request,
