@@ -9,9 +9,9 @@ import time
 
 import grpc
 import pytest
-from keyspan.v1 import kv_pb2, kv_pb2_grpc
 
 from integration.conftest import ServeProcess
+from keyspan.v1 import kv_pb2, kv_pb2_grpc
 
 
 async def write_until_killed(

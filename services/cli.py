@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
 from keyspan import __version__
 from keyspan.services.config import ServeConfig, config_fields
 from keyspan.storage.errors import ConfigError, KeyspanError

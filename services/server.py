@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+
 from keyspan.services.common.process import GrpcProcess
 from keyspan.services.config import ServeConfig, StorageConfig
 from keyspan.services.node.kv import KVServicer

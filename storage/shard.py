@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import apsw
+
 from keyspan.storage.errors import (
     EtagMismatchError,
     InvalidArgumentError,

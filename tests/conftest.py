@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest_asyncio
+
 from keyspan.services.config import ServeConfig
 from keyspan.services.server import KeyspanServer
 from keyspan.v1 import kv_pb2_grpc

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from keyspan.services.common.errors import ErrorInterceptor
 from keyspan.services.config import GRPC_MAX_MESSAGE_BYTES, ProcessConfig
 

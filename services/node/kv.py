@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
+
 from keyspan.storage.errors import InvalidArgumentError
 from keyspan.storage.limits import Limits, check_paths, expiry_ms
 from keyspan.storage.mutations import Delete, Patch, Put

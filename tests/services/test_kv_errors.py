@@ -6,6 +6,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
 from keyspan.v1 import errors_pb2, kv_pb2, kv_pb2_grpc
 
 BIG = b"x" * (1 << 20 + 1)

@@ -9,6 +9,7 @@ from dataclasses import replace
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
 from keyspan.services.server import KeyspanServer
 from keyspan.v1 import kv_pb2, kv_pb2_grpc
 

@@ -1,4 +1,5 @@
 import pytest
+
 from keyspan.storage.errors import InvalidArgumentError
 from keyspan.storage.keys import Key, KeyRange, key_successor
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import apsw
 import pytest
 import pytest_asyncio
+
 from keyspan.storage.errors import (
     EtagMismatchError,
     InvalidArgumentError,
