@@ -1,0 +1,59 @@
+"""Shared fixtures: a real keyspan server on 127.0.0.1, run on a loop thread of its own.
+
+The server has its own event loop and thread, so blocking Client calls from a test and
+AsyncClient calls from a test's loop both reach it without sharing a loop with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from keyspan.services.config import ServeConfig
+from keyspan.services.server import KeyspanServer
+from keyspan.streams import Client
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
+class ThreadedServer:
+    """KeyspanServer on 127.0.0.1:0 with its own loop thread; `stop()` stops both."""
+
+    def __init__(self, data: Path, **settings: object) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        config = ServeConfig(address="127.0.0.1:0", data=data, **settings)  # type: ignore[arg-type]
+
+        async def start() -> KeyspanServer:
+            server = KeyspanServer(config)
+            await server.start()
+            return server
+
+        self.server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(30)
+        self.address = f"127.0.0.1:{self.server.port}"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(0.5), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def server_address(tmp_path: Path) -> Iterator[str]:
+    """A fresh server (it starts in about 50 ms) with an empty data dir, for one test."""
+    server = ThreadedServer(tmp_path / "kv", synchronous="NORMAL")
+    yield server.address
+    server.stop()
+
+
+@pytest.fixture
+def client(server_address: str) -> Iterator[Client]:
+    """A blocking Client on an empty store."""
+    with Client(server_address) as kv:
+        yield kv
