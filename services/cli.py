@@ -103,3 +103,6 @@ def serve(**settings: Any) -> None:
 
 def main() -> None:
     cli()
+
+
+from keyspan.services import cli_data  # noqa: E402, F401 - registers the data commands on `cli`
