@@ -18,6 +18,7 @@ from keyspan.services.server import KeyspanServer
 from keyspan.streams import Client
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+pytest_plugins = ["pytester"]  # tests of the keyspan pytest plugin run pytest in a subprocess
 
 
 class ThreadedServer:
