@@ -106,5 +106,4 @@ def main() -> None:
     cli()
 
 
-if __name__ == "__main__":
-    main()
+from keyspan.services import cli_data  # noqa: E402, F401 - registers the data commands on `cli`

@@ -1,0 +1,5 @@
+"""`python -m keyspan.services ...` is the `keyspan` command (used where no script is on PATH)."""
+
+from keyspan.services.cli import main
+
+main()

@@ -1,0 +1,467 @@
+"""The data commands of `keyspan`: put, get, delete, patch, scan, load, dump, sweep, stats,
+and `completion`.
+
+Every data command takes the client options --address (env KEYSPAN_ADDRESS), --hex,
+--output and --timeout. Expected errors print one line naming the field and the rule,
+and exit with: 0 ok, 1 not found, 2 usage or invalid argument, 3 precondition failed
+(etag mismatch, not a JSON document), 4 unavailable or deadline exceeded, 5 other
+server errors. No stack traces for any of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from keyspan.services.cli import EXIT_NOT_FOUND, EXIT_PRECONDITION, EXIT_UNAVAILABLE, EXIT_USAGE, cli
+from keyspan.services.config import DEFAULT_ADDRESS
+
+EXIT_SERVER_ERROR = 5
+EXAMPLES_ADDRESS = "127.0.0.1:7420"
+
+
+@dataclass(frozen=True)
+class Conn:
+    """The client options of one command."""
+
+    address: str
+    hex_keys: bool
+    output: str
+    timeout_s: float
+
+    def client(self) -> Any:
+        from keyspan.streams import Client  # imported late: Tab completion stays fast
+
+        return Client(self.address, timeout_s=self.timeout_s)
+
+    def key(self, text: str, name: str = "KEY") -> bytes:
+        if not self.hex_keys:
+            return text.encode()
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            raise click.BadParameter(f"{text!r} is not hex (--hex is on)", param_hint=name) from None
+
+    def show_key(self, raw: bytes) -> str:
+        if self.hex_keys:
+            return raw.hex()
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            return "0x" + raw.hex()
+
+
+def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--address/--hex/--output/--timeout, folded into one `conn: Conn` argument."""
+    options = [
+        click.option(
+            "--address",
+            default=DEFAULT_ADDRESS,
+            envvar="KEYSPAN_ADDRESS",
+            show_default=True,
+            show_envvar=True,
+            help="HOST:PORT of the keyspan server or gateway.",
+        ),
+        click.option(
+            "--hex", "hex_keys", is_flag=True, help="Keys are given and shown as hex (binary keys)."
+        ),
+        click.option(
+            "--output",
+            type=click.Choice(["text", "json"]),
+            default="text",
+            show_default=True,
+            help="text for people, json for scripts.",
+        ),
+        click.option(
+            "--timeout", "timeout_s", type=float, default=5.0, show_default=True, help="Seconds per call."
+        ),
+    ]
+
+    def wrapper(address: str, hex_keys: bool, output: str, timeout_s: float, **kw: Any) -> Any:
+        return fn(Conn(address, hex_keys, output, timeout_s), **kw)
+
+    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+    for option in options:
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"keyspan: {message}", err=True)
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def expected_errors() -> Iterator[None]:
+    """Turn the client's typed errors into one line on stderr and the documented exit code."""
+    from keyspan.streams import errors as e
+
+    try:
+        yield
+    except e.InvalidArgument as err:
+        _fail(f"{err.field}: {err.rule}" if err.field else err.message, EXIT_USAGE)
+    except e.NotFound as err:
+        _fail(f"not found: {err.message}", EXIT_NOT_FOUND)
+    except e.EtagMismatch as err:
+        _fail(f"precondition failed: {err.message} (current etag {err.current_etag})", EXIT_PRECONDITION)
+    except (e.NotJson, e.WrongPartition) as err:
+        _fail(f"precondition failed: {err.message}", EXIT_PRECONDITION)
+    except (e.Unavailable, e.DeadlineExceeded) as err:
+        _fail(f"unavailable: {err.message}", EXIT_UNAVAILABLE)
+    except e.KeyspanClientError as err:
+        _fail(f"{err.code.name.lower()}: {err.message}", EXIT_SERVER_ERROR)
+
+
+def _value_of(text: str, as_json: bool) -> bytes:
+    data = sys.stdin.buffer.read() if text == "-" else text.encode()
+    if as_json:
+        try:
+            json.loads(data)
+        except ValueError as err:
+            raise click.BadParameter(f"is not JSON ({err})", param_hint="VALUE") from None
+    return data
+
+
+def _entry_json(conn: Conn, entry: Any) -> dict[str, Any]:
+    from keyspan.services.cli_records import dump_object
+
+    obj = dump_object(entry, conn.hex_keys)
+    obj["etag"] = entry.etag
+    obj["expires_at"] = entry.expires_at.isoformat() if entry.expires_at else None
+    obj.pop("ttl_s", None)
+    return obj
+
+
+def _print_entry(conn: Conn, entry: Any, with_key: bool) -> None:
+    if conn.output == "json":
+        click.echo(json.dumps(_entry_json(conn, entry), ensure_ascii=False))
+        return
+    out = sys.stdout.buffer
+    if with_key:
+        out.write(conn.show_key(entry.key).encode() + b"\t")
+    out.write(entry.value + b"\n")
+    out.flush()
+
+
+@cli.command()
+@click.argument("key")
+@click.argument("value")
+@click.option("--ttl", "ttl_s", type=float, default=0.0, help="Seconds until the entry expires (0: never).")
+@click.option("--if-etag", type=int, default=0, help="Write only if the current etag is this.")
+@click.option("--if-absent", is_flag=True, help="Write only if the key does not exist.")
+@click.option("--json", "as_json", is_flag=True, help="VALUE is JSON text, stored as a JSON document.")
+@client_options
+def put(conn: Conn, key: str, value: str, ttl_s: float, if_etag: int, if_absent: bool, as_json: bool) -> None:
+    """Write VALUE (or stdin when VALUE is -) under KEY and print the new etag.
+
+    \b
+    Examples:
+      keyspan put user/ann hello
+      keyspan put doc/1 '{"name": "ann"}' --json --ttl 3600
+      keyspan put counter 2 --json --if-etag 41     # exit 3 if the etag moved on
+    """
+    raw, data = conn.key(key), _value_of(value, as_json)
+    with expected_errors(), conn.client() as kv:
+        etag = kv.put(raw, data, ttl_s=ttl_s, if_etag=if_etag, if_absent=if_absent, json=as_json)
+    click.echo(json.dumps({"etag": etag}) if conn.output == "json" else str(etag))
+
+
+@cli.command()
+@click.argument("key")
+@click.option("--paths", multiple=True, help="JSON paths to project, like $.a.b (repeatable).")
+@client_options
+def get(conn: Conn, key: str, paths: tuple[str, ...]) -> None:
+    """Print the value of KEY; exit 1 when it does not exist.
+
+    \b
+    Examples:
+      keyspan get user/ann
+      keyspan get doc/1 --paths '$.name' --paths '$.age'
+      keyspan get doc/1 --output json   # key, value, etag, expires_at
+    """
+    with expected_errors(), conn.client() as kv:
+        entry = kv.get(conn.key(key), paths=list(paths))
+    if entry is None:
+        _fail(f"not found: {key}", EXIT_NOT_FOUND)
+    _print_entry(conn, entry, with_key=False)
+
+
+@cli.command()
+@click.argument("key")
+@click.option("--if-etag", type=int, default=0, help="Delete only if the current etag is this.")
+@client_options
+def delete(conn: Conn, key: str, if_etag: int) -> None:
+    """Delete KEY; exit 1 when there was nothing to delete.
+
+    \b
+    Example:
+      keyspan delete user/ann --if-etag 7
+    """
+    with expected_errors(), conn.client() as kv:
+        deleted = kv.delete(conn.key(key), if_etag=if_etag)
+    if not deleted:
+        _fail(f"not found: {key}", EXIT_NOT_FOUND)
+
+
+def _path_value(text: str) -> tuple[str, Any]:
+    path, sep, value = text.partition("=")
+    if not sep or not path.startswith("$"):
+        raise click.BadParameter(f"{text!r} is not PATH=JSON, like '$.a.b=42'", param_hint="--set")
+    try:
+        return path, json.loads(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not JSON", param_hint="--set") from None
+
+
+@cli.command()
+@click.argument("key")
+@click.option("--merge", help="An RFC 7396 merge patch (JSON object).")
+@click.option("--set", "sets", multiple=True, help="PATH=JSON to set, like '$.a.b=42' (repeatable).")
+@click.option("--remove", multiple=True, help="A JSON path to remove (repeatable).")
+@click.option("--if-etag", type=int, default=0, help="Patch only if the current etag is this.")
+@client_options
+def patch(
+    conn: Conn, key: str, merge: str | None, sets: tuple[str, ...], remove: tuple[str, ...], if_etag: int
+) -> None:
+    """Change part of the JSON document at KEY atomically; print the new document.
+
+    The merge applies first, then every --set in order, then every --remove.
+
+    \b
+    Example:
+      keyspan patch doc/1 --merge '{"age": 42}' --set '$.tags[0]="a"' --remove '$.old'
+    """
+    if not (merge or sets or remove):
+        raise click.UsageError("give at least one of --merge, --set, --remove")
+    try:
+        merged = json.loads(merge) if merge else None
+    except ValueError:
+        raise click.BadParameter("is not JSON", param_hint="--merge") from None
+    set_paths = dict(_path_value(s) for s in sets)
+    with expected_errors(), conn.client() as kv:
+        entry = kv.patch(conn.key(key), merge=merged, set=set_paths, remove=list(remove), if_etag=if_etag)
+    if conn.output == "json":
+        click.echo(json.dumps({"etag": entry.etag, "value": entry.value}, ensure_ascii=False))
+    else:
+        click.echo(json.dumps(entry.value, ensure_ascii=False))
+
+
+def _range(conn: Conn, start: str | None, end: str | None) -> tuple[bytes | None, bytes | None]:
+    return (
+        conn.key(start, "START") if start else None,
+        conn.key(end, "END") if end else None,
+    )
+
+
+@cli.command()
+@click.argument("start", required=False)
+@click.argument("end", required=False)
+@click.option("--limit", type=int, default=0, help="Most entries to print (0: all).")
+@click.option("--reverse", is_flag=True, help="Descending key order.")
+@client_options
+def scan(conn: Conn, start: str | None, end: str | None, limit: int, reverse: bool) -> None:
+    """Print the entries of [START, END) in key order: KEY<TAB>VALUE per line.
+
+    START empty means the first key, END empty +infinity. Broken streams resume.
+
+    \b
+    Examples:
+      keyspan scan user/ user0 --limit 10
+      keyspan scan --reverse --limit 1 --output json     # the last entry
+    """
+    lower, upper = _range(conn, start, end)
+    with expected_errors(), conn.client() as kv:
+        for entry in kv.scan_ex(lower, upper, limit=limit, reverse=reverse):
+            _print_entry(conn, entry, with_key=True)
+
+
+@cli.command()
+@click.argument("start", required=False)
+@click.argument("end", required=False)
+@client_options
+def dump(conn: Conn, start: str | None, end: str | None) -> None:
+    """Write [START, END) as JSON lines in key order, for `keyspan load`.
+
+    \b
+    Example:
+      keyspan dump > backup.jsonl && keyspan load backup.jsonl --address other:7420
+    """
+    from keyspan.services.cli_records import dump_line
+
+    lower, upper = _range(conn, start, end)
+    out = sys.stdout
+    with expected_errors(), conn.client() as kv:
+        for entry in kv.scan_ex(lower, upper):
+            out.write(dump_line(entry, conn.hex_keys) + "\n")
+    out.flush()
+
+
+@cli.command()
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "jsonl", "csv"]),
+    default="auto",
+    show_default=True,
+    help="auto: csv for *.csv, JSON lines otherwise.",
+)
+@click.option(
+    "--chunk-entries", type=int, default=200_000, show_default=True, help="Entries sorted in memory."
+)
+@click.option(
+    "--batch-bytes", type=int, default=256 * 1024, show_default=True, help="Bytes per BulkPut message."
+)
+@click.option("--progress/--no-progress", default=True, help="A progress bar on stderr.")
+@client_options
+def load(conn: Conn, file: Any, fmt: str, chunk_entries: int, batch_bytes: int, progress: bool) -> None:
+    """Load FILE (- for stdin) of JSON lines or CSV key,value rows, sorted or not.
+
+    \b
+    JSON lines: {"key": "k", "value": "text"} stores bytes; any other JSON value
+    ({"key": "k", "value": {"a": 1}}) a JSON document; "ttl_s" sets a TTL; "key_hex"
+    and "value_b64" carry binary data. Later lines win over earlier ones with the same key.
+    Input is sorted in bounded memory (runs of --chunk-entries spilled to temp files),
+    then streamed through BulkPut, retried until every entry is in.
+
+    \b
+    Examples:
+      keyspan load users.jsonl
+      keyspan dump | keyspan load - --address 10.0.0.2:7420
+    """
+    from keyspan.services.cli_records import RecordError, read_records, sorted_records
+    from keyspan.v1 import kv_pb2
+
+    name = getattr(file, "name", "-")
+    fmt = ("csv" if str(name).endswith(".csv") else "jsonl") if fmt == "auto" else fmt
+    started = time.monotonic()
+    try:
+        with sorted_records(read_records(file, fmt, conn.hex_keys, name), chunk_entries) as (count, records):
+            entries = (kv_pb2.Entry(key=k, value=v, json=j, ttl_s=t) for k, v, j, t in records)
+            result = _bulk_load(conn, entries, count, batch_bytes, progress)
+    except RecordError as err:
+        _fail(str(err), EXIT_USAGE)
+    elapsed_s = time.monotonic() - started
+    rate = result.entries / elapsed_s if elapsed_s else 0.0
+    summary = {"entries": result.entries, "bytes": result.bytes, "seconds": round(elapsed_s, 3)}
+    if conn.output == "json":
+        click.echo(json.dumps({**summary, "entries_per_s": round(rate)}))
+    else:
+        click.echo(f"loaded {result.entries} entries in {elapsed_s:.1f} s ({rate:,.0f} entries/s)", err=True)
+
+
+def _bulk_load(conn: Conn, entries: Iterator[Any], total: int, batch_bytes: int, progress: bool) -> Any:
+    from tqdm import tqdm
+
+    with (
+        tqdm(total=total, unit="entries", unit_scale=True, disable=not progress, file=sys.stderr) as bar,
+        expected_errors(),
+        conn.client() as kv,
+    ):
+        done = 0
+
+        def advance(result: Any) -> None:
+            nonlocal done
+            bar.update(result.entries - done)
+            done = result.entries
+
+        return kv.bulk_put_ex(entries, batch_bytes=batch_bytes, on_progress=advance)
+
+
+@cli.command()
+@click.argument("start", required=False)
+@click.argument("end", required=False)
+@click.option("--rate", type=float, default=0.0, help="Most deletes per second (0: no limit).")
+@client_options
+def sweep(conn: Conn, start: str | None, end: str | None, rate: float) -> None:
+    """Delete the expired entries of [START, END) now, showing progress.
+
+    \b
+    Example:
+      keyspan sweep session/ session0 --rate 5000
+    """
+    lower, upper = _range(conn, start, end)
+    with expected_errors(), conn.client() as kv:
+        for report in kv.sweep(lower, upper, max_deletes_per_s=rate):
+            if not report.done:
+                click.echo(f"scanned {report.scanned}, deleted {report.deleted}", err=True)
+    if conn.output == "json":
+        click.echo(json.dumps({"scanned": report.scanned, "deleted": report.deleted}))
+    else:
+        click.echo(f"swept: scanned {report.scanned} expired entries, deleted {report.deleted}")
+
+
+@cli.command()
+@client_options
+def stats(conn: Conn) -> None:
+    """Show every partition with its range and approximate counts.
+
+    \b
+    Example:
+      keyspan stats --output json | jq .approximate_entries
+    """
+    with expected_errors(), conn.client() as kv:
+        report = kv.stats()
+    if conn.output == "json":
+        parts = [
+            {
+                "partition_id": p.partition_id,
+                "start": conn.show_key(p.start),
+                "end": None if p.end is None else conn.show_key(p.end),
+                "approximate_entries": p.approximate_entries,
+                "bytes": p.bytes,
+                "expired_entries": p.expired_entries,
+                "revision": p.revision,
+            }
+            for p in report.partitions
+        ]
+        total = {"approximate_entries": report.approximate_entries, "bytes": report.bytes}
+        click.echo(json.dumps({"partitions": parts, **total}))
+        return
+    rows = [("PARTITION", "START", "END", "ENTRIES", "BYTES", "EXPIRED", "REVISION")]
+    for p in report.partitions:
+        end = "+inf" if p.end is None else conn.show_key(p.end)
+        rows.append(
+            (
+                p.partition_id,
+                conn.show_key(p.start) or "-inf",
+                end,
+                str(p.approximate_entries),
+                str(p.bytes),
+                str(p.expired_entries),
+                str(p.revision),
+            )
+        )
+    rows.append(("total", "", "", str(report.approximate_entries), str(report.bytes), "", ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo(
+            "  ".join(
+                cell.ljust(w) if i < 3 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
+        )
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL.
+
+    \b
+    Enable it for this shell, or add the line to ~/.bashrc (~/.zshrc):
+      eval "$(keyspan completion bash)"
+      eval "$(keyspan completion zsh)"
+    """
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)
+    assert completer is not None
+    click.echo(completer(cli, {}, "keyspan", "_KEYSPAN_COMPLETE").source())

@@ -1,0 +1,168 @@
+"""The record formats of `keyspan load` and `keyspan dump`, and the bounded-memory sort.
+
+One JSON object per line, the same both ways, so `dump | load` round-trips exactly:
+
+    {"key": "user/ann", "value": "text"}              value stored as bytes (UTF-8)
+    {"key": "doc/1", "value": {"a": 1}}               any non-string JSON: a JSON document
+    {"key": "doc/2", "value": "text", "json": true}   a JSON document that is a string
+    {"key_hex": "00ff", "value_b64": "AAE="}          binary key (or --hex: "key" is hex), binary value
+    {"key": "tmp", "value": "x", "ttl_s": 30.5}       seconds left to live
+
+CSV input is `key,value` rows (the value stored as bytes); a first row `key,value` is a header.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import csv
+import heapq
+import json
+import marshal
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from operator import itemgetter
+from pathlib import Path
+from typing import IO, Any
+
+from keyspan.streams.entry import Entry
+
+# (key, value, is_json, ttl_s): what a line becomes, and what the sort spills to disk.
+Record = tuple[bytes, bytes, bool, float]
+DEFAULT_CHUNK_ENTRIES = 200_000
+
+
+class RecordError(ValueError):
+    """A line that is not a record; the message names the line and the field."""
+
+
+def _key_of(obj: dict[str, Any], hex_keys: bool) -> bytes:
+    if "key_hex" in obj:
+        return bytes.fromhex(obj["key_hex"])
+    key = obj.get("key")
+    if not isinstance(key, str):
+        raise RecordError('key: must be a string ("key": "..." or "key_hex": "...")')
+    return bytes.fromhex(key) if hex_keys else key.encode()
+
+
+def parse_json_line(line: str, hex_keys: bool = False) -> Record:
+    """One JSON-lines record; raises RecordError (or ValueError for bad hex/base64)."""
+    obj = json.loads(line)
+    if not isinstance(obj, dict):
+        raise RecordError("must be a JSON object with key and value")
+    key = _key_of(obj, hex_keys)
+    ttl_s = float(obj.get("ttl_s", 0) or 0)
+    if "value_b64" in obj:
+        return key, base64.b64decode(obj["value_b64"], validate=True), False, ttl_s
+    if "value" not in obj:
+        raise RecordError('value: missing ("value" or "value_b64")')
+    value = obj["value"]
+    if isinstance(value, str) and not obj.get("json"):
+        return key, value.encode(), False, ttl_s
+    return key, json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(), True, ttl_s
+
+
+def read_records(stream: IO[str], fmt: str, hex_keys: bool = False, name: str = "-") -> Iterator[Record]:
+    """Records from a JSON-lines or CSV text stream, raising RecordError with `name:line:`."""
+    if fmt == "csv":
+        for number, row in enumerate(csv.reader(stream), 1):
+            if number == 1 and row == ["key", "value"]:
+                continue
+            if len(row) != 2:
+                raise RecordError(f"{name}:{number}: a CSV row is key,value; got {len(row)} columns")
+            yield (bytes.fromhex(row[0]) if hex_keys else row[0].encode()), row[1].encode(), False, 0.0
+        return
+    for number, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            yield parse_json_line(line, hex_keys)
+        except ValueError as err:  # RecordError, JSONDecodeError, bad hex or base64
+            raise RecordError(f"{name}:{number}: {err}") from None
+
+
+def _spill(chunk: list[Record], directory: str) -> Path:
+    chunk.sort(key=itemgetter(0))  # stable: equal keys keep their input order
+    with tempfile.NamedTemporaryFile("wb", dir=directory, delete=False, suffix=".run") as out:
+        for record in chunk:
+            marshal.dump(record, out)
+    return Path(out.name)
+
+
+def _read_run(path: Path) -> Iterator[Record]:
+    with path.open("rb", buffering=1 << 20) as run:
+        while True:
+            try:
+                yield marshal.load(run)
+            except EOFError:
+                return
+
+
+def _last_of_each_key(records: Iterable[Record]) -> Iterator[Record]:
+    """Collapse equal keys, keeping the last (a later line overrides an earlier one)."""
+    previous: Record | None = None
+    for record in records:
+        if previous is not None and record[0] != previous[0]:
+            yield previous
+        previous = record
+    if previous is not None:
+        yield previous
+
+
+@contextlib.contextmanager
+def sorted_records(
+    records: Iterable[Record], chunk_entries: int = DEFAULT_CHUNK_ENTRIES
+) -> Iterator[tuple[int, Iterator[Record]]]:
+    """(count, records in key order, last of each key), holding at most `chunk_entries`
+    records in memory: larger inputs are sorted in runs spilled to temporary files and
+    merged. `count` counts input records (duplicates included). Temp files are removed
+    on exit."""
+    with tempfile.TemporaryDirectory(prefix="keyspan-load-") as directory:
+        runs: list[Path] = []
+        chunk: list[Record] = []
+        count = 0
+        for record in records:
+            chunk.append(record)
+            count += 1
+            if len(chunk) >= chunk_entries:
+                runs.append(_spill(chunk, directory))
+                chunk = []
+        if runs:
+            if chunk:
+                runs.append(_spill(chunk, directory))
+            # heapq.merge is stable across runs, so equal keys stay in input order.
+            merged: Iterable[Record] = heapq.merge(*(_read_run(r) for r in runs), key=itemgetter(0))
+        else:
+            chunk.sort(key=itemgetter(0))
+            merged = chunk
+        yield count, _last_of_each_key(merged)
+
+
+def dump_object(entry: Entry, hex_keys: bool = False, now_s: float | None = None) -> dict[str, Any]:
+    """The JSON-lines object of an entry read raw (bytes value, is_json set)."""
+    obj: dict[str, Any] = {}
+    if hex_keys:
+        obj["key"] = entry.key.hex()
+    else:
+        try:
+            obj["key"] = entry.key.decode()
+        except UnicodeDecodeError:
+            obj["key_hex"] = entry.key.hex()
+    if entry.is_json:
+        obj["value"] = json.loads(entry.value)
+        if isinstance(obj["value"], str):
+            obj["json"] = True
+    else:
+        try:
+            obj["value"] = entry.value.decode()
+        except UnicodeDecodeError:
+            obj["value_b64"] = base64.b64encode(entry.value).decode()
+    if entry.expires_at is not None:
+        left_s = entry.expires_at.timestamp() - (time.time() if now_s is None else now_s)
+        obj["ttl_s"] = max(0.001, round(left_s, 3))
+    return obj
+
+
+def dump_line(entry: Entry, hex_keys: bool = False) -> str:
+    return json.dumps(dump_object(entry, hex_keys), separators=(",", ":"), ensure_ascii=False)

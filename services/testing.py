@@ -1,0 +1,156 @@
+"""A real keyspan server for other projects' tests: a pytest plugin and `running_server()`.
+
+Installed with keyspan as the pytest11 entry point ``keyspan``, so its fixtures are there
+in any project that has keyspan installed:
+
+- ``keyspan_server``: a `keyspan serve` process on a free 127.0.0.1 port with a fresh
+  data dir, for one test (``.address``, ``.data_dir``, ``.process``);
+- ``keyspan_server_session``: the same, shared by the whole session;
+- ``keyspan_client``: a ready blocking Client on the session server, the store emptied
+  before each test.
+
+Outside pytest: ``with running_server() as address: ...``. Every server is waited for
+until gRPC health reports SERVING, and stopped with SIGTERM, then SIGKILL after
+`stop_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+STARTUP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago (the server may still lose a race)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """One `keyspan serve` child process on 127.0.0.1; `start()`, then `stop()`."""
+
+    def __init__(self, data_dir: Path, *args: str, stop_timeout_s: float = STOP_TIMEOUT_S) -> None:
+        self.data_dir, self.args, self.stop_timeout_s = Path(data_dir), args, stop_timeout_s
+        self.address = ""
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = self.data_dir.with_name(self.data_dir.name + ".log")
+
+    def start(self, timeout_s: float = STARTUP_TIMEOUT_S, attempts: int = 3) -> str:
+        """Start the server and wait for SERVING; retry on another port if one was taken."""
+        for attempt in range(attempts):
+            self.address = f"127.0.0.1:{free_port()}"
+            with self.log_path.open("ab") as log:
+                command = [sys.executable, "-m", "keyspan.services", "serve", "--address", self.address]
+                self.process = subprocess.Popen(
+                    [*command, "--data", str(self.data_dir), "--log-level", "WARNING", *self.args],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "GRPC_VERBOSITY": "ERROR"},
+                )
+            if self._wait_serving(timeout_s):
+                return self.address
+            self.stop()
+            if attempt + 1 == attempts:
+                break
+        raise RuntimeError(f"keyspan serve did not become SERVING; its log:\n{self.log_tail()}")
+
+    def _wait_serving(self, timeout_s: float) -> bool:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(self.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.process is None or self.process.poll() is not None:
+                    return False  # exited: a port race or a bad argument; the log says which
+                with contextlib.suppress(grpc.RpcError):
+                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return True
+                time.sleep(0.05)
+        return False
+
+    def log_tail(self, lines: int = 20) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited after stop_timeout_s. Idempotent."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(self.stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(self.stop_timeout_s)
+
+
+@contextlib.contextmanager
+def running_server(data_dir: Path | str | None = None, *args: str) -> Iterator[str]:
+    """Run `keyspan serve` for the block and yield its address ("127.0.0.1:PORT").
+
+    Without `data_dir` the data lives in a temporary directory removed afterwards.
+    Extra `args` go to `keyspan serve` (e.g. "--split-points", "m")."""
+    with contextlib.ExitStack() as stack:
+        if data_dir is None:
+            data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="keyspan-"))) / "data"
+        server = ServerProcess(Path(data_dir), *args)
+        stack.callback(server.stop)
+        yield server.start()
+
+
+def empty_store(client: Any) -> int:
+    """Delete every entry; returns how many. For test isolation, not for production."""
+    deleted = 0
+    for entry in client.scan_ex():
+        deleted += client.delete(entry.key)
+    return deleted
+
+
+try:
+    import pytest
+except ImportError:  # running_server() needs no pytest; the fixtures below do
+    pytest = None  # type: ignore[assignment]
+
+if pytest is not None:
+
+    @pytest.fixture
+    def keyspan_server(tmp_path: Path) -> Iterator[ServerProcess]:
+        """A `keyspan serve` process for this test only, with its own data dir."""
+        server = ServerProcess(tmp_path / "keyspan-data")
+        server.start()
+        yield server
+        server.stop()
+
+    @pytest.fixture(scope="session")
+    def keyspan_server_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+        """One `keyspan serve` process for the whole session."""
+        server = ServerProcess(tmp_path_factory.mktemp("keyspan") / "data")
+        server.start()
+        yield server
+        server.stop()
+
+    @pytest.fixture
+    def keyspan_client(keyspan_server_session: ServerProcess) -> Iterator[Any]:
+        """A blocking keyspan Client on the session server; the store is empty when the test starts."""
+        from keyspan.streams import Client
+
+        with Client(keyspan_server_session.address) as client:
+            empty_store(client)
+            yield client

@@ -1,0 +1,215 @@
+"""The client side of BulkPut: sorted entries out in byte-budget batches, acks in, the rest re-sent.
+
+One implementation serves `AsyncClient.bulk_put` (one attempt) and `bulk_put_ex`
+(retried under a RetryPolicy). Batches are cut by a byte budget, not by count: a gRPC
+message costs about 75 µs of Python CPU whatever its size, so small entries must share
+messages. A few batches are in flight on a stream at once; each answer says how many of
+that batch's first entries were committed (a prefix, whole or not at all), and the rest
+is sent again as a new batch, routed by its first key (the server's `next_key`). After a
+failure, every unanswered batch is sent again with the same entries, so an entry is
+never written with a value other than its own. Entries must be sorted by key with no
+duplicates; the sender checks this as it reads them and raises InvalidArgument
+(``entries[i].key``) at the first that is not, after committing what came before it.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import AsyncIterable, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from keyspan.streams.entry import Entry, encode_value, key_bytes
+from keyspan.streams.errors import InvalidArgument, KeyspanClientError, Unavailable, from_rpc_error
+from keyspan.streams.retry import DEFAULT_POLICY, RetryPolicy, Stall, retrying
+from keyspan.v1 import kv_pb2
+
+if TYPE_CHECKING:
+    from keyspan.streams.client import AsyncClient
+
+DEFAULT_BATCH_BYTES = 256 * 1024
+MAX_BATCH_ENTRIES = 10_000
+BATCHES_IN_FLIGHT = 3
+ONE_ATTEMPT = RetryPolicy(max_attempts=1)
+
+BulkItem = tuple[Any, Any] | tuple[Any, Any, float] | Entry | kv_pb2.Entry
+
+
+@dataclass
+class BulkPutResult:
+    """Counts so far (progress) or in all (result). Each entry is counted once, when acked."""
+
+    entries: int = 0
+    bytes: int = 0
+    batches: int = 0
+    retries: int = 0
+    elapsed_s: float = 0.0
+
+
+def to_wire(item: BulkItem) -> kv_pb2.Entry:
+    """A BulkPut entry from (key, value), (key, value, ttl_s), an Entry or a kv_pb2.Entry."""
+    if isinstance(item, kv_pb2.Entry):
+        return item
+    if isinstance(item, Entry):
+        value, is_json = encode_value(item.value, item.is_json)
+        return kv_pb2.Entry(key=key_bytes(item.key), value=value, json=is_json, ttl_s=item.ttl_s)
+    key, value, *rest = item
+    raw, is_json = encode_value(value, False)
+    return kv_pb2.Entry(key=key_bytes(key), value=raw, json=is_json, ttl_s=rest[0] if rest else 0.0)
+
+
+class _Batch:
+    __slots__ = ("entries", "nbytes")
+
+    def __init__(self, entries: list[kv_pb2.Entry], nbytes: int) -> None:
+        self.entries, self.nbytes = entries, nbytes
+
+    def split(self, accepted: int) -> tuple[_Batch, _Batch]:
+        head, tail = self.entries[:accepted], self.entries[accepted:]
+        head_bytes = sum(len(e.key) + len(e.value) for e in head)
+        return _Batch(head, head_bytes), _Batch(tail, self.nbytes - head_bytes)
+
+
+class _Source:
+    """Pulls items, checks their order, and cuts them into batches of about `batch_bytes`."""
+
+    def __init__(self, items: Iterable[BulkItem] | AsyncIterable[BulkItem], batch_bytes: int) -> None:
+        self._sync = iter(items) if isinstance(items, Iterable) else None
+        self._async = aiter(items) if self._sync is None else None  # type: ignore[arg-type]
+        self._batch_bytes, self._index, self._previous = batch_bytes, 0, b""
+        self.exhausted = False
+
+    async def _next_item(self) -> BulkItem | None:
+        if self._sync is not None:
+            return next(self._sync, None)
+        return await anext(self._async, None)  # type: ignore[arg-type]
+
+    async def next_batch(self) -> _Batch | None:
+        entries: list[kv_pb2.Entry] = []
+        nbytes = 0
+        while not self.exhausted and nbytes < self._batch_bytes and len(entries) < MAX_BATCH_ENTRIES:
+            item = await self._next_item()
+            if item is None:
+                self.exhausted = True
+                break
+            entry = to_wire(item)
+            if entry.key <= self._previous:
+                rule = "is a duplicate" if entry.key == self._previous else "sorts before the entry before"
+                raise InvalidArgument(
+                    f"entries[{self._index}].key: {rule}; bulk_put needs sorted, unique keys",
+                    f"entries[{self._index}].key",
+                    f"{rule}; bulk_put needs sorted, unique keys",
+                )
+            self._previous, self._index = entry.key, self._index + 1
+            entries.append(entry)
+            nbytes += len(entry.key) + len(entry.value)
+        return _Batch(entries, nbytes) if entries else None
+
+
+class _Sender:
+    def __init__(self, client: AsyncClient, source: _Source, stall: Stall, timeout_s: float | None) -> None:
+        self.client, self.source, self.stall, self.timeout_s = client, source, stall, timeout_s
+        self.pending: collections.deque[_Batch] = collections.deque()  # re-sends go first
+        self.result = BulkPutResult()
+        self.on_progress: Callable[[BulkPutResult], None] | None = None
+        self._started = time.monotonic()
+
+    async def _next(self) -> _Batch | None:
+        return self.pending.popleft() if self.pending else await self.source.next_batch()
+
+    def _acked(self, batch: _Batch, accepted: int) -> None:
+        if accepted <= 0:
+            raise KeyspanClientError("BulkPut accepted no entry of a batch routed by its own first key")
+        if accepted < len(batch.entries):
+            batch, rest = batch.split(accepted)
+            self.pending.appendleft(rest)
+        r = self.result
+        r.entries, r.bytes, r.batches = r.entries + len(batch.entries), r.bytes + batch.nbytes, r.batches + 1
+        r.retries, r.elapsed_s = self.stall.retries, time.monotonic() - self._started
+        self.stall.mark()
+        if self.on_progress is not None:
+            self.on_progress(r)
+
+    async def pump(self) -> None:
+        """Send until the source and the re-sends are empty; one attempt of the retry loop."""
+        in_flight: collections.deque[_Batch] = collections.deque()
+        call: Any = None
+        call_stub: Any = None
+        try:
+            while True:
+                while len(in_flight) < BATCHES_IN_FLIGHT and (batch := await self._next()) is not None:
+                    stub = self.client.router.stub_for_key(batch.entries[0].key)
+                    if call is not None and stub is not call_stub:
+                        if in_flight:  # drain this server before switching to the next
+                            self.pending.appendleft(batch)
+                            break
+                        await _finish(call)
+                        call = None
+                    if call is None:
+                        call, call_stub = stub.BulkPut(timeout=self.timeout_s), stub
+                    in_flight.append(batch)  # from here on "maybe sent": re-sent if the stream fails
+                    await call.write(kv_pb2.BulkPutRequest(entries=batch.entries))
+                if not in_flight:
+                    if self.pending:
+                        continue
+                    break
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    raise Unavailable("BulkPut stream ended before answering every batch")
+                self._acked(in_flight.popleft(), response.accepted)
+            if call is not None:
+                await _finish(call)
+        except grpc.RpcError as err:
+            self.pending.extendleft(reversed(in_flight))
+            raise from_rpc_error(err) from None
+        except BaseException:
+            self.pending.extendleft(reversed(in_flight))
+            if call is not None:
+                call.cancel()
+            raise
+
+
+async def _finish(call: Any) -> None:
+    await call.done_writing()
+    while await call.read() is not grpc.aio.EOF:
+        pass
+
+
+async def send_all(
+    client: AsyncClient,
+    items: Iterable[BulkItem] | AsyncIterable[BulkItem],
+    *,
+    policy: RetryPolicy | None,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
+    on_progress: Callable[[BulkPutResult], None] | None = None,
+    timeout_s: float | None = None,
+) -> BulkPutResult:
+    """Load every item; with a policy, retry retryable failures until all are in."""
+    stall = Stall(policy or ONE_ATTEMPT)
+    sender = _Sender(client, _Source(items, batch_bytes), stall, timeout_s)
+    sender.on_progress = on_progress
+    async for attempt in retrying(stall, client.router):
+        with attempt:
+            await sender.pump()
+    sender.result.retries = stall.retries
+    sender.result.elapsed_s = time.monotonic() - sender._started
+    return sender.result
+
+
+async def bulk_put_ex(
+    client: AsyncClient,
+    items: Iterable[BulkItem] | AsyncIterable[BulkItem],
+    *,
+    policy: RetryPolicy = DEFAULT_POLICY,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
+    on_progress: Callable[[BulkPutResult], None] | None = None,
+    timeout_s: float | None = None,
+) -> BulkPutResult:
+    """Load sorted entries, re-routing by next_key and re-sending what was not acked, until
+    every entry is in. Returns the counts; `on_progress` hears them after every ack."""
+    return await send_all(
+        client, items, policy=policy, batch_bytes=batch_bytes, on_progress=on_progress, timeout_s=timeout_s
+    )

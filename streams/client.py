@@ -1,0 +1,416 @@
+"""AsyncClient: keyspan.v1.KV for Python applications, routed, with typed errors.
+
+    async with AsyncClient("127.0.0.1:7420") as kv:
+        etag = await kv.put("user/ann", {"age": 41})
+        entry = await kv.get("user/ann", json=True)
+        async for e in kv.scan("user/", "user0"):
+            ...
+
+Every call goes through a Router (streams/router.py) and has a deadline: `timeout_s`
+(default 5 s) for unary calls and `stream_timeout_s` (default 300 s) for streams, both
+overridable per call. Failed calls raise the exceptions of streams/errors.py. A call
+answered with WrongPartition is sent again when the router learned the owner from it.
+The plain methods do not retry otherwise; scan_ex, bulk_put_ex and update do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json as jsonlib
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from typing import Any
+
+import grpc
+
+from keyspan.storage.keys import key_successor
+from keyspan.streams import bulk_sender, retry
+from keyspan.streams.bulk_sender import BulkItem, BulkPutResult
+from keyspan.streams.entry import Entry, KeyLike, Stats, SweepProgress, encode_value, key_bytes
+from keyspan.streams.errors import KeyspanClientError, Unavailable, WrongPartition, from_rpc_error
+from keyspan.streams.retry import DEFAULT_POLICY, UPDATE_POLICY, RetryPolicy
+from keyspan.streams.router import Router, StaticRouter
+from keyspan.v1 import kv_pb2
+
+DEFAULT_ADDRESS = "127.0.0.1:7420"
+DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_STREAM_TIMEOUT_S = 300.0
+MAX_ROUTING_HOPS = 3
+# Scan flow control: keep about two server batches (64 KiB each) granted ahead of the reader.
+SCAN_BATCH_BYTES = 64 * 1024
+SCAN_FIRST_CREDITS = 256
+SCAN_MIN_WINDOW, SCAN_MAX_WINDOW = 16, 10_000
+
+
+class _CreditWindow:
+    """Entries granted but not yet consumed stay near two batches' worth of bytes."""
+
+    def __init__(self) -> None:
+        self.outstanding = self.window = SCAN_FIRST_CREDITS
+        self._seen_entries = self._seen_bytes = 0
+
+    def consumed(self, batch: list[kv_pb2.Entry]) -> int:
+        """Record a consumed batch; return the credits to grant now (0: none yet)."""
+        self.outstanding -= len(batch)
+        self._seen_entries += len(batch)
+        self._seen_bytes += sum(len(e.key) + len(e.value) + 16 for e in batch)
+        average = self._seen_bytes / self._seen_entries
+        self.window = max(SCAN_MIN_WINDOW, min(SCAN_MAX_WINDOW, int(2 * SCAN_BATCH_BYTES / average)))
+        grant = self.window - self.outstanding
+        if grant <= 0 or (self.outstanding > 0 and grant < self.window // 4):
+            return 0
+        self.outstanding += grant
+        return grant
+
+
+def _scan_request(
+    start: bytes, end: bytes | None, limit: int, paths: list[str] | None, reverse: bool, credits: int
+) -> kv_pb2.ScanRequest:
+    request = kv_pb2.ScanRequest(
+        start=start, limit=limit, paths=paths or [], reverse=reverse, credits=credits
+    )
+    if end is not None:
+        request.end = end
+    return request
+
+
+async def _granted(call: Any, credits: int) -> bool:
+    """Send credits; False when the call had already ended (the server finished first)."""
+    try:
+        await call.write(kv_pb2.ScanRequest(credits=credits))
+    except grpc.RpcError:
+        return False
+    return True
+
+
+class AsyncClient:
+    """The asyncio client. Create and use it inside one event loop; close it (or use
+    `async with`) to close its channels."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        router: Router | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        stream_timeout_s: float | None = DEFAULT_STREAM_TIMEOUT_S,
+    ) -> None:
+        self.router: Router = router if router is not None else StaticRouter(address)
+        self.timeout_s, self.stream_timeout_s = timeout_s, stream_timeout_s
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.router.close()
+
+    def _deadline(self, timeout_s: float | None, stream: bool = False) -> float | None:
+        if timeout_s is not None:
+            return timeout_s
+        return self.stream_timeout_s if stream else self.timeout_s
+
+    async def _unary(self, method: str, key: bytes, request: Any, timeout_s: float | None) -> Any:
+        """Call `method` on the key's owner; follow WrongPartition when the router learns."""
+        for hop in range(MAX_ROUTING_HOPS):
+            stub = self.router.stub_for_key(key)
+            try:
+                return await getattr(stub, method)(request, timeout=self._deadline(timeout_s))
+            except grpc.RpcError as rpc_error:
+                err = from_rpc_error(rpc_error)
+            if not (
+                isinstance(err, WrongPartition)
+                and hop + 1 < MAX_ROUTING_HOPS
+                and self.router.on_wrong_partition(err)
+            ):
+                raise err
+        raise AssertionError("unreachable")
+
+    async def get(
+        self,
+        key: KeyLike,
+        paths: list[str] | None = None,
+        json: bool = False,
+        *,
+        timeout_s: float | None = None,
+    ) -> Entry | None:
+        """The entry, or None when absent or expired. With json=True a JSON document's value
+        is decoded; with paths it is the projection {path: value} (decoded when json=True)."""
+        raw = key_bytes(key)
+        response = await self._unary("Get", raw, kv_pb2.GetRequest(key=raw, paths=paths or []), timeout_s)
+        if not response.found:
+            return None
+        entry = Entry.from_wire(response, decode_json=json, key=raw)
+        if paths and json and not response.json:
+            return Entry(raw, jsonlib.loads(response.value), entry.etag, entry.expires_at, True)
+        return entry
+
+    async def put(
+        self,
+        key: KeyLike,
+        value: Any,
+        ttl_s: float = 0,
+        if_etag: int = 0,
+        if_absent: bool = False,
+        json: bool = False,
+        *,
+        timeout_s: float | None = None,
+    ) -> int:
+        """Write the value and return its new etag. bytes and str are stored as bytes unless
+        json=True; dict, list, numbers, bool and None are always stored as JSON documents.
+        Raises EtagMismatch when if_etag / if_absent does not hold."""
+        raw = key_bytes(key)
+        data, is_json = encode_value(value, json)
+        request = kv_pb2.PutRequest(
+            key=raw, value=data, ttl_s=ttl_s, if_etag=if_etag, if_absent=if_absent, json=is_json
+        )
+        return (await self._unary("Put", raw, request, timeout_s)).etag
+
+    async def delete(self, key: KeyLike, if_etag: int = 0, *, timeout_s: float | None = None) -> bool:
+        """Delete the entry; False when there was none. Raises EtagMismatch on a stale if_etag."""
+        raw = key_bytes(key)
+        request = kv_pb2.DeleteRequest(key=raw, if_etag=if_etag)
+        return (await self._unary("Delete", raw, request, timeout_s)).deleted
+
+    async def patch(
+        self,
+        key: KeyLike,
+        merge: Any = None,
+        set: dict[str, Any] | None = None,
+        remove: list[str] | None = None,
+        if_etag: int = 0,
+        *,
+        timeout_s: float | None = None,
+    ) -> Entry:
+        """Merge-patch (RFC 7396), then set paths to JSON values, then remove paths, atomically.
+        Returns the whole new document, decoded. Raises NotFound, NotJson, EtagMismatch."""
+        raw = key_bytes(key)
+        request = kv_pb2.PatchRequest(
+            key=raw,
+            merge_patch=jsonlib.dumps(merge) if merge is not None else "",
+            set=[kv_pb2.PathValue(path=p, value=jsonlib.dumps(v)) for p, v in (set or {}).items()],
+            remove=remove or [],
+            if_etag=if_etag,
+        )
+        response = await self._unary("Patch", raw, request, timeout_s)
+        return Entry(raw, jsonlib.loads(response.value), response.etag, None, True)
+
+    async def stats(self, *, timeout_s: float | None = None) -> Stats:
+        """Every partition of every server the router knows, in key order."""
+        responses = []
+        for stub in self.router.stubs():
+            try:
+                responses.append(await stub.Stats(kv_pb2.StatsRequest(), timeout=self._deadline(timeout_s)))
+            except grpc.RpcError as err:
+                raise from_rpc_error(err) from None
+        return Stats.from_wire(responses)
+
+    async def scan_batches(
+        self,
+        start: bytes = b"",
+        end: bytes | None = None,
+        *,
+        limit: int = 0,
+        paths: list[str] | None = None,
+        reverse: bool = False,
+        json: bool = False,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[list[Entry]]:
+        """The range's entries as the server batches them, piece by piece of the router.
+        Credits are granted as batches are consumed (never more than about two batches
+        ahead). No retry: a broken stream raises; scan_ex resumes."""
+        pieces = self.router.pieces(start, end)
+        remaining = limit
+        for piece_start, piece_end, stub in reversed(pieces) if reverse else pieces:
+            piece = self._scan_piece(
+                stub, piece_start, piece_end, remaining, paths, reverse, json, self._deadline(timeout_s, True)
+            )
+            async with contextlib.aclosing(piece):
+                async for batch in piece:
+                    yield batch
+                    if limit:
+                        remaining -= len(batch)
+            if limit and remaining <= 0:
+                return
+
+    async def _scan_piece(
+        self,
+        stub: Any,
+        start: bytes,
+        end: bytes | None,
+        limit: int,
+        paths: list[str] | None,
+        reverse: bool,
+        json: bool,
+        timeout_s: float | None,
+    ) -> AsyncIterator[list[Entry]]:
+        """One server's part of a scan, a batch at a time, with credits as batches are taken.
+
+        The server ends the call right after its last response, so a credit grant can race
+        with the end; grpc then fails the whole call locally and drops responses not read
+        yet. The piece then opens a new stream right after the last entry it delivered.
+        That is flow-control bookkeeping, not a retry: errors from the server raise.
+        """
+        while True:
+            call = stub.Scan(timeout=timeout_s)
+            window = _CreditWindow()
+            try:
+                await call.write(_scan_request(start, end, limit, paths, reverse, window.outstanding))
+                while (response := await call.read()) is not grpc.aio.EOF:
+                    if response.entries:
+                        batch = [Entry.from_wire(e, json) for e in response.entries]
+                        if reverse:
+                            end = batch[-1].key
+                        else:
+                            start = key_successor(batch[-1].key)
+                        yield batch
+                        if limit:
+                            limit -= len(batch)
+                            if limit <= 0:
+                                return
+                    if response.done:
+                        return
+                    grant = window.consumed(response.entries)  # type: ignore[arg-type]
+                    if grant and not call.done() and not await _granted(call, grant):
+                        break  # the call ended under the grant: reopen after the cursor
+                else:
+                    raise Unavailable("Scan stream ended before the range was done")
+            except grpc.RpcError as err:
+                raise from_rpc_error(err) from None
+            finally:
+                call.cancel()
+
+    async def scan(
+        self,
+        start: KeyLike | None = None,
+        end: KeyLike | None = None,
+        limit: int = 0,
+        paths: list[str] | None = None,
+        reverse: bool = False,
+        json: bool = False,
+        *,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[Entry]:
+        """Entries of [start, end) in key order (descending with reverse), at most `limit`
+        (0: all). start None is the first key, end None +infinity. No retry; see scan_ex."""
+        lower = key_bytes(start) if start is not None else b""
+        upper = key_bytes(end) if end is not None else None
+        batches = self.scan_batches(
+            lower, upper, limit=limit, paths=paths, reverse=reverse, json=json, timeout_s=timeout_s
+        )
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                for entry in batch:
+                    yield entry
+
+    async def bulk_put(
+        self,
+        items: Iterable[BulkItem] | AsyncIterable[BulkItem],
+        *,
+        batch_bytes: int = bulk_sender.DEFAULT_BATCH_BYTES,
+        on_progress: Callable[[BulkPutResult], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> BulkPutResult:
+        """Load sorted (key, value) pairs, (key, value, ttl_s) or Entry items in byte-budget
+        batches, in one attempt: a failure raises, with what was acked already committed."""
+        return await bulk_sender.send_all(
+            self,
+            items,
+            policy=None,
+            batch_bytes=batch_bytes,
+            on_progress=on_progress,
+            timeout_s=self._deadline(timeout_s, True),
+        )
+
+    async def sweep(
+        self,
+        start: KeyLike | None = None,
+        end: KeyLike | None = None,
+        max_deletes_per_s: float = 0,
+        *,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[SweepProgress]:
+        """Delete the range's expired entries; yield the running totals after each batch,
+        and a last report with done=True."""
+        lower = key_bytes(start) if start is not None else b""
+        upper = key_bytes(end) if end is not None else None
+        scanned = deleted = 0
+        for piece_start, piece_end, stub in self.router.pieces(lower, upper):
+            base_scanned, base_deleted = scanned, deleted
+            request = kv_pb2.SweepRequest(start=piece_start, max_deletes_per_s=max_deletes_per_s)
+            if piece_end is not None:
+                request.end = piece_end
+            call = stub.Sweep(timeout=self._deadline(timeout_s, True))
+            try:
+                await call.write(request)
+                while (response := await call.read()) is not grpc.aio.EOF:
+                    scanned, deleted = base_scanned + response.scanned, base_deleted + response.deleted
+                    if not response.done:
+                        yield SweepProgress(scanned, deleted, False)
+            except grpc.RpcError as err:
+                raise from_rpc_error(err) from None
+            finally:
+                call.cancel()
+        yield SweepProgress(scanned, deleted, True)
+
+    # -- retrying helpers (streams/retry.py, streams/bulk_sender.py) ------------------------
+
+    def scan_ex(
+        self,
+        start: KeyLike | None = None,
+        end: KeyLike | None = None,
+        limit: int = 0,
+        paths: list[str] | None = None,
+        reverse: bool = False,
+        json: bool = False,
+        *,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[Entry]:
+        """scan that resumes after the last delivered key: every entry once, in order."""
+        return retry.scan_ex(
+            self,
+            start,
+            end,
+            limit=limit,
+            paths=paths,
+            reverse=reverse,
+            json=json,
+            policy=policy,
+            timeout_s=timeout_s,
+        )
+
+    async def bulk_put_ex(
+        self,
+        items: Iterable[BulkItem] | AsyncIterable[BulkItem],
+        *,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        batch_bytes: int = bulk_sender.DEFAULT_BATCH_BYTES,
+        on_progress: Callable[[BulkPutResult], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> BulkPutResult:
+        """bulk_put that re-sends and re-routes until every entry is in."""
+        return await bulk_sender.bulk_put_ex(
+            self,
+            items,
+            policy=policy,
+            batch_bytes=batch_bytes,
+            on_progress=on_progress,
+            timeout_s=self._deadline(timeout_s, True),
+        )
+
+    async def update(
+        self,
+        key: KeyLike,
+        fn: Callable[[Any], Any],
+        *,
+        json: bool = False,
+        ttl_s: float = 0,
+        policy: RetryPolicy = UPDATE_POLICY,
+    ) -> Entry:
+        """Read-modify-write under the etag, retried on ABORTED; see retry.update."""
+        return await retry.update(self, key, fn, json=json, ttl_s=ttl_s, policy=policy)
+
+
+__all__ = ["AsyncClient", "BulkPutResult", "Entry", "KeyspanClientError", "Stats"]

@@ -1,0 +1,124 @@
+"""What the client hands back (Entry, PartitionInfo, Stats) and how keys and values go on the wire."""
+
+from __future__ import annotations
+
+import json as jsonlib
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from keyspan.storage.keys import Key
+from keyspan.v1 import kv_pb2
+
+KeyLike = Key | bytes | str
+
+
+def key_bytes(key: KeyLike) -> bytes:
+    """The raw key: a Key's bytes, bytes as they are, str as UTF-8. The server checks length."""
+    if isinstance(key, Key):
+        return key.raw
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, bytes | bytearray | memoryview):
+        return bytes(key)
+    raise TypeError(f"a key is a Key, bytes or str, not {type(key).__name__}")
+
+
+def encode_value(value: Any, as_json: bool) -> tuple[bytes, bool]:
+    """(wire bytes, is_json). bytes stay bytes, str is UTF-8; dict/list/numbers/None are JSON.
+
+    With as_json=True every value (a str too) is stored as a JSON document.
+    """
+    if isinstance(value, bytes | bytearray | memoryview) and not as_json:
+        return bytes(value), False
+    if isinstance(value, str) and not as_json:
+        return value.encode(), False
+    if isinstance(value, bytes | bytearray | memoryview):
+        jsonlib.loads(value)  # bytes given as JSON text must parse; ValueError otherwise
+        return bytes(value), True
+    return jsonlib.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(), True
+
+
+def expires_at_of(expires_at_ms: int) -> datetime | None:
+    return datetime.fromtimestamp(expires_at_ms / 1000, UTC) if expires_at_ms else None
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One entry as read: `value` is bytes, or the decoded JSON when asked for JSON.
+
+    `is_json` says whether the store holds a JSON document. As bulk_put input, only key,
+    value, is_json and expires_at (turned into a TTL) are used.
+    """
+
+    key: bytes
+    value: Any
+    etag: int = 0
+    expires_at: datetime | None = None
+    is_json: bool = False
+
+    @property
+    def ttl_s(self) -> float:
+        """Seconds left to live, 0 when the entry never expires (at least 1 ms if it does)."""
+        if self.expires_at is None:
+            return 0.0
+        return max(0.001, self.expires_at.timestamp() - time.time())
+
+    @classmethod
+    def from_wire(cls, e: kv_pb2.Entry | kv_pb2.GetResponse, decode_json: bool, key: bytes = b"") -> Entry:
+        raw_key = key or e.key  # type: ignore[union-attr]
+        value: Any = jsonlib.loads(e.value) if decode_json and e.json else e.value
+        return cls(raw_key, value, e.etag, expires_at_of(e.expires_at_ms), e.json)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionInfo:
+    """One partition as Stats reports it; end None means +infinity."""
+
+    partition_id: str
+    start: bytes
+    end: bytes | None
+    approximate_entries: int
+    bytes: int
+    expired_entries: int
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    partitions: list[PartitionInfo] = field(default_factory=list)
+
+    @property
+    def approximate_entries(self) -> int:
+        return sum(p.approximate_entries for p in self.partitions)
+
+    @property
+    def bytes(self) -> int:
+        return sum(p.bytes for p in self.partitions)
+
+    @classmethod
+    def from_wire(cls, responses: list[kv_pb2.StatsResponse]) -> Stats:
+        parts = [
+            PartitionInfo(
+                p.partition_id,
+                p.start,
+                p.end if p.HasField("end") else None,
+                p.approximate_entries,
+                p.bytes,
+                p.expired_entries,
+                p.revision,
+            )
+            for r in responses
+            for p in r.partitions
+        ]
+        return cls(sorted(parts, key=lambda p: p.start))
+
+
+@dataclass(frozen=True, slots=True)
+class SweepProgress:
+    """Expired entries found and deleted so far; done on the last report."""
+
+    scanned: int
+    deleted: int
+    done: bool

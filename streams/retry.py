@@ -1,0 +1,208 @@
+"""Retry helpers on tenacity: scan_ex (resume after the last delivered key) and update (etag
+read-modify-write). bulk_put_ex lives in bulk_sender.py and uses the same policy.
+
+Only UNAVAILABLE and DEADLINE_EXCEEDED are retried (gRPC reports a reset connection as
+UNAVAILABLE), plus WrongPartition when the router learned a new owner from it; every
+other error surfaces at once. Attempts are bounded per *stall*: the counter and the
+clock restart whenever an attempt made progress, so a long scan survives sporadic
+failures while a dead server still fails within `max_attempts` / `max_stall_s`.
+
+`@retry` on an async generator never retries (tenacity wraps its creation, not its
+iteration), so the stream helpers loop over `AsyncRetrying` with a resume cursor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+
+from keyspan.storage.keys import key_successor
+from keyspan.streams.entry import Entry, KeyLike, key_bytes
+from keyspan.streams.errors import DeadlineExceeded, EtagMismatch, Unavailable, WrongPartition, is_retryable
+
+if TYPE_CHECKING:
+    from keyspan.streams.client import AsyncClient
+    from keyspan.streams.router import Router
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, bounded per stall (time without progress)."""
+
+    max_attempts: int = 8
+    max_stall_s: float = 60.0
+    initial_backoff_s: float = 0.05
+    max_backoff_s: float = 2.0
+
+
+DEFAULT_POLICY = RetryPolicy()
+# Etag races mean another writer made progress, so a read-modify-write may take many turns.
+UPDATE_POLICY = RetryPolicy(max_attempts=200, max_stall_s=30.0, initial_backoff_s=0.002, max_backoff_s=0.1)
+
+
+class Stall:
+    """Counts failed attempts and time since the last progress; `mark()` records progress."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.failures = 0
+        self.retries = 0
+        self._since = time.monotonic()
+
+    def mark(self) -> None:
+        self.failures, self._since = 0, time.monotonic()
+
+    def __call__(self, state: RetryCallState) -> bool:
+        """tenacity stop: called once per retryable failure; True gives up."""
+        self.failures += 1
+        give_up = (
+            self.failures >= self.policy.max_attempts
+            or time.monotonic() - self._since > self.policy.max_stall_s
+        )
+        self.retries += not give_up
+        return give_up
+
+    def wait(self, state: RetryCallState) -> float:
+        """Full jitter on an exponential ceiling; at least what RetryInfo asked for."""
+        ceiling = min(self.policy.max_backoff_s, self.policy.initial_backoff_s * 2 ** (self.failures - 1))
+        delay = random.uniform(0, ceiling)
+        err = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(err, Unavailable) and err.retry_after_s:
+            delay = max(delay, min(err.retry_after_s, self.policy.max_backoff_s))
+        return delay
+
+
+def retrying(
+    stall: Stall, router: Router | None = None, extra: Callable[[BaseException], bool] | None = None
+) -> AsyncRetrying:
+    """AsyncRetrying that retries only retryable errors (and `extra`), re-raising the last."""
+
+    def predicate(err: BaseException) -> bool:
+        if is_retryable(err) or (extra is not None and extra(err)):
+            return True
+        return isinstance(err, WrongPartition) and router is not None and router.on_wrong_partition(err)
+
+    return AsyncRetrying(retry=retry_if_exception(predicate), stop=stall, wait=stall.wait, reraise=True)
+
+
+async def scan_ex_batches(
+    client: AsyncClient,
+    start: KeyLike | None = None,
+    end: KeyLike | None = None,
+    *,
+    limit: int = 0,
+    paths: list[str] | None = None,
+    reverse: bool = False,
+    json: bool = False,
+    policy: RetryPolicy = DEFAULT_POLICY,
+    timeout_s: float | None = None,
+) -> AsyncIterator[list[Entry]]:
+    """scan_ex, a server batch at a time (what the blocking Client pulls across threads)."""
+    lower = key_bytes(start) if start is not None else b""
+    upper = key_bytes(end) if end is not None else None
+    remaining = limit
+    stall = Stall(policy)
+    async for attempt in retrying(stall, client.router):
+        with attempt:
+            batches = client.scan_batches(
+                lower, upper, limit=remaining, paths=paths, reverse=reverse, json=json, timeout_s=timeout_s
+            )
+            async with contextlib.aclosing(batches):
+                async for batch in batches:
+                    # Move the cursor past the batch before handing it out: delivered means done.
+                    if reverse:
+                        upper = batch[-1].key
+                    else:
+                        lower = key_successor(batch[-1].key)
+                    stall.mark()
+                    yield batch
+                    if limit:
+                        remaining -= len(batch)
+                        if remaining <= 0:
+                            return
+
+
+async def scan_ex(
+    client: AsyncClient,
+    start: KeyLike | None = None,
+    end: KeyLike | None = None,
+    *,
+    limit: int = 0,
+    paths: list[str] | None = None,
+    reverse: bool = False,
+    json: bool = False,
+    policy: RetryPolicy = DEFAULT_POLICY,
+    timeout_s: float | None = None,
+) -> AsyncIterator[Entry]:
+    """Every entry of [start, end) exactly once and in order, resuming broken streams.
+
+    After a retryable failure a new stream opens right after the last entry delivered
+    (start = successor of its key; for reverse, end = its key), so nothing is lost or
+    repeated. Raises the last error once the policy gives up; others at once.
+    """
+    batches = scan_ex_batches(
+        client,
+        start,
+        end,
+        limit=limit,
+        paths=paths,
+        reverse=reverse,
+        json=json,
+        policy=policy,
+        timeout_s=timeout_s,
+    )
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            for entry in batch:
+                yield entry
+
+
+async def update(
+    client: AsyncClient,
+    key: KeyLike,
+    fn: Callable[[Any], Any],
+    *,
+    json: bool = False,
+    ttl_s: float = 0,
+    policy: RetryPolicy = UPDATE_POLICY,
+) -> Entry:
+    """Read-modify-write one entry: store fn(current value) under the etag that was read.
+
+    `fn` gets the current value (decoded JSON when json=True), or None when the key is
+    absent, in which case the write is a must-not-exist create. On ABORTED (someone wrote
+    in between) the whole read-fn-write turn repeats, so `fn` must be free of side
+    effects. UNAVAILABLE is retried (such a write was not applied); DEADLINE_EXCEEDED is
+    retried only on the read: on the write it is raised, because the write may have
+    applied and repeating it could apply `fn` twice. Returns the entry as written.
+    """
+    raw = key_bytes(key)
+    stall = Stall(policy)
+    phase = "read"
+
+    def predicate(err: BaseException) -> bool:
+        if isinstance(err, EtagMismatch):
+            return True
+        return is_retryable(err) and not (isinstance(err, DeadlineExceeded) and phase == "write")
+
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception(predicate), stop=stall, wait=stall.wait, reraise=True
+    ):
+        with attempt:
+            phase = "read"
+            current = await client.get(raw, json=json)
+            value = fn(current.value if current is not None else None)
+            phase = "write"
+            if current is None:
+                etag = await client.put(raw, value, ttl_s=ttl_s, if_absent=True, json=json)
+            else:
+                etag = await client.put(raw, value, ttl_s=ttl_s, if_etag=current.etag, json=json)
+            expires_at = datetime.now(UTC) + timedelta(seconds=ttl_s) if ttl_s else None
+            return Entry(raw, value, etag, expires_at, json)
+    raise AssertionError("unreachable: AsyncRetrying re-raises the last error")

@@ -1,0 +1,213 @@
+"""Client: the blocking flavour, with the same methods as AsyncClient.
+
+    with Client("127.0.0.1:7420") as kv:
+        kv.put("user/ann", {"age": 41})
+        print(kv.get("user/ann", json=True).value)
+
+It runs one AsyncClient on a private event loop in a daemon thread, so the logic exists
+once. Calls from any thread are safe and run one after another on that loop. Do not call
+it from the event loop thread of an in-process grpc.aio *server*: the blocking wait
+would stall the server (use AsyncClient there). Iterators (scan, scan_ex, sweep) fetch
+a server batch at a time, so the thread hop is paid per batch, not per entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from typing import Any, TypeVar
+
+from keyspan.streams import retry
+from keyspan.streams.bulk_sender import DEFAULT_BATCH_BYTES, BulkItem, BulkPutResult
+from keyspan.streams.client import DEFAULT_ADDRESS, DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S, AsyncClient
+from keyspan.streams.entry import Entry, KeyLike, Stats, SweepProgress, key_bytes
+from keyspan.streams.retry import DEFAULT_POLICY, UPDATE_POLICY, RetryPolicy
+from keyspan.streams.router import Router
+
+T = TypeVar("T")
+
+
+class Client:
+    """The blocking client. Close it (or use `with`) to stop its thread and channels.
+
+    `router_factory`, when given, builds the Router inside the client's loop (grpc.aio
+    channels belong to the loop that creates them)."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        router_factory: Callable[[], Router] | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        stream_timeout_s: float | None = DEFAULT_STREAM_TIMEOUT_S,
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="keyspan-client", daemon=True)
+        self._thread.start()
+
+        async def make() -> AsyncClient:
+            router = router_factory() if router_factory is not None else None
+            return AsyncClient(address, router=router, timeout_s=timeout_s, stream_timeout_s=stream_timeout_s)
+
+        self.aio = self._run(make())
+        self._closed = False
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channels and stop the loop thread; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._run(self.aio.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def _iterate(self, batches: AsyncIterator[list[T]]) -> Iterator[T]:
+        """Pull an async iterator of batches from the loop thread, one batch per hop."""
+        try:
+            while True:
+                try:
+                    batch = self._run(anext(batches))  # type: ignore[arg-type]
+                except StopAsyncIteration:
+                    return
+                yield from batch
+        finally:
+            self._run(batches.aclose())  # type: ignore[attr-defined]
+
+    def get(
+        self, key: KeyLike, paths: list[str] | None = None, json: bool = False, **kw: Any
+    ) -> Entry | None:
+        return self._run(self.aio.get(key, paths, json, **kw))
+
+    def put(
+        self,
+        key: KeyLike,
+        value: Any,
+        ttl_s: float = 0,
+        if_etag: int = 0,
+        if_absent: bool = False,
+        json: bool = False,
+        **kw: Any,
+    ) -> int:
+        return self._run(self.aio.put(key, value, ttl_s, if_etag, if_absent, json, **kw))
+
+    def delete(self, key: KeyLike, if_etag: int = 0, **kw: Any) -> bool:
+        return self._run(self.aio.delete(key, if_etag, **kw))
+
+    def patch(
+        self,
+        key: KeyLike,
+        merge: Any = None,
+        set: dict[str, Any] | None = None,
+        remove: list[str] | None = None,
+        if_etag: int = 0,
+        **kw: Any,
+    ) -> Entry:
+        return self._run(self.aio.patch(key, merge, set, remove, if_etag, **kw))
+
+    def stats(self, **kw: Any) -> Stats:
+        return self._run(self.aio.stats(**kw))
+
+    def scan(
+        self,
+        start: KeyLike | None = None,
+        end: KeyLike | None = None,
+        limit: int = 0,
+        paths: list[str] | None = None,
+        reverse: bool = False,
+        json: bool = False,
+        **kw: Any,
+    ) -> Iterator[Entry]:
+        """As AsyncClient.scan; credits follow what this iterator has handed out."""
+        lower = _raw(start) or b""
+        return self._iterate(
+            self.aio.scan_batches(
+                lower, _raw(end), limit=limit, paths=paths, reverse=reverse, json=json, **kw
+            )
+        )
+
+    def scan_ex(
+        self,
+        start: KeyLike | None = None,
+        end: KeyLike | None = None,
+        limit: int = 0,
+        paths: list[str] | None = None,
+        reverse: bool = False,
+        json: bool = False,
+        *,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        **kw: Any,
+    ) -> Iterator[Entry]:
+        """As AsyncClient.scan_ex: every entry once, in order, resuming broken streams."""
+        batches = retry.scan_ex_batches(
+            self.aio, start, end, limit=limit, paths=paths, reverse=reverse, json=json, policy=policy, **kw
+        )
+        return self._iterate(batches)
+
+    def sweep(
+        self,
+        start: KeyLike | None = None,
+        end: KeyLike | None = None,
+        max_deletes_per_s: float = 0,
+        **kw: Any,
+    ) -> Iterator[SweepProgress]:
+        return self._iterate(_rebatch(self.aio.sweep(start, end, max_deletes_per_s, **kw)))
+
+    def bulk_put(
+        self,
+        items: Iterable[BulkItem] | AsyncIterable[BulkItem],
+        *,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+        on_progress: Callable[[BulkPutResult], None] | None = None,
+        **kw: Any,
+    ) -> BulkPutResult:
+        """As AsyncClient.bulk_put. A plain iterable is read on the client's thread."""
+        return self._run(self.aio.bulk_put(items, batch_bytes=batch_bytes, on_progress=on_progress, **kw))
+
+    def bulk_put_ex(
+        self,
+        items: Iterable[BulkItem] | AsyncIterable[BulkItem],
+        *,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+        on_progress: Callable[[BulkPutResult], None] | None = None,
+        **kw: Any,
+    ) -> BulkPutResult:
+        return self._run(
+            self.aio.bulk_put_ex(items, policy=policy, batch_bytes=batch_bytes, on_progress=on_progress, **kw)
+        )
+
+    def update(
+        self,
+        key: KeyLike,
+        fn: Callable[[Any], Any],
+        *,
+        json: bool = False,
+        ttl_s: float = 0,
+        policy: RetryPolicy = UPDATE_POLICY,
+    ) -> Entry:
+        """As AsyncClient.update; `fn` runs on the client's thread."""
+        return self._run(self.aio.update(key, fn, json=json, ttl_s=ttl_s, policy=policy))
+
+
+def _raw(key: KeyLike | None) -> bytes | None:
+    return key_bytes(key) if key is not None else None
+
+
+async def _rebatch(items: AsyncIterator[T]) -> AsyncIterator[list[T]]:
+    """Each item as a one-item batch (for sweep reports, which are few)."""
+    try:
+        async for item in items:
+            yield [item]
+    finally:
+        await items.aclose()  # type: ignore[attr-defined]

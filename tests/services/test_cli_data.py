@@ -1,0 +1,204 @@
+"""The data commands through the real `keyspan` CLI against a real server on 127.0.0.1.
+
+Round trips run the installed console script in a subprocess; exit codes and messages
+use click's CliRunner in-process (same code, faster).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from keyspan.services.cli import cli
+from keyspan.streams import Client
+
+KEYSPAN = str(Path(sys.executable).with_name("keyspan"))
+
+
+def run_cli(address: str, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "KEYSPAN_ADDRESS": address, "GRPC_VERBOSITY": "ERROR"}
+    return subprocess.run([KEYSPAN, *args], input=stdin, capture_output=True, env=env, timeout=120)
+
+
+def invoke(address: str, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, [*args], env={"KEYSPAN_ADDRESS": address})
+    return result.exit_code, result.output
+
+
+def line(obj: dict[str, object]) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def sample_lines(n: int) -> list[str]:
+    """Sorted JSON lines of every kind of record: text, documents, JSON strings, binary."""
+    lines = []
+    for i in range(n):
+        key = f"item/{i:06d}"
+        match i % 5:
+            case 0:
+                lines.append(line({"key": key, "value": f"text {i} é"}))
+            case 1:
+                lines.append(line({"key": key, "value": {"n": i, "tags": ["a", "b"], "ratio": i / 7}}))
+            case 2:
+                lines.append(line({"key": key, "value": "a JSON string", "json": True}))
+            case 3:
+                lines.append(line({"key_hex": (key.encode() + b"\xff").hex(), "value_b64": "AAEC/w=="}))
+            case _:
+                lines.append(line({"key": key, "value": [1, None, True]}))
+    return lines
+
+
+def test_load_then_dump_round_trips_20k_sorted_entries_exactly(server_address: str, tmp_path: Path) -> None:
+    text = "\n".join(sample_lines(20_000)) + "\n"
+    source = tmp_path / "in.jsonl"
+    source.write_text(text, encoding="utf-8")
+
+    loaded = run_cli(server_address, "load", str(source), "--output", "json")
+    assert loaded.returncode == 0, loaded.stderr
+    assert json.loads(loaded.stdout)["entries"] == 20_000
+    assert b"entries/s" in loaded.stderr  # the tqdm bar: rate and ETA on stderr
+
+    dumped = run_cli(server_address, "dump")
+    assert dumped.returncode == 0, dumped.stderr
+    assert dumped.stdout.decode() == text
+
+
+def test_load_sorts_unsorted_input_with_spills_and_later_lines_win(
+    server_address: str, tmp_path: Path
+) -> None:
+    lines = sample_lines(3_000)
+    shuffled = lines[:]
+    random.Random(3).shuffle(shuffled)
+    shuffled.append(line({"key": "item/000000", "value": "replaced"}))
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(shuffled) + "\n", encoding="utf-8")
+
+    loaded = run_cli(server_address, "load", str(source), "--chunk-entries", "500", "--no-progress")
+    assert loaded.returncode == 0, loaded.stderr
+
+    dumped = run_cli(server_address, "dump").stdout.decode().splitlines()
+    assert dumped == [line({"key": "item/000000", "value": "replaced"}), *lines[1:]]
+
+
+def test_load_reads_csv_and_stdin(server_address: str, tmp_path: Path) -> None:
+    (tmp_path / "in.csv").write_text("key,value\nb,2\na,1\n")
+    assert run_cli(server_address, "load", str(tmp_path / "in.csv")).returncode == 0
+    piped = run_cli(server_address, "load", "-", stdin=b'{"key": "c", "value": 3}\n')
+    assert piped.returncode == 0, piped.stderr
+    assert run_cli(server_address, "dump").stdout.decode().splitlines() == [
+        line({"key": "a", "value": "1"}),
+        line({"key": "b", "value": "2"}),
+        line({"key": "c", "value": 3}),
+    ]
+
+
+def test_dump_keeps_the_ttl(server_address: str, tmp_path: Path) -> None:
+    with Client(server_address) as kv:
+        kv.put("t", b"v", ttl_s=600)
+    (obj,) = [json.loads(x) for x in run_cli(server_address, "dump").stdout.splitlines()]
+    assert obj["key"] == "t" and 590 < obj["ttl_s"] <= 600
+
+
+def test_a_bad_input_line_exits_2_naming_the_line(server_address: str, tmp_path: Path) -> None:
+    (tmp_path / "bad.jsonl").write_text('{"key": "a", "value": 1}\n{"key": 5, "value": 1}\n')
+    result = run_cli(server_address, "load", str(tmp_path / "bad.jsonl"))
+    assert result.returncode == 2
+    assert b"bad.jsonl:2: key: must be a string" in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_put_get_patch_delete(server_address: str) -> None:
+    assert invoke(server_address, "put", "user/ann", "hello") == (0, "1\n")
+    assert invoke(server_address, "get", "user/ann") == (0, "hello\n")
+    assert invoke(server_address, "put", "doc", '{"a": 1}', "--json")[0] == 0
+    code, out = invoke(
+        server_address, "patch", "doc", "--merge", '{"b": 2}', "--set", "$.a=[1]", "--remove", "$.b"
+    )
+    assert (code, json.loads(out)) == (0, {"a": [1]})
+    code, out = invoke(server_address, "get", "doc", "--paths", "$.a", "--output", "json")
+    assert code == 0 and json.loads(out)["value"] == {"$.a": [1]}
+    assert invoke(server_address, "delete", "doc")[0] == 0
+
+
+def test_scan_prints_key_tab_value_in_order(server_address: str) -> None:
+    for key in ("b", "a", "c"):
+        invoke(server_address, "put", key, key.upper())
+    assert invoke(server_address, "scan") == (0, "a\tA\nb\tB\nc\tC\n")
+    assert invoke(server_address, "scan", "a", "c", "--reverse", "--limit", "1") == (0, "b\tB\n")
+
+
+def test_hex_keys(server_address: str) -> None:
+    assert invoke(server_address, "put", "--hex", "00ff", "bin")[0] == 0
+    assert invoke(server_address, "scan", "--hex") == (0, "00ff\tbin\n")
+    code, out = invoke(server_address, "get", "--hex", "zz")
+    assert code == 2 and "not hex" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("get", "missing"), 1, "not found: missing"),
+        (("delete", "missing"), 1, "not found: missing"),
+        (("put", "k", "v", "--if-etag", "99"), 3, "precondition failed"),
+        (("put", "x" * 1100, "v"), 2, "key: is 1100 bytes; the limit is 1024"),
+        (("put", "k", "v", "--ttl", "-1"), 2, "ttl_s: must be 0 (no TTL) or between"),
+        (("patch", "k", "--merge", "{}"), 3, "not a JSON document"),
+        (("patch", "k"), 2, "give at least one of"),
+        (("put", "k"), 2, "Missing argument"),
+    ],
+)
+def test_expected_errors_exit_with_their_code_and_one_line(
+    server_address: str, args: tuple[str, ...], code: int, message: str
+) -> None:
+    invoke(server_address, "put", "k", "v")
+    exit_code, output = invoke(server_address, *args)
+    assert exit_code == code and message in output and "Traceback" not in output
+
+
+def test_unavailable_exits_4(server_address: str) -> None:
+    code, output = invoke("127.0.0.1:1", "get", "k", "--timeout", "0.5")
+    assert code == 4 and output.startswith("keyspan: unavailable:")
+
+
+def test_stats_prints_a_table(server_address: str) -> None:
+    invoke(server_address, "put", "a", "1")
+    code, out = invoke(server_address, "stats")
+    assert code == 0
+    assert out.splitlines()[0].split() == [
+        "PARTITION",
+        "START",
+        "END",
+        "ENTRIES",
+        "BYTES",
+        "EXPIRED",
+        "REVISION",
+    ]
+    assert out.splitlines()[-1].split()[:2] == ["total", "1"]
+
+
+def test_sweep_reports_what_it_deleted(server_address: str) -> None:
+    code, out = invoke(server_address, "sweep", "--rate", "100", "--output", "json")
+    assert code == 0 and json.loads(out) == {"scanned": 0, "deleted": 0}
+
+
+@pytest.mark.parametrize(
+    "command", ["put", "get", "delete", "patch", "scan", "load", "dump", "sweep", "stats", "completion"]
+)
+def test_every_command_explains_itself_with_an_example(command: str) -> None:
+    result = CliRunner().invoke(cli, [command, "--help"])
+    assert result.exit_code == 0 and "keyspan " + command in result.output
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_completion_prints_a_script_that_completes_commands(shell: str) -> None:
+    script = run_cli("127.0.0.1:1", "completion", shell)
+    assert script.returncode == 0 and b"_KEYSPAN_COMPLETE" in script.stdout
+    env = {**os.environ, "_KEYSPAN_COMPLETE": "bash_complete", "COMP_WORDS": "keyspan lo", "COMP_CWORD": "1"}
+    completed = subprocess.run([KEYSPAN], capture_output=True, env=env, timeout=30)
+    assert b"load" in completed.stdout

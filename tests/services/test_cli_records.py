@@ -1,0 +1,75 @@
+"""The load/dump record format and the bounded-memory sort."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from keyspan.services.cli_records import RecordError, dump_line, parse_json_line, read_records, sorted_records
+from keyspan.streams import Entry
+
+
+@pytest.mark.parametrize(
+    ("line", "record"),
+    [
+        ('{"key": "a", "value": "text"}', (b"a", b"text", False, 0.0)),
+        ('{"key": "a", "value": {"x": 1}}', (b"a", b'{"x":1}', True, 0.0)),
+        ('{"key": "a", "value": "s", "json": true}', (b"a", b'"s"', True, 0.0)),
+        ('{"key_hex": "00ff", "value_b64": "AAE="}', (b"\x00\xff", b"\x00\x01", False, 0.0)),
+        ('{"key": "a", "value": null, "ttl_s": 2.5}', (b"a", b"null", True, 2.5)),
+    ],
+)
+def test_json_lines_become_records(line: str, record: tuple[bytes, bytes, bool, float]) -> None:
+    assert parse_json_line(line) == record
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"key": "a", "value": "text"}',
+        '{"key": "doc", "value": {"a": [1, 2.5, null, true], "b": "é"}}',
+        '{"key": "s", "value": "just text", "json": true}',
+        '{"key_hex": "00ff", "value_b64": "AAE="}',
+    ],
+)
+def test_dump_line_is_the_inverse_of_parse(line: str) -> None:
+    record = parse_json_line(line)
+    key, value, is_json, _ = record
+    assert parse_json_line(dump_line(Entry(key, value, 1, None, is_json))) == record
+
+
+def test_dump_line_gives_the_ttl_left() -> None:
+    entry = Entry(b"k", b"v", 1, datetime.now(UTC) + timedelta(seconds=30), False)
+    assert 29 < json.loads(dump_line(entry))["ttl_s"] <= 30
+
+
+def test_a_bad_line_is_named_by_file_and_line() -> None:
+    text = io.StringIO('{"key": "a", "value": "x"}\n{"value": "no key"}\n')
+    with pytest.raises(RecordError, match=r"in\.jsonl:2: key: must be a string"):
+        list(read_records(text, "jsonl", name="in.jsonl"))
+
+
+def test_csv_rows_are_key_value_with_an_optional_header() -> None:
+    text = io.StringIO("key,value\nb,2\na,1\n")
+    assert list(read_records(text, "csv")) == [(b"b", b"2", False, 0.0), (b"a", b"1", False, 0.0)]
+
+
+def test_sort_spills_runs_and_merges_them_in_key_order() -> None:
+    keys = [f"k{i:05d}".encode() for i in range(5_000)]
+    shuffled = keys[:]
+    random.Random(7).shuffle(shuffled)
+    records = [(k, b"v", False, 0.0) for k in shuffled]
+    with sorted_records(records, chunk_entries=300) as (count, merged):
+        assert count == 5_000
+        assert [r[0] for r in merged] == keys
+
+
+def test_sort_keeps_the_last_of_equal_keys_across_runs() -> None:
+    records = [(b"b", b"1", False, 0.0), (b"a", b"1", False, 0.0), (b"b", b"2", False, 0.0)]
+    records += [(b"c", b"1", False, 0.0), (b"b", b"3", False, 0.0)]
+    with sorted_records(records, chunk_entries=2) as (_, merged):
+        assert list(merged) == [(b"a", b"1", False, 0.0), (b"b", b"3", False, 0.0), (b"c", b"1", False, 0.0)]

@@ -1,0 +1,163 @@
+"""The blocking Client against a real server: values, JSON, etags, TTL, typed errors, streams."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from keyspan.storage.keys import Key
+from keyspan.streams import (
+    Client,
+    EtagMismatch,
+    InvalidArgument,
+    NotFound,
+    NotJson,
+    ResourceExhausted,
+    Unavailable,
+)
+from keyspan.streams.client import SCAN_MAX_WINDOW
+from tests.streams.fakes import FlakyRouter, Plan
+
+
+def test_put_then_get_returns_bytes_value_and_etag(client: Client) -> None:
+    etag = client.put("user/ann", b"\x00\xffraw")
+    entry = client.get("user/ann")
+    assert entry is not None
+    assert (entry.key, entry.value, entry.etag, entry.is_json, entry.expires_at) == (
+        b"user/ann",
+        b"\x00\xffraw",
+        etag,
+        False,
+        None,
+    )
+
+
+def test_get_of_an_absent_key_is_none(client: Client) -> None:
+    assert client.get("nobody") is None
+
+
+@pytest.mark.parametrize("key", [Key.tuple("user", 42), b"user\x00", "user/\u00e9"])
+def test_keys_may_be_key_bytes_or_text(client: Client, key: Key | bytes | str) -> None:
+    client.put(key, b"v")
+    raw = key.raw if isinstance(key, Key) else key if isinstance(key, bytes) else key.encode()
+    assert client.get(raw) is not None
+
+
+def test_dict_values_are_json_documents(client: Client) -> None:
+    client.put("doc", {"name": "ann", "tags": ["a"]})
+    entry = client.get("doc", json=True)
+    assert entry is not None and entry.is_json and entry.value == {"name": "ann", "tags": ["a"]}
+    raw = client.get("doc")
+    assert raw is not None and isinstance(raw.value, bytes)
+
+
+def test_get_with_paths_projects_a_document(client: Client) -> None:
+    client.put("doc", {"a": {"b": 1}, "c": 2})
+    entry = client.get("doc", paths=["$.a.b", "$.zz"], json=True)
+    assert entry is not None and entry.value == {"$.a.b": 1, "$.zz": None}
+
+
+def test_patch_merges_sets_and_removes(client: Client) -> None:
+    client.put("doc", {"a": 1, "b": 2})
+    entry = client.patch("doc", merge={"c": 3}, set={"$.a": [1, 2]}, remove=["$.b"])
+    assert entry.value == {"a": [1, 2], "c": 3}
+    stored = client.get("doc", json=True)
+    assert stored is not None and stored.etag == entry.etag
+
+
+def test_put_with_stale_etag_raises_etag_mismatch_with_the_current_etag(client: Client) -> None:
+    etag = client.put("k", b"1")
+    client.put("k", b"2", if_etag=etag)
+    with pytest.raises(EtagMismatch) as caught:
+        client.put("k", b"3", if_etag=etag)
+    assert caught.value.current_etag == etag + 1
+
+
+def test_if_absent_on_an_existing_key_raises_etag_mismatch(client: Client) -> None:
+    client.put("k", b"1", if_absent=True)
+    with pytest.raises(EtagMismatch):
+        client.put("k", b"2", if_absent=True)
+
+
+def test_delete_says_whether_something_was_deleted(client: Client) -> None:
+    client.put("k", b"1")
+    assert client.delete("k") is True
+    assert client.delete("k") is False
+
+
+def test_errors_are_typed_from_status_details(client: Client) -> None:
+    with pytest.raises(InvalidArgument) as bad:
+        client.put("x" * 2000, b"v")
+    assert bad.value.field == "key" and "1024" in bad.value.rule
+    with pytest.raises(NotFound):
+        client.patch("missing", merge={"a": 1})
+    client.put("bytes", b"v")
+    with pytest.raises(NotJson):
+        client.patch("bytes", merge={"a": 1})
+    with pytest.raises(ResourceExhausted) as big:
+        client.put("big", b"x" * (2 << 20))
+    assert big.value.field == "value"
+
+
+def test_ttl_sets_expires_at_and_expired_entries_vanish(client: Client) -> None:
+    client.put("short", b"v", ttl_s=0.2)
+    entry = client.get("short")
+    assert entry is not None and entry.expires_at is not None
+    assert 0 < (entry.expires_at - datetime.now(UTC)).total_seconds() <= 0.3
+    time.sleep(0.3)
+    assert client.get("short") is None
+    progress = list(client.sweep())
+    assert progress[-1].done and progress[-1].deleted == 1
+
+
+def test_scan_ranges_limits_and_reverse(client: Client) -> None:
+    keys = [f"k{i:03d}".encode() for i in range(300)]
+    client.bulk_put((k, k) for k in keys)
+    assert [e.key for e in client.scan()] == keys
+    assert [e.key for e in client.scan("k010", "k020")] == keys[10:20]
+    assert [e.key for e in client.scan(limit=7)] == keys[:7]
+    assert [e.key for e in client.scan("k100", reverse=True, limit=5)] == keys[-5:][::-1]
+    assert [e.key for e in client.scan(end="k005", reverse=True)] == keys[:5][::-1]
+
+
+def test_scan_grants_credits_as_entries_are_consumed(server_address: str) -> None:
+    plan = Plan()
+    with Client(router_factory=lambda: FlakyRouter(server_address, plan)) as kv:
+        kv.bulk_put((f"k{i:06d}", b"x" * 100) for i in range(40_000))
+        it = kv.scan()
+        first = [next(it) for _ in range(10)]
+        granted = sum(r.credits for m, r in plan.requests if m == "Scan")
+        assert granted <= SCAN_MAX_WINDOW  # a window ahead, not the whole range
+        rest = list(it)
+    assert len(first) + len(rest) == 40_000
+    granted = sum(r.credits for m, r in plan.requests if m == "Scan")
+    assert granted <= 40_000 + SCAN_MAX_WINDOW
+
+
+def test_bulk_put_batches_by_bytes_and_reports_progress(client: Client) -> None:
+    seen: list[int] = []
+    result = client.bulk_put(
+        ((f"k{i:05d}", b"x" * 1000) for i in range(2_000)),
+        batch_bytes=64 * 1024,
+        on_progress=lambda r: seen.append(r.entries),
+    )
+    assert result.entries == 2_000 and result.bytes == 2_000 * 1006
+    assert result.batches >= 2_000 * 1006 // (64 * 1024)
+    assert seen[-1] == 2_000
+
+
+def test_stats_reports_partitions_in_key_order(client: Client) -> None:
+    client.bulk_put((f"{c}1", b"v") for c in "ahoz")
+    stats = client.stats()
+    assert [p.start for p in stats.partitions] == [b"", b"g", b"n", b"u"]
+    assert stats.approximate_entries == 4
+
+
+def test_a_default_deadline_applies_to_every_call(server_address: str) -> None:
+    with Client("127.0.0.1:1", timeout_s=0.2) as kv:
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            kv.get("k")
+        assert time.monotonic() - started < 2
