@@ -53,7 +53,7 @@ class ServeProcess:
         cmd = [
             sys.executable,
             "-m",
-            "keyspan.services.cli",
+            "keyspan.services",
             "serve",
             "--address",
             self.address,
