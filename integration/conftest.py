@@ -24,7 +24,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_serving(address: str, timeout_s: float = 30.0, service: str = "") -> None:
+def wait_serving(
+    address: str, timeout_s: float = 30.0, service: str = "", proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait for gRPC health SERVING; fail at once if `proc` exits first."""
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -35,6 +38,8 @@ def wait_serving(address: str, timeout_s: float = 30.0, service: str = "") -> No
                     return
             except grpc.RpcError:
                 pass
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"the server for {address} exited with {proc.returncode} before SERVING")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{address} did not report SERVING within {timeout_s} s")
             time.sleep(0.05)
@@ -65,7 +70,10 @@ class ServeProcess:
         ]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
-        wait_serving(self.address)
+        try:
+            wait_serving(self.address, proc=self.proc)
+        except (RuntimeError, TimeoutError) as err:
+            raise RuntimeError(f"{err}; its log ends with:\n{self.log.read_text()[-2000:]}") from None
         return self
 
     def kill(self) -> None:
