@@ -103,3 +103,6 @@ def serve(**settings: Any) -> None:
 
 def main() -> None:
     cli()
+
+
+from keyspan.services import cli_cluster  # noqa: E402, F401 - registers control, node, gateway, admin

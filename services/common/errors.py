@@ -17,6 +17,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from keyspan.storage.errors import (
     EtagMismatchError,
+    FailedPreconditionError,
     InvalidArgumentError,
     KeyspanError,
     NotFoundError,
@@ -96,6 +97,8 @@ def to_status(err: KeyspanError) -> grpc.Status | None:
                 _error_info("WRONG_PARTITION"),
                 wrong_partition_detail(err),
             )
+        case FailedPreconditionError(reason=reason):
+            return _status(code_pb2.FAILED_PRECONDITION, str(err), _error_info(reason))
         case UnavailableError(retry_after_s=after):
             delay = duration_pb2.Duration()
             delay.FromNanoseconds(int(after * 1e9))
