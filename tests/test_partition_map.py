@@ -82,3 +82,23 @@ def test_wrong_partition_carries_the_owner() -> None:
         "127.0.0.1:2",
         7,
     )
+
+
+def test_map_router_routes_cuts_and_learns_from_wrong_partition() -> None:
+    from keyspan.streams.map_router import MapRouter
+    from keyspan.v1 import errors_pb2
+
+    refreshed = []
+    m = PartitionMap(entries(), 3)
+    router = MapRouter(m, stub_factory=lambda address: f"stub@{address}", refresh=lambda: refreshed.append(1))
+    assert router.stub_for_key(b"h") == "stub@127.0.0.1:2"
+    assert router.pieces(b"c", b"h") == [(b"c", b"g", "stub@127.0.0.1:1"), (b"g", b"h", "stub@127.0.0.1:2")]
+    detail = errors_pb2.WrongPartition(key=b"h", start=b"g", end=b"n", address="127.0.0.1:9", map_version=4)
+    router.on_wrong_partition(detail)
+    assert refreshed == [1]
+    assert router.stub_for_key(b"h") == "stub@127.0.0.1:9"
+    m.apply(to_message(4, entries()))
+    assert router.stub_for_key(b"h") == "stub@127.0.0.1:2"
+    m.apply(to_message(5, entries(UNAVAILABLE)))
+    with pytest.raises(UnavailableError):
+        router.stub_for_key(b"h")
