@@ -38,6 +38,7 @@ class _Flow:
         self.left = first
         self.call: Any = None
         self.closed = False
+        self.lock = asyncio.Lock()
         self._more = asyncio.Event()
 
     async def pump(self, requests: AsyncIterator[kv_pb2.ScanRequest]) -> None:
@@ -45,11 +46,12 @@ class _Flow:
             async for request in requests:
                 if request.credits <= 0:
                     continue
-                self.left += request.credits
-                self._more.set()
-                if self.call is not None:
-                    with contextlib.suppress(Exception):
-                        await self.call.write(kv_pb2.ScanRequest(credits=request.credits))
+                async with self.lock:
+                    self.left += request.credits
+                    self._more.set()
+                    if self.call is not None:
+                        with contextlib.suppress(Exception):
+                            await self.call.write(kv_pb2.ScanRequest(credits=request.credits))
         finally:
             self.closed = True
             self._more.set()
@@ -95,15 +97,16 @@ async def scan_through(
                 limit=limit_left or 0,
                 paths=paths,
                 reverse=first.reverse,
-                credits=min(flow.left, MAX_CREDITS),
             )
             if piece.end is not None:
                 request.end = piece.end
             call = router.channels.stub(entry.address).Scan()
-            flow.call = call
             piece_done = False
             try:
-                await call.write(request)
+                async with flow.lock:  # credits granted = credits left; more go to this call only after
+                    request.credits = min(flow.left, MAX_CREDITS)
+                    await call.write(request)
+                    flow.call = call
                 async for response in call:
                     n = len(response.entries)
                     if n:
