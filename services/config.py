@@ -136,6 +136,8 @@ def config_fields(cls: type) -> list[tuple[str, Any, dict[str, Any]]]:
 class ControlConfig(ProcessConfig):
     """`keyspan control`: the partition map and the node registry."""
 
+    address: str = field(default="127.0.0.1:7400", metadata=_help("HOST:PORT the gRPC server listens on."))
+
     data: Path = field(default=Path("keyspan-control"), metadata=_help("Directory of control.db."))
     partitions: int = field(
         default=8,
@@ -178,6 +180,8 @@ class ControlConfig(ProcessConfig):
 @dataclass(frozen=True, kw_only=True)
 class NodeConfig(StorageConfig):
     """`keyspan node`: a data node that joins a cluster."""
+
+    address: str = field(default="127.0.0.1:7410", metadata=_help("HOST:PORT the gRPC server listens on."))
 
     control: str = field(default="127.0.0.1:7400", metadata=_help("HOST:PORT of keyspan control."))
     id: str = field(

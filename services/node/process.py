@@ -81,9 +81,12 @@ class NodeProcess(GrpcProcess):
             raise OSError(f"cannot listen on probe address {self.config.probe_address}") from None
         await self.probe_server.start()
 
-    async def _synced(self) -> None:
-        await self.probe_health.set(KV_SERVICE, SERVING)
-        log.info("in sync with control", extra={"node_id": self.node_id, "map_version": self.map.version})
+    async def _synced(self, in_sync: bool) -> None:
+        """After each reconciliation: the probe's keyspan.v1.KV is SERVING only when every
+        assigned partition is open."""
+        await self.probe_health.set(KV_SERVICE, SERVING if in_sync else NOT_SERVING)
+        if not in_sync:
+            log.error("not in sync: partitions failed to open", extra={"node_id": self.node_id})
 
     async def on_start(self) -> None:
         self.node_id = await asyncio.to_thread(resolve_node_id, self.config)

@@ -32,7 +32,7 @@ class NodeSession:
         capacity: int,
         shards: ShardSet,
         partition_map: PartitionMap,
-        on_synced: Callable[[], Awaitable[None]],
+        on_synced: Callable[[bool], Awaitable[None]],
     ) -> None:
         self.control_address, self.node_id = control_address, node_id
         self.address, self.probe_address, self.capacity = address, probe_address, capacity
@@ -92,9 +92,9 @@ class NodeSession:
     async def _apply(self, message: control_pb2.PartitionMap) -> control_pb2.NodeMessage:
         self.map.apply(message)
         hosted, failed = await reconcile(self.shards, self.node_id, self.map)
-        if not failed and not self.synced.is_set():
+        await self.on_synced(not failed)
+        if not failed:
             self.synced.set()
-            await self.on_synced()
         return control_pb2.NodeMessage(
             ack=control_pb2.Ack(map_version=self.map.version, hosted=hosted, failed=failed)
         )
