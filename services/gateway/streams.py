@@ -32,26 +32,29 @@ from keyspan.v1 import kv_pb2
 
 
 class _Flow:
-    """The client's credits left, and the node stream they are forwarded to."""
+    """The client's credits: `total` granted so far and `delivered` entries sent back.
+
+    The pump only counts; each piece's own forwarder task is the only writer to that
+    piece's node stream, so no write outlives its piece or waits on another's.
+    """
 
     def __init__(self, first: int) -> None:
-        self.left = first
-        self.call: Any = None
+        self.total, self.delivered = first, 0
         self.closed = False
-        self.lock = asyncio.Lock()
         self._more = asyncio.Event()
+        self._forward = asyncio.Event()
+
+    @property
+    def left(self) -> int:
+        return self.total - self.delivered
 
     async def pump(self, requests: AsyncIterator[kv_pb2.ScanRequest]) -> None:
         try:
             async for request in requests:
-                if request.credits <= 0:
-                    continue
-                async with self.lock:
-                    self.left += request.credits
+                if request.credits > 0:
+                    self.total += request.credits
                     self._more.set()
-                    if self.call is not None:
-                        with contextlib.suppress(Exception):
-                            await self.call.write(kv_pb2.ScanRequest(credits=request.credits))
+                    self._forward.set()
         finally:
             self.closed = True
             self._more.set()
@@ -63,6 +66,17 @@ class _Flow:
             self._more.clear()
             await self._more.wait()
         return True
+
+    async def forward(self, call: Any, total_at_open: int) -> None:
+        """Pass the credits granted after the piece opened on to its node stream."""
+        seen = total_at_open
+        while True:
+            await self._forward.wait()
+            self._forward.clear()
+            while self.total > seen:
+                delta = min(self.total - seen, MAX_CREDITS)
+                await call.write(kv_pb2.ScanRequest(credits=delta))
+                seen += delta
 
 
 def _next_piece(
@@ -102,15 +116,16 @@ async def scan_through(
                 request.end = piece.end
             call = router.channels.stub(entry.address).Scan()
             piece_done = False
+            forwarder: asyncio.Task[None] | None = None
             try:
-                async with flow.lock:  # credits granted = credits left; more go to this call only after
-                    request.credits = min(flow.left, MAX_CREDITS)
-                    await call.write(request)
-                    flow.call = call
+                request.credits = min(flow.left, MAX_CREDITS)
+                total_at_open = flow.total - (flow.left - request.credits)
+                await call.write(request)  # the range first; more credits only after it
+                forwarder = asyncio.create_task(flow.forward(call, total_at_open))
                 async for response in call:
                     n = len(response.entries)
                     if n:
-                        flow.left -= n
+                        flow.delivered += n
                         last_key = response.entries[-1].key
                         lo, hi = (lo, last_key) if first.reverse else (key_successor(last_key), hi)
                         if limit_left is not None:
@@ -136,7 +151,10 @@ async def scan_through(
                     raise node_unreachable(entry) from None
                 await relay(context, err)
             finally:
-                flow.call = None
+                if forwarder is not None:
+                    forwarder.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await forwarder
                 call.cancel()
             if not piece_done:
                 return  # the node ended the stream without done: the client went away
