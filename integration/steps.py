@@ -168,7 +168,7 @@ def verify_bulk(cluster: Cluster, n: int) -> None:
 # -- TTL -----------------------------------------------------------------------------------
 
 
-def ttl(cluster: Cluster, n: int = 60, ttl_s: float = 2.0) -> Result:
+def ttl(cluster: Cluster, n: int = 60, ttl_s: float = 3.0) -> Result:
     """Entries written with a TTL (by Put and by BulkPut) are read until then, never after."""
     started = time.monotonic()
     stub = gateway_stub(cluster)
@@ -183,10 +183,11 @@ def ttl(cluster: Cluster, n: int = 60, ttl_s: float = 2.0) -> Result:
     while rest.entries:
         (answer,) = list(stub.BulkPut(iter([rest]), timeout=10))
         del rest.entries[: answer.accepted]
+    acknowledged = time.monotonic()  # every TTL write expires by acknowledged + ttl_s
     present = [k for k in keys if stub.Get(kv_pb2.GetRequest(key=k), timeout=5).found]
     check(time.monotonic() - written < ttl_s, "writing and reading back took longer than the TTL")
     check(present == keys, f"{n - len(present)} TTL entries missing before they expired")
-    time.sleep(max(0.0, written + ttl_s + 0.3 - time.monotonic()))
+    time.sleep(max(0.0, acknowledged + ttl_s + 0.1 - time.monotonic()))
     check(
         not any(stub.Get(kv_pb2.GetRequest(key=k), timeout=5).found for k in keys),
         "an expired entry was read",

@@ -188,9 +188,10 @@ class ClusterState:
         self.store.upsert_node(
             {"node_id": node_id, "last_heartbeat_ms": now_ms, "entries": entries, "bytes": size}
         )
-        owned = {e.partition_id for e in self.map.owned_by(node_id)}
+        rows = self.partition_rows()
         for partition_id, n, b in stats:
-            if partition_id in owned:
+            row = rows.get(partition_id)
+            if row is not None and row["node_id"] == node_id and (row["entries"], row["bytes"]) != (n, b):
                 self.store.update_partition(partition_id, entries=n, bytes=b)
         return self.tick(now_ms)
 
