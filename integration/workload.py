@@ -65,9 +65,7 @@ class Routed:
 
     def __init__(self, control_address: str) -> None:
         self._control = control_pb2_grpc.ControlStub(channel(control_address))
-        self.router = MapRouter(
-            PartitionMap(), lambda a: kv_pb2_grpc.KVStub(channel(a)), refresh=self.fetch_map
-        )
+        self.router = MapRouter(PartitionMap(), channel, refresh=self.fetch_map)
         self.router.map.apply(self.fetch_map() or control_pb2.PartitionMap())
         self.lock = threading.Lock()
 

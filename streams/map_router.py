@@ -1,44 +1,68 @@
-"""MapRouter: the client's Router interface over a cluster's partition map.
+"""MapRouter: the client's Router interface (streams/router.py) over a cluster's map.
 
-It has the shape of the client's StaticRouter (streams/router.py):
+    router = MapRouter.watching(control_address, open_channel)   # inside the event loop
+    router.stub_for_key(key) -> KVStub            # the owner of key
+    router.pieces(start, end) -> [(start, end, KVStub)]   # cut per partition, key order
+    router.stubs() -> [KVStub]                    # every node that owns a partition
+    router.on_wrong_partition(err) -> bool        # learn from a WrongPartition; True: retry now
+    await router.close()                          # stop watching, close the channels
 
-    router.stub_for_key(key) -> stub                      # the owner of key
-    router.pieces(start, end) -> [(start, end, stub)]     # the range cut per partition, key order
-    router.on_wrong_partition(detail)                     # a keyspan.v1.WrongPartition detail
-
-Stubs come from `stub_factory(address)` (sync `kv_pb2_grpc.KVStub(grpc.insecure_channel(a))`
-or the aio equivalent), one per address, cached. The map is a PartitionMap kept fresh by
-a MapWatcher (async clients) or by `refresh()`, a callable that fetches control's GetMap
-(sync clients); a WrongPartition detail newer than the map is used at once as a hint for
-its range until the map catches up, so a retry goes straight to the new owner.
+Stubs are `KVStub(open_channel(address))`, one channel per node address, opened lazily
+(pass the client's `open_channel` so its channel options apply; sync channels work too).
+The map is a PartitionMap kept fresh by a MapWatcher on control's WatchMap (async
+clients), or by a `refresh()` callable that fetches GetMap (sync clients). A WrongPartition
+newer than the map is used at once as a hint for its range until the map catches up, so
+the retry goes straight to the new owner. A partition whose owner is down raises
+keyspan.storage.errors.UnavailableError (with retry_after_s) before any call is made.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
-from keyspan.storage.errors import UnavailableError
+import grpc
 from keyspan.storage.keys import KeyRange
-from keyspan.streams.partition_map import PartitionMap
-from keyspan.v1 import control_pb2, errors_pb2
+from keyspan.streams.partition_map import MapWatcher, PartitionMap
+from keyspan.v1 import control_pb2, errors_pb2, kv_pb2_grpc
 
 
 class MapRouter:
     def __init__(
         self,
         partition_map: PartitionMap,
-        stub_factory: Callable[[str], Any],
+        open_channel: Callable[[str], Any] = grpc.aio.insecure_channel,
         refresh: Callable[[], control_pb2.PartitionMap | None] | None = None,
+        watcher: MapWatcher | None = None,
     ) -> None:
-        self.map, self._factory, self._refresh = partition_map, stub_factory, refresh
-        self._stubs: dict[str, Any] = {}
+        self.map, self._open_channel, self._refresh, self._watcher = (
+            partition_map,
+            open_channel,
+            refresh,
+            watcher,
+        )
+        self._channels: dict[str, tuple[Any, kv_pb2_grpc.KVStub]] = {}
         self._hints: list[tuple[KeyRange, str, int]] = []
 
-    def _stub(self, address: str) -> Any:
-        if address not in self._stubs:
-            self._stubs[address] = self._factory(address)
-        return self._stubs[address]
+    @classmethod
+    def watching(
+        cls, control_address: str, open_channel: Callable[[str], Any] = grpc.aio.insecure_channel
+    ) -> MapRouter:
+        """A router fed by control's WatchMap; call inside the running event loop."""
+        watcher = MapWatcher(control_address)
+        watcher.start()
+        return cls(watcher.map, open_channel, watcher=watcher)
+
+    async def wait_for_map(self, timeout_s: float = 10.0) -> bool:
+        """Wait for the first map (a watching router starts empty)."""
+        return self._watcher is not None and await self._watcher.wait_for(1, timeout_s)
+
+    def _stub(self, address: str) -> kv_pb2_grpc.KVStub:
+        if address not in self._channels:
+            channel = self._open_channel(address)
+            self._channels[address] = (channel, kv_pb2_grpc.KVStub(channel))
+        return self._channels[address][1]
 
     def address_for_key(self, key: bytes) -> str:
         self._hints = [h for h in self._hints if h[2] > self.map.version]
@@ -50,11 +74,11 @@ class MapRouter:
             raise entry.unavailable()
         return entry.address
 
-    def stub_for_key(self, key: bytes) -> Any:
+    def stub_for_key(self, key: bytes) -> kv_pb2_grpc.KVStub:
         """The stub of the node that owns key; UnavailableError when its owner is down."""
         return self._stub(self.address_for_key(key))
 
-    def pieces(self, start: bytes, end: bytes | None) -> list[tuple[bytes, bytes | None, Any]]:
+    def pieces(self, start: bytes, end: bytes | None) -> list[tuple[bytes, bytes | None, kv_pb2_grpc.KVStub]]:
         """[start, end) cut at partition bounds, each piece with its owner's stub."""
         out = []
         for piece, entry in self.map.pieces(start, end):
@@ -63,14 +87,29 @@ class MapRouter:
             out.append((piece.start, piece.end, self._stub(entry.address)))
         return out
 
-    def on_wrong_partition(self, detail: errors_pb2.WrongPartition) -> None:
-        """Learn from a WrongPartition: hint its range to its owner, refresh the map if stale."""
+    def stubs(self) -> list[kv_pb2_grpc.KVStub]:
+        return [self._stub(a) for a in dict.fromkeys(e.address for e in self.map.entries if e.routable)]
+
+    def on_wrong_partition(self, err: Any) -> bool:
+        """Learn from a WrongPartition (the client's error, or the keyspan.v1.WrongPartition
+        detail). True when a retry may now reach the owner."""
+        detail: errors_pb2.WrongPartition = getattr(err, "detail", err)
+        learned = False
         if detail.map_version > self.map.version and detail.address:
             end = detail.end if detail.HasField("end") else None
             self._hints.append((KeyRange(detail.start, end), detail.address, detail.map_version))
+            learned = True
         if self._refresh is not None and detail.map_version >= self.map.version:
             fresh = self._refresh()
-            if fresh is not None:
-                self.map.apply(fresh)
-        if not len(self.map):
-            raise UnavailableError("no partition map yet (control not reached)", retry_after_s=0.5)
+            learned = (fresh is not None and self.map.apply(fresh)) or learned
+        return learned or self.map.version > detail.map_version
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            await self._watcher.stop()
+        channels = [c for c, _ in self._channels.values()]
+        self._channels.clear()
+        for channel in channels:
+            closed = channel.close()
+            if inspect.isawaitable(closed):
+                await closed

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import grpc
 import pytest
 from keyspan.storage.errors import UnavailableError
 from keyspan.storage.keys import KeyRange
@@ -90,15 +93,19 @@ def test_map_router_routes_cuts_and_learns_from_wrong_partition() -> None:
 
     refreshed = []
     m = PartitionMap(entries(), 3)
-    router = MapRouter(m, stub_factory=lambda address: f"stub@{address}", refresh=lambda: refreshed.append(1))
-    assert router.stub_for_key(b"h") == "stub@127.0.0.1:2"
-    assert router.pieces(b"c", b"h") == [(b"c", b"g", "stub@127.0.0.1:1"), (b"g", b"h", "stub@127.0.0.1:2")]
+    router = MapRouter(m, open_channel=grpc.insecure_channel, refresh=lambda: refreshed.append(1))
+    first = router.stub_for_key(b"h")
+    assert router.stub_for_key(b"i") is first
+    assert [(s, e) for s, e, _ in router.pieces(b"c", b"h")] == [(b"c", b"g"), (b"g", b"h")]
+    assert len(router.stubs()) == 3
     detail = errors_pb2.WrongPartition(key=b"h", start=b"g", end=b"n", address="127.0.0.1:9", map_version=4)
-    router.on_wrong_partition(detail)
+    assert router.on_wrong_partition(detail) is True
     assert refreshed == [1]
-    assert router.stub_for_key(b"h") == "stub@127.0.0.1:9"
+    assert router.address_for_key(b"h") == "127.0.0.1:9"
     m.apply(to_message(4, entries()))
-    assert router.stub_for_key(b"h") == "stub@127.0.0.1:2"
+    assert router.address_for_key(b"h") == "127.0.0.1:2"
+    assert router.on_wrong_partition(errors_pb2.WrongPartition(key=b"h", map_version=4)) is False
     m.apply(to_message(5, entries(UNAVAILABLE)))
     with pytest.raises(UnavailableError):
         router.stub_for_key(b"h")
+    asyncio.run(router.close())
