@@ -17,6 +17,7 @@ from keyspan.services.config import ControlConfig, GatewayConfig, NodeConfig
 from keyspan.services.control.process import ControlProcess
 from keyspan.services.gateway.process import GatewayProcess
 from keyspan.services.node.process import NodeProcess
+from keyspan.streams.map_router import MapRouter
 from keyspan.v1 import control_pb2, control_pb2_grpc, errors_pb2, kv_pb2, kv_pb2_grpc
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -139,6 +140,24 @@ async def test_a_node_answers_wrong_partition_with_the_owner(running: Running) -
         running.nodes["b"].address,
         foreign.partition_id,
     )
+
+
+async def test_map_router_watching_control_routes_straight_to_the_nodes(running: Running) -> None:
+    router = MapRouter.watching(running.control.address)
+    try:
+        assert await router.wait_for_map()
+        assert (await router.stub_for_key(b"p5").Get(kv_pb2.GetRequest(key=b"p5"))).value == b"p5"
+        keys: list[bytes] = []
+        for start, end, stub in router.pieces(b"c", b"q"):
+            request = kv_pb2.ScanRequest(start=start, credits=1000)
+            if end is not None:
+                request.end = end
+            async for response in stub.Scan(iter([request])):
+                keys.extend(e.key for e in response.entries)
+        assert keys == [k for k in KEYS if b"c" <= k < b"q"]
+        assert len(router.stubs()) == 2
+    finally:
+        await router.close()
 
 
 async def test_a_stopped_node_makes_its_partitions_unavailable_with_retry_info(running: Running) -> None:

@@ -133,15 +133,17 @@ class ControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CordonNode(self, request, context):
-        """CordonNode stops assigning new partitions to a node; UncordonNode lifts a cordon or
-        a drain. Errors: NOT_FOUND.
+        """CordonNode stops assigning new partitions to a node; it keeps what it owns.
+        Errors: NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UncordonNode(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """UncordonNode lets a node take partitions again, lifting a cordon or a drain.
+        Errors: NOT_FOUND.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
