@@ -144,6 +144,7 @@ class Cluster:
                 "node", "--control", control_address, "--address", address, "--probe-address", probe,
                 "--data", str(self.root / f"node{i}"), "--id", f"n{i}",
                 "--sweep-interval-s", str(sweep_interval_s), "--shutdown-grace-s", "2",
+                "--sync-timeout-s", "2",
             ]  # fmt: skip
             self.nodes.append(Proc(f"n{i}", args, address, self.logs, probe))
         gateway_address = f"127.0.0.1:{free_port()}"

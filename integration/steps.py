@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 from keyspan.v1 import kv_pb2, kv_pb2_grpc
 
-from integration.cluster import Cluster
+from integration.cluster import Cluster, wait_serving
 from integration.workload import LETTERS, CounterWorkload, Routed, channel, retrying
 
 
@@ -290,9 +290,7 @@ def _expect_unavailable(cluster: Cluster, node_id: str) -> None:
     from google.rpc import error_details_pb2
     from grpc_status import rpc_status
 
-    line = next(ln for ln in cluster.admin("partitions").splitlines() if f" {node_id} " in ln)
-    start = line.split()[1]
-    key = (b"" if start == "-inf" else start.strip("'").encode()) + b"/probe"
+    key = _key_on(cluster, node_id) + b"/probe"
     try:
         gateway_stub(cluster).Get(kv_pb2.GetRequest(key=key), timeout=5)
     except grpc.RpcError as err:
@@ -303,9 +301,12 @@ def _expect_unavailable(cluster: Cluster, node_id: str) -> None:
     raise StepFailed("a Get for a down node's partition succeeded")
 
 
-def restart_control(cluster: Cluster, down_s: float = 1.5) -> Result:
-    """Stop control under load: the data plane keeps serving; nodes and gateway reconnect."""
+def restart_control(cluster: Cluster, down_s: float = 1.5, restart_node: int = 3) -> Result:
+    """Stop control under load: the data plane keeps serving, a node restarted meanwhile
+    serves its partitions from its own disk, and nodes and gateway reconnect."""
     started = time.monotonic()
+    marker = _key_on(cluster, f"n{restart_node}") + b"/marker"
+    gateway_stub(cluster).Put(kv_pb2.PutRequest(key=marker, value=b"kept on disk"), timeout=5)
     load = CounterWorkload(cluster.gateway.address, cluster.control.address, "control").start()
     try:
         time.sleep(0.5)
@@ -313,7 +314,14 @@ def restart_control(cluster: Cluster, down_s: float = 1.5) -> Result:
         before = load.tally.ops
         time.sleep(down_s)
         served_while_down = load.tally.ops - before
+        node = cluster.node(restart_node)
+        node.stop()
+        node.start(wait=False)
+        wait_serving(node.address)  # its probe stays NOT_SERVING: it cannot reconcile yet
+        found = retrying(lambda: gateway_stub(cluster).Get(kv_pb2.GetRequest(key=marker), timeout=5)).found
+        check(found, f"n{restart_node}, restarted while control was down, does not serve its disk")
         cluster.control.start()
+        node.wait_serving()
         wait_until("every node up again", lambda: all(node_status(cluster, f"n{i}") == "up"
                                                      for i in range(1, len(cluster.nodes) + 1)))  # fmt: skip
         time.sleep(0.5)
@@ -323,5 +331,14 @@ def restart_control(cluster: Cluster, down_s: float = 1.5) -> Result:
     wrong = load.verify(cluster.gateway.address)
     check(not wrong, f"counters differ after the control restart: {wrong}")
     repair = repair_round_trip(cluster)  # the gateway follows pushes from the restarted control
-    return Result("restart control under load", tally.ops, dict(tally.errors), time.monotonic() - started,
-                  f"{served_while_down} increments while control was down; {repair.step} ok")  # fmt: skip
+    return Result("restart control under load (+ a node)", tally.ops, dict(tally.errors),
+                  time.monotonic() - started,
+                  f"{served_while_down} increments while control was down; n{restart_node} restarted "
+                  f"meanwhile served its disk; {repair.step} ok")  # fmt: skip
+
+
+def _key_on(cluster: Cluster, node_id: str) -> bytes:
+    """The first key of a partition that node_id owns (from `admin partitions`)."""
+    line = next(ln for ln in cluster.admin("partitions").splitlines() if f" {node_id} " in ln)
+    start = line.split()[1]
+    return b"" if start == "-inf" else start.strip("'").encode()

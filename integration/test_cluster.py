@@ -43,6 +43,8 @@ def test_kill_9_of_a_node_under_load_loses_no_acknowledged_write(cluster: Cluste
     assert "suspect" in result.notes and "down" in result.notes and result.notes.endswith("up")
 
 
-def test_control_restart_keeps_the_data_plane_serving(cluster: Cluster) -> None:
+def test_control_restart_keeps_serving_and_a_node_restarted_meanwhile_serves_its_disk(
+    cluster: Cluster,
+) -> None:
     result = steps.restart_control(cluster, down_s=5.0 if FULL else 1.5)
     assert result.ops > 0
