@@ -1,4 +1,5 @@
-"""Real processes on loopback: helpers to start `keyspan serve` and wait for it."""
+"""Real processes on loopback: `keyspan serve` for single-node workflows, and one cluster
+(control, nodes 1-3, gateway) per test module for the cluster workflows."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from integration.cluster import Cluster
+
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+FULL = os.environ.get("KEYSPAN_INTEGRATION_FULL") == "1"
 
 
 def free_port() -> int:
@@ -103,3 +107,9 @@ def serve_process(tmp_path: Path) -> Iterator[ServeProcess]:
         if process.proc is not None and process.proc.poll() is None:
             os.killpg(process.proc.pid, signal.SIGKILL)
             process.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with Cluster() as running:
+        yield running

@@ -106,4 +106,9 @@ def main() -> None:
     cli()
 
 
-from keyspan.services import cli_data  # noqa: E402, F401 - registers the data commands on `cli`
+def _register_commands() -> None:
+    """The command modules add their commands to `cli` when imported."""
+    from keyspan.services import cli_cluster, cli_data  # noqa: F401
+
+
+_register_commands()

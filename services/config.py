@@ -130,3 +130,102 @@ class ServeConfig(StorageConfig):
 def config_fields(cls: type) -> list[tuple[str, Any, dict[str, Any]]]:
     """(name, default, metadata) for each field of a config dataclass."""
     return [(f.name, f.default, dict(f.metadata)) for f in fields(cls)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlConfig(ProcessConfig):
+    """`keyspan control`: the partition map and the node registry."""
+
+    address: str = field(default="127.0.0.1:7400", metadata=_help("HOST:PORT the gRPC server listens on."))
+
+    data: Path = field(default=Path("keyspan-control"), metadata=_help("Directory of control.db."))
+    partitions: int = field(
+        default=8,
+        metadata=_help("Partitions of a new cluster, cut evenly by the first key byte (1..256)."),
+    )
+    split_points: str = field(
+        default="",
+        metadata=_help(
+            "Comma-separated split keys of a new cluster (text, or 0x-prefixed hex); "
+            "overrides --partitions. Only used when control.db is created."
+        ),
+    )
+    min_nodes: int = field(
+        default=1, metadata=_help("Nodes that must be up before a new cluster's partitions are assigned.")
+    )
+    heartbeat_interval_s: float = field(default=1.0, metadata=_help("Seconds between node heartbeats."))
+    suspect_after_s: float = field(
+        default=3.0, metadata=_help("Seconds without a heartbeat before a node is SUSPECT.")
+    )
+    down_after_s: float = field(
+        default=6.0,
+        metadata=_help("Seconds without a heartbeat before a node is DOWN (its partitions UNAVAILABLE)."),
+    )
+
+    def validate(self) -> Any:
+        super().validate()
+        if not 1 <= self.partitions <= 256:
+            raise ConfigError(f"partitions: {self.partitions} must be between 1 and 256")
+        if self.min_nodes < 1:
+            raise ConfigError(f"min_nodes: {self.min_nodes} must be at least 1")
+        if not 0 < self.heartbeat_interval_s < self.suspect_after_s < self.down_after_s:
+            raise ConfigError("need 0 < heartbeat_interval_s < suspect_after_s < down_after_s")
+        self.split_keys()
+        return self
+
+    def split_keys(self) -> list[bytes]:
+        return parse_split_points(self.split_points)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeConfig(StorageConfig):
+    """`keyspan node`: a data node that joins a cluster."""
+
+    address: str = field(default="127.0.0.1:7410", metadata=_help("HOST:PORT the gRPC server listens on."))
+
+    control: str = field(default="127.0.0.1:7400", metadata=_help("HOST:PORT of keyspan control."))
+    id: str = field(
+        default="",
+        metadata=_help("Node id; persisted in the data dir on first start (default: a new random id)."),
+    )
+    probe_address: str = field(
+        default="",
+        metadata=_help("HOST:PORT of a plain grpc.health.v1 probe port (empty: none)."),
+    )
+    capacity: int = field(default=1, metadata=_help("Relative weight when partitions are assigned."))
+    sync_timeout_s: float = field(
+        default=5.0,
+        metadata=_help("Seconds a starting node waits to reconcile with control before serving its disk."),
+    )
+
+    def validate(self) -> Any:
+        super().validate()
+        parse_address(self.control, "control")
+        if self.probe_address:
+            parse_address(self.probe_address, "probe_address")
+        if not 1 <= self.capacity <= 1000:
+            raise ConfigError(f"capacity: {self.capacity} must be between 1 and 1000")
+        return self
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayConfig(ProcessConfig):
+    """`keyspan gateway`: keyspan.v1.KV routed to the nodes by the watched map."""
+
+    control: str = field(default="127.0.0.1:7400", metadata=_help("HOST:PORT of keyspan control."))
+    call_timeout_s: float = field(default=10.0, metadata=_help("Deadline of each unary call to a node."))
+
+    def validate(self) -> Any:
+        super().validate()
+        parse_address(self.control, "control")
+        return self
+
+
+def parse_split_points(text: str) -> list[bytes]:
+    keys = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            keys.append(bytes.fromhex(part[2:]) if part.startswith("0x") else part.encode())
+        except ValueError:
+            raise ConfigError(f"split_points: {part!r} is not valid hex") from None
+    return keys

@@ -92,5 +92,13 @@ class UnavailableError(KeyspanError):
         self.reason, self.retry_after_s = reason, retry_after_s
 
 
+class FailedPreconditionError(KeyspanError):
+    """A change refused in the current state; `reason` is a stable ErrorInfo reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class ConfigError(KeyspanError):
     """A setting is out of its range; raised at start-up, before anything is opened."""

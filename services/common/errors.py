@@ -18,6 +18,7 @@ from grpc_status import rpc_status
 
 from keyspan.storage.errors import (
     EtagMismatchError,
+    FailedPreconditionError,
     InvalidArgumentError,
     KeyspanError,
     NotFoundError,
@@ -97,6 +98,8 @@ def to_status(err: KeyspanError) -> grpc.Status | None:
                 _error_info("WRONG_PARTITION"),
                 wrong_partition_detail(err),
             )
+        case FailedPreconditionError(reason=reason):
+            return _status(code_pb2.FAILED_PRECONDITION, str(err), _error_info(reason))
         case UnavailableError(retry_after_s=after):
             delay = duration_pb2.Duration()
             delay.FromNanoseconds(int(after * 1e9))

@@ -1,0 +1,312 @@
+"""The cluster as control sees it: nodes, partitions, the map and its version.
+
+All decisions live here, free of gRPC and of the event loop, with the clock passed in, so
+tests drive them with a fake clock:
+
+- bootstrap: a new cluster gets its partitions (split points given, or uniform over the
+  first key byte), all unassigned; they are spread over the schedulable nodes, least
+  loaded first, as soon as `min_nodes` nodes are up. After that, any unassigned partition
+  (a force-removed owner's) goes to the least loaded schedulable node at once. Partitions
+  never move by themselves: moving data online is a separate operation.
+- liveness: a node is UP while its heartbeats are fresh and its probe is not failing,
+  SUSPECT after `suspect_after_s` without one (or while its probe fails), DOWN after
+  `down_after_s`. Only DOWN changes the map: its partitions become UNAVAILABLE.
+- the map's version grows by one whenever the map (owners, addresses, states) changes;
+  the ranges are checked to tile the key space every time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from keyspan.services.control.store import ControlStore
+from keyspan.storage.errors import FailedPreconditionError, KeyspanError, NotFoundError
+from keyspan.storage.keys import KeyRange
+from keyspan.storage.shardset import ranges_from_split_points
+from keyspan.streams.partition_map import (
+    ASSIGNED,
+    SERVING,
+    UNASSIGNED,
+    UNAVAILABLE,
+    MapEntry,
+    PartitionMap,
+    check_tiling,
+)
+
+log = logging.getLogger(__name__)
+UP, SUSPECT, DOWN = "up", "suspect", "down"
+
+
+class NotAllowedError(FailedPreconditionError):
+    """An operator change that is refused now; `reason` is a stable ErrorInfo reason."""
+
+
+class UnknownError(NotFoundError):
+    def __init__(self, what: str, name: str) -> None:
+        KeyspanError.__init__(self, f"no {what} {name!r}")
+        self.key = name.encode()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Liveness:
+    suspect_after_s: float = 3.0
+    down_after_s: float = 6.0
+
+
+def uniform_split_points(partitions: int) -> list[bytes]:
+    """Split points that cut the key space evenly by its first byte."""
+    if not 1 <= partitions <= 256:
+        raise KeyspanError(f"partitions: {partitions} must be between 1 and 256")
+    return [bytes([256 * i // partitions]) for i in range(1, partitions)]
+
+
+class ClusterState:
+    def __init__(self, store: ControlStore, liveness: Liveness, min_nodes: int = 1) -> None:
+        self.store, self.liveness, self.min_nodes = store, liveness, min_nodes
+        self.map = PartitionMap()
+        self._rebuild_map(initial=True)
+
+    # -- creation and restart --------------------------------------------------------------
+
+    def create(self, split_points: Sequence[bytes]) -> bool:
+        """Create the partitions of a new cluster; False when it exists already."""
+        if self.store.partitions():
+            return False
+        ranges = ranges_from_split_points(split_points)
+        check_tiling(ranges)
+        rows = [
+            {"partition_id": f"p{i:04d}", "start": r.start, "end": r.end, "node_id": "", "acked": 0}
+            for i, r in enumerate(ranges)
+        ]
+        self.store.insert_partitions(rows)
+        self.store.log("create", partitions=len(rows))
+        self._rebuild_map()
+        return True
+
+    def restarted(self, now_ms: int) -> None:
+        """After a control restart, give every live node a fresh heartbeat window."""
+        for n in self.store.nodes():
+            if n["status"] != DOWN:
+                self.store.upsert_node({"node_id": n["node_id"], "last_heartbeat_ms": now_ms})
+
+    # -- the map ---------------------------------------------------------------------------
+
+    def _entries(self) -> list[MapEntry]:
+        nodes = {n["node_id"]: n for n in self.store.nodes()}
+        out = []
+        for p in self.store.partitions():
+            owner = nodes.get(p["node_id"])
+            if owner is None:
+                state, address = UNASSIGNED, ""
+            elif owner["status"] == DOWN:
+                state, address = UNAVAILABLE, owner["address"]
+            else:
+                state, address = (SERVING if p["acked"] else ASSIGNED), owner["address"]
+            out.append(
+                MapEntry(
+                    p["partition_id"],
+                    KeyRange(p["start"], p["end"]),
+                    (owner and p["node_id"]) or "",
+                    address,
+                    state,
+                )
+            )
+        return out
+
+    def _rebuild_map(self, initial: bool = False) -> bool:
+        """Recompute the map; bump and persist the version when it changed."""
+        entries = self._entries()
+        if not entries:
+            return False
+        check_tiling([e.range for e in entries])
+        version = int(self.store.get_meta("map_version", 0))
+        if initial and self.store.get_meta("map_fingerprint") == _fingerprint(entries):
+            self.map = PartitionMap(entries, version)
+            return False
+        if not initial and _fingerprint(entries) == _fingerprint(self.map.entries):
+            return False
+        version += 1
+        self.store.set_meta("map_version", version)
+        self.store.set_meta("map_fingerprint", _fingerprint(entries))
+        self.map = PartitionMap(entries, version)
+        log.info("map version", extra={"map_version": version})
+        return True
+
+    # -- nodes -----------------------------------------------------------------------------
+
+    def register(
+        self,
+        node_id: str,
+        address: str,
+        probe_address: str,
+        capacity: int,
+        hosted: Sequence[str],
+        now_ms: int,
+    ) -> bool:
+        known = self.store.node(node_id)
+        row: dict[str, Any] = {
+            "node_id": node_id,
+            "address": address,
+            "probe_address": probe_address,
+            "capacity": max(1, capacity),
+            "status": UP,
+            "last_heartbeat_ms": now_ms,
+        }
+        if known is None:
+            row |= {
+                "cordoned": 0,
+                "draining": 0,
+                "probe": "",
+                "entries": 0,
+                "bytes": 0,
+                "registered_ms": now_ms,
+            }
+            self.store.log("join", node_id=node_id, address=address)
+        self.store.upsert_node(row)
+        self._assign_unassigned()
+        self._mark_hosted(node_id, hosted)
+        return self._settle()
+
+    def _mark_hosted(self, node_id: str, hosted: Sequence[str]) -> None:
+        held = set(hosted)
+        for p in self.store.partitions():
+            if p["node_id"] == node_id:
+                acked = int(p["partition_id"] in held)
+                if acked != p["acked"]:
+                    self.store.update_partition(p["partition_id"], acked=acked)
+
+    def heartbeat(self, node_id: str, stats: Sequence[tuple[str, int, int]], now_ms: int) -> bool:
+        """A heartbeat with (partition_id, entries, bytes) per hosted partition."""
+        node = self.store.node(node_id)
+        if node is None:
+            return False
+        entries = sum(s[1] for s in stats)
+        size = sum(s[2] for s in stats)
+        self.store.upsert_node(
+            {"node_id": node_id, "last_heartbeat_ms": now_ms, "entries": entries, "bytes": size}
+        )
+        rows = self.partition_rows()
+        for partition_id, n, b in stats:
+            row = rows.get(partition_id)
+            if row is not None and row["node_id"] == node_id and (row["entries"], row["bytes"]) != (n, b):
+                self.store.update_partition(partition_id, entries=n, bytes=b)
+        return self.tick(now_ms)
+
+    def ack(self, node_id: str, hosted: Sequence[str]) -> bool:
+        if self.store.node(node_id) is None:
+            return False
+        self._mark_hosted(node_id, hosted)
+        return self._settle()
+
+    def probe(self, node_id: str, status: str, now_ms: int) -> bool:
+        if self.store.node(node_id) is None:
+            return False
+        self.store.upsert_node({"node_id": node_id, "probe": status})
+        return self.tick(now_ms)
+
+    def status_of(self, node: dict[str, Any], now_ms: int) -> str:
+        age_s = (now_ms - (node["last_heartbeat_ms"] or 0)) / 1000
+        if age_s > self.liveness.down_after_s:
+            return DOWN
+        if age_s > self.liveness.suspect_after_s or node["probe"] in ("NOT_SERVING", "UNREACHABLE"):
+            return SUSPECT
+        return UP
+
+    def tick(self, now_ms: int) -> bool:
+        """Apply liveness transitions; True when the map changed."""
+        for n in self.store.nodes():
+            status = self.status_of(n, now_ms)
+            if status != n["status"]:
+                self.store.upsert_node({"node_id": n["node_id"], "status": status})
+                self.store.log("status", node_id=n["node_id"], before=n["status"], after=status)
+                log.warning("node status", extra={"node_id": n["node_id"], "status": status})
+        return self._settle()
+
+    def _schedulable(self) -> list[dict[str, Any]]:
+        return [
+            n for n in self.store.nodes() if n["status"] == UP and not n["cordoned"] and not n["draining"]
+        ]
+
+    def _settle(self) -> bool:
+        """Assign what can be assigned, then rebuild the map."""
+        self._assign_unassigned()
+        return self._rebuild_map()
+
+    def _assign_unassigned(self) -> None:
+        nodes = self._schedulable()
+        known = {n["node_id"] for n in self.store.nodes()}
+        orphans = [p for p in self.store.partitions() if p["node_id"] not in known]
+        if not orphans or not nodes:
+            return
+        if not self.store.get_meta("bootstrapped", False):
+            if len(nodes) < self.min_nodes:
+                return
+            self.store.set_meta("bootstrapped", True)
+        load = {n["node_id"]: 0 for n in nodes}
+        capacity = {n["node_id"]: n["capacity"] or 1 for n in nodes}
+        for p in self.store.partitions():
+            if p["node_id"] in load:
+                load[p["node_id"]] += 1
+        for p in orphans:
+            owner = min(load, key=lambda node_id: (load[node_id] / capacity[node_id], node_id))
+            load[owner] += 1
+            self.store.update_partition(p["partition_id"], node_id=owner, acked=0)
+            self.store.log("assign", partition_id=p["partition_id"], node_id=owner)
+
+    # -- operator changes ------------------------------------------------------------------
+
+    def _require_node(self, node_id: str) -> dict[str, Any]:
+        node = self.store.node(node_id)
+        if node is None:
+            raise UnknownError("node", node_id)
+        return node
+
+    def set_flags(self, node_id: str, **flags: int) -> dict[str, Any]:
+        self._require_node(node_id)
+        self.store.upsert_node({"node_id": node_id, **flags})
+        self.store.log("flags", node_id=node_id, **flags)
+        self._settle()
+        return self._require_node(node_id)
+
+    def remove(self, node_id: str, force: bool) -> list[str]:
+        self._require_node(node_id)
+        owned = [e.partition_id for e in self.map.owned_by(node_id)]
+        if owned and not force:
+            raise NotAllowedError(
+                "NODE_OWNS_PARTITIONS",
+                f"node {node_id} owns {len(owned)} partitions ({', '.join(owned)}); "
+                "repair them elsewhere first, or remove with --force",
+            )
+        self.store.delete_node(node_id)
+        for partition_id in owned:
+            self.store.update_partition(partition_id, node_id="", acked=0)
+        self.store.log("remove", node_id=node_id, force=force, partitions=owned)
+        self._settle()
+        return owned
+
+    def repair(self, partition_id: str, to_node_id: str) -> None:
+        if self.map.by_id(partition_id) is None:
+            raise UnknownError("partition", partition_id)
+        target = self._require_node(to_node_id)
+        if target["status"] != UP or target["cordoned"] or target["draining"]:
+            raise NotAllowedError(
+                "NODE_NOT_SCHEDULABLE",
+                f"node {to_node_id} is {target['status']}"
+                + (", cordoned" if target["cordoned"] else "")
+                + (", draining" if target["draining"] else ""),
+            )
+        self.store.update_partition(partition_id, node_id=to_node_id, acked=0)
+        self.store.log("repair", partition_id=partition_id, node_id=to_node_id)
+        self._settle()
+
+    def partition_rows(self) -> dict[str, dict[str, Any]]:
+        return {p["partition_id"]: p for p in self.store.partitions()}
+
+
+def _fingerprint(entries: Sequence[MapEntry]) -> str:
+    return repr(
+        [(e.partition_id, e.range.start, e.range.end, e.node_id, e.address, e.state) for e in entries]
+    )

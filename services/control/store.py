@@ -1,0 +1,128 @@
+"""control.db: the node registry, the partitions and the operation log, through sqlite-utils.
+
+The schema is created and migrated by code: `schema_version` holds the number of the last
+migration applied, and `MIGRATIONS[i]` takes a database from version i to i + 1. The
+store runs on the stdlib sqlite3 (sqlite-utils needs its DB-API); control calls it from one
+worker thread, never from the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["meta"].create({"name": str, "value": str}, pk="name")
+    db["nodes"].create(
+        {
+            "node_id": str,
+            "address": str,
+            "probe_address": str,
+            "capacity": int,
+            "status": str,
+            "cordoned": int,
+            "draining": int,
+            "probe": str,
+            "last_heartbeat_ms": int,
+            "entries": int,
+            "bytes": int,
+            "registered_ms": int,
+        },
+        pk="node_id",
+    )
+    db["partitions"].create(
+        {
+            "partition_id": str,
+            "start": bytes,
+            "end": bytes,
+            "node_id": str,
+            "acked": int,
+            "entries": int,
+            "bytes": int,
+        },
+        pk="partition_id",
+        not_null={"start"},
+    )
+    db["oplog"].create({"id": int, "at_ms": int, "op": str, "detail": str}, pk="id")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ControlStore:
+    """Rows in control.db. Every method commits before it returns."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self.db = sqlite_utils.Database(self._conn)
+        self.migrate()
+
+    def migrate(self) -> int:
+        """Apply the missing migrations in order; answer the schema version."""
+        if "schema_version" not in self.db.table_names():
+            self.db["schema_version"].insert({"version": 0})
+        version = self.schema_version()
+        for step in MIGRATIONS[version:]:
+            step(self.db)
+            version += 1
+            self._conn.execute("UPDATE schema_version SET version = ?", (version,))
+        return version
+
+    def schema_version(self) -> int:
+        return int(self._conn.execute("SELECT version FROM schema_version").fetchone()[0])
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- meta ----------------------------------------------------------------------------
+
+    def get_meta(self, name: str, default: Any = None) -> Any:
+        row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def set_meta(self, name: str, value: Any) -> None:
+        self.db["meta"].upsert({"name": name, "value": json.dumps(value)}, pk="name")
+
+    # -- rows ----------------------------------------------------------------------------
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return list(self.db["nodes"].rows_where(order_by="node_id"))
+
+    def node(self, node_id: str) -> dict[str, Any] | None:
+        rows = list(self.db["nodes"].rows_where("node_id = ?", [node_id]))
+        return rows[0] if rows else None
+
+    def upsert_node(self, row: dict[str, Any]) -> None:
+        self.db["nodes"].upsert(row, pk="node_id")
+
+    def delete_node(self, node_id: str) -> None:
+        self.db["nodes"].delete_where("node_id = ?", [node_id])
+
+    def partitions(self) -> list[dict[str, Any]]:
+        return list(self.db["partitions"].rows_where(order_by="start"))
+
+    def insert_partitions(self, rows: list[dict[str, Any]]) -> None:
+        self.db["partitions"].insert_all(rows, pk="partition_id")
+
+    def update_partition(self, partition_id: str, **values: Any) -> None:
+        self.db["partitions"].update(partition_id, values)
+
+    def log(self, op: str, **detail: Any) -> None:
+        self.db["oplog"].insert({"at_ms": now_ms(), "op": op, "detail": json.dumps(detail, default=str)})
+
+    def oplog(self, limit: int = 100) -> list[dict[str, Any]]:
+        return list(self.db["oplog"].rows_where(order_by="id desc", limit=limit))

@@ -1,0 +1,41 @@
+"""`keyspan gateway`: stateless keyspan.v1.KV in front of the nodes, routed by the watched map.
+
+It keeps nothing but a cached map, fed by control's WatchMap stream; when control is
+away it routes with the last map it saw. Health turns SERVING once the first map came.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from keyspan.services.common.process import GrpcProcess
+from keyspan.services.config import GatewayConfig
+from keyspan.services.gateway.routing import NodeChannels, Router
+from keyspan.services.gateway.servicer import GatewayServicer
+from keyspan.services.server import KV_SERVICE
+from keyspan.streams.partition_map import MapWatcher
+from keyspan.v1 import kv_pb2_grpc
+
+
+class GatewayProcess(GrpcProcess):
+    name = "gateway"
+    config: GatewayConfig
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.watcher = MapWatcher(config.control)
+        self.channels = NodeChannels()
+        self.router = Router(self.watcher, self.channels)
+        super().__init__(config)
+
+    def register(self, server: grpc.aio.Server) -> list[str]:
+        kv_pb2_grpc.add_KVServicer_to_server(GatewayServicer(self.router, self.config.call_timeout_s), server)
+        return [KV_SERVICE]
+
+    async def on_start(self) -> None:
+        self.watcher.start()
+        while not await self.watcher.wait_for(1, timeout_s=3600):
+            pass
+
+    async def on_stop(self) -> None:
+        await self.watcher.stop()
+        await self.channels.close()

@@ -1,0 +1,242 @@
+"""The three KV streams at the gateway, stitched across partitions and nodes in key order.
+
+- Scan: the range is read piece by piece (one piece per partition, in key order or
+  reverse), each from its owner through a node Scan stream opened with the credits the
+  client has left; the client's later credits are forwarded to the open piece. A piece
+  that answers WrongPartition is re-cut from the cursor with the fresher map.
+- BulkPut: each batch goes to the owner of its first key, on one stream per node; the
+  node's answer (accepted, next_key) goes back unchanged.
+- Sweep: each piece is swept by its owner; progress is summed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from keyspan.services.gateway.routing import (
+    Router,
+    is_transport_failure,
+    node_unreachable,
+    relay,
+    wrong_partition_of,
+)
+from keyspan.storage.keys import KeyRange, key_successor
+from keyspan.storage.limits import MAX_CREDITS, check_credits, check_paths
+from keyspan.streams.partition_map import MapEntry
+from keyspan.streams.scan import range_of
+from keyspan.v1 import kv_pb2
+
+
+class _Flow:
+    """The client's credits: `total` granted so far and `delivered` entries sent back.
+
+    The pump only counts; each piece's own forwarder task is the only writer to that
+    piece's node stream, so no write outlives its piece or waits on another's.
+    """
+
+    def __init__(self, first: int) -> None:
+        self.total, self.delivered = first, 0
+        self.closed = False
+        self._more = asyncio.Event()
+        self._forward = asyncio.Event()
+
+    @property
+    def left(self) -> int:
+        return self.total - self.delivered
+
+    async def pump(self, requests: AsyncIterator[kv_pb2.ScanRequest]) -> None:
+        try:
+            async for request in requests:
+                if request.credits > 0:
+                    self.total += request.credits
+                    self._more.set()
+                    self._forward.set()
+        finally:
+            self.closed = True
+            self._more.set()
+
+    async def wait(self) -> bool:
+        while self.left <= 0:
+            if self.closed:
+                return False
+            self._more.clear()
+            await self._more.wait()
+        return True
+
+    async def forward(self, call: Any, total_at_open: int) -> None:
+        """Pass the credits granted after the piece opened on to its node stream."""
+        seen = total_at_open
+        while True:
+            await self._forward.wait()
+            self._forward.clear()
+            while self.total > seen:
+                delta = min(self.total - seen, MAX_CREDITS)
+                await call.write(kv_pb2.ScanRequest(credits=delta))
+                seen += delta
+
+
+def _next_piece(
+    router: Router, lo: bytes, hi: bytes | None, reverse: bool
+) -> tuple[KeyRange, MapEntry, bool]:
+    pieces = router.map.pieces(lo, hi)
+    piece, entry = pieces[-1] if reverse else pieces[0]
+    if not entry.routable:
+        raise entry.unavailable()
+    return piece, entry, len(pieces) == 1
+
+
+async def scan_through(
+    router: Router, requests: AsyncIterator[kv_pb2.ScanRequest], context: grpc.aio.ServicerContext
+) -> AsyncIterator[kv_pb2.ScanResponse]:
+    first = await anext(requests, None)
+    if first is None:
+        return
+    whole = range_of(first.start, first.end if first.HasField("end") else None)
+    paths = check_paths(list(first.paths))
+    flow = _Flow(check_credits(first.credits))
+    pump = asyncio.create_task(flow.pump(requests))
+    limit_left = first.limit or None
+    lo, hi = whole.start, whole.end
+    try:
+        while True:
+            piece, entry, last_piece = _next_piece(router, lo, hi, first.reverse)
+            if not await flow.wait():
+                return
+            request = kv_pb2.ScanRequest(
+                start=piece.start,
+                limit=limit_left or 0,
+                paths=paths,
+                reverse=first.reverse,
+            )
+            if piece.end is not None:
+                request.end = piece.end
+            call = router.channels.stub(entry.address).Scan()
+            piece_done = False
+            forwarder: asyncio.Task[None] | None = None
+            try:
+                request.credits = min(flow.left, MAX_CREDITS)
+                total_at_open = flow.total - (flow.left - request.credits)
+                await call.write(request)  # the range first; more credits only after it
+                forwarder = asyncio.create_task(flow.forward(call, total_at_open))
+                async for response in call:
+                    n = len(response.entries)
+                    if n:
+                        flow.delivered += n
+                        last_key = response.entries[-1].key
+                        lo, hi = (lo, last_key) if first.reverse else (key_successor(last_key), hi)
+                        if limit_left is not None:
+                            limit_left -= n
+                    piece_done = response.done
+                    done = piece_done and (last_piece or limit_left == 0)
+                    if n or done:
+                        yield kv_pb2.ScanResponse(
+                            entries=response.entries,
+                            resume_key=lo if not first.reverse else hi or b"",
+                            done=done,
+                        )
+                    if done:
+                        return
+                    if piece_done:
+                        break
+            except grpc.aio.AioRpcError as err:
+                wrong = wrong_partition_of(err)
+                if wrong is not None:
+                    await router.after_wrong_partition(wrong)
+                    continue
+                if is_transport_failure(err):
+                    raise node_unreachable(entry) from None
+                await relay(context, err)
+            finally:
+                if forwarder is not None:
+                    forwarder.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await forwarder
+                call.cancel()
+            if not piece_done:
+                return  # the node ended the stream without done: the client went away
+            if first.reverse:
+                hi = piece.start
+            else:
+                assert piece.end is not None
+                lo = piece.end
+    finally:
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump
+
+
+async def bulk_put_through(
+    router: Router, requests: AsyncIterator[kv_pb2.BulkPutRequest], context: grpc.aio.ServicerContext
+) -> AsyncIterator[kv_pb2.BulkPutResponse]:
+    calls: dict[str, Any] = {}
+    try:
+        async for request in requests:
+            if not request.entries:
+                yield kv_pb2.BulkPutResponse(accepted=0)
+                continue
+            yield await _forward_batch(router, calls, request, context)
+    finally:
+        for call in calls.values():
+            call.cancel()
+
+
+async def _forward_batch(
+    router: Router, calls: dict[str, Any], request: kv_pb2.BulkPutRequest, context: grpc.aio.ServicerContext
+) -> kv_pb2.BulkPutResponse:
+    from keyspan.services.gateway.routing import MAX_ATTEMPTS
+    from keyspan.storage.errors import UnavailableError
+
+    for _ in range(MAX_ATTEMPTS):
+        entry = router.owner(request.entries[0].key)
+        call = calls.get(entry.address)
+        if call is None:
+            call = calls[entry.address] = router.channels.stub(entry.address).BulkPut()
+        try:
+            await call.write(request)
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                await call  # raises the stream's status
+                raise node_unreachable(entry)
+            return response  # type: ignore[no-any-return]
+        except grpc.aio.AioRpcError as err:
+            calls.pop(entry.address, None)
+            wrong = wrong_partition_of(err)
+            if wrong is not None:
+                await router.after_wrong_partition(wrong)
+                continue
+            if is_transport_failure(err):
+                raise node_unreachable(entry) from None
+            await relay(context, err)
+    raise UnavailableError("bulk put: routing did not settle; retry the batch", retry_after_s=0.5)
+
+
+async def sweep_through(
+    router: Router, requests: AsyncIterator[kv_pb2.SweepRequest], context: grpc.aio.ServicerContext
+) -> AsyncIterator[kv_pb2.SweepResponse]:
+    first = await anext(requests, None)
+    if first is None:
+        return
+    whole = range_of(first.start, first.end if first.HasField("end") else None)
+    scanned = deleted = 0
+    for piece, entry in router.map.pieces(whole.start, whole.end):
+        if not entry.routable:
+            raise entry.unavailable()
+        request = kv_pb2.SweepRequest(start=piece.start, max_deletes_per_s=first.max_deletes_per_s)
+        if piece.end is not None:
+            request.end = piece.end
+        base_scanned, base_deleted = scanned, deleted
+        try:
+            async for progress in router.channels.stub(entry.address).Sweep(iter([request])):
+                scanned, deleted = base_scanned + progress.scanned, base_deleted + progress.deleted
+                if not progress.done:
+                    yield kv_pb2.SweepResponse(scanned=scanned, deleted=deleted)
+        except grpc.aio.AioRpcError as err:
+            if is_transport_failure(err):
+                raise node_unreachable(entry) from None
+            await relay(context, err)
+    yield kv_pb2.SweepResponse(scanned=scanned, deleted=deleted, done=True)

@@ -1,0 +1,127 @@
+"""A node's session with control: register, heartbeat, reconcile each assignment, ack.
+
+The session reconnects forever with backoff (0.1 s doubling to 2 s); while control is
+away the node keeps serving what it hosts and answers from its last map.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+
+from keyspan.services.node.reconcile import reconcile
+from keyspan.storage.shardset import ShardSet
+from keyspan.streams.partition_map import PartitionMap
+from keyspan.v1 import control_pb2, control_pb2_grpc, kv_pb2
+
+log = logging.getLogger(__name__)
+
+
+class NodeSession:
+    def __init__(
+        self,
+        *,
+        control_address: str,
+        node_id: str,
+        address: str,
+        probe_address: str,
+        capacity: int,
+        shards: ShardSet,
+        partition_map: PartitionMap,
+        on_synced: Callable[[bool], Awaitable[None]],
+    ) -> None:
+        self.control_address, self.node_id = control_address, node_id
+        self.address, self.probe_address, self.capacity = address, probe_address, capacity
+        self.shards, self.map = shards, partition_map
+        self.on_synced = on_synced
+        self.synced = asyncio.Event()
+        self.connected = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="control-session")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _register(self) -> control_pb2.NodeMessage:
+        return control_pb2.NodeMessage(
+            register=control_pb2.Register(
+                node_id=self.node_id,
+                address=self.address,
+                probe_address=self.probe_address,
+                capacity=self.capacity,
+                hosted=[p.id for p in self.shards.partitions],
+            )
+        )
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            outbox: asyncio.Queue[control_pb2.NodeMessage] = asyncio.Queue()
+            outbox.put_nowait(self._register())
+            beats: asyncio.Task[None] | None = None
+            try:
+                async with grpc.aio.insecure_channel(self.control_address) as channel:
+                    call = control_pb2_grpc.ControlStub(channel).Session(_drain(outbox))
+                    async for message in call:
+                        self.connected, attempt = True, 0
+                        if message.HasField("welcome"):
+                            interval_s = message.welcome.heartbeat_interval_s or 1.0
+                            beats = asyncio.create_task(self._heartbeats(outbox, interval_s))
+                        elif message.HasField("assignment"):
+                            outbox.put_nowait(await self._apply(message.assignment.map))
+            except grpc.aio.AioRpcError as err:
+                log.info(
+                    "control session broke", extra={"code": err.code().name, "control": self.control_address}
+                )
+            finally:
+                self.connected = False
+                if beats is not None:
+                    beats.cancel()
+            await asyncio.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random() / 2))
+            attempt = min(attempt + 1, 10)
+
+    async def _apply(self, message: control_pb2.PartitionMap) -> control_pb2.NodeMessage:
+        self.map.apply(message)
+        hosted, failed = await reconcile(self.shards, self.node_id, self.map)
+        await self.on_synced(not failed)
+        if not failed:
+            self.synced.set()
+        return control_pb2.NodeMessage(
+            ack=control_pb2.Ack(map_version=self.map.version, hosted=hosted, failed=failed)
+        )
+
+    async def _heartbeats(self, outbox: asyncio.Queue[control_pb2.NodeMessage], interval_s: float) -> None:
+        while True:
+            try:
+                stats = await self.shards.stats()
+            except Exception:  # a partition closed under the count: report none this time
+                log.debug("stats skipped", exc_info=True)
+                stats = []
+            beat = control_pb2.Heartbeat(map_version=self.map.version)
+            for s in stats:
+                beat.partitions.append(
+                    kv_pb2.PartitionStats(
+                        partition_id=s.partition_id,
+                        approximate_entries=s.approximate_entries,
+                        bytes=s.bytes,
+                        expired_entries=s.expired_entries,
+                        revision=s.revision,
+                    )
+                )
+            outbox.put_nowait(control_pb2.NodeMessage(heartbeat=beat))
+            await asyncio.sleep(interval_s)
+
+
+async def _drain(outbox: asyncio.Queue[control_pb2.NodeMessage]) -> AsyncIterator[control_pb2.NodeMessage]:
+    while True:
+        yield await outbox.get()

@@ -1,0 +1,177 @@
+"""Control, two nodes and a gateway in one process, on real 127.0.0.1 ports."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from keyspan.services.config import ControlConfig, GatewayConfig, NodeConfig
+from keyspan.services.control.process import ControlProcess
+from keyspan.services.gateway.process import GatewayProcess
+from keyspan.services.node.process import NodeProcess
+from keyspan.streams.map_router import MapRouter
+from keyspan.v1 import control_pb2, control_pb2_grpc, errors_pb2, kv_pb2, kv_pb2_grpc
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@dataclass
+class Running:
+    control: ControlProcess
+    nodes: dict[str, NodeProcess]
+    gateway: GatewayProcess
+    channels: list[grpc.aio.Channel]
+
+    def stub(self, address: str) -> kv_pb2_grpc.KVStub:
+        channel = grpc.aio.insecure_channel(address)
+        self.channels.append(channel)
+        return kv_pb2_grpc.KVStub(channel)
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
+    root: Path = tmp_path_factory.mktemp("cluster")
+    control = ControlProcess(
+        ControlConfig(
+            address="127.0.0.1:0", data=root / "control", split_points="g,n", min_nodes=2,
+            heartbeat_interval_s=0.1, suspect_after_s=0.4, down_after_s=0.8, shutdown_grace_s=0.5,
+        )
+    )  # fmt: skip
+    await control.start()
+    nodes = {}
+    for node_id in ("a", "b"):
+        node = NodeProcess(
+            NodeConfig(
+                address="127.0.0.1:0", probe_address="127.0.0.1:0", control=control.address, id=node_id,
+                data=root / node_id, shutdown_grace_s=0.5,
+            )
+        )  # fmt: skip
+        nodes[node_id] = node
+    await asyncio.gather(*(n.start() for n in nodes.values()))
+    gateway = GatewayProcess(
+        GatewayConfig(address="127.0.0.1:0", control=control.address, shutdown_grace_s=0.5)
+    )
+    await gateway.start()
+    cluster = Running(control, nodes, gateway, [])
+    try:
+        yield cluster
+    finally:
+        for channel in cluster.channels:
+            await channel.close()
+        await gateway.stop()
+        for node in nodes.values():
+            if node.session is not None and node.port:
+                await node.stop()
+        await control.stop()
+
+
+def wrong_partition(err: grpc.aio.AioRpcError) -> errors_pb2.WrongPartition | None:
+    for detail in rpc_status.from_call(err).details:  # type: ignore[arg-type, union-attr]
+        if detail.Is(errors_pb2.WrongPartition.DESCRIPTOR):
+            out = errors_pb2.WrongPartition()
+            detail.Unpack(out)
+            return out
+    return None
+
+
+async def scan(stub: kv_pb2_grpc.KVStub, credits: int, reverse: bool = False) -> list[bytes]:
+    grants: asyncio.Queue[kv_pb2.ScanRequest] = asyncio.Queue()
+    grants.put_nowait(kv_pb2.ScanRequest(credits=credits, reverse=reverse))
+
+    async def requests() -> AsyncIterator[kv_pb2.ScanRequest]:
+        while True:
+            yield await grants.get()
+
+    keys: list[bytes] = []
+    call = stub.Scan(requests())
+    async for response in call:
+        keys.extend(e.key for e in response.entries)
+        if response.entries:
+            grants.put_nowait(kv_pb2.ScanRequest(credits=len(response.entries)))
+        if response.done:
+            break
+    call.cancel()
+    return keys
+
+
+KEYS = sorted(f"{c}{i}".encode() for c in "bdhkpz" for i in range(40))
+
+
+async def test_the_map_is_assigned_over_both_nodes(running: Running) -> None:
+    async with grpc.aio.insecure_channel(running.control.address) as channel:
+        watch = control_pb2_grpc.ControlStub(channel).WatchMap(control_pb2.WatchMapRequest())
+        async for m in watch:  # pushed: ASSIGNED until each node acknowledges, then SERVING
+            if all(p.state == control_pb2.PARTITION_STATE_SERVING for p in m.partitions):
+                break
+        watch.cancel()
+    assert [p.partition_id for p in m.partitions] == ["p0000", "p0001", "p0002"]
+    assert {p.node_id for p in m.partitions} == {"a", "b"}
+
+
+async def test_gateway_writes_and_scans_across_nodes_in_key_order(running: Running) -> None:
+    gateway = running.stub(running.gateway.address)
+    for k in KEYS:
+        await gateway.Put(kv_pb2.PutRequest(key=k, value=k))
+    assert (await gateway.Get(kv_pb2.GetRequest(key=b"k3"))).value == b"k3"
+    assert await scan(gateway, credits=7) == KEYS
+    assert await scan(gateway, credits=1000, reverse=True) == KEYS[::-1]
+    stats = await gateway.Stats(kv_pb2.StatsRequest())
+    assert stats.approximate_entries == len(KEYS) and len(stats.partitions) == 3
+
+
+async def test_a_node_answers_wrong_partition_with_the_owner(running: Running) -> None:
+    node_a = running.nodes["a"]
+    foreign = next(e for e in node_a.map.entries if e.node_id == "b")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await running.stub(node_a.address).Put(kv_pb2.PutRequest(key=foreign.range.start + b"x", value=b"v"))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    detail = wrong_partition(refused.value)
+    assert detail is not None
+    assert (detail.node_id, detail.address, detail.partition_id) == (
+        "b",
+        running.nodes["b"].address,
+        foreign.partition_id,
+    )
+
+
+async def test_map_router_watching_control_routes_straight_to_the_nodes(running: Running) -> None:
+    router = MapRouter.watching(running.control.address)
+    try:
+        assert await router.wait_for_map()
+        assert (await router.stub_for_key(b"p5").Get(kv_pb2.GetRequest(key=b"p5"))).value == b"p5"
+        keys: list[bytes] = []
+        for start, end, stub in router.pieces(b"c", b"q"):
+            request = kv_pb2.ScanRequest(start=start, credits=1000)
+            if end is not None:
+                request.end = end
+            async for response in stub.Scan(iter([request])):
+                keys.extend(e.key for e in response.entries)
+        assert keys == [k for k in KEYS if b"c" <= k < b"q"]
+        assert len(router.stubs()) == 2
+    finally:
+        await router.close()
+
+
+async def test_a_stopped_node_makes_its_partitions_unavailable_with_retry_info(running: Running) -> None:
+    victim = running.nodes["b"]
+    owned = victim.map.owned_by("b")[0]
+    await victim.stop(0)
+    victim.port = 0
+    deadline = time.monotonic() + 10
+    while running.gateway.watcher.map.by_id(owned.partition_id).routable:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the map never reported the partition unavailable"
+        await asyncio.sleep(0.05)
+    with pytest.raises(grpc.aio.AioRpcError) as unavailable:
+        await running.stub(running.gateway.address).Get(kv_pb2.GetRequest(key=owned.range.start + b"x"))
+    assert unavailable.value.code() == grpc.StatusCode.UNAVAILABLE
+    details = rpc_status.from_call(unavailable.value).details  # type: ignore[arg-type, union-attr]
+    assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in details)

@@ -1,0 +1,147 @@
+"""Control's decisions: tiling, map versions, assignment and liveness, with a fake clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from keyspan.services.control.cluster import (
+    DOWN,
+    SUSPECT,
+    UP,
+    ClusterState,
+    Liveness,
+    NotAllowedError,
+    UnknownError,
+    uniform_split_points,
+)
+from keyspan.services.control.store import MIGRATIONS, ControlStore
+from keyspan.streams.partition_map import SERVING, UNASSIGNED, UNAVAILABLE, TilingError
+
+T0 = 1_000_000
+
+
+def make_state(tmp_path: Path, min_nodes: int = 1, partitions: int = 4) -> ClusterState:
+    state = ClusterState(
+        ControlStore(tmp_path / "control.db"), Liveness(suspect_after_s=3, down_after_s=6), min_nodes
+    )
+    state.create(uniform_split_points(partitions))
+    return state
+
+
+def join(state: ClusterState, node_id: str, now_ms: int = T0, hosted: tuple[str, ...] = ()) -> None:
+    state.register(node_id, f"127.0.0.1:{1000 + len(node_id)}", "", 1, list(hosted), now_ms)
+
+
+def test_schema_is_created_and_versioned(tmp_path: Path) -> None:
+    store = ControlStore(tmp_path / "control.db")
+    assert store.schema_version() == len(MIGRATIONS)
+    assert {"nodes", "partitions", "oplog", "meta"} <= set(store.db.table_names())
+    store.close()
+    assert ControlStore(tmp_path / "control.db").migrate() == len(MIGRATIONS)
+
+
+def test_new_cluster_tiles_the_key_space_and_waits_for_min_nodes(tmp_path: Path) -> None:
+    state = make_state(tmp_path, min_nodes=2)
+    ranges = [e.range for e in state.map.entries]
+    assert ranges[0].start == b"" and ranges[-1].end is None and len(ranges) == 4
+    join(state, "a")
+    assert {e.state for e in state.map.entries} == {UNASSIGNED}
+    join(state, "b")
+    owners = [e.node_id for e in state.map.entries]
+    assert sorted(owners) == ["a", "a", "b", "b"]
+
+
+def test_map_version_grows_on_every_change_and_only_then(tmp_path: Path) -> None:
+    state = make_state(tmp_path)
+    v0 = state.map.version
+    join(state, "a")
+    v1 = state.map.version
+    assert v1 > v0
+    assert not state.tick(T0 + 100)
+    assert state.map.version == v1
+    state.ack("a", [e.partition_id for e in state.map.entries])
+    assert state.map.version == v1 + 1
+    assert {e.state for e in state.map.entries} == {SERVING}
+
+
+def test_version_and_map_survive_a_restart(tmp_path: Path) -> None:
+    state = make_state(tmp_path)
+    join(state, "a")
+    version, entries = state.map.version, state.map.entries
+    state.store.close()
+    again = ClusterState(ControlStore(tmp_path / "control.db"), Liveness(), 1)
+    assert not again.create(uniform_split_points(4))
+    assert again.map.version == version and again.map.entries == entries
+
+
+def test_missed_heartbeats_make_a_node_suspect_then_down_then_up(tmp_path: Path) -> None:
+    state = make_state(tmp_path)
+    join(state, "a", hosted=("p0000", "p0001", "p0002", "p0003"))
+    state.tick(T0 + 3_500)
+    assert state.store.node("a")["status"] == SUSPECT
+    assert {e.state for e in state.map.entries} == {SERVING}
+    state.tick(T0 + 6_500)
+    assert state.store.node("a")["status"] == DOWN
+    assert {e.state for e in state.map.entries} == {UNAVAILABLE}
+    state.heartbeat("a", [("p0000", 5, 100)], T0 + 7_000)
+    assert state.store.node("a")["status"] == UP
+    assert {e.state for e in state.map.entries} == {SERVING}
+    assert state.store.node("a")["entries"] == 5
+
+
+def test_a_failing_probe_makes_a_node_suspect(tmp_path: Path) -> None:
+    state = make_state(tmp_path)
+    join(state, "a")
+    state.probe("a", "UNREACHABLE", T0 + 10)
+    assert state.store.node("a")["status"] == SUSPECT
+    state.probe("a", "SERVING", T0 + 20)
+    assert state.store.node("a")["status"] == UP
+
+
+def test_remove_is_refused_while_the_node_owns_partitions(tmp_path: Path) -> None:
+    state = make_state(tmp_path)
+    join(state, "a")
+    join(state, "b")
+    with pytest.raises(NotAllowedError) as refused:
+        state.remove("a", force=False)
+    assert refused.value.reason == "NODE_OWNS_PARTITIONS"
+    state.set_flags("a", draining=1, cordoned=1)
+    moved = state.remove("a", force=True)
+    assert moved and {e.node_id for e in state.map.entries} == {"b"}
+    with pytest.raises(UnknownError):
+        state.remove("a", force=True)
+
+
+def test_cordoned_nodes_get_nothing_new(tmp_path: Path) -> None:
+    state = make_state(tmp_path)
+    join(state, "a")
+    join(state, "b")
+    state.set_flags("b", cordoned=1)
+    state.remove("a", force=True)
+    assert {e.state for e in state.map.entries} == {UNASSIGNED}
+    state.set_flags("b", cordoned=0)
+    assert {e.node_id for e in state.map.entries} == {"b"}
+
+
+def test_repair_moves_a_partition_to_a_schedulable_node(tmp_path: Path) -> None:
+    state = make_state(tmp_path)
+    join(state, "a")
+    join(state, "b", now_ms=T0 + 5_000)
+    state.tick(T0 + 7_000)
+    victim = state.map.owned_by("a")[0].partition_id
+    state.repair(victim, "b")
+    assert state.map.by_id(victim).node_id == "b"
+    state.set_flags("b", cordoned=1)
+    with pytest.raises(NotAllowedError):
+        state.repair(victim, "b")
+    with pytest.raises(UnknownError):
+        state.repair("p9999", "b")
+
+
+def test_a_map_that_does_not_tile_is_refused(tmp_path: Path) -> None:
+    state = make_state(tmp_path)
+    state.store.update_partition("p0001", start=b"\x30")
+    with pytest.raises(TilingError):
+        state.tick(T0)

@@ -1,0 +1,82 @@
+"""A node's reconciliation with real ShardSets in temp dirs."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+
+from keyspan.services.node.reconcile import missing_key_error, reconcile
+from keyspan.storage.errors import UnavailableError, WrongPartitionError
+from keyspan.storage.keys import KeyRange
+from keyspan.storage.mutations import Put
+from keyspan.storage.shardset import ShardSet
+from keyspan.streams.partition_map import SERVING, MapEntry, PartitionMap, to_message
+
+pytestmark = pytest.mark.asyncio
+
+
+def cluster_map(version: int, owners: tuple[str, str, str]) -> PartitionMap:
+    bounds = [(b"", b"g"), (b"g", b"n"), (b"n", None)]
+    return PartitionMap(
+        [
+            MapEntry(f"p{i}", KeyRange(s, e), owner, f"127.0.0.1:{i + 1}", SERVING)
+            for i, ((s, e), owner) in enumerate(zip(bounds, owners, strict=True))
+        ],
+        version,
+    )
+
+
+async def test_reconcile_opens_assigned_and_closes_the_rest_keeping_files(tmp_path: Path) -> None:
+    shards = ShardSet(tmp_path)
+    shards.open(())
+    try:
+        m = cluster_map(1, ("me", "other", "me"))
+        hosted, failed = await reconcile(shards, "me", m)
+        assert hosted == ["p0", "p2"] and failed == []
+        await shards.write(b"a", Put(b"a", b"1", False, None, 0, False))
+        m.apply(to_message(2, cluster_map(2, ("other", "other", "me")).entries))
+        hosted, _ = await reconcile(shards, "me", m)
+        assert hosted == ["p2"]
+        assert (tmp_path / "p0.db").exists()
+        m.apply(to_message(3, cluster_map(3, ("me", "other", "me")).entries))
+        await reconcile(shards, "me", m)
+        row = await shards.get(b"a")
+        assert row is not None and row.value == b"1"
+    finally:
+        shards.close()
+
+
+async def test_a_restarted_node_reopens_its_partitions_from_disk(tmp_path: Path) -> None:
+    shards = ShardSet(tmp_path)
+    shards.open(())
+    await reconcile(shards, "me", cluster_map(1, ("me", "x", "x")))
+    shards.close()
+    again = ShardSet(tmp_path)
+    again.open(())
+    try:
+        assert [p.id for p in again.partitions] == ["p0"]
+    finally:
+        again.close()
+
+
+async def test_keys_of_other_nodes_get_wrong_partition_with_the_owner(tmp_path: Path) -> None:
+    shards = ShardSet(tmp_path)
+    shards.open(())
+    m = cluster_map(4, ("me", "other", "me"))
+    shards.on_missing = functools.partial(missing_key_error, "me", m)
+    try:
+        await reconcile(shards, "me", m)
+        with pytest.raises(WrongPartitionError) as wrong:
+            await shards.get(b"h")
+        assert (wrong.value.node_id, wrong.value.address, wrong.value.map_version) == (
+            "other",
+            "127.0.0.1:2",
+            4,
+        )
+        shards.drop_partition("p2")
+        with pytest.raises(UnavailableError):
+            await shards.get(b"z")
+    finally:
+        shards.close()
