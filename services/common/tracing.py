@@ -1,0 +1,86 @@
+"""OpenTelemetry traces over OTLP/gRPC, carried between processes in gRPC metadata.
+
+Off unless `--otlp-endpoint` is set. Each process gets its own `TracerProvider` (no
+global one is installed, so several servers can share a test process) with a
+parent-based ratio sampler (`--trace-sample-ratio`: a caller's sampled decision is
+followed, new traces are kept with that probability) and a `BatchSpanProcessor`: spans
+are exported from a background thread, so a slow or dead collector never blocks or fails
+an RPC; spans that do not fit the queue are dropped.
+
+Servers get `server_interceptor()` from `Tracing` (GrpcProcess adds it before the server
+is created). Clients and the gateway add `client_interceptors(config)` to their channels:
+``grpc.aio.insecure_channel(target, interceptors=client_interceptors(config))``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import grpc
+from keyspan import __version__
+from keyspan.services.config import ProcessConfig, otlp_target
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+EXPORT_TIMEOUT_S = 5.0
+_client_providers: dict[tuple[str, float, str], TracerProvider] = {}
+_client_lock = threading.Lock()
+
+
+def new_provider(endpoint: str, ratio: float, service_name: str) -> TracerProvider:
+    """A provider that batches spans to the OTLP/gRPC collector at `endpoint`."""
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service_name, "service.version": __version__}),
+        sampler=ParentBased(TraceIdRatioBased(ratio)),
+    )
+    exporter = OTLPSpanExporter(endpoint=otlp_target(endpoint), insecure=True, timeout=EXPORT_TIMEOUT_S)
+    provider.add_span_processor(BatchSpanProcessor(exporter, export_timeout_millis=EXPORT_TIMEOUT_S * 1000))
+    return provider
+
+
+class Tracing:
+    """A process's tracer provider and the server interceptor that uses it."""
+
+    def __init__(self, config: ProcessConfig, component: str) -> None:
+        self.provider = new_provider(config.otlp_endpoint, config.trace_sample_ratio, f"keyspan-{component}")
+        self.tracer = self.provider.get_tracer("keyspan")
+
+    def server_interceptor(self) -> grpc.aio.ServerInterceptor:
+        return aio_server_interceptor(tracer_provider=self.provider)  # type: ignore[no-any-return]
+
+    def flush(self, timeout_s: float = EXPORT_TIMEOUT_S) -> bool:
+        return self.provider.force_flush(int(timeout_s * 1000))  # type: ignore[no-any-return]
+
+    def shutdown(self) -> None:
+        """Export what is queued (bounded by the export timeout), then stop the exporter."""
+        self.provider.shutdown()
+
+
+def client_interceptors(config: ProcessConfig, service_name: str = "keyspan-client") -> list[Any]:
+    """Interceptors that trace a channel's calls and send their context to the server.
+
+    Empty when config has no otlp_endpoint. Providers are shared per (endpoint, ratio,
+    service name) within the process; `shutdown_client_tracing()` flushes them.
+    """
+    if not config.otlp_endpoint:
+        return []
+    key = (config.otlp_endpoint, config.trace_sample_ratio, service_name)
+    with _client_lock:
+        provider = _client_providers.get(key)
+        if provider is None:
+            provider = _client_providers[key] = new_provider(*key)
+    return list(aio_client_interceptors(tracer_provider=provider))
+
+
+def shutdown_client_tracing() -> None:
+    """Flush and stop the providers `client_interceptors` made."""
+    with _client_lock:
+        providers = list(_client_providers.values())
+        _client_providers.clear()
+    for provider in providers:
+        provider.shutdown()

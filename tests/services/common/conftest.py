@@ -1,0 +1,49 @@
+"""Fixtures for the observability tests: in-process servers on 127.0.0.1 port 0, scrapes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest_asyncio
+from keyspan.services.config import ServeConfig
+from keyspan.services.server import KeyspanServer
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+StartServer = Callable[..., Awaitable[KeyspanServer]]
+
+
+@pytest_asyncio.fixture
+async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
+    """Start KeyspanServers with config overrides; every one is stopped afterwards."""
+    started: list[KeyspanServer] = []
+
+    async def start(**settings: Any) -> KeyspanServer:
+        settings.setdefault("data", tmp_path / f"data{len(started)}")
+        settings.setdefault("address", "127.0.0.1:0")
+        server = KeyspanServer(ServeConfig(**settings))
+        await server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        await server.stop(0)
+
+
+@pytest_asyncio.fixture
+async def channel_to() -> AsyncIterator[Callable[..., grpc.aio.Channel]]:
+    channels: list[grpc.aio.Channel] = []
+
+    def open_channel(server: KeyspanServer, interceptors: Any = None) -> grpc.aio.Channel:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", interceptors=interceptors)
+        channels.append(channel)
+        return channel
+
+    yield open_channel
+    for channel in channels:
+        await channel.close()
