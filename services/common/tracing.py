@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 EXPORT_TIMEOUT_S = 5.0
+SHUTDOWN_TIMEOUT_S = 3.0
 _client_providers: dict[tuple[str, float, str], TracerProvider] = {}
 _client_lock = threading.Lock()
 
@@ -40,7 +41,20 @@ def new_provider(endpoint: str, ratio: float, service_name: str) -> TracerProvid
     )
     exporter = OTLPSpanExporter(endpoint=otlp_target(endpoint), insecure=True, timeout=EXPORT_TIMEOUT_S)
     provider.add_span_processor(BatchSpanProcessor(exporter, export_timeout_millis=EXPORT_TIMEOUT_S * 1000))
+    provider._keyspan_exporter = exporter  # type: ignore[attr-defined]
     return provider
+
+
+def shutdown_provider(provider: TracerProvider, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+    """Export what is queued, for at most about timeout_s: with a dead collector the SDK
+    would retry each batch for its whole export timeout, so after timeout_s the exporter
+    is shut down, which drops the rest."""
+    stopping = threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
+    stopping.start()
+    stopping.join(timeout_s)
+    if stopping.is_alive():
+        provider._keyspan_exporter.shutdown()  # type: ignore[attr-defined]
+        stopping.join(EXPORT_TIMEOUT_S)
 
 
 class Tracing:
@@ -57,8 +71,8 @@ class Tracing:
         return self.provider.force_flush(int(timeout_s * 1000))  # type: ignore[no-any-return]
 
     def shutdown(self) -> None:
-        """Export what is queued (bounded by the export timeout), then stop the exporter."""
-        self.provider.shutdown()
+        """Export what is queued (for at most SHUTDOWN_TIMEOUT_S), then stop the exporter."""
+        shutdown_provider(self.provider)
 
 
 def client_interceptors(config: ProcessConfig, service_name: str = "keyspan-client") -> list[Any]:
@@ -83,4 +97,4 @@ def shutdown_client_tracing() -> None:
         providers = list(_client_providers.values())
         _client_providers.clear()
     for provider in providers:
-        provider.shutdown()
+        shutdown_provider(provider)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 import pytest_asyncio
 from keyspan.services.config import ServeConfig
 from keyspan.services.server import KeyspanServer
+from obs_helpers import TraceReceiver
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
@@ -47,3 +49,10 @@ async def channel_to() -> AsyncIterator[Callable[..., grpc.aio.Channel]]:
     yield open_channel
     for channel in channels:
         await channel.close()
+
+
+@pytest.fixture
+def trace_receiver() -> Iterator[TraceReceiver]:
+    receiver = TraceReceiver()
+    yield receiver
+    receiver.close()

@@ -1,12 +1,16 @@
-"""Helpers of the observability tests: scrape a server's /metrics, read one sample."""
+"""Helpers of the observability tests: scrape /metrics, read one sample, receive OTLP traces."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import urllib.request
+from concurrent import futures
 from typing import Any
 
+import grpc
 from keyspan.services.server import KeyspanServer
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -23,3 +27,42 @@ def sample(families: dict[str, Any], name: str, **labels: str) -> float:
     values = [s.value for s in family.samples if s.name == name and labels.items() <= s.labels.items()]
     assert len(values) == 1, (name, labels, values)
     return float(values[0])
+
+
+class TraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):
+    """A real OTLP/gRPC trace receiver: a sync gRPC server on its own threads."""
+
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+        self._lock = threading.Lock()
+        self._server = grpc.server(futures.ThreadPoolExecutor(2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self._server)
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self._server.start()
+
+    def Export(self, request: Any, context: Any) -> Any:
+        with self._lock:
+            for resource_spans in request.resource_spans:
+                service = next(
+                    (
+                        a.value.string_value
+                        for a in resource_spans.resource.attributes
+                        if a.key == "service.name"
+                    ),
+                    "",
+                )
+                for scope_spans in resource_spans.scope_spans:
+                    self.spans.extend((service, span) for span in scope_spans.spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def named(self, name: str) -> list[Any]:
+        with self._lock:
+            return [span for _, span in self.spans if span.name == name]
+
+    def service_of(self, span: Any) -> str:
+        with self._lock:
+            return next(service for service, s in self.spans if s is span)
+
+    def close(self) -> None:
+        self._server.stop(None).wait()
