@@ -17,7 +17,7 @@ one ERROR line the edge logs into a second event, and faults are reported explic
 from __future__ import annotations
 
 import threading
-import weakref
+from collections import OrderedDict
 from typing import Any
 
 import sentry_sdk
@@ -27,7 +27,10 @@ from keyspan.services.common.logging import PARTITION_ID, current_ids
 from keyspan.services.config import ProcessConfig
 from sentry_sdk.integrations.dedupe import DedupeIntegration
 
-_reported: weakref.WeakSet[BaseException] = weakref.WeakSet()
+# The last faults reported, by identity (built-in exceptions cannot be weakly referenced;
+# holding them keeps their ids unique while they are remembered).
+_reported: OrderedDict[int, BaseException] = OrderedDict()
+_REMEMBERED = 256
 _lock = threading.Lock()
 
 
@@ -41,7 +44,6 @@ def setup_sentry(config: ProcessConfig, component: str) -> bool:
         release=f"keyspan@{__version__}",
         default_integrations=False,
         integrations=[DedupeIntegration()],
-        send_default_pii=False,
     )
     sentry_sdk.set_tag("component", component)
     if report_rpc_fault not in errors.fault_hooks:
@@ -60,9 +62,11 @@ def report_fault(err: BaseException, **tags: Any) -> bool:
     if not sentry_sdk.get_client().is_active():
         return False
     with _lock:
-        if err in _reported:
+        if id(err) in _reported:
             return False
-        _reported.add(err)
+        _reported[id(err)] = err
+        if len(_reported) > _REMEMBERED:
+            _reported.popitem(last=False)
     with sentry_sdk.new_scope() as scope:
         partition_id = getattr(err, PARTITION_ID, None)
         if isinstance(partition_id, str):

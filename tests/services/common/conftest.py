@@ -10,9 +10,10 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
+import sentry_sdk
 from keyspan.services.config import ServeConfig
 from keyspan.services.server import KeyspanServer
-from obs_helpers import TraceReceiver
+from obs_helpers import SentryEndpoint, TraceReceiver
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
@@ -56,3 +57,13 @@ def trace_receiver() -> Iterator[TraceReceiver]:
     receiver = TraceReceiver()
     yield receiver
     receiver.close()
+
+
+@pytest.fixture
+def sentry_endpoint() -> Iterator[SentryEndpoint]:
+    """A Sentry endpoint; the SDK is shut down after the test, so no later test reports."""
+    endpoint = SentryEndpoint()
+    yield endpoint
+    sentry_sdk.get_client().close(timeout=2)
+    sentry_sdk.get_global_scope().set_client(None)
+    endpoint.close()

@@ -1,11 +1,15 @@
-"""Helpers of the observability tests: scrape /metrics, read one sample, receive OTLP traces."""
+"""Helpers of the observability tests: scrape /metrics, read one sample, receive OTLP traces
+and Sentry events."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import threading
 import urllib.request
 from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
@@ -66,3 +70,37 @@ class TraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):
 
     def close(self) -> None:
         self._server.stop(None).wait()
+
+
+class SentryEndpoint:
+    """A local HTTP endpoint that records the events the Sentry SDK posts to it."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        events = self.events
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                lines = body.split(b"\n")
+                for header, payload in zip(lines[1::2], lines[2::2], strict=False):
+                    if json.loads(header).get("type") == "event":
+                        events.append(json.loads(payload))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.dsn = f"http://publickey@127.0.0.1:{self._server.server_port}/42"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
