@@ -104,3 +104,22 @@ class SentryEndpoint:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
+
+
+class FakeControl:
+    """A control plane's state, as register_control_metrics reads it."""
+
+    def nodes_by_status(self) -> dict[str, int]:
+        return {"up": 2, "down": 1}
+
+    def partitions_by_state(self) -> dict[str, int]:
+        return {"serving": 7, "moving": 1}
+
+    def map_version(self) -> int:
+        return 42
+
+    def heartbeat_ages_s(self) -> dict[str, float]:
+        return {"n1": 0.5, "n2": 31.0}
+
+    def operations_in_flight(self) -> dict[str, int]:
+        return {"move": 1}

@@ -13,7 +13,7 @@ from keyspan.storage.mutations import Put
 from keyspan.storage.shardset import ShardSet
 from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.v1 import kv_pb2, kv_pb2_grpc
-from obs_helpers import sample, scrape
+from obs_helpers import FakeControl, sample, scrape
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -127,25 +127,6 @@ def _ranges(points: bytes) -> list:
     from keyspan.storage.shardset import ranges_from_split_points
 
     return ranges_from_split_points([bytes([p]) for p in points])
-
-
-class FakeControl:
-    """A control plane's state, as register_control_metrics reads it."""
-
-    def nodes_by_status(self) -> dict[str, int]:
-        return {"up": 2, "down": 1}
-
-    def partitions_by_state(self) -> dict[str, int]:
-        return {"serving": 7, "moving": 1}
-
-    def map_version(self) -> int:
-        return 42
-
-    def heartbeat_ages_s(self) -> dict[str, float]:
-        return {"n1": 0.5, "n2": 31.0}
-
-    def operations_in_flight(self) -> dict[str, int]:
-        return {"move": 1}
 
 
 def test_control_metrics_come_from_the_registered_source() -> None:
