@@ -2,7 +2,7 @@
 
 Each process has its own `CollectorRegistry` (so tests can run several in one Python
 process) served on `--metrics-address`. RPCs are counted by ONE server interceptor,
-`RpcTelemetryInterceptor`, never inside servicers. Gauges that need a look at the data
+`rpc_telemetry.RpcTelemetryInterceptor`, never inside servicers. Gauges that need a look at the data
 (partitions, control plane) are computed on scrape by custom collectors; nothing polls.
 
 Metric names are listed in README "Observability" and used by monitoring/; the test
@@ -11,15 +11,10 @@ tests/services/test_monitoring.py checks that every name there is really exporte
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client import disable_created_metrics as _disable_created_metrics
 from prometheus_client.metrics import MetricWrapperBase
@@ -111,137 +106,3 @@ class RpcMetrics:
             with self._lock:
                 found = self._children.setdefault(key, metric.labels(*labels))
         return found
-
-
-def _split(method: str) -> tuple[str, str]:
-    service, _, name = method.rpartition("/")
-    return service.lstrip("/") or "unknown", name or method
-
-
-def _kind(handler: grpc.RpcMethodHandler) -> str:
-    if handler.unary_unary:
-        return "unary"
-    if handler.unary_stream:
-        return "server_stream"
-    return "bidi_stream" if handler.stream_stream else "client_stream"
-
-
-def _final_code(context: grpc.aio.ServicerContext, err: BaseException | None) -> grpc.StatusCode:
-    if isinstance(err, (asyncio.CancelledError, GeneratorExit)):
-        return grpc.StatusCode.CANCELLED
-    if err is not None and not isinstance(err, grpc.aio.AbortError):
-        return grpc.StatusCode.UNKNOWN
-    code = context.code()
-    if isinstance(code, grpc.StatusCode):
-        return code
-    return grpc.StatusCode.OK if err is None else grpc.StatusCode.UNKNOWN
-
-
-class _Call:
-    """One RPC as the interceptor sees it: starts the clock, records the outcome once."""
-
-    __slots__ = ("kind", "method", "metrics", "service", "started")
-
-    def __init__(self, metrics: RpcMetrics | None, method: str, kind: str) -> None:
-        self.metrics, self.kind = metrics, kind
-        self.service, self.method = _split(method)
-        self.started = time.perf_counter()
-        if metrics is not None:
-            metrics.child(metrics.in_flight, self.service, self.method).inc()
-
-    def finish(self, context: grpc.aio.ServicerContext, err: BaseException | None) -> None:
-        code = _final_code(context, err)
-        span = trace.get_current_span()
-        if span.is_recording():
-            # The OTel interceptor misses statuses set by abort_with_status; record it here.
-            span.set_attribute("rpc.grpc.status_code", code.value[0])
-            if code in SERVER_FAULT_CODES:
-                span.set_status(Status(StatusCode.ERROR, code.name))
-        m = self.metrics
-        if m is None:
-            return
-        elapsed = time.perf_counter() - self.started
-        labels = (self.service, self.method, self.kind, code.name)
-        m.child(m.in_flight, self.service, self.method).dec()
-        m.child(m.handled, *labels).inc()
-        m.child(m.duration, *labels).observe(elapsed)
-        if self.kind != "unary":
-            m.child(m.stream_duration, *labels[:3]).observe(elapsed)
-
-
-class RpcTelemetryInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times every RPC, unary and streaming, by its final status code, and
-    puts that code on the RPC's span. Sits inside the tracing interceptor and outside the
-    ErrorInterceptor, so it sees the codes the error mapper chose."""
-
-    def __init__(self, metrics: RpcMetrics | None) -> None:
-        self._metrics = metrics
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        method, kind = details.method, _kind(handler)
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, kind),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, method, kind, count_in=False),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                self._stream(handler.stream_stream, method, kind, count_in=True),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
-
-    def _unary(self, behavior: Callable[..., Awaitable[Any]], method: str, kind: str) -> Any:
-        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = _Call(self._metrics, method, kind)
-            try:
-                response = await behavior(request, context)
-            except BaseException as err:
-                call.finish(context, err)
-                raise
-            call.finish(context, None)
-            return response
-
-        return unary
-
-    def _stream(self, behavior: Callable[..., Any], method: str, kind: str, *, count_in: bool) -> Any:
-        metrics = self._metrics
-
-        async def counted(requests: AsyncIterator[Any], counter: Any) -> AsyncIterator[Any]:
-            async for request in requests:
-                counter.inc()
-                yield request
-
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            call = _Call(metrics, method, kind)
-            sent = None
-            if metrics is not None:
-                sent = metrics.child(metrics.sent, call.service, call.method)
-                if count_in:
-                    request = counted(request, metrics.child(metrics.received, call.service, call.method))
-            try:
-                async for response in behavior(request, context):
-                    if sent is not None:
-                        sent.inc()
-                    yield response
-            except BaseException as err:
-                call.finish(context, err)
-                raise
-            call.finish(context, None)
-
-        return stream

@@ -21,7 +21,8 @@ import grpc
 from keyspan import __version__
 from keyspan.services.common import faults
 from keyspan.services.common.control_metrics import ControlMetricsSource, register_control_metrics
-from keyspan.services.common.metrics import MetricsServer, RpcMetrics, RpcTelemetryInterceptor, new_registry
+from keyspan.services.common.metrics import MetricsServer, RpcMetrics, new_registry
+from keyspan.services.common.rpc_telemetry import RpcTelemetryInterceptor
 from keyspan.services.common.storage_metrics import PartitionCollector, StorageTelemetry
 from keyspan.services.common.tracing import Tracing
 from keyspan.services.config import ProcessConfig
@@ -52,13 +53,11 @@ class Observability:
         return None if self.metrics_server is None else self.metrics_server.port
 
     def server_interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """Tracing outermost (its span covers the rest), then RPC metrics; none when off."""
-        interceptors: list[grpc.aio.ServerInterceptor] = []
-        if self.tracing is not None:
-            interceptors.append(self.tracing.server_interceptor())
-        if self.enabled:
-            interceptors.append(RpcTelemetryInterceptor(self.rpc_metrics))
-        return interceptors
+        """The one interceptor that traces and measures every RPC; none when both are off."""
+        if not self.enabled:
+            return []
+        tracer = None if self.tracing is None else self.tracing.tracer
+        return [RpcTelemetryInterceptor(self.rpc_metrics, tracer)]
 
     def add_collector(self, collector: Collector) -> None:
         """Export a process-specific collector's series (no-op when metrics are off)."""

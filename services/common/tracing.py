@@ -7,8 +7,9 @@ followed, new traces are kept with that probability) and a `BatchSpanProcessor`:
 are exported from a background thread, so a slow or dead collector never blocks or fails
 an RPC; spans that do not fit the queue are dropped.
 
-Servers get `server_interceptor()` from `Tracing` (GrpcProcess adds it before the server
-is created). Clients and the gateway add `client_interceptors(config)` to their channels:
+Servers trace every RPC in `rpc_telemetry.RpcTelemetryInterceptor` with `Tracing.tracer`
+(GrpcProcess adds it before the server is created). Clients and the gateway add
+`client_interceptors(config)` to their channels:
 ``grpc.aio.insecure_channel(target, interceptors=client_interceptors(config))``.
 """
 
@@ -17,11 +18,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import grpc
 from keyspan import __version__
 from keyspan.services.config import ProcessConfig, otlp_target
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -63,9 +63,6 @@ class Tracing:
     def __init__(self, config: ProcessConfig, component: str) -> None:
         self.provider = new_provider(config.otlp_endpoint, config.trace_sample_ratio, f"keyspan-{component}")
         self.tracer = self.provider.get_tracer("keyspan")
-
-    def server_interceptor(self) -> grpc.aio.ServerInterceptor:
-        return aio_server_interceptor(tracer_provider=self.provider)  # type: ignore[no-any-return]
 
     def flush(self, timeout_s: float = EXPORT_TIMEOUT_S) -> bool:
         return self.provider.force_flush(int(timeout_s * 1000))  # type: ignore[no-any-return]
