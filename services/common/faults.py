@@ -1,7 +1,8 @@
 """Server faults to Sentry, once each, when `--sentry-dsn` is set.
 
 What is reported: what the ErrorInterceptor answers INTERNAL (through
-`errors.fault_hooks`) and what a background task (the sweeper) fails with. What is
+`errors.fault_hooks`), what a background task (the sweeper) fails with, and a thread (a
+partition's writer) that dies of an exception. What is
 not: every error a client causes (INVALID_ARGUMENT, NOT_FOUND, ABORTED, ...), which the
 error mapper turns into a status without calling the hooks.
 
@@ -48,7 +49,27 @@ def setup_sentry(config: ProcessConfig, component: str) -> bool:
     sentry_sdk.set_tag("component", component)
     if report_rpc_fault not in errors.fault_hooks:
         errors.fault_hooks.append(report_rpc_fault)
+    if threading.excepthook is not _thread_crashed:
+        global _previous_excepthook
+        _previous_excepthook = threading.excepthook
+        threading.excepthook = _thread_crashed
     return True
+
+
+_previous_excepthook = threading.excepthook
+
+
+def _thread_crashed(args: threading.ExceptHookArgs) -> None:
+    """A thread died of an exception (a writer or reader thread: a bug): report it, then
+    let the previous hook print it as usual."""
+    name = args.thread.name if args.thread is not None else "thread"
+    if args.exc_value is not None and not isinstance(args.exc_value, SystemExit):
+        tags = {"task": name}
+        if name.startswith("writer-"):
+            tags[PARTITION_ID] = name.removeprefix("writer-")
+        report_fault(args.exc_value, **tags)
+        flush()
+    _previous_excepthook(args)
 
 
 def set_node(address: str) -> None:

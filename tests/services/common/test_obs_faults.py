@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -141,3 +142,20 @@ async def test_nothing_is_reported_without_a_dsn(start_server, channel_to, monke
         await kv.Put(kv_pb2.PutRequest(key=b"broken", value=b"v"))
     assert not sentry_sdk.get_client().is_active()
     assert not faults.report_fault(RuntimeError("no dsn"))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_crashed_writer_thread_is_reported_with_its_partition(sentry_endpoint) -> None:
+    from keyspan.services.config import ProcessConfig
+
+    faults.setup_sentry(ProcessConfig(sentry_dsn=sentry_endpoint.dsn), "serve")
+
+    def crash() -> None:
+        raise RuntimeError("writer bug (injected)")
+
+    thread = threading.Thread(target=crash, name="writer-p0003")
+    thread.start()
+    thread.join()
+    sentry_sdk.flush(5)
+    [event] = sentry_endpoint.events
+    assert event["tags"]["partition_id"] == "p0003" and event["tags"]["task"] == "writer-p0003"
