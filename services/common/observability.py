@@ -22,7 +22,7 @@ from keyspan import __version__
 from keyspan.services.common import faults
 from keyspan.services.common.control_metrics import ControlMetricsSource, register_control_metrics
 from keyspan.services.common.metrics import MetricsServer, RpcMetrics, new_registry
-from keyspan.services.common.rpc_telemetry import RpcTelemetryInterceptor
+from keyspan.services.common.rpc_telemetry import RpcTelemetryInterceptor, ServerSampler
 from keyspan.services.common.storage_metrics import PartitionCollector, StorageTelemetry
 from keyspan.services.common.tracing import Tracing
 from keyspan.services.config import ProcessConfig
@@ -56,8 +56,10 @@ class Observability:
         """The one interceptor that traces and measures every RPC; none when both are off."""
         if not self.enabled:
             return []
-        tracer = None if self.tracing is None else self.tracing.tracer
-        return [RpcTelemetryInterceptor(self.rpc_metrics, tracer)]
+        sampler = None
+        if self.tracing is not None:
+            sampler = ServerSampler(self.tracing.tracer, self.config.trace_sample_ratio)
+        return [RpcTelemetryInterceptor(self.rpc_metrics, sampler)]
 
     def add_collector(self, collector: Collector) -> None:
         """Export a process-specific collector's series (no-op when metrics are off)."""

@@ -58,10 +58,12 @@ def shutdown_provider(provider: TracerProvider, timeout_s: float = SHUTDOWN_TIME
 
 
 class Tracing:
-    """A process's tracer provider and the server interceptor that uses it."""
+    """A process's tracer provider. Its sampler keeps every new root span: the RPC
+    interceptor (`rpc_telemetry.ServerSampler`) has already applied --trace-sample-ratio
+    when it asks for one; child spans follow their parent."""
 
     def __init__(self, config: ProcessConfig, component: str) -> None:
-        self.provider = new_provider(config.otlp_endpoint, config.trace_sample_ratio, f"keyspan-{component}")
+        self.provider = new_provider(config.otlp_endpoint, 1.0, f"keyspan-{component}")
         self.tracer = self.provider.get_tracer("keyspan")
 
     def flush(self, timeout_s: float = EXPORT_TIMEOUT_S) -> bool:
