@@ -159,3 +159,18 @@ def test_a_crashed_writer_thread_is_reported_with_its_partition(sentry_endpoint)
     sentry_sdk.flush(5)
     [event] = sentry_endpoint.events
     assert event["tags"]["partition_id"] == "p0003" and event["tags"]["task"] == "writer-p0003"
+
+
+@pytest.mark.asyncio
+async def test_an_unsampled_call_still_logs_its_fault_with_a_trace_id(
+    start_server, channel_to, trace_receiver, json_log, monkeypatch
+) -> None:
+    server = await start_server(otlp_endpoint=trace_receiver.endpoint, trace_sample_ratio=0.0)
+    kv = kv_pb2_grpc.KVStub(channel_to(server))
+    _break_writes(monkeypatch, server, "p0000")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await kv.Put(kv_pb2.PutRequest(key=b"broken", value=b"v"))
+    assert server.observability.tracing.flush()
+    [line] = _errors(json_log)
+    assert len(line["trace_id"]) == 32 and int(line["trace_id"], 16) != 0
+    assert trace_receiver.spans == []

@@ -95,3 +95,7 @@ async def test_a_dead_collector_never_slows_or_fails_requests(start_server, chan
     stopping = time.monotonic()
     await server.stop(0)
     assert time.monotonic() - stopping < 8
+
+
+def test_client_interceptors_are_empty_without_an_endpoint() -> None:
+    assert client_interceptors(ProcessConfig()) == []
