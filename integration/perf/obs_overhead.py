@@ -3,7 +3,8 @@ as a ratio to the same load with them off.
 
 Run: ``.venv/bin/python -m integration.perf.obs_overhead [--seconds 4] [--rounds 3]``
 
-Each round starts one `keyspan serve` subprocess per setting (in turn, fresh data dir),
+Each round starts one `keyspan serve` subprocess per setting (in a shuffled order, each
+with a fresh data dir),
 waits for health SERVING, then drives the same closed-loop load from this process: a
 Put phase, then a Get phase over the keys written, `--concurrency` callers each. Traces
 go to a real OTLP/gRPC receiver in this process (so the exporter really sends them), and
@@ -133,7 +134,10 @@ async def main(args: argparse.Namespace) -> None:
     runs: dict[str, list[Result]] = {}
     try:
         for r in range(args.rounds):
-            for name, flags in settings(receiver).items():
+            # A new order each round, so a neighbour's load does not always hit one setting.
+            order = list(settings(receiver).items())
+            random.Random(r).shuffle(order)
+            for name, flags in order:
                 runs.setdefault(name, []).append(await one_run(flags, args))
                 put, get, put_us, get_us = runs[name][-1]
                 print(
@@ -149,7 +153,8 @@ async def main(args: argparse.Namespace) -> None:
         f"synchronous={args.synchronous}"
     )
     print("setting               put/s ratio  CPU us ratio    get/s ratio  CPU us ratio")
-    for name, results in runs.items():
+    for name in settings(receiver):
+        results = runs[name]
         m = [statistics.median(run[k] for run in results) for k in range(4)]
         print(
             f"{name:<20} {m[0]:6.0f} {m[0] / base[0]:5.2f} {m[2]:7.0f} {m[2] / base[2]:5.2f}"
