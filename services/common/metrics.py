@@ -6,7 +6,7 @@ process) served on `--metrics-address`. RPCs are counted by ONE server intercept
 (partitions, control plane) are computed on scrape by custom collectors; nothing polls.
 
 Metric names are listed in README "Observability" and used by monitoring/; the test
-tests/services/test_monitoring.py checks that every name there is really exported.
+tests/services/common/test_monitoring.py checks that every name there is really exported.
 """
 
 from __future__ import annotations

@@ -159,6 +159,12 @@ class _Call:
                 stream_duration.observe(elapsed)
 
 
+async def _counted(requests: AsyncIterator[Any], counter: Any) -> AsyncIterator[Any]:
+    async for request in requests:
+        counter.inc()
+        yield request
+
+
 class RpcTelemetryInterceptor(grpc.aio.ServerInterceptor):
     """Spans and metrics of every RPC; either may be off (None)."""
 
@@ -191,6 +197,8 @@ class RpcTelemetryInterceptor(grpc.aio.ServerInterceptor):
                 self._stream(handler.stream_stream, method),
                 grpc.stream_stream_rpc_method_handler,
             )
+        elif handler.stream_unary:
+            behavior, wrap = self._unary(handler.stream_unary, method), grpc.stream_unary_rpc_method_handler
         else:
             return handler
         return wrap(
@@ -204,6 +212,8 @@ class RpcTelemetryInterceptor(grpc.aio.ServerInterceptor):
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = _Call(method, sampler, context)
+            if method.received is not None and method.kind == "client_stream":
+                request = _counted(request, method.received)
             try:
                 response = await behavior(request, context)
             except BaseException as err:
@@ -217,16 +227,11 @@ class RpcTelemetryInterceptor(grpc.aio.ServerInterceptor):
     def _stream(self, behavior: Callable[..., Any], method: _Method) -> Any:
         sampler = self._sampler
 
-        async def counted(requests: AsyncIterator[Any], counter: Any) -> AsyncIterator[Any]:
-            async for request in requests:
-                counter.inc()
-                yield request
-
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = _Call(method, sampler, context)
             sent = method.sent
             if method.received is not None and method.kind == "bidi_stream":
-                request = counted(request, method.received)
+                request = _counted(request, method.received)
             try:
                 async for response in behavior(request, context):
                     if sent is not None:

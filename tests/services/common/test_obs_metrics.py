@@ -8,6 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 from keyspan.services.common.control_metrics import CONTROL_METRICS, register_control_metrics
+from keyspan.services.common.metrics import RpcMetrics
+from keyspan.services.common.rpc_telemetry import RpcTelemetryInterceptor
 from keyspan.services.common.storage_metrics import PartitionCollector
 from keyspan.storage.mutations import Put
 from keyspan.storage.shardset import ShardSet
@@ -159,3 +161,29 @@ async def test_no_metrics_endpoint_and_no_interceptor_when_off(start_server) -> 
     server = await start_server()
     assert server.observability.metrics_port is None
     assert server.observability.server_interceptors() == []
+
+
+@pytest.mark.asyncio
+async def test_client_streams_count_messages_in() -> None:
+    registry = CollectorRegistry()
+    metrics = RpcMetrics(registry)
+
+    async def total(requests, context):
+        return b"%d" % sum([len(r) async for r in requests])
+
+    handler = grpc.method_handlers_generic_handler(
+        "test.Upload", {"Send": grpc.stream_unary_rpc_method_handler(total)}
+    )
+    server = grpc.aio.server(interceptors=[RpcTelemetryInterceptor(metrics, None)])
+    server.add_generic_rpc_handlers([handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            send = channel.stream_unary("/test.Upload/Send")
+            assert await send(iter([b"ab", b"c", b"def"])) == b"6"
+    finally:
+        await server.stop(None)
+    m = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    assert sample(m, "keyspan_rpc_stream_messages_received_total", grpc_method="Send") == 3
+    assert sample(m, "keyspan_rpc_handled_total", grpc_type="client_stream", grpc_code="OK") == 1
