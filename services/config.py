@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from keyspan.storage.errors import ConfigError
 
@@ -23,6 +24,25 @@ def parse_address(address: str, name: str = "address") -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"{name}: {address!r} is not HOST:PORT")
     return host, int(port)
+
+
+def otlp_target(endpoint: str) -> str:
+    """HOST:PORT of an OTLP endpoint given as HOST:PORT or http(s)://HOST:PORT."""
+    return urlsplit(endpoint).netloc if "://" in endpoint else endpoint
+
+
+def check_sentry_dsn(dsn: str) -> None:
+    """Raise ConfigError unless dsn looks like SCHEME://PUBLIC_KEY@HOST[:PORT]/PROJECT_ID."""
+    try:
+        parts = urlsplit(dsn)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        parts = None
+    project = parts.path.rstrip("/").rpartition("/")[2] if parts else ""
+    if parts is None or parts.scheme not in ("http", "https") or not parts.username or not parts.hostname:
+        raise ConfigError("sentry_dsn: expected SCHEME://PUBLIC_KEY@HOST/PROJECT_ID")
+    if not project.isdigit():
+        raise ConfigError(f"sentry_dsn: the project id {project!r} must be a number")
 
 
 def _help(text: str, **more: Any) -> dict[str, Any]:
@@ -49,10 +69,44 @@ class ProcessConfig:
         ),
     )
 
+    metrics_address: str = field(
+        default="",
+        metadata=_help("HOST:PORT where Prometheus scrapes /metrics (port 0 picks one); empty = off."),
+    )
+    otlp_endpoint: str = field(
+        default="",
+        metadata=_help(
+            "HOST:PORT (or http://HOST:PORT) of an OTLP/gRPC collector for traces; empty = tracing off."
+        ),
+    )
+    trace_sample_ratio: float = field(
+        default=1.0,
+        metadata=_help(
+            "Share of new traces recorded, 0..1, when --otlp-endpoint is set; a caller's sampled "
+            "decision is always followed. Lower it (0.01) on busy production nodes."
+        ),
+    )
+    sentry_dsn: str = field(
+        default="", metadata=_help("Sentry DSN that server faults are reported to; empty = off.")
+    )
+    sentry_environment: str = field(
+        default="production", metadata=_help("Environment name attached to Sentry events.")
+    )
+
     def validate(self) -> Any:
         parse_address(self.address)
         if self.shutdown_grace_s < 0:
             raise ConfigError(f"shutdown_grace_s: {self.shutdown_grace_s} must not be negative")
+        if self.metrics_address:
+            parse_address(self.metrics_address, "metrics_address")
+        if self.otlp_endpoint:
+            parse_address(otlp_target(self.otlp_endpoint), "otlp_endpoint")
+        if not 0.0 <= self.trace_sample_ratio <= 1.0:
+            raise ConfigError(f"trace_sample_ratio: {self.trace_sample_ratio} must be between 0 and 1")
+        if self.sentry_dsn:
+            check_sentry_dsn(self.sentry_dsn)
+        if not self.sentry_environment.strip():
+            raise ConfigError("sentry_environment: must not be empty")
         return self
 
 
@@ -83,6 +137,13 @@ class StorageConfig(ProcessConfig):
     sweep_interval_s: float = field(
         default=30.0, metadata=_help("Seconds between background sweeps of expired entries.")
     )
+    max_partition_series: int = field(
+        default=100,
+        metadata=_help(
+            "Most partitions with metric series of their own; beyond it only the busiest "
+            "(reads + writes since the last scrape) get them."
+        ),
+    )
 
     def validate(self) -> Any:
         super().validate()
@@ -97,6 +158,10 @@ class StorageConfig(ProcessConfig):
             raise ConfigError(f"max_write_batch: {self.max_write_batch} must be between 1 and 10000")
         if self.sweep_interval_s <= 0:
             raise ConfigError(f"sweep_interval_s: {self.sweep_interval_s} must be positive")
+        if not 0 <= self.max_partition_series <= 100_000:
+            raise ConfigError(
+                f"max_partition_series: {self.max_partition_series} must be between 0 and 100000"
+            )
         return self
 
 

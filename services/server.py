@@ -38,6 +38,7 @@ class KeyspanServer(GrpcProcess):
         self.shards = shardset_for(config)
         self.sweeper = Sweeper(self.shards, config.sweep_interval_s)
         super().__init__(config)
+        self.observability.watch_shards(self.shards, self.sweeper)
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         limits = Limits(max_value_bytes=self.config.max_value_bytes)

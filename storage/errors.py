@@ -102,3 +102,15 @@ class FailedPreconditionError(KeyspanError):
 
 class ConfigError(KeyspanError):
     """A setting is out of its range; raised at start-up, before anything is opened."""
+
+
+class StorageFaultError(KeyspanError):
+    """A partition's writer hit an SQLite fault (I/O error, disk full); nothing of the batch
+    was committed. A server fault, not a client's: INTERNAL at the edge, reported once.
+
+    The SQLite error is the `__cause__`; `partition_id` names the partition.
+    """
+
+    def __init__(self, partition_id: str, cause: BaseException) -> None:
+        super().__init__(f"partition {partition_id}: {type(cause).__name__}: {cause}")
+        self.partition_id = partition_id

@@ -114,6 +114,8 @@ class Shard:
                 (partition_id, key_range.start, key_range.end),
             )
         self.revision: int = self._meta("revision")
+        # time.time_ns() when the last batch's statements were done and COMMIT began.
+        self.last_applied_ns = 0
 
     def _connect(self) -> apsw.Connection:
         db = apsw.Connection(str(self.path))
@@ -236,6 +238,16 @@ class Shard:
         ).fetchone()[0]
         return entries, expired
 
+    @staticmethod
+    def oldest_expired_ms(db: apsw.Connection, now_ms: int) -> int | None:
+        """The expiry time of the oldest expired entry still stored, or None.
+
+        One step down the expiry index, so it is cheap at any size.
+        """
+        row = db.execute("SELECT min(expires_at_ms) FROM entries WHERE expires_at_ms IS NOT NULL").fetchone()
+        oldest = None if row is None else row[0]
+        return oldest if oldest is not None and oldest <= now_ms else None
+
     def size_bytes(self) -> int:
         total = 0
         for suffix in ("", "-wal"):
@@ -269,6 +281,7 @@ class Shard:
                     if self.revision // 1024 != revision_before // 1024:
                         horizon = self.revision - self._changelog_max
                         self._db.execute("DELETE FROM changes WHERE revision <= ?", (horizon,))
+                self.last_applied_ns = time.time_ns()
         except BaseException:
             self.revision = revision_before
             raise

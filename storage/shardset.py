@@ -23,7 +23,7 @@ from keyspan.storage.keys import KeyRange
 from keyspan.storage.mutations import Bulk, BulkRow, Mutation, SweepBatch
 from keyspan.storage.readers import ReadPool
 from keyspan.storage.shard import Row, Shard
-from keyspan.storage.writer import PartitionWriter
+from keyspan.storage.writer import PartitionWriter, WriteObserver
 
 log = logging.getLogger(__name__)
 CATALOGUE = "catalogue.json"
@@ -41,6 +41,7 @@ class PartitionStats:
     bytes: int
     expired_entries: int
     revision: int
+    oldest_expired_ms: int | None = None  # expiry of the oldest expired entry still stored
 
 
 @dataclass(eq=False)
@@ -51,6 +52,7 @@ class Partition:
     range: KeyRange
     shard: Shard
     writer: PartitionWriter
+    reads: int = 0  # reads served (Gets and scan batches), for the metrics
 
     async def write(self, mutation: Mutation) -> Any:
         return await self.writer.submit(mutation)
@@ -88,6 +90,8 @@ class ShardSet:
         self._partitions: list[Partition] = []
         self._starts: list[bytes] = []
         self.on_missing: Callable[[bytes], WrongPartitionError] = WrongPartitionError
+        # Timings of every writer opened after it is set (services/ turns them into metrics).
+        self.write_observer: WriteObserver | None = None
 
     # -- lifecycle (blocking: call through asyncio.to_thread at start-up) -------------------
 
@@ -132,7 +136,7 @@ class ShardSet:
             partition_id,
             key_range,
             shard,
-            PartitionWriter(shard, max_batch=self.options.max_write_batch),
+            PartitionWriter(shard, max_batch=self.options.max_write_batch, observer=self.write_observer),
         )
         i = bisect.bisect_left(self._starts, key_range.start)
         self._partitions.insert(i, partition)
@@ -232,7 +236,9 @@ class ShardSet:
     # -- operations ----------------------------------------------------------------------
 
     async def get(self, key: bytes, paths: Sequence[str] = ()) -> Row | None:
-        shard = self.locate(key).shard
+        partition = self.locate(key)
+        partition.reads += 1
+        shard = partition.shard
 
         def read() -> Row | None:
             with shard.reader() as db:
@@ -282,21 +288,25 @@ class ShardSet:
 
         if partition not in self._partitions:
             raise UnavailableError(f"partition {partition.id} is no longer served here")
+        partition.reads += 1
         return await self.reads.run(read)
 
     async def sweep_batch(self, partition: Partition, key_range: KeyRange, limit: int) -> tuple[int, int]:
         return await partition.write(SweepBatch(key_range.start, key_range.end, now_ms(), limit))
 
     async def stats(self) -> list[PartitionStats]:
-        async def one(p: Partition) -> PartitionStats:
-            def read() -> tuple[int, int]:
-                with p.shard.reader() as db:
-                    return Shard.count(db, now_ms())
+        """Every partition's stats, read on the read threads (the Stats RPC's source)."""
+        return [await self.reads.run(lambda p=p: partition_stats(p)) for p in self._partitions]
 
-            entries, expired = await self.reads.run(read)
-            return PartitionStats(p.id, p.range, entries, p.shard.size_bytes(), expired, p.shard.revision)
 
-        return [await one(p) for p in self._partitions]
+def partition_stats(p: Partition) -> PartitionStats:
+    """One partition's counts, size and revision. Blocking: a read thread, or the metrics
+    scrape thread, which reports exactly what the Stats RPC reports."""
+    now = now_ms()
+    with p.shard.reader() as db:
+        entries, expired = Shard.count(db, now)
+        oldest = Shard.oldest_expired_ms(db, now)
+    return PartitionStats(p.id, p.range, entries, p.shard.size_bytes(), expired, p.shard.revision, oldest)
 
 
 def _range_from_json(p: dict[str, Any]) -> KeyRange:

@@ -2,22 +2,53 @@
 
 Whatever is queued when the thread wakes is committed in one transaction and one fsync
 (group commit): under load, 64 concurrent Puts cost one fsync, not 64.
+
+Each batch is timed (wall-clock nanoseconds, so spans can be drawn from them afterwards)
+and handed to an optional `WriteObserver`; storage itself knows nothing of metrics or
+traces, services/ turns the timings into both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from keyspan.storage.errors import UnavailableError
+from keyspan.storage.errors import StorageFaultError, UnavailableError
 from keyspan.storage.mutations import Mutation
 from keyspan.storage.shard import Shard
 
+log = logging.getLogger(__name__)
 _STOP = object()
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTiming:
+    """When one group-commit batch went through its stages (time.time_ns() values)."""
+
+    partition_id: str
+    size: int
+    dequeued_ns: int  # the writer took the batch off the queue
+    applied_ns: int  # every statement ran; COMMIT (with its WAL fsync) starts
+    committed_ns: int  # COMMIT returned: the batch is durable
+    failed: bool  # an SQLite fault aborted the batch
+
+
+class WriteObserver(Protocol):
+    """Receives the writer's timings. Must be cheap and must not raise."""
+
+    def on_batch(self, timing: BatchTiming) -> None:
+        """Called on the writer thread after every batch."""
+
+    def on_write(self, queued_ns: int, timing: BatchTiming) -> None:
+        """Called on the event loop, in the context of the task that awaited `submit`,
+        once its mutation's batch is done (not when the wait was cancelled)."""
 
 
 def _settle(pairs: Sequence[tuple[asyncio.Future[Any], Any]]) -> None:
@@ -37,8 +68,8 @@ class PartitionWriter:
     Callers must treat a cancelled Put as "maybe applied".
     """
 
-    def __init__(self, shard: Shard, *, max_batch: int = 256) -> None:
-        self._shard, self._max_batch = shard, max_batch
+    def __init__(self, shard: Shard, *, max_batch: int = 256, observer: WriteObserver | None = None) -> None:
+        self._shard, self._max_batch, self.observer = shard, max_batch, observer
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
         self.batches = 0
@@ -52,8 +83,14 @@ class PartitionWriter:
             raise UnavailableError(f"partition {self._shard.partition_id} is closing")
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
-        self._queue.put((mutation, loop, done))
-        return await done
+        # [queued_ns, BatchTiming]: the writer fills in the timing before settling `done`.
+        stamp: list[Any] = [time.time_ns(), None]
+        self._queue.put((mutation, loop, done, stamp))
+        try:
+            return await done
+        finally:
+            if self.observer is not None and stamp[1] is not None:
+                self.observer.on_write(stamp[0], stamp[1])
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Commit what is queued, stop the thread and wait for it (at most timeout_s)."""
@@ -81,18 +118,38 @@ class PartitionWriter:
             if first is _STOP:
                 break
             batch, stop = self._drain(first)
-            try:
-                outcomes: list[Any] = self._shard.apply_batch([m for m, _, _ in batch])
-            except Exception as err:
-                # An SQLite fault (disk full, I/O error): nothing of the batch was
-                # committed. Every waiter gets it; the edge logs it once as a server fault.
-                outcomes = [err] * len(batch)
+            outcomes, timing = self._apply(batch)
             self.batches += 1
             self.mutations += len(batch)
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
-            for (_, loop, done), outcome in zip(batch, outcomes, strict=True):
+            for (_, loop, done, stamp), outcome in zip(batch, outcomes, strict=True):
+                stamp[1] = timing
                 by_loop.setdefault(loop, []).append((done, outcome))
             for loop, pairs in by_loop.items():
                 # A closed loop has nobody waiting any more.
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(_settle, pairs)
+
+    def _apply(self, batch: list[Any]) -> tuple[list[Any], BatchTiming]:
+        """Commit the batch; return one outcome per mutation and the batch's timing."""
+        dequeued_ns = time.time_ns()
+        failed = False
+        try:
+            outcomes: list[Any] = self._shard.apply_batch([m for m, _, _, _ in batch])
+        except Exception as err:
+            # An SQLite fault (disk full, I/O error): nothing of the batch was committed.
+            # Every waiter gets the same error object, so the edge reports it once.
+            fault = StorageFaultError(self._shard.partition_id, err)
+            fault.__cause__ = err
+            outcomes, failed = [fault] * len(batch), True
+        committed_ns = time.time_ns()
+        applied_ns = min(max(self._shard.last_applied_ns, dequeued_ns), committed_ns)
+        timing = BatchTiming(
+            self._shard.partition_id, len(batch), dequeued_ns, applied_ns, committed_ns, failed
+        )
+        if self.observer is not None:
+            try:
+                self.observer.on_batch(timing)
+            except Exception:  # a broken observer must not stop the writer
+                log.exception("write observer failed", extra={"partition_id": timing.partition_id})
+        return outcomes, timing

@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
-from keyspan.storage.errors import InvalidArgumentError, KeyspanError
+from keyspan.storage.errors import InvalidArgumentError, UnavailableError, WrongPartitionError
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.shardset import ShardSet
 from keyspan.streams.scan import range_of
@@ -55,13 +55,19 @@ async def serve_sweep(
 
 
 class Sweeper:
-    """Sweeps every partition of the node every interval_s, in bounded batches."""
+    """Sweeps every partition of the node every interval_s, in bounded batches.
+
+    A pass that meets a partition closing or moving is retried at the next interval. Any
+    other error is a server fault: logged once here and passed to `on_fault` (services/
+    reports it to Sentry); the sweeper keeps running.
+    """
 
     def __init__(self, shards: ShardSet, interval_s: float = 30.0) -> None:
         self._shards, self.interval_s = shards, interval_s
         self._task: asyncio.Task[None] | None = None
         self.deleted = 0
         self.deleted_last_pass = 0
+        self.on_fault: Callable[[BaseException], None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="sweeper")
@@ -85,5 +91,9 @@ class Sweeper:
             await asyncio.sleep(self.interval_s)
             try:
                 await self.sweep_once()
-            except KeyspanError:
+            except (UnavailableError, WrongPartitionError):
                 log.warning("sweep pass interrupted", exc_info=True)
+            except Exception as err:
+                log.error("sweep pass failed", exc_info=err, extra={"component": "sweeper"})
+                if self.on_fault is not None:
+                    self.on_fault(err)

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from keyspan.services.common.errors import ErrorInterceptor
+from keyspan.services.common.observability import Observability
 from keyspan.services.config import GRPC_MAX_MESSAGE_BYTES, ProcessConfig
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ SERVER_OPTIONS = [
 ]
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
-# Extra server interceptors (metrics, tracing), outermost first; observability adds them.
+# Extra server interceptors (auth, ...), outermost first. Tracing and RPC metrics come
+# from the process's Observability and sit outside these.
 interceptor_factories: list[Callable[[ProcessConfig], grpc.aio.ServerInterceptor]] = []
 
 
@@ -43,7 +45,12 @@ class GrpcProcess:
     def __init__(self, config: ProcessConfig) -> None:
         self.config = config.validate()
         self.health = health.aio.HealthServicer()
-        interceptors = [make(config) for make in interceptor_factories]
+        # Before the server: the tracing interceptor must be in place when it is created.
+        self.observability = Observability(self.config, self.name)
+        interceptors = [
+            *self.observability.server_interceptors(),
+            *(make(config) for make in interceptor_factories),
+        ]
         self.server = grpc.aio.server(
             interceptors=[*interceptors, ErrorInterceptor()], options=SERVER_OPTIONS
         )
@@ -85,9 +92,11 @@ class GrpcProcess:
             ) from None
         await self.server.start()
         try:
+            await asyncio.to_thread(self.observability.start, self.address)
             await self.on_start()
         except BaseException:
             await self.server.stop(None)
+            await asyncio.to_thread(self.observability.stop)
             raise
         await self.set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -108,6 +117,7 @@ class GrpcProcess:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.shutdown_grace_s if grace_s is None else grace_s)
         await self.on_stop()
+        await asyncio.to_thread(self.observability.stop)
         log.info("stopped", extra={"component": self.name})
 
 

@@ -1,0 +1,189 @@
+"""Partition gauges (computed on scrape) and the write path's histograms and spans.
+
+`PartitionCollector` reads the same `partition_stats` the Stats RPC reports, on the
+scrape thread, so /metrics and Stats always agree. Cardinality is bounded: at most
+`max_series` partitions get series of their own, the busiest ones (reads + writes since
+the previous scrape, ties by partition id); node-wide totals always cover every partition.
+
+`StorageTelemetry` is the writer's `WriteObserver`: batch size and commit latency
+histograms (no partition label, so their size is fixed), and, when the RPC's span is
+sampled, child spans drawn after the fact from the writer's timestamps:
+``storage.write`` > ``storage.queue_wait``, ``storage.transaction``, ``storage.commit``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from keyspan.storage.shardset import Partition, ShardSet, now_ms, partition_stats
+from keyspan.storage.writer import BatchTiming
+
+from .metrics import BATCH_BUCKETS, LATENCY_BUCKETS
+
+log = logging.getLogger(__name__)
+
+
+class PartitionCollector(Collector):
+    """Per-partition and node-wide storage series, computed when Prometheus scrapes."""
+
+    def __init__(self, shards: ShardSet, max_series: int = 100) -> None:
+        self._shards, self.max_series = shards, max_series
+        self._last_ops: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def hottest(self, partitions: list[Partition]) -> list[Partition]:
+        """The partitions that get series of their own this scrape (all when few enough)."""
+        with self._lock:
+            ops = {p.id: p.reads + p.writer.mutations for p in partitions}
+            recent = {pid: n - self._last_ops.get(pid, 0) for pid, n in ops.items()}
+            self._last_ops = ops
+        if len(partitions) <= self.max_series:
+            return partitions
+        ranked = sorted(partitions, key=lambda p: (-recent[p.id], p.id))
+        return ranked[: self.max_series]
+
+    def collect(self) -> Iterator[Metric]:
+        partitions = self._shards.partitions
+        chosen = self.hottest(partitions)
+        fams = _partition_families()
+        for p in chosen:
+            try:
+                s = partition_stats(p)
+            except Exception:  # closed (dropped, moved) since the list was taken
+                log.debug("partition stats skipped", extra={"partition_id": p.id}, exc_info=True)
+                continue
+            now = now_ms()
+            lag_s = 0.0 if s.oldest_expired_ms is None else max(0.0, (now - s.oldest_expired_ms) / 1000)
+            for name, value in (
+                ("approximate_entries", s.approximate_entries),
+                ("bytes", s.bytes),
+                ("expired_entries", s.expired_entries),
+                ("sweep_lag_seconds", lag_s),
+                ("revision", s.revision),
+                ("reads", p.reads),
+                ("writes", p.writer.mutations),
+            ):
+                fams[name].add_metric([p.id], value)
+        yield from fams.values()
+        yield from self._node_families(partitions, len(chosen))
+
+    def _node_families(self, partitions: list[Partition], shown: int) -> Iterator[Metric]:
+        yield GaugeMetricFamily("keyspan_partitions", "Partitions held by this process.", len(partitions))
+        yield GaugeMetricFamily(
+            "keyspan_partitions_without_series",
+            "Partitions over --max-partition-series that got no series of their own this scrape.",
+            len(partitions) - shown,
+        )
+        yield CounterMetricFamily(
+            "keyspan_node_reads", "Reads over all partitions held now.", sum(p.reads for p in partitions)
+        )
+        yield CounterMetricFamily(
+            "keyspan_node_writes",
+            "Writes committed over all partitions held now.",
+            sum(p.writer.mutations for p in partitions),
+        )
+        free, capacity = _disk(self._shards.data_dir)
+        yield GaugeMetricFamily(
+            "keyspan_data_dir_free_bytes", "Bytes free to keyspan on the data dir's filesystem.", free
+        )
+        yield GaugeMetricFamily(
+            "keyspan_data_dir_capacity_bytes", "Size of the data dir's filesystem in bytes.", capacity
+        )
+
+
+def _partition_families() -> dict[str, Metric]:
+    gauges = {
+        "approximate_entries": "Entries stored, expired ones included until swept.",
+        "bytes": "Bytes on disk (database file and WAL).",
+        "expired_entries": "Entries past their TTL, not yet swept (invisible to reads).",
+        "sweep_lag_seconds": "Age of the oldest expired entry still stored; 0 when none.",
+        "revision": "The partition's revision (the etag of its latest write).",
+    }
+    fams: dict[str, Metric] = {
+        name: GaugeMetricFamily(f"keyspan_partition_{name}", text, labels=["partition_id"])
+        for name, text in gauges.items()
+    }
+    fams["reads"] = CounterMetricFamily(
+        "keyspan_partition_reads", "Reads served (Gets, scan batches).", labels=["partition_id"]
+    )
+    fams["writes"] = CounterMetricFamily(
+        "keyspan_partition_writes", "Mutations committed by the writer.", labels=["partition_id"]
+    )
+    return fams
+
+
+def _disk(path: Path) -> tuple[int, int]:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 0, 0
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+class StorageTelemetry:
+    """The writers' WriteObserver: histograms on the writer thread, spans on the loop."""
+
+    def __init__(self, registry: CollectorRegistry | None, tracer: trace.Tracer | None) -> None:
+        self._tracer = tracer
+        self._batch_size: Histogram | None = None
+        self._commit = self._transaction = self._queue_wait = self._batch_size
+        if registry is not None:
+            self._batch_size = Histogram(
+                "keyspan_write_batch_size",
+                "Mutations per group-commit transaction.",
+                buckets=BATCH_BUCKETS,
+                registry=registry,
+            )
+            self._commit = Histogram(
+                "keyspan_write_commit_seconds",
+                "Time of COMMIT, which includes the WAL fsync when synchronous=FULL.",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            )
+            self._transaction = Histogram(
+                "keyspan_write_transaction_seconds",
+                "Time of a batch's statements, before COMMIT.",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            )
+            self._queue_wait = Histogram(
+                "keyspan_write_queue_wait_seconds",
+                "Time a write waited for the partition's writer thread.",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            )
+
+    def on_batch(self, timing: BatchTiming) -> None:
+        if self._batch_size is not None:
+            self._batch_size.observe(timing.size)
+            self._transaction.observe(  # type: ignore[union-attr]
+                (timing.applied_ns - timing.dequeued_ns) / 1e9
+            )
+            self._commit.observe((timing.committed_ns - timing.applied_ns) / 1e9)  # type: ignore[union-attr]
+
+    def on_write(self, queued_ns: int, timing: BatchTiming) -> None:
+        if self._queue_wait is not None:
+            self._queue_wait.observe(max(0, timing.dequeued_ns - queued_ns) / 1e9)
+        if self._tracer is None or not trace.get_current_span().is_recording():
+            return
+        attributes = {"keyspan.partition_id": timing.partition_id, "keyspan.batch_size": timing.size}
+        write = self._tracer.start_span("storage.write", start_time=queued_ns, attributes=attributes)
+        if timing.failed:
+            write.set_status(trace.Status(trace.StatusCode.ERROR, "storage fault"))
+        context = trace.set_span_in_context(write)
+        for name, start, end in (
+            ("storage.queue_wait", queued_ns, timing.dequeued_ns),
+            ("storage.transaction", timing.dequeued_ns, timing.applied_ns),
+            ("storage.commit", timing.applied_ns, timing.committed_ns),
+        ):
+            self._tracer.start_span(name, context=context, start_time=max(start, queued_ns)).end(end_time=end)
+        write.end(end_time=timing.committed_ns)

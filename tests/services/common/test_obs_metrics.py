@@ -1,0 +1,190 @@
+"""Prometheus metrics: real servers on 127.0.0.1, real scrapes of /metrics."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from obs_helpers import FakeControl, sample, scrape
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from keyspan.services.common.control_metrics import CONTROL_METRICS, register_control_metrics
+from keyspan.services.common.metrics import RpcMetrics
+from keyspan.services.common.rpc_telemetry import RpcTelemetryInterceptor
+from keyspan.services.common.storage_metrics import PartitionCollector
+from keyspan.storage.mutations import Put
+from keyspan.storage.shardset import ShardSet
+from keyspan.streams.client_metrics import ClientMetrics
+from keyspan.v1 import kv_pb2, kv_pb2_grpc
+
+KV = "keyspan.v1.KV"
+
+
+@pytest.mark.asyncio
+async def test_rpcs_are_counted_and_timed_by_method_and_code(start_server, channel_to) -> None:
+    server = await start_server(metrics_address="127.0.0.1:0")
+    kv = kv_pb2_grpc.KVStub(channel_to(server))
+    for i in range(3):
+        await kv.Put(kv_pb2.PutRequest(key=b"a%d" % i, value=b"v"))
+    await kv.Get(kv_pb2.GetRequest(key=b"a1"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await kv.Patch(kv_pb2.PatchRequest(key=b"missing", merge_patch="{}"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError):
+        await kv.Put(kv_pb2.PutRequest(key=b"", value=b"v"))
+
+    m = await scrape(server)
+    put = {"grpc_service": KV, "grpc_method": "Put", "grpc_type": "unary"}
+    assert sample(m, "keyspan_rpc_handled_total", **put, grpc_code="OK") == 3
+    assert sample(m, "keyspan_rpc_handled_total", **put, grpc_code="INVALID_ARGUMENT") == 1
+    assert sample(m, "keyspan_rpc_handled_total", grpc_method="Patch", grpc_code="NOT_FOUND") == 1
+    assert sample(m, "keyspan_rpc_duration_seconds_count", **put, grpc_code="OK") == 3
+    assert sample(m, "keyspan_rpc_duration_seconds_sum", **put, grpc_code="OK") > 0
+    assert sample(m, "keyspan_rpc_in_flight", grpc_service=KV, grpc_method="Put") == 0
+    assert sample(m, "keyspan_write_batch_size_count") >= 3
+    assert sample(m, "keyspan_write_commit_seconds_count") >= 3
+    assert sample(m, "keyspan_build_info", component="serve") == 1
+
+
+@pytest.mark.asyncio
+async def test_streams_count_messages_and_duration(start_server, channel_to) -> None:
+    server = await start_server(metrics_address="127.0.0.1:0")
+    kv = kv_pb2_grpc.KVStub(channel_to(server))
+    for i in range(5):
+        await kv.Put(kv_pb2.PutRequest(key=b"b%d" % i, value=b"v"))
+
+    async def requests():
+        yield kv_pb2.ScanRequest(start=b"b", end=b"c", credits=10)
+
+    batches = [b async for b in kv.Scan(requests())]
+    m = await scrape(server)
+    scan = {"grpc_service": KV, "grpc_method": "Scan"}
+    assert sample(m, "keyspan_rpc_handled_total", **scan, grpc_type="bidi_stream", grpc_code="OK") == 1
+    assert sample(m, "keyspan_rpc_stream_messages_received_total", **scan) == 1
+    assert sample(m, "keyspan_rpc_stream_messages_sent_total", **scan) == len(batches)
+    assert sample(m, "keyspan_rpc_stream_duration_seconds_count", **scan) == 1
+
+
+@pytest.mark.asyncio
+async def test_partition_metrics_agree_with_the_stats_rpc(start_server, channel_to) -> None:
+    server = await start_server(metrics_address="127.0.0.1:0", split_points="m")
+    kv = kv_pb2_grpc.KVStub(channel_to(server))
+    for i in range(4):
+        await kv.Put(kv_pb2.PutRequest(key=b"c%d" % i, value=b"v"))
+    await kv.Put(kv_pb2.PutRequest(key=b"x", value=b"v"))
+    await kv.Get(kv_pb2.GetRequest(key=b"x"))
+    stats = await kv.Stats(kv_pb2.StatsRequest())
+    m = await scrape(server)
+    for part in stats.partitions:
+        pid = part.partition_id
+        entries = sample(m, "keyspan_partition_approximate_entries", partition_id=pid)
+        assert entries == part.approximate_entries
+        assert sample(m, "keyspan_partition_expired_entries", partition_id=pid) == part.expired_entries
+        assert sample(m, "keyspan_partition_revision", partition_id=pid) == part.revision
+        assert sample(m, "keyspan_partition_bytes", partition_id=pid) > 0
+    assert sample(m, "keyspan_partition_writes_total", partition_id="p0000") == 4
+    assert sample(m, "keyspan_partition_reads_total", partition_id="p0001") == 1
+    assert sample(m, "keyspan_partitions") == 2
+    assert sample(m, "keyspan_data_dir_free_bytes") > 0
+
+
+@pytest.mark.asyncio
+async def test_sweep_lag_is_the_age_of_the_oldest_expired_entry(start_server) -> None:
+    server = await start_server(metrics_address="127.0.0.1:0", split_points="")
+    partition = server.shards.partitions[0]
+    expired_at = time.time_ns() // 1_000_000 - 5_000
+    await partition.write(Put(b"old", b"v", False, expired_at, 0, False))
+    m = await scrape(server)
+    assert sample(m, "keyspan_partition_expired_entries", partition_id="p0000") == 1
+    assert 5 <= sample(m, "keyspan_partition_sweep_lag_seconds", partition_id="p0000") < 60
+    await server.sweeper.sweep_once()
+    m = await scrape(server)
+    assert sample(m, "keyspan_partition_sweep_lag_seconds", partition_id="p0000") == 0
+
+
+@pytest.mark.asyncio
+async def test_only_the_busiest_partitions_get_series_beyond_the_limit(tmp_path: Path) -> None:
+    shards = ShardSet(tmp_path)
+    shards.open([(f"p{i}", r) for i, r in enumerate(_ranges(b"bcdef"))])
+    try:
+        collector = PartitionCollector(shards, max_series=2)
+        registry = CollectorRegistry()
+        registry.register(collector)
+        generate_latest(registry)  # the baseline for "since the last scrape"
+        for key, n in ((b"c1", 3), (b"e1", 5), (b"a1", 1)):
+            for i in range(n):
+                await shards.write(key, Put(key + b"%d" % i, b"v", False, None, 0, False))
+        m = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+        shown = {s.labels["partition_id"] for s in m["keyspan_partition_writes"].samples}
+        assert shown == {"p2", "p4"}  # ranges [c, d) and [e, f): the two busiest
+        assert sample(m, "keyspan_partitions_without_series") == 4
+        assert sample(m, "keyspan_node_writes_total") == 9
+    finally:
+        shards.close()
+
+
+def _ranges(points: bytes) -> list:
+    from keyspan.storage.shardset import ranges_from_split_points
+
+    return ranges_from_split_points([bytes([p]) for p in points])
+
+
+def test_control_metrics_come_from_the_registered_source() -> None:
+    registry = CollectorRegistry()
+    register_control_metrics(registry, FakeControl())
+    m = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    assert set(CONTROL_METRICS) <= set(m)
+    assert sample(m, "keyspan_control_nodes", status="down") == 1
+    assert sample(m, "keyspan_control_partitions", state="moving") == 1
+    assert sample(m, "keyspan_control_map_version") == 42
+    assert sample(m, "keyspan_control_heartbeat_age_seconds", node_id="n2") == 31
+    assert sample(m, "keyspan_control_operations_in_flight", kind="move") == 1
+
+
+def test_client_metrics_count_retries_refreshes_and_redirects() -> None:
+    registry = CollectorRegistry()
+    metrics = ClientMetrics(registry)
+    metrics.retried("Put")
+    metrics.retried("Put")
+    metrics.map_refreshed()
+    metrics.redirected("p1")
+    m = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    assert sample(m, "keyspan_client_retries_total", method="Put") == 2
+    assert sample(m, "keyspan_client_map_refreshes_total") == 1
+    assert sample(m, "keyspan_client_wrong_partition_redirects_total") == 1
+
+
+@pytest.mark.asyncio
+async def test_no_metrics_endpoint_and_no_interceptor_when_off(start_server) -> None:
+    server = await start_server()
+    assert server.observability.metrics_port is None
+    assert server.observability.server_interceptors() == []
+
+
+@pytest.mark.asyncio
+async def test_client_streams_count_messages_in() -> None:
+    registry = CollectorRegistry()
+    metrics = RpcMetrics(registry)
+
+    async def total(requests, context):
+        return b"%d" % sum([len(r) async for r in requests])
+
+    handler = grpc.method_handlers_generic_handler(
+        "test.Upload", {"Send": grpc.stream_unary_rpc_method_handler(total)}
+    )
+    server = grpc.aio.server(interceptors=[RpcTelemetryInterceptor(metrics, None)])
+    server.add_generic_rpc_handlers([handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            send = channel.stream_unary("/test.Upload/Send")
+            assert await send(iter([b"ab", b"c", b"def"])) == b"6"
+    finally:
+        await server.stop(None)
+    m = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    assert sample(m, "keyspan_rpc_stream_messages_received_total", grpc_method="Send") == 3
+    assert sample(m, "keyspan_rpc_handled_total", grpc_type="client_stream", grpc_code="OK") == 1
