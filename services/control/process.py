@@ -18,6 +18,7 @@ import grpc
 from keyspan.services.common.process import GrpcProcess
 from keyspan.services.config import ControlConfig
 from keyspan.services.control.cluster import ClusterState, Liveness, uniform_split_points
+from keyspan.services.control.metrics_source import ControlSnapshot
 from keyspan.services.control.probes import ProbeWatchers
 from keyspan.services.control.servicer import ControlServicer, MapHub
 from keyspan.services.control.store import ControlStore, now_ms
@@ -37,7 +38,10 @@ class ControlProcess(GrpcProcess):
         self.state: ClusterState | None = None
         self._ticker: asyncio.Task[None] | None = None
         self.probes = ProbeWatchers(self._report_probe)
+        self.snapshot = ControlSnapshot()
         super().__init__(config)
+        if self.observability.registry is not None:
+            self.observability.register_control(self.snapshot)
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         servicer = ControlServicer(
@@ -53,9 +57,19 @@ class ControlProcess(GrpcProcess):
     async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a ClusterState method on the store's thread, then publish a new map."""
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        result = await loop.run_in_executor(
+            self._executor, functools.partial(self._apply, fn, *args, **kwargs)
+        )
         await self.publish()
         return result
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """On the store's thread: run fn, then refresh the gauges' snapshot."""
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if self.state is not None and self.observability.registry is not None:
+                self.snapshot.refresh(self.state)
 
     async def publish(self) -> None:
         assert self.state is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import grpc
 
 from keyspan.services.common.process import GrpcProcess
+from keyspan.services.common.tracing import client_interceptors
 from keyspan.services.config import GatewayConfig
 from keyspan.services.gateway.routing import NodeChannels, Router
 from keyspan.services.gateway.servicer import GatewayServicer
@@ -23,7 +24,7 @@ class GatewayProcess(GrpcProcess):
 
     def __init__(self, config: GatewayConfig) -> None:
         self.watcher = MapWatcher(config.control)
-        self.channels = NodeChannels()
+        self.channels = NodeChannels(client_interceptors(config, "keyspan-gateway"))
         self.router = Router(self.watcher, self.channels)
         super().__init__(config)
 
@@ -33,8 +34,9 @@ class GatewayProcess(GrpcProcess):
 
     async def on_start(self) -> None:
         self.watcher.start()
+        # NOT_SERVING until the first map arrives, however long control takes.
         while not await self.watcher.wait_for(1, timeout_s=3600):
-            pass
+            continue
 
     async def on_stop(self) -> None:
         await self.watcher.stop()

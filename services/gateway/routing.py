@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -64,12 +64,15 @@ async def relay(context: grpc.aio.ServicerContext, err: grpc.aio.AioRpcError) ->
 class NodeChannels:
     """One channel per node address, opened on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, interceptors: Sequence[Any] = ()) -> None:
         self._channels: dict[str, tuple[grpc.aio.Channel, kv_pb2_grpc.KVStub]] = {}
+        self._interceptors = list(interceptors)  # tracing: the trace goes on to the node
 
     def stub(self, address: str) -> kv_pb2_grpc.KVStub:
         if address not in self._channels:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = grpc.aio.insecure_channel(
+                address, options=CHANNEL_OPTIONS, interceptors=self._interceptors or None
+            )
             self._channels[address] = (channel, kv_pb2_grpc.KVStub(channel))
         return self._channels[address][1]
 

@@ -63,6 +63,7 @@ class NodeProcess(GrpcProcess):
         self.probe_server: grpc.aio.Server | None = None
         self.probe_port = 0
         super().__init__(config)
+        self.observability.watch_shards(self.shards, self.sweeper)
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         limits = Limits(max_value_bytes=self.config.max_value_bytes)

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class ControlStub:
-    """Missing associated documentation comment in .proto file."""
+    """Control is the control plane: node membership, the partition map, and the operator's
+    commands. Nodes hold a Session; clients and gateways read GetMap and WatchMap.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -82,7 +84,9 @@ class ControlStub:
 
 
 class ControlServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Control is the control plane: node membership, the partition map, and the operator's
+    commands. Nodes hold a Session; clients and gateways read GetMap and WatchMap.
+    """
 
     def Session(self, request_iterator, context):
         """Session is a node's membership in the cluster, one stream per node process.
@@ -226,7 +230,9 @@ def add_ControlServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Control:
-    """Missing associated documentation comment in .proto file."""
+    """Control is the control plane: node membership, the partition map, and the operator's
+    commands. Nodes hold a Session; clients and gateways read GetMap and WatchMap.
+    """
 
     @staticmethod
     def Session(request_iterator,
