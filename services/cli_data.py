@@ -316,7 +316,7 @@ def dump(conn: Conn, start: str | None, end: str | None) -> None:
     "--chunk-entries", type=int, default=200_000, show_default=True, help="Entries sorted in memory."
 )
 @click.option(
-    "--batch-bytes", type=int, default=256 * 1024, show_default=True, help="Bytes per BulkPut message."
+    "--batch-bytes", type=int, default=1 << 20, show_default=True, help="Bytes per BulkPut message."
 )
 @click.option("--progress/--no-progress", default=True, help="A progress bar on stderr.")
 @client_options

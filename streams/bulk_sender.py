@@ -29,8 +29,8 @@ from keyspan.v1 import kv_pb2
 if TYPE_CHECKING:
     from keyspan.streams.client import AsyncClient
 
-DEFAULT_BATCH_BYTES = 256 * 1024
-MAX_BATCH_ENTRIES = 10_000
+DEFAULT_BATCH_BYTES = 1 << 20
+MAX_BATCH_ENTRIES = 50_000  # the server takes up to 100,000
 BATCHES_IN_FLIGHT = 3
 ONE_ATTEMPT = RetryPolicy(max_attempts=1)
 
