@@ -317,7 +317,7 @@ def dump(conn: Conn, start: str | None, end: str | None) -> None:
     "--chunk-entries", type=int, default=200_000, show_default=True, help="Entries sorted in memory."
 )
 @click.option(
-    "--batch-bytes", type=int, default=256 * 1024, show_default=True, help="Bytes per BulkPut message."
+    "--batch-bytes", type=int, default=1 << 20, show_default=True, help="Bytes per BulkPut message."
 )
 @click.option("--progress/--no-progress", default=True, help="A progress bar on stderr.")
 @client_options
@@ -337,14 +337,14 @@ def load(conn: Conn, file: Any, fmt: str, chunk_entries: int, batch_bytes: int, 
       keyspan dump | keyspan load - --address 10.0.0.2:7420
     """
     from keyspan.services.cli_records import RecordError, read_records, sorted_records
-    from keyspan.v1 import kv_pb2
+    from keyspan.streams.bulk_sender import wire_entry
 
     name = getattr(file, "name", "-")
     fmt = ("csv" if str(name).endswith(".csv") else "jsonl") if fmt == "auto" else fmt
     started = time.monotonic()
     try:
         with sorted_records(read_records(file, fmt, conn.hex_keys, name), chunk_entries) as (count, records):
-            entries = (kv_pb2.Entry(key=k, value=v, json=j, ttl_s=t) for k, v, j, t in records)
+            entries = (wire_entry(*record) for record in records)
             result = _bulk_load(conn, entries, count, batch_bytes, progress)
     except RecordError as err:
         _fail(str(err), EXIT_USAGE)

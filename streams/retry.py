@@ -71,7 +71,9 @@ class Stall:
 
     def wait(self, state: RetryCallState) -> float:
         """Full jitter on an exponential ceiling; at least what RetryInfo asked for."""
-        ceiling = min(self.policy.max_backoff_s, self.policy.initial_backoff_s * 2 ** (self.failures - 1))
+        ceiling = min(
+            self.policy.max_backoff_s, self.policy.initial_backoff_s * 2 ** min(self.failures - 1, 60)
+        )
         delay = random.uniform(0, ceiling)
         err = state.outcome.exception() if state.outcome is not None else None
         if isinstance(err, Unavailable) and err.retry_after_s:

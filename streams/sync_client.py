@@ -50,8 +50,12 @@ class Client:
             router = router_factory() if router_factory is not None else None
             return AsyncClient(address, router=router, timeout_s=timeout_s, stream_timeout_s=stream_timeout_s)
 
-        self.aio = self._run(make())
         self._closed = False
+        try:
+            self.aio = self._run(make())
+        except BaseException:
+            self._stop_loop()
+            raise
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -66,8 +70,13 @@ class Client:
         """Close the channels and stop the loop thread; idempotent."""
         if self._closed:
             return
+        try:
+            self._run(self.aio.close())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
         self._closed = True
-        self._run(self.aio.close())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
@@ -82,7 +91,8 @@ class Client:
                     return
                 yield from batch
         finally:
-            self._run(batches.aclose())  # type: ignore[attr-defined]
+            if not self._closed:  # an iterator dropped after close() has nothing left to close
+                self._run(batches.aclose())  # type: ignore[attr-defined]
 
     def get(
         self, key: KeyLike, paths: list[str] | None = None, json: bool = False, **kw: Any

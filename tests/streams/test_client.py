@@ -161,3 +161,18 @@ def test_a_default_deadline_applies_to_every_call(server_address: str) -> None:
         with pytest.raises(Unavailable):
             kv.get("k")
         assert time.monotonic() - started < 2
+
+
+def test_breaking_out_of_a_scan_closes_its_stream(client: Client) -> None:
+    client.bulk_put((f"k{i:04d}", b"v") for i in range(5_000))
+    for n, _ in enumerate(client.scan(), 1):
+        if n == 10:
+            break
+    assert client.get("k0001") is not None  # the client still works after the abandoned stream
+
+
+def test_a_closed_client_can_close_again(server_address: str) -> None:
+    kv = Client(server_address)
+    kv.put("k", b"v")
+    kv.close()
+    kv.close()
