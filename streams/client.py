@@ -28,7 +28,7 @@ from keyspan.streams.bulk_sender import BulkItem, BulkPutResult
 from keyspan.streams.entry import Entry, KeyLike, Stats, SweepProgress, encode_value, key_bytes
 from keyspan.streams.errors import KeyspanClientError, Unavailable, WrongPartition, from_rpc_error
 from keyspan.streams.retry import DEFAULT_POLICY, UPDATE_POLICY, RetryPolicy
-from keyspan.streams.router import Router, StaticRouter
+from keyspan.streams.router import Router, StaticRouter, open_channel
 from keyspan.v1 import kv_pb2
 
 DEFAULT_ADDRESS = "127.0.0.1:7420"
@@ -96,6 +96,28 @@ class AsyncClient:
     ) -> None:
         self.router: Router = router if router is not None else StaticRouter(address)
         self.timeout_s, self.stream_timeout_s = timeout_s, stream_timeout_s
+
+    @classmethod
+    async def for_cluster(
+        cls,
+        control: str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        stream_timeout_s: float | None = DEFAULT_STREAM_TIMEOUT_S,
+        map_timeout_s: float = 10.0,
+    ) -> AsyncClient:
+        """A thick client for a cluster: it watches control's map and calls each key's owner.
+
+        It waits for the first map (Unavailable after map_timeout_s); afterwards it keeps
+        routing with its cached map while control is away.
+        """
+        from keyspan.streams.map_router import MapRouter
+
+        router = MapRouter.watching(control, open_channel)
+        if not await router.wait_for_map(map_timeout_s):
+            await router.close()
+            raise Unavailable(f"no partition map from control at {control} within {map_timeout_s} s")
+        return cls(router=router, timeout_s=timeout_s, stream_timeout_s=stream_timeout_s)
 
     async def __aenter__(self) -> AsyncClient:
         return self

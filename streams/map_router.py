@@ -13,7 +13,7 @@ The map is a PartitionMap kept fresh by a MapWatcher on control's WatchMap (asyn
 clients), or by a `refresh()` callable that fetches GetMap (sync clients). A WrongPartition
 newer than the map is used at once as a hint for its range until the map catches up, so
 the retry goes straight to the new owner. A partition whose owner is down raises
-keyspan.storage.errors.UnavailableError (with retry_after_s) before any call is made.
+the client's keyspan.streams.errors.Unavailable (with retry_after_s) before any call is made.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from typing import Any
 
 import grpc
 
+from keyspan.storage.errors import UnavailableError
 from keyspan.storage.keys import KeyRange
+from keyspan.streams.errors import Unavailable
 from keyspan.streams.partition_map import MapWatcher, PartitionMap
 from keyspan.v1 import control_pb2, errors_pb2, kv_pb2_grpc
 
@@ -76,16 +78,23 @@ class MapRouter:
         return entry.address
 
     def stub_for_key(self, key: bytes) -> kv_pb2_grpc.KVStub:
-        """The stub of the node that owns key; UnavailableError when its owner is down."""
-        return self._stub(self.address_for_key(key))
+        """The stub of the node that owns key; the client's Unavailable when its owner is down
+        (retryable: the helpers back off and ask again)."""
+        try:
+            return self._stub(self.address_for_key(key))
+        except UnavailableError as err:
+            raise Unavailable(str(err), err.retry_after_s) from None
 
     def pieces(self, start: bytes, end: bytes | None) -> list[tuple[bytes, bytes | None, kv_pb2_grpc.KVStub]]:
         """[start, end) cut at partition bounds, each piece with its owner's stub."""
         out = []
-        for piece, entry in self.map.pieces(start, end):
-            if not entry.routable:
-                raise entry.unavailable()
-            out.append((piece.start, piece.end, self._stub(entry.address)))
+        try:
+            for piece, entry in self.map.pieces(start, end):
+                if not entry.routable:
+                    raise entry.unavailable()
+                out.append((piece.start, piece.end, self._stub(entry.address)))
+        except UnavailableError as err:
+            raise Unavailable(str(err), err.retry_after_s) from None
         return out
 
     def stubs(self) -> list[kv_pb2_grpc.KVStub]:

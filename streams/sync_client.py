@@ -31,14 +31,16 @@ T = TypeVar("T")
 class Client:
     """The blocking client. Close it (or use `with`) to stop its thread and channels.
 
-    `router_factory`, when given, builds the Router inside the client's loop (grpc.aio
-    channels belong to the loop that creates them)."""
+    `control="HOST:PORT"` makes it a thick client of a cluster: it watches control's map
+    and sends each call to the key's owner. `router_factory`, when given, builds the Router
+    inside the client's loop (grpc.aio channels belong to the loop that creates them)."""
 
     def __init__(
         self,
         address: str = DEFAULT_ADDRESS,
         *,
         router_factory: Callable[[], Router] | None = None,
+        control: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         stream_timeout_s: float | None = DEFAULT_STREAM_TIMEOUT_S,
     ) -> None:
@@ -47,6 +49,10 @@ class Client:
         self._thread.start()
 
         async def make() -> AsyncClient:
+            if control is not None:  # a thick client: routes by control's map
+                return await AsyncClient.for_cluster(
+                    control, timeout_s=timeout_s, stream_timeout_s=stream_timeout_s
+                )
             router = router_factory() if router_factory is not None else None
             return AsyncClient(address, router=router, timeout_s=timeout_s, stream_timeout_s=stream_timeout_s)
 

@@ -6,6 +6,7 @@ import grpc
 import pytest
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
+
 from keyspan.streams import errors as e
 from keyspan.streams.client import AsyncClient
 from keyspan.streams.router import StaticRouter
