@@ -103,3 +103,6 @@ def serve(**settings: Any) -> None:
 
 def main() -> None:
     cli()
+
+
+from keyspan.services import cli_bench as _cli_bench  # noqa: E402, F401 - registers `keyspan bench`

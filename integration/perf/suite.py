@@ -1,0 +1,249 @@
+"""The runs: the baseline (keyspan beside raw apsw and the echo) and the YCSB workloads.
+
+Each run starts what it measures (a real `keyspan serve` on 127.0.0.1 with a temp data dir,
+the echo server, client processes), measures limits and keyspan interleaved, stops every
+process it started, and returns its figures for the table and the history.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from integration.perf import raw_sqlite
+from integration.perf.figures import Figure
+from integration.perf.results import overall_percentile, run_clients
+from integration.perf.servers import ServerProcess, Target, bytes_on_disk, remove_tree
+from integration.perf.workloads import RunSpec
+
+CONCURRENCIES = (1, 16, 64)
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    rows: int = 200_000
+    value_bytes: int = 100
+    duration_s: float = 8.0
+    processes: int = 2
+    synchronous: str = "FULL"
+    tmp_dir: str = ""
+
+
+@dataclass(frozen=True)
+class YcsbConfig:
+    workloads: tuple[str, ...] = ("A", "B", "C", "F", "D", "E")
+    records: int = 100_000
+    fields: int = 10
+    field_bytes: int = 100
+    json: bool = True
+    distribution: str = ""
+    concurrency: int = 32
+    processes: int = 2
+    duration_s: float = 10.0
+    operations: int = 0
+    synchronous: str = "FULL"
+    target_kind: str = "serve"
+    target_addresses: tuple[str, ...] = ()
+    tmp_dir: str = ""
+
+
+@contextmanager
+def _workdir(tmp_dir: str) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="keyspan-bench-", dir=tmp_dir or None))
+    try:
+        yield path
+    finally:
+        remove_tree(path)
+
+
+def _split(concurrency: int, processes: int) -> tuple[int, int]:
+    """(processes, calls per process) for a total concurrency."""
+    procs = max(1, min(processes, concurrency))
+    return procs, max(1, concurrency // procs)
+
+
+class Meter:
+    """Server CPU-seconds over a stretch of a run."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server, self.cpu_s = server, server.cpu_s()
+
+    def per_million(self, ops: float) -> float | None:
+        used = self.server.cpu_s() - self.cpu_s
+        return used / ops * 1e6 if ops else None
+
+
+def baseline(cfg: BaselineConfig, log: Any = print) -> dict[str, Any]:
+    figures: list[Figure] = []
+    summaries: dict[str, Any] = {}
+    with _workdir(cfg.tmp_dir) as work, ExitStack() as stack:
+        raw = work / "raw.db"
+        log(f"raw apsw: inserting {cfg.rows:,} rows ...")
+        raw_insert = raw_sqlite.bulk_insert(raw, cfg.rows, cfg.value_bytes, cfg.synchronous)
+        raw_reads = raw_sqlite.point_reads(raw, cfg.rows, min(cfg.rows, 50_000))
+        raw_scan, _ = raw_sqlite.full_scan(raw)
+        echo = stack.enter_context(ServerProcess.echo(cfg.value_bytes))
+        ks = stack.enter_context(ServerProcess.keyspan(work / "data", cfg.synchronous))
+        base = RunSpec(
+            addresses=[ks.address],
+            records=cfg.rows,
+            fields=1,
+            field_bytes=cfg.value_bytes,
+            json=False,
+            keys="sorted",
+            duration_s=cfg.duration_s,
+            processes=1,
+            concurrency=1,
+        )
+        log("keyspan BulkPut ...")
+        meter = Meter(ks)
+        load = summaries["bulk_put"] = run_clients(replace(base, workload="load"))
+        load_cpu = meter.per_million(load["rows"])
+        raw_bytes = cfg.rows * (16 + cfg.value_bytes)
+        space = bytes_on_disk(work / "data") / raw_bytes
+        scan = summaries["scan"] = run_clients(replace(base, workload="scan"))
+        echo_stream = run_clients(
+            replace(
+                base, addresses=[echo.address], workload="load", records=min(cfg.rows, 20_000), batch_bytes=1
+            )
+        )
+        summaries["echo_stream"] = echo_stream
+        figures += [
+            Figure("BulkPut rows/s", load["rows_per_s"], "rows/s", "raw apsw insert", raw_insert, 0.5),
+            Figure("Scan rows/s", scan["rows_per_s"], "rows/s", "raw apsw scan", raw_scan, 0.1),
+            Figure("echo stream msgs/s", echo_stream["ops"]["bulk_batch"]["per_s"], "msg/s"),
+            Figure("raw apsw point reads/s", raw_reads, "reads/s"),
+        ]
+        cost: dict[str, Any] = {"bulk_put_cpu_s_per_m_rows": load_cpu, "space_amplification": space}
+        for c in CONCURRENCIES:
+            procs, calls = _split(c, cfg.processes)
+            for op in ("get", "put"):
+                spec = replace(base, workload=op, processes=procs, concurrency=calls)
+                log(f"{op} c={c}: echo, then keyspan ...")
+                lim = summaries[f"echo_{op}_c{c}"] = run_clients(replace(spec, addresses=[echo.address]))
+                meter = Meter(ks)
+                got = summaries[f"{op}_c{c}"] = run_clients(spec)
+                cost[f"{op}_c{c}_cpu_s_per_m_ops"] = meter.per_million(got["ops_per_s"] * got["elapsed_s"])
+                name = op.capitalize()
+                target = {("get", 64): 0.9, ("put", 64): 0.8}.get((op, c))
+                figures.append(
+                    Figure(
+                        f"{name} c={c} RPC/s",
+                        got["ops_per_s"],
+                        "RPC/s",
+                        f"echo c={c}",
+                        lim["ops_per_s"],
+                        target,
+                    )
+                )
+                p99_target = 1.5 if (op, c) == ("get", 1) else None
+                figures.append(
+                    Figure(
+                        f"{name} c={c} p99",
+                        overall_percentile(got, "p99"),
+                        "ms",
+                        f"echo c={c} p99",
+                        overall_percentile(lim, "p99"),
+                        p99_target,
+                        False,
+                    )
+                )
+        figures.append(
+            Figure(
+                "Get c=1 RPC/s vs raw point reads",
+                summaries["get_c1"]["ops_per_s"],
+                "RPC/s",
+                "raw apsw reads",
+                raw_reads,
+            )
+        )
+        cost["server_peak_rss_bytes"] = ks.peak_rss_bytes()
+        cost["echo_peak_rss_bytes"] = echo.peak_rss_bytes()
+    return {
+        "suite": "baseline",
+        "config": cfg.__dict__,
+        "figures": figures,
+        "summaries": summaries,
+        "cost": cost,
+    }
+
+
+def _ycsb_target(cfg: YcsbConfig, work: Path, stack: ExitStack) -> tuple[Target, ServerProcess | None]:
+    if cfg.target_addresses:
+        return Target(cfg.target_kind, cfg.target_addresses), None
+    ks = stack.enter_context(ServerProcess.keyspan(work / "data", cfg.synchronous))
+    return Target("serve", (ks.address,)), ks
+
+
+def ycsb(cfg: YcsbConfig, log: Any = print) -> list[dict[str, Any]]:
+    """Load once through BulkPut, then run the workloads in YCSB's order; one record each."""
+    runs: list[dict[str, Any]] = []
+    with _workdir(cfg.tmp_dir) as work, ExitStack() as stack:
+        echo = stack.enter_context(ServerProcess.echo(cfg.fields * cfg.field_bytes))
+        target, ks = _ycsb_target(cfg, work, stack)
+        procs, calls = _split(cfg.concurrency, cfg.processes)
+        base = RunSpec(
+            addresses=list(target.addresses),
+            kind=target.kind,
+            records=cfg.records,
+            fields=cfg.fields,
+            field_bytes=cfg.field_bytes,
+            json=cfg.json,
+            distribution=cfg.distribution,
+            duration_s=cfg.duration_s,
+            operations=cfg.operations,
+            processes=procs,
+            concurrency=calls,
+        )
+        log(f"load {cfg.records:,} records through BulkPut ...")
+        meter = Meter(ks) if ks else None
+        load = run_clients(replace(base, workload="load", processes=1, concurrency=1))
+        load_cost: dict[str, Any] = {"load_rows_per_s": load["rows_per_s"]}
+        if ks is not None and meter is not None:
+            load_cost["load_cpu_s_per_m_rows"] = meter.per_million(load["rows"])
+            raw = sum(len(k) for k in _keys(cfg.records)) + cfg.records * base.value_bytes
+            load_cost["space_amplification"] = bytes_on_disk(work / "data") / raw
+        for name in cfg.workloads:
+            spec = replace(base, workload=name)
+            log(f"workload {name}: echo, then keyspan ...")
+            lim = run_clients(replace(spec, addresses=[echo.address]))
+            meter = Meter(ks) if ks else None
+            got = run_clients(spec)
+            ops = got["ops_per_s"] * got["elapsed_s"]
+            cost = dict(load_cost)
+            if ks is not None and meter is not None:
+                cost["cpu_s_per_m_ops"] = meter.per_million(ops)
+                cost["server_peak_rss_bytes"] = ks.peak_rss_bytes()
+            figures = [
+                Figure(f"{name} ops/s", got["ops_per_s"], "ops/s", "echo, same mix", lim["ops_per_s"]),
+                Figure(
+                    f"{name} p99",
+                    overall_percentile(got, "p99"),
+                    "ms",
+                    "echo p99",
+                    overall_percentile(lim, "p99"),
+                    None,
+                    False,
+                ),
+            ]
+            config = {**cfg.__dict__, "workloads": name, "target_addresses": list(cfg.target_addresses)}
+            runs.append(
+                {
+                    "suite": f"ycsb-{name}",
+                    "config": config,
+                    "figures": figures,
+                    "summaries": {"keyspan": got, "echo": lim, "load": load},
+                    "cost": cost,
+                }
+            )
+    return runs
+
+
+def _keys(records: int) -> Iterator[bytes]:
+    from integration.perf.keys import record_key
+
+    return (record_key(n) for n in range(records))
