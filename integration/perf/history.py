@@ -178,6 +178,7 @@ def chart(records: list[dict[str, Any]], path: Path) -> Path:
     fig, axes = plt.subplots(len(keys), 1, figsize=(11, 3.2 * max(1, len(keys))), squeeze=False)
     for ax, key in zip(axes[:, 0], keys, strict=True):
         runs = by_key[key]
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
         names = sorted({n for r in runs for n in r["ratios"]})
         for name in names:
             xs = [i for i, r in enumerate(runs) if r["ratios"].get(name) is not None]
