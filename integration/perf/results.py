@@ -23,7 +23,7 @@ from integration.perf.worker import new_histogram, worker_main
 from integration.perf.workloads import RunSpec
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
-SPAWN_LEAD_S = 2.5
+SPAWN_LEAD_S = 1.2
 
 
 def merge(results: list[dict[str, Any]]) -> dict[str, Any]:

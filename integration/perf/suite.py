@@ -86,6 +86,9 @@ def baseline(cfg: BaselineConfig, log: Any = print) -> dict[str, Any]:
         raw_insert = raw_sqlite.bulk_insert(raw, cfg.rows, cfg.value_bytes, cfg.synchronous)
         raw_reads = raw_sqlite.point_reads(raw, cfg.rows, min(cfg.rows, 50_000))
         raw_scan, _ = raw_sqlite.full_scan(raw)
+        raw_upsert = raw_sqlite.keyspan_statements_insert(
+            work / "raw-upsert.db", cfg.rows, cfg.value_bytes, cfg.synchronous
+        )
         echo = stack.enter_context(ServerProcess.echo(cfg.value_bytes))
         ks = stack.enter_context(ServerProcess.keyspan(work / "data", cfg.synchronous))
         base = RunSpec(
@@ -115,6 +118,9 @@ def baseline(cfg: BaselineConfig, log: Any = print) -> dict[str, Any]:
         figures += [
             Figure("BulkPut rows/s", load["rows_per_s"], "rows/s", "raw apsw insert", raw_insert, 0.5),
             Figure("Scan rows/s", scan["rows_per_s"], "rows/s", "raw apsw scan", raw_scan, 0.1),
+            Figure(
+                "BulkPut vs keyspan's SQL alone", load["rows_per_s"], "rows/s", "raw upsert+log", raw_upsert
+            ),
             Figure("echo stream msgs/s", echo_stream["ops"]["bulk_batch"]["per_s"], "msg/s"),
             Figure("raw apsw point reads/s", raw_reads, "reads/s"),
         ]
@@ -124,7 +130,11 @@ def baseline(cfg: BaselineConfig, log: Any = print) -> dict[str, Any]:
             for op in ("get", "put"):
                 spec = replace(base, workload=op, processes=procs, concurrency=calls)
                 log(f"{op} c={c}: echo, then keyspan ...")
+                echo_meter = Meter(echo)
                 lim = summaries[f"echo_{op}_c{c}"] = run_clients(replace(spec, addresses=[echo.address]))
+                cost[f"echo_{op}_c{c}_cpu_s_per_m_ops"] = echo_meter.per_million(
+                    lim["ops_per_s"] * lim["elapsed_s"]
+                )
                 meter = Meter(ks)
                 got = summaries[f"{op}_c{c}"] = run_clients(spec)
                 cost[f"{op}_c{c}_cpu_s_per_m_ops"] = meter.per_million(got["ops_per_s"] * got["elapsed_s"])
