@@ -156,14 +156,15 @@ def aggregate(files: tuple[str, ...], as_json: bool) -> None:
     "--chart/--no-chart", default=True, show_default=True, help="Write ratios.png in the history dir."
 )
 @click.option("--strict", is_flag=True, help="Exit 1 when a regression is flagged.")
-def compare(history_dir: str | None, chart: bool, strict: bool) -> None:
+@click.option("--every-config", is_flag=True, help="Check every config's latest run, not each suite's last.")
+def compare(history_dir: str | None, chart: bool, strict: bool, every_config: bool) -> None:
     """The latest run of each workload against the median of its earlier comparable runs."""
     hist = _perf("history")
     directory = Path(history_dir) if history_dir else hist.HISTORY_DIR
     records = hist.load(directory)
     if not records:
         raise click.ClickException(f"no runs in {directory}")
-    verdicts = hist.compare(records)
+    verdicts = hist.compare(records, every_key=every_config)
     click.echo(hist.verdict_table(verdicts))
     if chart:
         click.echo(f"chart: {hist.chart(records, directory / 'ratios.png')}")
@@ -173,3 +174,14 @@ def compare(history_dir: str | None, chart: bool, strict: bool) -> None:
 
 def _log(message: str) -> None:
     click.echo(message, err=True)
+
+
+@bench.command("profile")
+@click.option("-w", "--workload", default="get", show_default=True, help="get, put, load, scan or A-F.")
+@click.option("--records", type=int, default=100_000, show_default=True)
+@click.option("--duration-s", type=float, default=8.0, show_default=True)
+@click.option("--concurrency", type=int, default=64, show_default=True)
+@click.option("--processes", type=int, default=2, show_default=True)
+def profile_command(workload: str, **options: Any) -> None:
+    """Profile the server under a workload with py-spy (GIL time) and print the hot functions."""
+    click.echo(_perf("profile").profile(workload, **options))

@@ -128,13 +128,21 @@ def noise_threshold(values: list[float]) -> float:
     return max(MAD_FACTOR * mad / med if med else 0.0, MIN_NOISE)
 
 
-def compare(records: list[dict[str, Any]]) -> list[Verdict]:
-    """The latest run of each comparable key against the median of its earlier runs."""
+def compare(records: list[dict[str, Any]], *, every_key: bool = False) -> list[Verdict]:
+    """The latest run of each suite against the median of its earlier comparable runs.
+
+    With every_key, the latest run of every comparable key (config) is checked, not only
+    the config each suite ran with last.
+    """
     by_key: dict[str, list[dict[str, Any]]] = {}
+    latest_key: dict[str, str] = {}
     for r in records:
         by_key.setdefault(r["key"], []).append(r)
+        latest_key[r["suite"]] = r["key"]
+    keys = list(by_key) if every_key else [k for k in by_key if k in set(latest_key.values())]
     verdicts = []
-    for key, runs in by_key.items():
+    for key in keys:
+        runs = by_key[key]
         latest, earlier = runs[-1], runs[:-1]
         for name, value in latest["ratios"].items():
             previous = [r["ratios"][name] for r in earlier if r["ratios"].get(name) is not None]

@@ -115,12 +115,27 @@ def baseline(cfg: BaselineConfig, log: Any = print) -> dict[str, Any]:
             )
         )
         summaries["echo_stream"] = echo_stream
+        # The same streams against the echo: what the client and gRPC alone can carry.
+        echo_load = summaries["echo_bulk_put"] = run_clients(
+            replace(base, addresses=[echo.address], workload="load")
+        )
+        echo_scan = summaries["echo_scan"] = run_clients(
+            replace(base, addresses=[echo.address], workload="scan")
+        )
         figures += [
             Figure("BulkPut rows/s", load["rows_per_s"], "rows/s", "raw apsw insert", raw_insert, 0.5),
             Figure("Scan rows/s", scan["rows_per_s"], "rows/s", "raw apsw scan", raw_scan, 0.1),
             Figure(
                 "BulkPut vs keyspan's SQL alone", load["rows_per_s"], "rows/s", "raw upsert+log", raw_upsert
             ),
+            Figure(
+                "BulkPut vs echo BulkPut",
+                load["rows_per_s"],
+                "rows/s",
+                "echo BulkPut",
+                echo_load["rows_per_s"],
+            ),
+            Figure("Scan vs echo Scan", scan["rows_per_s"], "rows/s", "echo Scan", echo_scan["rows_per_s"]),
             Figure("echo stream msgs/s", echo_stream["ops"]["bulk_batch"]["per_s"], "msg/s"),
             Figure("raw apsw point reads/s", raw_reads, "reads/s"),
         ]

@@ -165,7 +165,10 @@ async def _bulk_load(
         batch, size = kv_pb2.BulkPutRequest(), 0
         for i, key in enumerate(share):
             value = values[i % VALUE_POOL]
-            batch.entries.add(key=key, value=value, json=spec.json)
+            if spec.json:
+                batch.entries.add(key=key, value=value, json=True)
+            else:  # leaving the proto3 default unset halves the client's cost per entry
+                batch.entries.add(key=key, value=value)
             size += len(key) + len(value) + 8
             if size >= spec.batch_bytes or i == len(share) - 1:
                 await window.acquire()

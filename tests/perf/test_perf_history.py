@@ -91,3 +91,11 @@ def test_the_chart_is_a_png(tmp_path) -> None:
     runs = _noisy_history(random.Random(3), n=4)
     path = history.chart(runs, tmp_path / "ratios.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_checks_the_config_each_suite_ran_last() -> None:
+    runs = [_record(i, {"r": 1.0}, key="ycsb-A:old") for i in range(3)]
+    runs += [_record(5, {"r": 1.0}, key="ycsb-A:new"), _record(6, {"r": 0.5}, key="ycsb-A:new")]
+    (verdict,) = history.compare(runs)
+    assert verdict.key == "ycsb-A:new" and verdict.regressed
+    assert {v.key for v in history.compare(runs, every_key=True)} == {"ycsb-A:old", "ycsb-A:new"}
