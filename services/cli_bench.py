@@ -17,8 +17,8 @@ from typing import Any
 import click
 from keyspan.services.cli import cli
 
-QUICK_BASELINE = {"rows": 20_000, "duration_s": 0.7}
-QUICK_YCSB = {"records": 2_000, "duration_s": 0.7, "concurrency": 16}
+QUICK_BASELINE = {"rows": 20_000, "duration_s": 1.0}
+QUICK_YCSB = {"records": 2_000, "duration_s": 1.0, "concurrency": 16}
 
 
 def _perf(module: str) -> ModuleType:

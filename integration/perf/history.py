@@ -4,7 +4,8 @@ A run is comparable to another when its `key` matches: the same suite (workload)
 same config, minus what does not change the measurement's meaning (tmp dir). `compare`
 takes the latest run of each key against the median of the earlier ones; a ratio
 regresses when it moved the wrong way by more than the noise the history itself shows:
-max(3 x MAD / median, 10%).
+max(3 x MAD / median, 10%). With fewer than MIN_EARLIER_RUNS earlier runs there is no
+spread to go by, and no verdict.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 HISTORY_DIR = Path(__file__).resolve().parent / "history"
 MIN_NOISE = 0.10
+MIN_EARLIER_RUNS = 3  # fewer cannot show a spread: no verdict then
 MAD_FACTOR = 3.0
 _IGNORED_CONFIG = {"tmp_dir"}
 
@@ -146,8 +148,9 @@ def compare(records: list[dict[str, Any]], *, every_key: bool = False) -> list[V
         latest, earlier = runs[-1], runs[:-1]
         for name, value in latest["ratios"].items():
             previous = [r["ratios"][name] for r in earlier if r["ratios"].get(name) is not None]
-            if not previous:
-                verdicts.append(Verdict(key, latest["suite"], name, value, None, None, 1, False))
+            if len(previous) < MIN_EARLIER_RUNS:
+                med = statistics.median(previous) if previous else None
+                verdicts.append(Verdict(key, latest["suite"], name, value, med, None, len(runs), False))
                 continue
             med, noise = statistics.median(previous), noise_threshold(previous)
             higher = latest.get("higher_is_better", {}).get(name, True)
@@ -165,7 +168,12 @@ def verdict_table(verdicts: list[Verdict]) -> str:
         med = "-" if v.median is None else f"{v.median:.3f}"
         change = "-" if v.change is None else f"{v.change:+.1%}"
         noise = "-" if v.noise is None else f"±{v.noise:.0%}"
-        verdict = "REGRESSION" if v.regressed else ("first run" if v.median is None else "ok")
+        if v.regressed:
+            verdict = "REGRESSION"
+        elif v.noise is None:
+            verdict = f"too few runs ({v.runs - 1} earlier, {MIN_EARLIER_RUNS} needed)"
+        else:
+            verdict = "ok"
         lines.append(
             f"| {v.suite} | {v.ratio} | {v.latest:.3f} | {med} | {change} | {noise} | {v.runs} | {verdict} |"
         )

@@ -58,7 +58,7 @@ def test_a_latency_ratio_regresses_upwards() -> None:
 def test_only_comparable_runs_are_compared() -> None:
     runs = [_record(i, {"r": 1.0}, key="ycsb-A:small") for i in range(3)]
     runs.append(_record(8, {"r": 0.3}, key="ycsb-A:big"))
-    verdicts = {v.key: v for v in history.compare(runs)}
+    verdicts = {v.key: v for v in history.compare(runs, every_key=True)}
     assert verdicts["ycsb-A:big"].median is None
     assert not verdicts["ycsb-A:big"].regressed
 
@@ -95,7 +95,15 @@ def test_the_chart_is_a_png(tmp_path) -> None:
 
 def test_compare_checks_the_config_each_suite_ran_last() -> None:
     runs = [_record(i, {"r": 1.0}, key="ycsb-A:old") for i in range(3)]
-    runs += [_record(5, {"r": 1.0}, key="ycsb-A:new"), _record(6, {"r": 0.5}, key="ycsb-A:new")]
+    runs += [_record(5 + i, {"r": 1.0}, key="ycsb-A:new") for i in range(3)]
+    runs.append(_record(9, {"r": 0.5}, key="ycsb-A:new"))
     (verdict,) = history.compare(runs)
     assert verdict.key == "ycsb-A:new" and verdict.regressed
     assert {v.key for v in history.compare(runs, every_key=True)} == {"ycsb-A:old", "ycsb-A:new"}
+
+
+def test_too_few_earlier_runs_give_no_verdict() -> None:
+    runs = [_record(0, {"r": 1.0}), _record(1, {"r": 1.0}), _record(2, {"r": 0.2})]
+    (verdict,) = history.compare(runs)
+    assert not verdict.regressed and verdict.noise is None and verdict.median == 1.0
+    assert "too few runs" in history.verdict_table([verdict])
