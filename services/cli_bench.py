@@ -17,7 +17,7 @@ from typing import Any
 import click
 from keyspan.services.cli import cli
 
-QUICK_BASELINE = {"rows": 20_000, "duration_s": 1.0}
+QUICK_BASELINE = {"rows": 20_000, "duration_s": 1.0, "rounds": 1}
 QUICK_YCSB = {"records": 2_000, "duration_s": 1.0, "concurrency": 16}
 
 
@@ -58,6 +58,9 @@ def bench() -> None:
     "--duration-s", type=float, default=8.0, show_default=True, help="Seconds per unary measurement."
 )
 @click.option("--processes", type=int, default=2, show_default=True, help="Client processes (c>1).")
+@click.option(
+    "--rounds", type=int, default=2, show_default=True, help="Echo/keyspan alternations per figure."
+)
 @click.option("--synchronous", type=click.Choice(["FULL", "NORMAL"]), default="FULL", show_default=True)
 @click.option("--tmp-dir", default="", help="Where data dirs go (default: the system temp dir).")
 @click.option(

@@ -28,9 +28,13 @@ PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
 START_LEAD_S = 0.5  # connect and warm up before the common start
 
 
-def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """One summary of many workers' results: per op count, rate, percentiles (ms), errors."""
-    elapsed = max((r["elapsed_s"] for r in results), default=0.0) or 1e-9
+def merge(results: list[dict[str, Any]], elapsed_s: float | None = None) -> dict[str, Any]:
+    """One summary of many workers' results: per op count, rate, percentiles (ms), errors.
+
+    The rate is over the longest worker's window, or over elapsed_s when given (the sum
+    of the windows of several rounds run one after the other).
+    """
+    elapsed = elapsed_s or max((r["elapsed_s"] for r in results), default=0.0) or 1e-9
     hists: dict[str, HdrHistogram] = {}
     errors: dict[str, Counter[str]] = {}
     for r in results:
@@ -161,6 +165,11 @@ def close_pool() -> None:
 
 def run_clients(spec: RunSpec, result_dir: Path | None = None) -> dict[str, Any]:
     """Run spec.processes workers against spec.addresses from the pool; merge their files."""
+    return merge(run_workers(spec, result_dir))
+
+
+def run_workers(spec: RunSpec, result_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Run spec.processes workers against spec.addresses from the pool; their results."""
     global _pool
     if _pool is None:
         _pool = ClientPool()
@@ -170,4 +179,4 @@ def run_clients(spec: RunSpec, result_dir: Path | None = None) -> dict[str, Any]
         out_dir.mkdir(parents=True, exist_ok=True)
         files = [out_dir / f"worker-{i}.json" for i in range(spec.processes)]
         _pool.run(spec, files)
-        return aggregate(files)
+        return [json.loads(f.read_text()) for f in files]
