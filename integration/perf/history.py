@@ -181,33 +181,36 @@ def verdict_table(verdicts: list[Verdict]) -> str:
 
 
 def chart(records: list[dict[str, Any]], path: Path) -> Path:
-    """A PNG of every ratio over the runs, one panel per comparable key."""
+    """A PNG of the ratios over the runs: one row per suite (its latest config's runs),
+    throughput ratios on the left (higher is better), p99 ratios on the right (lower)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by_key: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        by_key.setdefault(r["key"], []).append(r)
-    keys = list(by_key)[-12:]
-    fig, axes = plt.subplots(len(keys), 1, figsize=(11, 3.2 * max(1, len(keys))), squeeze=False)
-    for ax, key in zip(axes[:, 0], keys, strict=True):
-        runs = by_key[key]
-        ax.set_prop_cycle(color=plt.cm.tab20.colors)
-        names = sorted({n for r in runs for n in r["ratios"]})
-        for name in names:
-            xs = [i for i, r in enumerate(runs) if r["ratios"].get(name) is not None]
-            ax.plot(xs, [runs[i]["ratios"][name] for i in xs], marker="o", label=name)
-        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
-        ax.set_title(f"{runs[-1]['suite']}  ({key})", fontsize=10)
-        ax.set_ylabel("ratio to limit")
-        ax.set_xticks(
-            range(len(runs)), [r["date"][5:16] + "\n" + (r["commit"] or "")[:7] for r in runs], fontsize=7
-        )
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-        ax.grid(alpha=0.3)
+    latest_key = {r["suite"]: r["key"] for r in records}
+    suites = sorted(latest_key, key=lambda name: (name != "baseline", name))
+    fig, axes = plt.subplots(len(suites), 2, figsize=(15, 2.8 * len(suites)), squeeze=False)
+    for row, suite in zip(axes, suites, strict=True):
+        runs = [r for r in records if r["key"] == latest_key[suite]]
+        labels = [r["date"][5:16].replace("T", " ") + "\n" + (r["commit"] or "")[:7] for r in runs]
+        for ax, higher in zip(row, (True, False), strict=True):
+            names = sorted(
+                {n for r in runs for n in r["ratios"] if r.get("higher_is_better", {}).get(n, True) == higher}
+            )
+            ax.set_prop_cycle(color=plt.cm.tab10.colors, marker=list("osD^v<>ph*"))
+            for name in names:
+                xs = [i for i, r in enumerate(runs) if r["ratios"].get(name) is not None]
+                ax.plot(xs, [runs[i]["ratios"][name] for i in xs], label=name, linewidth=1.2)
+            ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+            kind = "throughput / limit (higher is better)" if higher else "p99 / echo p99 (lower is better)"
+            ax.set_title(f"{suite}: {kind}", fontsize=9)
+            ax.set_xticks(range(len(runs)), labels, fontsize=7)
+            ax.set_xlim(-0.5, max(1, len(runs)) - 0.5)
+            ax.grid(alpha=0.3)
+            if names:
+                ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
