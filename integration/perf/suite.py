@@ -18,7 +18,7 @@ from integration.perf import raw_sqlite
 from integration.perf.figures import Figure
 from integration.perf.results import merge, overall_percentile, run_clients, run_workers
 from integration.perf.servers import ServerProcess, Target, bytes_on_disk, remove_tree
-from integration.perf.workloads import RunSpec
+from integration.perf.workloads import WORKLOADS, RunSpec
 
 CONCURRENCIES = (1, 16, 64)
 
@@ -268,7 +268,11 @@ def ycsb(cfg: YcsbConfig, log: Any = print) -> list[dict[str, Any]]:
                 cost["cpu_s_per_m_ops"] = meter.per_million(ops)
                 cost["server_peak_rss_bytes"] = ks.peak_rss_bytes()
             figures = [
-                Figure(f"{name} ops/s", got["ops_per_s"], "ops/s", "echo, same mix", lim["ops_per_s"]),
+                Figure(f"{name} ops/s", got["ops_per_s"], "ops/s", "echo, same mix", lim["ops_per_s"])
+                if WORKLOADS[name].mode == "ops"
+                else Figure(
+                    f"{name} rows/s", got["rows_per_s"], "rows/s", "echo, same stream", lim["rows_per_s"]
+                ),
                 Figure(
                     f"{name} p99",
                     overall_percentile(got, "p99"),
