@@ -32,8 +32,20 @@ test-integration-quick: $(STAMP) ## the real-process workflows, quick mode
 test-integration: $(STAMP) ## every real-process workflow, full size
 	$(PY) -m pytest -q integration
 
-bench: $(STAMP) ## the benchmark: keyspan beside raw apsw and a bare gRPC echo, as ratios
-	$(PY) -m integration.perf.bench
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench-quick: $(BENCH_STAMP) ## the perf suite, small and short (under 2 minutes); appends to integration/perf/history
+	$(PY) -m integration.perf.bench baseline --quick
+	$(PY) -m integration.perf.bench ycsb --quick
+	$(PY) -m integration.perf.bench compare
+
+bench: $(BENCH_STAMP) ## the full perf suite: baseline table, YCSB A-F, regression check and ratios.png
+	$(PY) -m integration.perf.bench baseline
+	$(PY) -m integration.perf.bench ycsb
+	$(PY) -m integration.perf.bench compare
 
 lint: $(STAMP) ## ruff and formatting (the import layers are checked by tests/test_layers.py)
 	$(VENV)/bin/ruff check .
@@ -48,4 +60,4 @@ proto-check: $(STAMP) ## fail when the committed stubs differ from freshly gener
 clean: ## remove the venv and caches (not ./keyspan-data)
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
 
-.PHONY: help venv serve test test-integration-quick test-integration bench lint proto proto-check clean
+.PHONY: help venv serve test test-integration-quick test-integration bench bench-quick lint proto proto-check clean

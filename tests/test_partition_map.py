@@ -9,6 +9,7 @@ import pytest
 
 from keyspan.storage.errors import UnavailableError
 from keyspan.storage.keys import KeyRange
+from keyspan.streams.errors import Unavailable
 from keyspan.streams.partition_map import (
     SERVING,
     UNAVAILABLE,
@@ -107,6 +108,6 @@ def test_map_router_routes_cuts_and_learns_from_wrong_partition() -> None:
     assert router.address_for_key(b"h") == "127.0.0.1:2"
     assert router.on_wrong_partition(errors_pb2.WrongPartition(key=b"h", map_version=4)) is False
     m.apply(to_message(5, entries(UNAVAILABLE)))
-    with pytest.raises(UnavailableError):
+    with pytest.raises(Unavailable):  # the client's retryable error, not storage's
         router.stub_for_key(b"h")
     asyncio.run(router.close())

@@ -1,0 +1,216 @@
+"""The history of runs: one JSON file per run, the regression check, the ratio chart.
+
+A run is comparable to another when its `key` matches: the same suite (workload) and the
+same config, minus what does not change the measurement's meaning (tmp dir). `compare`
+takes the latest run of each key against the median of the earlier ones; a ratio
+regresses when it moved the wrong way by more than the noise the history itself shows:
+max(3 x MAD / median, 10%). With fewer than MIN_EARLIER_RUNS earlier runs there is no
+spread to go by, and no verdict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HISTORY_DIR = Path(__file__).resolve().parent / "history"
+MIN_NOISE = 0.10
+MIN_EARLIER_RUNS = 3  # fewer cannot show a spread: no verdict then
+MAD_FACTOR = 3.0
+_IGNORED_CONFIG = {"tmp_dir"}
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=True, cwd=HISTORY_DIR.parent
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu_model": model, "platform": platform.platform()}
+
+
+def versions() -> dict[str, str]:
+    import apsw
+    import grpc
+
+    return {
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "apsw": apsw.apsw_version(),
+        "sqlite": apsw.sqlite_lib_version(),
+    }
+
+
+def comparable_key(suite: str, config: dict[str, Any]) -> str:
+    kept = {k: v for k, v in sorted(config.items()) if k not in _IGNORED_CONFIG}
+    digest = hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{suite}:{digest}"
+
+
+def make_record(run: dict[str, Any]) -> dict[str, Any]:
+    """The history record of one run: provenance, config, every figure and ratio."""
+    figures = [f.to_json() for f in run["figures"]]
+    return {
+        "schema": 1,
+        "suite": run["suite"],
+        "key": comparable_key(run["suite"], run["config"]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": _git("rev-parse", "HEAD"),
+        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "machine": machine(),
+        "versions": versions(),
+        "config": run["config"],
+        "figures": figures,
+        "ratios": {f["name"]: f["ratio"] for f in figures if f["ratio"] is not None},
+        "higher_is_better": {f["name"]: f["higher_is_better"] for f in figures if f["ratio"] is not None},
+        "cost": run.get("cost", {}),
+        "summaries": run.get("summaries", {}),
+    }
+
+
+def save(record: dict[str, Any], directory: Path = HISTORY_DIR) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = record["date"].replace(":", "").replace("-", "")
+    path = directory / f"{stamp}-{record['suite']}-{(record['commit'] or 'nogit')[:8]}.json"
+    n = 1
+    while path.exists():
+        path = path.with_name(f"{path.stem}-{n}.json")
+        n += 1
+    path.write_text(json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def load(directory: Path = HISTORY_DIR) -> list[dict[str, Any]]:
+    """Every record, oldest first."""
+    records = [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
+    return sorted(records, key=lambda r: r["date"])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    key: str
+    suite: str
+    ratio: str
+    latest: float
+    median: float | None
+    noise: float | None
+    runs: int
+    regressed: bool
+
+    @property
+    def change(self) -> float | None:
+        return None if not self.median else self.latest / self.median - 1
+
+
+def noise_threshold(values: list[float]) -> float:
+    """max(3 x MAD / median, 10%): the relative move the runs' own spread explains."""
+    med = statistics.median(values)
+    mad = statistics.median(abs(v - med) for v in values)
+    return max(MAD_FACTOR * mad / med if med else 0.0, MIN_NOISE)
+
+
+def compare(records: list[dict[str, Any]], *, every_key: bool = False) -> list[Verdict]:
+    """The latest run of each suite against the median of its earlier comparable runs.
+
+    With every_key, the latest run of every comparable key (config) is checked, not only
+    the config each suite ran with last.
+    """
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    latest_key: dict[str, str] = {}
+    for r in records:
+        by_key.setdefault(r["key"], []).append(r)
+        latest_key[r["suite"]] = r["key"]
+    keys = list(by_key) if every_key else [k for k in by_key if k in set(latest_key.values())]
+    verdicts = []
+    for key in keys:
+        runs = by_key[key]
+        latest, earlier = runs[-1], runs[:-1]
+        for name, value in latest["ratios"].items():
+            previous = [r["ratios"][name] for r in earlier if r["ratios"].get(name) is not None]
+            if len(previous) < MIN_EARLIER_RUNS:
+                med = statistics.median(previous) if previous else None
+                verdicts.append(Verdict(key, latest["suite"], name, value, med, None, len(runs), False))
+                continue
+            med, noise = statistics.median(previous), noise_threshold(previous)
+            higher = latest.get("higher_is_better", {}).get(name, True)
+            regressed = value < med * (1 - noise) if higher else value > med * (1 + noise)
+            verdicts.append(Verdict(key, latest["suite"], name, value, med, noise, len(runs), regressed))
+    return verdicts
+
+
+def verdict_table(verdicts: list[Verdict]) -> str:
+    lines = [
+        "| suite | ratio | latest | median of earlier | change | noise band | runs | verdict |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for v in verdicts:
+        med = "-" if v.median is None else f"{v.median:.3f}"
+        change = "-" if v.change is None else f"{v.change:+.1%}"
+        noise = "-" if v.noise is None else f"±{v.noise:.0%}"
+        if v.regressed:
+            verdict = "REGRESSION"
+        elif v.noise is None:
+            verdict = f"too few runs ({v.runs - 1} earlier, {MIN_EARLIER_RUNS} needed)"
+        else:
+            verdict = "ok"
+        lines.append(
+            f"| {v.suite} | {v.ratio} | {v.latest:.3f} | {med} | {change} | {noise} | {v.runs} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def chart(records: list[dict[str, Any]], path: Path) -> Path:
+    """A PNG of the ratios over the runs: one row per suite (its latest config's runs),
+    throughput ratios on the left (higher is better), p99 ratios on the right (lower)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    latest_key = {r["suite"]: r["key"] for r in records}
+    suites = sorted(latest_key, key=lambda name: (name != "baseline", name))
+    fig, axes = plt.subplots(len(suites), 2, figsize=(15, 2.8 * len(suites)), squeeze=False)
+    for row, suite in zip(axes, suites, strict=True):
+        runs = [r for r in records if r["key"] == latest_key[suite]]
+        labels = [r["date"][5:16].replace("T", " ") + "\n" + (r["commit"] or "")[:7] for r in runs]
+        for ax, higher in zip(row, (True, False), strict=True):
+            names = sorted(
+                {n for r in runs for n in r["ratios"] if r.get("higher_is_better", {}).get(n, True) == higher}
+            )
+            ax.set_prop_cycle(color=plt.cm.tab10.colors, marker=list("osD^v<>ph*"))
+            for name in names:
+                xs = [i for i, r in enumerate(runs) if r["ratios"].get(name) is not None]
+                ax.plot(xs, [runs[i]["ratios"][name] for i in xs], label=name, linewidth=1.2)
+            ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+            kind = "throughput / limit (higher is better)" if higher else "p99 / echo p99 (lower is better)"
+            ax.set_title(f"{suite}: {kind}", fontsize=9)
+            ax.set_xticks(range(len(runs)), labels, fontsize=7)
+            ax.set_xlim(-0.5, max(1, len(runs)) - 0.5)
+            ax.grid(alpha=0.3)
+            if names:
+                ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

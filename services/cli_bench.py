@@ -1,0 +1,191 @@
+"""`keyspan bench`: the perf suite (integration/perf) from the command line.
+
+The suite lives in the source tree's integration/perf package, beside its history, and is
+imported lazily so that `keyspan --help` stays light; it needs a source checkout (an
+editable install finds it on its own). See README "## Performance".
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import click
+
+from keyspan.services.cli import cli
+
+QUICK_BASELINE = {"rows": 20_000, "duration_s": 1.0, "rounds": 1}
+QUICK_YCSB = {"records": 2_000, "duration_s": 1.0, "concurrency": 16}
+
+
+def _perf(module: str) -> ModuleType:
+    """Import integration.perf.<module>, from the source tree this package was installed from."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / "integration" / "perf").is_dir() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        return importlib.import_module(f"integration.perf.{module}")
+    except ModuleNotFoundError as err:
+        raise click.ClickException(
+            f"keyspan bench needs a source checkout with integration/perf ({err})"
+        ) from None
+
+
+def _finish(runs: list[dict[str, Any]], history: bool) -> None:
+    figures, hist = _perf("figures"), _perf("history")
+    for run in runs:
+        click.echo(f"\n## {run['suite']}\n")
+        click.echo(figures.table(run["figures"]))
+        click.echo("\ncost: " + json.dumps(run.get("cost", {}), default=lambda x: round(x, 3)))
+        if "keyspan" in run["summaries"]:
+            click.echo("\n" + figures.op_table(run["summaries"]["keyspan"]))
+        if history:
+            click.echo(f"history: {hist.save(hist.make_record(run))}")
+
+
+@cli.group()
+def bench() -> None:
+    """The perf suite: keyspan beside raw apsw and a bare gRPC echo, as ratios, with a history."""
+
+
+@bench.command()
+@click.option("--quick", is_flag=True, help="Small sizes and short runs (about a minute).")
+@click.option("--rows", type=int, default=200_000, show_default=True, help="Rows bulk-loaded and scanned.")
+@click.option(
+    "--duration-s", type=float, default=8.0, show_default=True, help="Seconds per unary measurement."
+)
+@click.option("--processes", type=int, default=2, show_default=True, help="Client processes (c>1).")
+@click.option(
+    "--rounds", type=int, default=2, show_default=True, help="Echo/keyspan alternations per figure."
+)
+@click.option("--synchronous", type=click.Choice(["FULL", "NORMAL"]), default="FULL", show_default=True)
+@click.option("--tmp-dir", default="", help="Where data dirs go (default: the system temp dir).")
+@click.option(
+    "--history/--no-history", default=True, show_default=True, help="Append the run to the history."
+)
+def baseline(quick: bool, history: bool, **options: Any) -> None:
+    """keyspan's Put/Get/BulkPut/Scan beside raw apsw and the echo server (issue 2's table)."""
+    suite = _perf("suite")
+    if quick:
+        options.update(QUICK_BASELINE)
+    _finish([suite.baseline(suite.BaselineConfig(**options), log=_log)], history)
+
+
+@bench.command()
+@click.option(
+    "-w",
+    "--workload",
+    "workloads",
+    multiple=True,
+    default=["A", "B", "C", "F", "D", "E"],
+    show_default=True,
+    help="YCSB A-F, or load (BulkPut), scan (full Scan), get, put. Repeatable.",
+)
+@click.option("--quick", is_flag=True, help="Small sizes and short runs.")
+@click.option("--records", type=int, default=100_000, show_default=True)
+@click.option("--fields", type=int, default=10, show_default=True, help="Fields per record.")
+@click.option("--field-bytes", type=int, default=100, show_default=True)
+@click.option(
+    "--value-kind",
+    type=click.Choice(["json", "bytes"]),
+    default="json",
+    show_default=True,
+    help="One JSON document (updates patch one field) or opaque bytes.",
+)
+@click.option(
+    "--distribution",
+    type=click.Choice(["", "zipfian", "uniform", "latest"]),
+    default="",
+    help="Key choice; default: the workload's (zipfian; latest for D).",
+)
+@click.option("--concurrency", type=int, default=32, show_default=True, help="Concurrent calls in all.")
+@click.option("--processes", type=int, default=2, show_default=True, help="Client processes on this machine.")
+@click.option("--duration-s", type=float, default=10.0, show_default=True)
+@click.option("--operations", type=int, default=0, help="Stop after this many operations (0: duration).")
+@click.option("--synchronous", type=click.Choice(["FULL", "NORMAL"]), default="FULL", show_default=True)
+@click.option("--target-kind", type=click.Choice(["serve", "gateway", "cluster"]), default="serve")
+@click.option(
+    "--target-address",
+    "target_addresses",
+    multiple=True,
+    help="Drive running servers instead of starting one (no cost figures). Repeatable.",
+)
+@click.option("--tmp-dir", default="")
+@click.option("--history/--no-history", default=True, show_default=True)
+def ycsb(workloads: tuple[str, ...], quick: bool, value_kind: str, history: bool, **options: Any) -> None:
+    """YCSB core workloads against keyspan, each beside the echo server under the same mix."""
+    suite = _perf("suite")
+    if quick:
+        options.update(QUICK_YCSB)
+    cfg = suite.YcsbConfig(workloads=tuple(workloads), json=value_kind == "json", **options)
+    _finish(suite.ycsb(cfg, log=_log), history)
+
+
+@bench.command()
+@click.argument("spec_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out_file", type=click.Path(dir_okay=False))
+@click.argument("worker", type=int)
+def worker(spec_file: str, out_file: str, worker: int) -> None:
+    """Coordinator mode: run one client process of SPEC_FILE, write its result to OUT_FILE.
+
+    SPEC_FILE is a JSON RunSpec (addresses, workload, records, concurrency, processes,
+    duration_s, start_at, ...). Start one worker per client process, each with its own
+    WORKER index and the same start_at, then merge with `keyspan bench aggregate`.
+    """
+    _perf("worker").worker_main(Path(spec_file).read_text(), out_file, worker)
+
+
+@bench.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the merged summary as JSON.")
+def aggregate(files: tuple[str, ...], as_json: bool) -> None:
+    """Merge worker result files: HdrHistograms added, throughput over the longest window."""
+    summary = _perf("results").aggregate([Path(f) for f in files])
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+        return
+    click.echo(
+        f"{summary['workers']} workers, {summary['elapsed_s']:.2f} s, {summary['ops_per_s']:,.0f} ops/s"
+    )
+    click.echo(_perf("figures").op_table(summary))
+
+
+@bench.command()
+@click.option("--history-dir", type=click.Path(file_okay=False), default=None)
+@click.option(
+    "--chart/--no-chart", default=True, show_default=True, help="Write ratios.png in the history dir."
+)
+@click.option("--strict", is_flag=True, help="Exit 1 when a regression is flagged.")
+@click.option("--every-config", is_flag=True, help="Check every config's latest run, not each suite's last.")
+def compare(history_dir: str | None, chart: bool, strict: bool, every_config: bool) -> None:
+    """The latest run of each workload against the median of its earlier comparable runs."""
+    hist = _perf("history")
+    directory = Path(history_dir) if history_dir else hist.HISTORY_DIR
+    records = hist.load(directory)
+    if not records:
+        raise click.ClickException(f"no runs in {directory}")
+    verdicts = hist.compare(records, every_key=every_config)
+    click.echo(hist.verdict_table(verdicts))
+    if chart:
+        click.echo(f"chart: {hist.chart(records, directory / 'ratios.png')}")
+    if strict and any(v.regressed for v in verdicts):
+        sys.exit(1)
+
+
+def _log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@bench.command("profile")
+@click.option("-w", "--workload", default="get", show_default=True, help="get, put, load, scan or A-F.")
+@click.option("--records", type=int, default=100_000, show_default=True)
+@click.option("--duration-s", type=float, default=8.0, show_default=True)
+@click.option("--concurrency", type=int, default=64, show_default=True)
+@click.option("--processes", type=int, default=2, show_default=True)
+def profile_command(workload: str, **options: Any) -> None:
+    """Profile the server under a workload with py-spy (GIL time) and print the hot functions."""
+    click.echo(_perf("profile").profile(workload, **options))

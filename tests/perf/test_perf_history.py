@@ -1,0 +1,109 @@
+import json
+import random
+
+import pytest
+
+from integration.perf import history
+from integration.perf.figures import Figure
+
+
+def _record(i: int, ratios: dict[str, float], key: str = "ycsb-A:x", lower: tuple[str, ...] = ()) -> dict:
+    return {
+        "suite": key.split(":")[0],
+        "key": key,
+        "date": f"2026-11-26T10:{i:02d}:00Z",
+        "commit": f"{i:040x}",
+        "ratios": ratios,
+        "higher_is_better": {n: n not in lower for n in ratios},
+    }
+
+
+def _noisy_history(rng: random.Random, n: int = 8, centre: float = 0.8, spread: float = 0.03) -> list[dict]:
+    return [_record(i, {"A ops/s": centre * (1 + rng.uniform(-spread, spread))}) for i in range(n)]
+
+
+def test_a_30_percent_drop_is_flagged() -> None:
+    runs = _noisy_history(random.Random(1))
+    runs.append(_record(9, {"A ops/s": 0.8 * 0.7}))
+    (verdict,) = history.compare(runs)
+    assert verdict.regressed
+    assert verdict.change == pytest.approx(-0.3, abs=0.05)
+
+
+def test_a_move_within_the_measured_spread_is_not_flagged() -> None:
+    rng = random.Random(2)
+    runs = _noisy_history(rng, spread=0.08)
+    runs.append(_record(9, {"A ops/s": 0.8 * 0.93}))
+    (verdict,) = history.compare(runs)
+    assert not verdict.regressed
+
+
+def test_the_noise_band_widens_with_a_noisy_history() -> None:
+    quiet = [0.80, 0.81, 0.79, 0.80, 0.80]
+    loud = [0.50, 0.80, 1.10, 0.70, 0.95]
+    assert history.noise_threshold(quiet) == pytest.approx(history.MIN_NOISE)
+    assert history.noise_threshold(loud) > 0.3
+    runs = [_record(i, {"r": v}) for i, v in enumerate(loud)] + [_record(9, {"r": 0.8 * 0.7})]
+    assert not history.compare(runs)[0].regressed
+
+
+def test_a_latency_ratio_regresses_upwards() -> None:
+    runs = [_record(i, {"p99": 1.2}, lower=("p99",)) for i in range(4)]
+    runs.append(_record(9, {"p99": 1.7}, lower=("p99",)))
+    assert history.compare(runs)[0].regressed
+    runs[-1] = _record(9, {"p99": 0.6}, lower=("p99",))
+    assert not history.compare(runs)[0].regressed
+
+
+def test_only_comparable_runs_are_compared() -> None:
+    runs = [_record(i, {"r": 1.0}, key="ycsb-A:small") for i in range(3)]
+    runs.append(_record(8, {"r": 0.3}, key="ycsb-A:big"))
+    verdicts = {v.key: v for v in history.compare(runs, every_key=True)}
+    assert verdicts["ycsb-A:big"].median is None
+    assert not verdicts["ycsb-A:big"].regressed
+
+
+def test_the_history_record_has_provenance_config_and_every_ratio(tmp_path) -> None:
+    run = {
+        "suite": "baseline",
+        "config": {"rows": 10, "tmp_dir": "/tmp/x"},
+        "figures": [
+            Figure("Get c=64 RPC/s", 900.0, "RPC/s", "echo c=64", 1000.0, 0.9),
+            Figure("Get c=1 p99", 1.2, "ms", "echo c=1 p99", 1.0, 1.5, higher_is_better=False),
+            Figure("raw apsw point reads/s", 5e4, "reads/s"),
+        ],
+        "cost": {"cpu_s_per_m_ops": 12.5},
+    }
+    record = history.make_record(run)
+    for field in ("commit", "date", "machine", "versions", "config", "figures", "ratios", "key"):
+        assert field in record
+    assert set(record["versions"]) >= {"python", "grpcio", "sqlite"}
+    assert record["machine"]["cores"] >= 1
+    assert record["ratios"] == {"Get c=64 RPC/s": pytest.approx(0.9), "Get c=1 p99": pytest.approx(1.2)}
+    assert record["figures"][0]["met"] is True and record["figures"][1]["met"] is True
+    assert record["key"] == history.comparable_key("baseline", {"rows": 10, "tmp_dir": "/elsewhere"})
+    path = history.save(record, tmp_path)
+    assert history.load(tmp_path) == [json.loads(path.read_text())]
+
+
+def test_the_chart_is_a_png(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    runs = _noisy_history(random.Random(3), n=4)
+    path = history.chart(runs, tmp_path / "ratios.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_checks_the_config_each_suite_ran_last() -> None:
+    runs = [_record(i, {"r": 1.0}, key="ycsb-A:old") for i in range(3)]
+    runs += [_record(5 + i, {"r": 1.0}, key="ycsb-A:new") for i in range(3)]
+    runs.append(_record(9, {"r": 0.5}, key="ycsb-A:new"))
+    (verdict,) = history.compare(runs)
+    assert verdict.key == "ycsb-A:new" and verdict.regressed
+    assert {v.key for v in history.compare(runs, every_key=True)} == {"ycsb-A:old", "ycsb-A:new"}
+
+
+def test_too_few_earlier_runs_give_no_verdict() -> None:
+    runs = [_record(0, {"r": 1.0}), _record(1, {"r": 1.0}), _record(2, {"r": 0.2})]
+    (verdict,) = history.compare(runs)
+    assert not verdict.regressed and verdict.noise is None and verdict.median == 1.0
+    assert "too few runs" in history.verdict_table([verdict])
