@@ -1,22 +1,21 @@
 """A node's read threads: blocking SQLite reads, awaited from the event loop.
 
 Reads never run on the event loop. A few threads serve every partition of the node; each
-read borrows one of its shard's read connections (apsw releases the GIL inside SQLite,
-so a read and the loop really run at once). Results go back to the loop in batches, one
-wake-up for all reads a thread finished in a row.
+thread has its own read connection to each shard (apsw releases the GIL inside SQLite,
+so a read and the loop really run at once). The reads one turn of the loop submits go to
+a thread together and come back together (storage/handoff.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from keyspan.storage.errors import UnavailableError
-from keyspan.storage.writer import _settle
+from keyspan.storage.handoff import Handoff, reply
 
 T = TypeVar("T")
 _STOP = object()
@@ -25,9 +24,9 @@ _STOP = object()
 class ReadPool:
     """Runs blocking read functions on `threads` threads and awaits their results."""
 
-    def __init__(self, threads: int = 2, *, max_batch: int = 64) -> None:
+    def __init__(self, threads: int = 2) -> None:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._max_batch = max_batch
+        self._handoff = Handoff(self._queue)
         self._closed = False
         self._threads = [
             threading.Thread(target=self._run, name=f"reader-{i}", daemon=True) for i in range(threads)
@@ -41,7 +40,7 @@ class ReadPool:
             raise UnavailableError("the read pool is closed")
         loop = asyncio.get_running_loop()
         done: asyncio.Future[T] = loop.create_future()
-        self._queue.put((fn, loop, done))
+        self._handoff.put(loop, (fn, done))
         return await done
 
     def close(self, timeout_s: float = 10.0) -> None:
@@ -52,30 +51,13 @@ class ReadPool:
             thread.join(timeout_s)
 
     def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            finished: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
-            stop = False
-            while True:
-                fn, loop, done = item
+        while (got := self._queue.get()) is not _STOP:
+            loop, items = got
+            pairs: list[tuple[asyncio.Future[Any], Any]] = []
+            for fn, done in items:
                 try:
                     outcome: Any = fn()
                 except Exception as err:
                     outcome = err
-                finished.setdefault(loop, []).append((done, outcome))
-                if sum(map(len, finished.values())) >= self._max_batch:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-            for loop, pairs in finished.items():
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_settle, pairs)
-            if stop:
-                return
+                pairs.append((done, outcome))
+            reply(loop, pairs)

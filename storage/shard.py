@@ -94,15 +94,14 @@ class Shard:
         *,
         synchronous: str = "FULL",
         changelog_max: int = 100_000,
-        readers: int = 4,
     ) -> None:
         self.path, self.partition_id, self.range = path, partition_id, key_range
         self._synchronous, self._changelog_max = synchronous, changelog_max
         self._db = self._connect()
+        # One read connection per thread that reads (the node's few read threads).
+        self._local = threading.local()
         self._readers: list[apsw.Connection] = []
-        self._readers_max = readers
         self._readers_lock = threading.Lock()
-        self._readers_free = threading.Semaphore(readers)
         with self._db:
             self._db.execute(_SCHEMA)
             self._db.execute(
@@ -148,21 +147,15 @@ class Shard:
 
     @contextlib.contextmanager
     def reader(self) -> Iterator[apsw.Connection]:
-        """Borrow a read connection; at most `readers` are open, callers wait for one."""
-        self._readers_free.acquire()
-        try:
+        """This thread's read connection to the shard, opened on first use."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._connect()
+            db.execute("PRAGMA query_only=1")
+            self._local.db = db
             with self._readers_lock:
-                db = self._readers.pop() if self._readers else None
-            if db is None:
-                db = self._connect()
-                db.execute("PRAGMA query_only=1")
-            try:
-                yield db
-            finally:
-                with self._readers_lock:
-                    self._readers.append(db)
-        finally:
-            self._readers_free.release()
+                self._readers.append(db)
+        yield db
 
     @staticmethod
     def get(db: apsw.Connection, key: bytes, now_ms: int, paths: Sequence[str] = ()) -> Row | None:

@@ -71,7 +71,6 @@ def ranges_from_split_points(split_points: Sequence[bytes]) -> list[KeyRange]:
 class ShardSetOptions:
     synchronous: str = "FULL"
     read_threads: int = 2
-    readers_per_shard: int = 4
     max_write_batch: int = 256
     changelog_max: int = 100_000
 
@@ -129,7 +128,6 @@ class ShardSet:
             key_range,
             synchronous=self.options.synchronous,
             changelog_max=self.options.changelog_max,
-            readers=self.options.readers_per_shard,
         )
         shard.check()
         partition = Partition(

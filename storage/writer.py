@@ -11,16 +11,15 @@ traces, services/ turns the timings into both.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from keyspan.storage.errors import StorageFaultError, UnavailableError
+from keyspan.storage.handoff import Handoff, reply
 from keyspan.storage.mutations import Mutation
 from keyspan.storage.shard import Shard
 
@@ -51,16 +50,6 @@ class WriteObserver(Protocol):
         once its mutation's batch is done (not when the wait was cancelled)."""
 
 
-def _settle(pairs: Sequence[tuple[asyncio.Future[Any], Any]]) -> None:
-    for done, outcome in pairs:
-        if done.done():  # the RPC was cancelled; the write happened all the same
-            continue
-        if isinstance(outcome, BaseException):
-            done.set_exception(outcome)
-        else:
-            done.set_result(outcome)
-
-
 class PartitionWriter:
     """Owns the partition's only write connection, on a thread of its own.
 
@@ -71,6 +60,8 @@ class PartitionWriter:
     def __init__(self, shard: Shard, *, max_batch: int = 256, observer: WriteObserver | None = None) -> None:
         self._shard, self._max_batch, self.observer = shard, max_batch, observer
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._handoff = Handoff(self._queue)
+        self._carry: list[Any] = []
         self._closed = False
         self.batches = 0
         self.mutations = 0
@@ -85,7 +76,7 @@ class PartitionWriter:
         done: asyncio.Future[Any] = loop.create_future()
         # [queued_ns, BatchTiming]: the writer fills in the timing before settling `done`.
         stamp: list[Any] = [time.time_ns(), None]
-        self._queue.put((mutation, loop, done, stamp))
+        self._handoff.put(loop, (mutation, done, stamp))
         try:
             return await done
         finally:
@@ -98,44 +89,61 @@ class PartitionWriter:
         self._queue.put(_STOP)
         self._thread.join(timeout_s)
 
-    def _drain(self, first: Any) -> tuple[list[Any], bool]:
-        batch, stop = [first], False
+    def _collect(self, block: bool) -> tuple[list[tuple[asyncio.AbstractEventLoop, Any]], bool]:
+        """The next batch, at most max_batch writes, as (loop, write) pairs; and whether
+        the stop sentinel was seen. Blocks for the first write only when `block`."""
+        batch, self._carry, stop = self._carry, [], False
         while len(batch) < self._max_batch:
             try:
-                item = self._queue.get_nowait()
+                got = self._queue.get() if block and not batch else self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is _STOP:
+            if got is _STOP:
                 stop = True
                 break
-            batch.append(item)
+            loop, items = got
+            batch.extend((loop, item) for item in items)
+        if len(batch) > self._max_batch:
+            batch, self._carry = batch[: self._max_batch], batch[self._max_batch :]
         return batch, stop
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
-            first = self._queue.get()
-            if first is _STOP:
+        stopping = False
+        while True:
+            batch, saw_stop = self._collect(block=not stopping)
+            stopping = stopping or saw_stop
+            if batch:
+                self._commit(batch)
+            if stopping and not self._carry:
                 break
-            batch, stop = self._drain(first)
-            outcomes, timing = self._apply(batch)
-            self.batches += 1
-            self.mutations += len(batch)
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
-            for (_, loop, done, stamp), outcome in zip(batch, outcomes, strict=True):
-                stamp[1] = timing
-                by_loop.setdefault(loop, []).append((done, outcome))
-            for loop, pairs in by_loop.items():
-                # A closed loop has nobody waiting any more.
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_settle, pairs)
+        # Whatever reached the queue after the stop sentinel is refused, never dropped.
+        refused = UnavailableError(f"partition {self._shard.partition_id} is closed")
+        while True:
+            try:
+                got = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if got is not _STOP:
+                loop, items = got
+                reply(loop, [(done, refused) for _, done, _ in items])
+
+    def _commit(self, batch: list[tuple[asyncio.AbstractEventLoop, Any]]) -> None:
+        outcomes, timing = self._apply([item for _, item in batch])
+        self.batches += 1
+        self.mutations += len(batch)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+        for (loop, (_, done, stamp)), outcome in zip(batch, outcomes, strict=True):
+            stamp[1] = timing
+            by_loop.setdefault(loop, []).append((done, outcome))
+        for loop, pairs in by_loop.items():
+            reply(loop, pairs)
 
     def _apply(self, batch: list[Any]) -> tuple[list[Any], BatchTiming]:
         """Commit the batch; return one outcome per mutation and the batch's timing."""
         dequeued_ns = time.time_ns()
         failed = False
         try:
-            outcomes: list[Any] = self._shard.apply_batch([m for m, _, _, _ in batch])
+            outcomes: list[Any] = self._shard.apply_batch([m for m, _, _ in batch])
         except Exception as err:
             # An SQLite fault (disk full, I/O error): nothing of the batch was committed.
             # Every waiter gets the same error object, so the edge reports it once.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 from collections.abc import AsyncIterator
 
 from keyspan.storage.errors import InvalidArgumentError
@@ -40,17 +42,70 @@ def rows_of(entries: list[kv_pb2.Entry], limits: Limits) -> list[BulkRow]:
     return rows
 
 
+def _response(accepted: int, next_key: bytes | None) -> kv_pb2.BulkPutResponse:
+    response = kv_pb2.BulkPutResponse(accepted=accepted)
+    if next_key is not None:
+        response.next_key = next_key
+    return response
+
+
+MAX_COMMITS_IN_FLIGHT = 2
+
+
 async def serve_bulk_put(
     shards: ShardSet, requests: AsyncIterator[kv_pb2.BulkPutRequest], limits: Limits
 ) -> AsyncIterator[kv_pb2.BulkPutResponse]:
-    """Answer each batch with how many of its first entries were committed."""
-    async for request in requests:
-        if not request.entries:
-            yield kv_pb2.BulkPutResponse(accepted=0)
-            continue
-        rows = rows_of(list(request.entries), limits)
-        accepted, next_key = await shards.bulk_put(rows)
-        response = kv_pb2.BulkPutResponse(accepted=accepted)
-        if next_key is not None:
-            response.next_key = next_key
-        yield response
+    """Answer each batch, in request order, with how many of its first entries were committed.
+
+    Pipelined: while one batch commits on its partition's writer thread (SQLite releases
+    the GIL), the next is decoded and validated on the event loop, so a client that keeps
+    batches in flight gets both cores. Each answer goes out as soon as its commit is done.
+    At most MAX_COMMITS_IN_FLIGHT batches of one stream are committing; a refused batch is
+    answered with its error only after every batch before it was answered.
+    """
+    incoming: asyncio.Queue[kv_pb2.BulkPutRequest | None] = asyncio.Queue(maxsize=1)
+
+    async def pump() -> None:
+        try:
+            async for request in requests:
+                await incoming.put(request)
+        finally:
+            await incoming.put(None)
+
+    reader = asyncio.create_task(pump())
+    commits: collections.deque[asyncio.Future[tuple[int, bytes | None]]] = collections.deque()
+    next_request: asyncio.Task[kv_pb2.BulkPutRequest | None] | None = None
+    try:
+        while True:
+            if next_request is None and len(commits) < MAX_COMMITS_IN_FLIGHT:
+                next_request = asyncio.ensure_future(incoming.get())
+            waiting = [f for f in (next_request, commits[0] if commits else None) if f is not None]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if commits and commits[0].done():
+                yield _response(*commits.popleft().result())
+                continue
+            assert next_request is not None
+            request, next_request = next_request.result(), None
+            if request is None:
+                break
+            try:
+                rows = rows_of(list(request.entries), limits) if request.entries else None
+            except InvalidArgumentError:
+                while commits:
+                    yield _response(*await commits.popleft())
+                raise
+            commits.append(asyncio.ensure_future(shards.bulk_put(rows) if rows else _nothing()))
+        while commits:
+            yield _response(*await commits.popleft())
+    finally:
+        reader.cancel()
+        if next_request is not None:
+            next_request.cancel()
+        for commit in commits:
+            # The stream ended under a queued commit: the commit still happens (the writer
+            # never drops a batch half-way); retrieve its outcome so nothing is left unread.
+            commit.add_done_callback(lambda task: task.cancelled() or task.exception())
+
+
+async def _nothing() -> tuple[int, bytes | None]:
+    return 0, None

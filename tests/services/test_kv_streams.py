@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
@@ -206,3 +207,19 @@ async def test_shutdown_commits_every_acknowledged_write(server: KeyspanServer) 
                 assert row is None
     finally:
         await again.stop(0)
+
+
+async def test_pipelined_batches_are_answered_in_order_before_a_refused_one(kv: kv_pb2_grpc.KVStub) -> None:
+    call = kv.BulkPut()
+    good = [kv_pb2.BulkPutRequest(entries=[kv_pb2.Entry(key=b"p%d-%03d" % (b, i), value=b"v") for i in range(300)])
+            for b in range(3)]  # fmt: skip
+    bad = kv_pb2.BulkPutRequest(entries=[kv_pb2.Entry(key=b"q2"), kv_pb2.Entry(key=b"q1")])
+    for request in [*good, bad]:  # all sent before any answer is read
+        await call.write(request)
+    answers = [await call.read() for _ in good]
+    assert [a.accepted for a in answers] == [300, 300, 300]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call.read()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for b in range(3):
+        assert (await kv.Get(kv_pb2.GetRequest(key=b"p%d-299" % b))).found

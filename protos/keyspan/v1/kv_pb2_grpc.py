@@ -145,7 +145,7 @@ class KVServicer:
         `start = resume_key` (a reverse one with `end = resume_key`) and it continues right
         after the last delivered entry. The server sends `done = true` after the range's
         last entry (or after `limit` entries) and ends the stream with OK. Entries are
-        packed into responses by a byte budget (about 64 KiB), so one response may carry
+        packed into responses by a byte budget (about 256 KiB), so one response may carry
         hundreds of small entries. Expired entries are never returned.
 
         Errors: INVALID_ARGUMENT (start >= end, credits <= 0 on the first request, bad
