@@ -211,8 +211,12 @@ async def test_shutdown_commits_every_acknowledged_write(server: KeyspanServer) 
 
 async def test_pipelined_batches_are_answered_in_order_before_a_refused_one(kv: kv_pb2_grpc.KVStub) -> None:
     call = kv.BulkPut()
-    good = [kv_pb2.BulkPutRequest(entries=[kv_pb2.Entry(key=b"p%d-%03d" % (b, i), value=b"v") for i in range(300)])
-            for b in range(3)]  # fmt: skip
+    good = [
+        kv_pb2.BulkPutRequest(
+            entries=[kv_pb2.Entry(key=b"p%d-%03d" % (b, i), value=b"v") for i in range(300)]
+        )
+        for b in range(3)
+    ]
     bad = kv_pb2.BulkPutRequest(entries=[kv_pb2.Entry(key=b"q2"), kv_pb2.Entry(key=b"q1")])
     for request in [*good, bad]:  # all sent before any answer is read
         await call.write(request)
