@@ -35,8 +35,8 @@ DEFAULT_ADDRESS = "127.0.0.1:7420"
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_STREAM_TIMEOUT_S = 300.0
 MAX_ROUTING_HOPS = 3
-# Scan flow control: keep about two server batches (64 KiB each) granted ahead of the reader.
-SCAN_BATCH_BYTES = 64 * 1024
+# Scan flow control: keep about two server batches (up to 256 KiB each) granted ahead of the reader.
+SCAN_BATCH_BYTES = 256 * 1024  # the server packs responses to about this (streams/scan.py)
 SCAN_FIRST_CREDITS = 256
 SCAN_MIN_WINDOW, SCAN_MAX_WINDOW = 16, 10_000
 
