@@ -3,7 +3,8 @@
     python -m integration.workflow [--quick]
 
 Starts control, nodes 1..3 and a gateway on loopback, runs every step of
-integration/steps.py, stops everything, and exits 1 if a step failed.
+integration/steps.py, stops everything, and exits 1 if a step failed. The results are
+kept with the perf history, in integration/perf/history/workflow/ (--no-history: not).
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import argparse
 import sys
 import time
 import traceback
+from dataclasses import asdict
+from pathlib import Path
 
 from integration import steps
 from integration.cluster import Cluster
+from integration.perf import history
 
 
 def plan(quick: bool) -> tuple[int, list[tuple[str, object]]]:
@@ -42,9 +46,29 @@ def table(results: list[steps.Result], failed: list[tuple[str, str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
+def keep(
+    results: list[steps.Result], failed: list[tuple[str, str]], mode: str, n: int, total_s: float
+) -> Path:
+    """Append this run's results to the perf history (a folder of its own: no ratios)."""
+    record = {
+        "schema": 1,
+        "suite": f"workflow-{mode}",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": history._git("rev-parse", "HEAD"),
+        "machine": history.machine(),
+        "versions": history.versions(),
+        "bulk_entries": n,
+        "total_s": round(total_s, 1),
+        "steps": [asdict(r) for r in results],
+        "failed": [{"step": name, "why": why} for name, why in failed],
+    }
+    return history.save(record, history.HISTORY_DIR / "workflow")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the small, fast workflow (CI's size)")
+    parser.add_argument("--no-history", action="store_true", help="do not keep the results in the history")
     args = parser.parse_args()
     started = time.monotonic()
     n, todo = plan(args.quick)
@@ -67,6 +91,8 @@ def main() -> int:
     mode = "quick" if args.quick else "full"
     total_s = time.monotonic() - started
     print(f"\n{mode} workflow, {n} bulk entries: {len(results)} ok, {len(failed)} failed, {total_s:.1f}s")
+    if not args.no_history:
+        print(f"kept in {keep(results, failed, mode, n, total_s)}")
     return 1 if failed else 0
 
 

@@ -87,7 +87,6 @@ def test_the_history_record_has_provenance_config_and_every_ratio(tmp_path) -> N
 
 
 def test_the_chart_is_a_png(tmp_path) -> None:
-    pytest.importorskip("matplotlib")
     runs = _noisy_history(random.Random(3), n=4)
     path = history.chart(runs, tmp_path / "ratios.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
