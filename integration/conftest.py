@@ -113,3 +113,11 @@ def serve_process(tmp_path: Path) -> Iterator[ServeProcess]:
 def cluster() -> Iterator[Cluster]:
     with Cluster() as running:
         yield running
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A workload thread that dies must fail its test, not thin out the load silently."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning"))

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from grpc_status import rpc_status
 
-from keyspan.storage.errors import UnavailableError
+from keyspan.streams.errors import Unavailable
 from keyspan.streams.map_router import MapRouter
 from keyspan.streams.partition_map import PartitionMap
 from keyspan.v1 import control_pb2, control_pb2_grpc, errors_pb2, kv_pb2, kv_pb2_grpc
@@ -88,7 +88,7 @@ class Routed:
             try:
                 with self.lock:
                     stub = self.router.stub_for_key(key)
-            except UnavailableError:
+            except Unavailable:
                 self.refresh()
                 raise
             try:
@@ -163,7 +163,7 @@ class CounterWorkload:
             try:
                 got = call(key, "Get", kv_pb2.GetRequest(key=key))
                 return (json.loads(got.value) if got.found else {"n": 0, "last": {}}), got.etag
-            except (grpc.RpcError, UnavailableError) as err:
+            except (grpc.RpcError, Unavailable) as err:
                 self.tally.error(_name(err))
                 time.sleep(0.05)
         return None
@@ -191,21 +191,33 @@ class CounterWorkload:
                     self.tally.ops += 1
 
     def _put(self, call: Callable[..., Any], key: bytes, put: kv_pb2.PutRequest, me: str, seq: int) -> bool:
-        """True when this increment is in the store; an unknown outcome is read back."""
-        try:
-            call(key, "Put", put)
-            return True
-        except UnavailableError as err:
-            self.tally.error(_name(err))  # raised before any call: nothing was sent
-            time.sleep(0.05)
-            return False
-        except grpc.RpcError as err:
-            self.tally.error(_name(err))
-            if err.code() == grpc.StatusCode.ABORTED:
+        """True when this increment is in the store, exactly.
+
+        An unknown outcome (UNAVAILABLE, DEADLINE_EXCEEDED, a broken connection) may still
+        apply later (a write in flight or queued), so a read-back alone could miss it. The
+        same conditional Put is sent again until the answer is definite: OK means it is in
+        (once: the precondition admits one write); ABORTED means the etag moved, so the
+        first attempt can never apply any more, and a read-back tells whether it did.
+        """
+        maybe_sent = False
+        while True:
+            try:
+                call(key, "Put", put)
+                return True
+            except Unavailable as err:
+                self.tally.error(_name(err))  # raised before any call: this attempt sent nothing
+            except grpc.RpcError as err:
+                self.tally.error(_name(err))
+                if err.code() == grpc.StatusCode.ABORTED:
+                    break
+                if err.code() not in RETRYABLE:
+                    raise
+                maybe_sent = True
+            if not maybe_sent and self._stop.is_set():
                 return False
-            if err.code() not in RETRYABLE:
-                raise
-        time.sleep(0.05)
+            time.sleep(0.05)
+        if not maybe_sent:
+            return False
         read = self._read(call, key, must=True)
         assert read is not None
         return bool(read[0]["last"].get(me) == seq)
