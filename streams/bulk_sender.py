@@ -201,7 +201,7 @@ async def send_all(
     stall = Stall(policy or ONE_ATTEMPT)
     sender = _Sender(client, _Source(items, batch_bytes), stall, timeout_s)
     sender.on_progress = on_progress
-    async for attempt in retrying(stall, client.router):
+    async for attempt in retrying(stall, client.router, metrics=client.metrics, method="BulkPut"):
         with attempt:
             await sender.pump()
     sender.result.retries = stall.retries

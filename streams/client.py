@@ -25,6 +25,7 @@ import grpc
 from keyspan.storage.keys import key_successor
 from keyspan.streams import bulk_sender, retry
 from keyspan.streams.bulk_sender import BulkItem, BulkPutResult
+from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.entry import Entry, KeyLike, Stats, SweepProgress, encode_value, key_bytes
 from keyspan.streams.errors import KeyspanClientError, Unavailable, WrongPartition, from_rpc_error
 from keyspan.streams.retry import DEFAULT_POLICY, UPDATE_POLICY, RetryPolicy
@@ -93,8 +94,10 @@ class AsyncClient:
         router: Router | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         stream_timeout_s: float | None = DEFAULT_STREAM_TIMEOUT_S,
+        metrics: ClientMetrics | None = None,
     ) -> None:
         self.router: Router = router if router is not None else StaticRouter(address)
+        self.metrics = metrics  # retries, map refreshes, WrongPartition redirects
         self.timeout_s, self.stream_timeout_s = timeout_s, stream_timeout_s
 
     @classmethod
@@ -105,6 +108,7 @@ class AsyncClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         stream_timeout_s: float | None = DEFAULT_STREAM_TIMEOUT_S,
         map_timeout_s: float = 10.0,
+        metrics: ClientMetrics | None = None,
     ) -> AsyncClient:
         """A thick client for a cluster: it watches control's map and calls each key's owner.
 
@@ -113,11 +117,13 @@ class AsyncClient:
         """
         from keyspan.streams.map_router import MapRouter
 
-        router = MapRouter.watching(control, open_channel)
+        router = MapRouter.watching(
+            control, open_channel, on_update=metrics.map_refreshed if metrics else None
+        )
         if not await router.wait_for_map(map_timeout_s):
             await router.close()
             raise Unavailable(f"no partition map from control at {control} within {map_timeout_s} s")
-        return cls(router=router, timeout_s=timeout_s, stream_timeout_s=stream_timeout_s)
+        return cls(router=router, timeout_s=timeout_s, stream_timeout_s=stream_timeout_s, metrics=metrics)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -147,6 +153,8 @@ class AsyncClient:
                 and self.router.on_wrong_partition(err)
             ):
                 raise err
+            if self.metrics is not None:
+                self.metrics.redirected(err.partition_id)
         raise AssertionError("unreachable")
 
     async def get(

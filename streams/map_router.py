@@ -50,10 +50,15 @@ class MapRouter:
 
     @classmethod
     def watching(
-        cls, control_address: str, open_channel: Callable[[str], Any] = grpc.aio.insecure_channel
+        cls,
+        control_address: str,
+        open_channel: Callable[[str], Any] = grpc.aio.insecure_channel,
+        on_update: Callable[[], None] | None = None,
     ) -> MapRouter:
-        """A router fed by control's WatchMap; call inside the running event loop."""
-        watcher = MapWatcher(control_address)
+        """A router fed by control's WatchMap; call inside the running event loop.
+
+        `on_update` is called after each newer map arrives (the client counts refreshes)."""
+        watcher = MapWatcher(control_address, on_update=on_update)
         watcher.start()
         return cls(watcher.map, open_channel, watcher=watcher)
 

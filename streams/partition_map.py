@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import logging
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -186,9 +186,15 @@ class MapWatcher:
     stays as last seen.
     """
 
-    def __init__(self, control_address: str, partition_map: PartitionMap | None = None) -> None:
+    def __init__(
+        self,
+        control_address: str,
+        partition_map: PartitionMap | None = None,
+        on_update: Callable[[], None] | None = None,
+    ) -> None:
         self.control_address = control_address
         self.map = partition_map or PartitionMap()
+        self.on_update = on_update  # called after each newer map is applied (metrics)
         self.connected = False
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -214,6 +220,8 @@ class MapWatcher:
     async def _take(self, message: control_pb2.PartitionMap) -> None:
         if self.map.apply(message):
             log.info("partition map updated", extra={"map_version": message.version})
+            if self.on_update is not None:
+                self.on_update()
         async with self._changed:
             self._changed.notify_all()
 

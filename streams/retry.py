@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from keyspan.storage.keys import key_successor
+from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.entry import Entry, KeyLike, key_bytes
 from keyspan.streams.errors import DeadlineExceeded, EtagMismatch, Unavailable, WrongPartition, is_retryable
 
@@ -82,16 +83,30 @@ class Stall:
 
 
 def retrying(
-    stall: Stall, router: Router | None = None, extra: Callable[[BaseException], bool] | None = None
+    stall: Stall,
+    router: Router | None = None,
+    extra: Callable[[BaseException], bool] | None = None,
+    metrics: ClientMetrics | None = None,
+    method: str = "",
 ) -> AsyncRetrying:
-    """AsyncRetrying that retries only retryable errors (and `extra`), re-raising the last."""
+    """AsyncRetrying that retries only retryable errors (and `extra`), re-raising the last;
+    each retry is counted in `metrics` under `method`."""
 
     def predicate(err: BaseException) -> bool:
         if is_retryable(err) or (extra is not None and extra(err)):
             return True
         return isinstance(err, WrongPartition) and router is not None and router.on_wrong_partition(err)
 
-    return AsyncRetrying(retry=retry_if_exception(predicate), stop=stall, wait=stall.wait, reraise=True)
+    return AsyncRetrying(
+        retry=retry_if_exception(predicate), stop=stall, wait=stall.wait, reraise=True,
+        before_sleep=_count(metrics, method),
+    )  # fmt: skip
+
+
+def _count(metrics: ClientMetrics | None, method: str) -> Callable[[RetryCallState], None] | None:
+    if metrics is None:
+        return None
+    return lambda _state: metrics.retried(method)
 
 
 async def scan_ex_batches(
@@ -111,7 +126,7 @@ async def scan_ex_batches(
     upper = key_bytes(end) if end is not None else None
     remaining = limit
     stall = Stall(policy)
-    async for attempt in retrying(stall, client.router):
+    async for attempt in retrying(stall, client.router, metrics=client.metrics, method="Scan"):
         with attempt:
             batches = client.scan_batches(
                 lower, upper, limit=remaining, paths=paths, reverse=reverse, json=json, timeout_s=timeout_s
@@ -194,8 +209,9 @@ async def update(
         return is_retryable(err) and not (isinstance(err, DeadlineExceeded) and phase == "write")
 
     async for attempt in AsyncRetrying(
-        retry=retry_if_exception(predicate), stop=stall, wait=stall.wait, reraise=True
-    ):
+        retry=retry_if_exception(predicate), stop=stall, wait=stall.wait, reraise=True,
+        before_sleep=_count(client.metrics, "Update"),
+    ):  # fmt: skip
         with attempt:
             phase = "read"
             current = await client.get(raw, json=json)

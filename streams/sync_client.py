@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from keyspan.streams import retry
 from keyspan.streams.bulk_sender import DEFAULT_BATCH_BYTES, BulkItem, BulkPutResult
 from keyspan.streams.client import DEFAULT_ADDRESS, DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S, AsyncClient
+from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.entry import Entry, KeyLike, Stats, SweepProgress, key_bytes
 from keyspan.streams.retry import DEFAULT_POLICY, UPDATE_POLICY, RetryPolicy
 from keyspan.streams.router import Router
@@ -43,6 +44,7 @@ class Client:
         control: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         stream_timeout_s: float | None = DEFAULT_STREAM_TIMEOUT_S,
+        metrics: ClientMetrics | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="keyspan-client", daemon=True)
@@ -51,10 +53,16 @@ class Client:
         async def make() -> AsyncClient:
             if control is not None:  # a thick client: routes by control's map
                 return await AsyncClient.for_cluster(
-                    control, timeout_s=timeout_s, stream_timeout_s=stream_timeout_s
+                    control, timeout_s=timeout_s, stream_timeout_s=stream_timeout_s, metrics=metrics
                 )
             router = router_factory() if router_factory is not None else None
-            return AsyncClient(address, router=router, timeout_s=timeout_s, stream_timeout_s=stream_timeout_s)
+            return AsyncClient(
+                address,
+                router=router,
+                timeout_s=timeout_s,
+                stream_timeout_s=stream_timeout_s,
+                metrics=metrics,
+            )
 
         self._closed = False
         try:

@@ -13,12 +13,14 @@ import pytest
 import pytest_asyncio
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from prometheus_client import CollectorRegistry
 
 from keyspan.services.config import ControlConfig, GatewayConfig, NodeConfig
 from keyspan.services.control.process import ControlProcess
 from keyspan.services.gateway.process import GatewayProcess
 from keyspan.services.node.process import NodeProcess
 from keyspan.streams import AsyncClient
+from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.map_router import MapRouter
 from keyspan.v1 import control_pb2, control_pb2_grpc, errors_pb2, kv_pb2, kv_pb2_grpc
 
@@ -163,8 +165,10 @@ async def test_map_router_watching_control_routes_straight_to_the_nodes(running:
 
 
 async def test_the_thick_client_routes_by_the_map_across_nodes(running: Running) -> None:
-    client = await AsyncClient.for_cluster(running.control.address)
+    registry = CollectorRegistry()
+    client = await AsyncClient.for_cluster(running.control.address, metrics=ClientMetrics(registry))
     try:
+        assert registry.get_sample_value("keyspan_client_map_refreshes_total") >= 1
         keys = [f"t{c}{i:03d}".encode() for c in "acegikmoqsuwy" for i in range(30)]
         # Scans and bulk loads are cut at partition bounds (g, n) and stitched in key order.
         result = await client.bulk_put_ex([(k, b"v-" + k) for k in keys])

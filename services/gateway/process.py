@@ -14,6 +14,7 @@ from keyspan.services.config import GatewayConfig
 from keyspan.services.gateway.routing import NodeChannels, Router
 from keyspan.services.gateway.servicer import GatewayServicer
 from keyspan.services.server import KV_SERVICE
+from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.partition_map import MapWatcher
 from keyspan.v1 import kv_pb2_grpc
 
@@ -27,6 +28,10 @@ class GatewayProcess(GrpcProcess):
         self.channels = NodeChannels(client_interceptors(config, "keyspan-gateway"))
         self.router = Router(self.watcher, self.channels)
         super().__init__(config)
+        if self.observability.registry is not None:
+            # The gateway is a client of the nodes: its redirects and map refreshes count too.
+            metrics = ClientMetrics(self.observability.registry)
+            self.router.metrics, self.watcher.on_update = metrics, metrics.map_refreshed
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         kv_pb2_grpc.add_KVServicer_to_server(GatewayServicer(self.router, self.config.call_timeout_s), server)

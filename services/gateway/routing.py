@@ -19,6 +19,7 @@ from grpc_status import rpc_status
 
 from keyspan.services.config import GRPC_MAX_MESSAGE_BYTES
 from keyspan.storage.errors import UnavailableError
+from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.partition_map import MapEntry, MapWatcher
 from keyspan.v1 import errors_pb2, kv_pb2_grpc
 
@@ -83,8 +84,10 @@ class NodeChannels:
 
 
 class Router:
-    def __init__(self, watcher: MapWatcher, channels: NodeChannels) -> None:
-        self.watcher, self.channels = watcher, channels
+    def __init__(
+        self, watcher: MapWatcher, channels: NodeChannels, metrics: ClientMetrics | None = None
+    ) -> None:
+        self.watcher, self.channels, self.metrics = watcher, channels, metrics
 
     @property
     def map(self) -> Any:
@@ -98,6 +101,8 @@ class Router:
 
     async def after_wrong_partition(self, wrong: errors_pb2.WrongPartition) -> None:
         """Wait for the map the node answered from (or any newer one), briefly."""
+        if self.metrics is not None:
+            self.metrics.redirected(wrong.partition_id)
         wanted = max(wrong.map_version, self.map.version + 1)
         if not await self.watcher.wait_for(wanted, timeout_s=1.0):
             log.info("map not refreshed after WrongPartition", extra={"map_version": self.map.version})

@@ -13,9 +13,11 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 import pytest_asyncio
+from prometheus_client import CollectorRegistry
 
 from keyspan.storage.keys import key_successor
 from keyspan.streams import AsyncClient, DeadlineExceeded, InvalidArgument, RetryPolicy, Unavailable
+from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.errors import KeyspanClientError
 from tests.streams.fakes import FlakyRouter, Plan, StreamFault
 
@@ -64,7 +66,8 @@ async def test_scan_ex_resumes_after_the_last_delivered_key_when_the_stream_dies
     assert got == wanted  # none lost, none repeated, in order
     assert plan.calls["Scan"] >= 3  # a 4th when a credit grant raced with the stream's end
     resumed_at = [r.start for r in first_requests(plan, "Scan")]
-    assert len(resumed_at) == 2 and all(start in {key_successor(k) for k in wanted} for start in resumed_at)
+    # Two resumes after the faults, and a third when a credit grant raced the stream's end.
+    assert len(resumed_at) >= 2 and all(start in {key_successor(k) for k in wanted} for start in resumed_at)
 
 
 async def test_scan_ex_resumes_a_reverse_scan_below_the_last_delivered_key(
@@ -240,3 +243,15 @@ async def test_update_raises_a_non_retryable_error_at_once(kv: AsyncClient, plan
     with pytest.raises(KeyspanClientError):
         await kv.update("x" * 2000, lambda n: 1, json=True)
     assert plan.calls["Get"] == 1
+
+
+async def test_retries_are_counted_in_the_client_metrics(kv: AsyncClient, plan: Plan) -> None:
+    registry = CollectorRegistry()
+    kv.metrics = ClientMetrics(registry)
+    wanted = await load(kv, 5_000)
+    plan.fail_stream(
+        "Scan", StreamFault(UNAVAILABLE, after_reads=1), StreamFault(DEADLINE, after_reads=1), None
+    )
+
+    assert [e.key async for e in kv.scan_ex(policy=FAST)] == wanted
+    assert registry.get_sample_value("keyspan_client_retries_total", {"method": "Scan"}) == 2
