@@ -28,13 +28,13 @@ def shardset_for(config: StorageConfig) -> ShardSet:
     )
 
 
-class KeyspanServer(GrpcProcess):
-    """One `keyspan serve` process; tests run it in-process on port 0."""
+class StorageProcess(GrpcProcess):
+    """A process that holds partitions and serves keyspan.v1.KV over them (serve, node):
+    its shard set, sweeper, KV servicer and partition gauges."""
 
-    name = "serve"
-    config: ServeConfig
+    config: StorageConfig
 
-    def __init__(self, config: ServeConfig) -> None:
+    def __init__(self, config: StorageConfig) -> None:
         self.shards = shardset_for(config)
         self.sweeper = Sweeper(self.shards, config.sweep_interval_s)
         super().__init__(config)
@@ -44,6 +44,13 @@ class KeyspanServer(GrpcProcess):
         limits = Limits(max_value_bytes=self.config.max_value_bytes)
         kv_pb2_grpc.add_KVServicer_to_server(KVServicer(self.shards, limits), server)
         return [KV_SERVICE]
+
+
+class KeyspanServer(StorageProcess):
+    """One `keyspan serve` process; tests run it in-process on port 0."""
+
+    name = "serve"
+    config: ServeConfig
 
     async def on_start(self) -> None:
         ranges = ranges_from_split_points(self.config.split_keys())

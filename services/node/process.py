@@ -18,17 +18,13 @@ import uuid
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from keyspan.services.common.process import SERVER_OPTIONS, GrpcProcess
+from keyspan.services.common.process import SERVER_OPTIONS
 from keyspan.services.config import NodeConfig
-from keyspan.services.node.kv import KVServicer
 from keyspan.services.node.reconcile import missing_key_error
 from keyspan.services.node.session import NodeSession
-from keyspan.services.server import KV_SERVICE, shardset_for
+from keyspan.services.server import KV_SERVICE, StorageProcess
 from keyspan.storage.errors import ConfigError
-from keyspan.storage.limits import Limits
 from keyspan.streams.partition_map import PartitionMap
-from keyspan.streams.sweep import Sweeper
-from keyspan.v1 import kv_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -49,26 +45,18 @@ def resolve_node_id(config: NodeConfig) -> str:
     return node_id
 
 
-class NodeProcess(GrpcProcess):
+class NodeProcess(StorageProcess):
     name = "node"
     config: NodeConfig
 
     def __init__(self, config: NodeConfig) -> None:
-        self.shards = shardset_for(config)
-        self.sweeper = Sweeper(self.shards, config.sweep_interval_s)
         self.map = PartitionMap()
         self.node_id = ""
         self.session: NodeSession | None = None
         self.probe_health = health.aio.HealthServicer()
         self.probe_server: grpc.aio.Server | None = None
         self.probe_port = 0
-        super().__init__(config)
-        self.observability.watch_shards(self.shards, self.sweeper)
-
-    def register(self, server: grpc.aio.Server) -> list[str]:
-        limits = Limits(max_value_bytes=self.config.max_value_bytes)
-        kv_pb2_grpc.add_KVServicer_to_server(KVServicer(self.shards, limits), server)
-        return [KV_SERVICE]
+        super().__init__(config)  # the shard set, sweeper and KV servicer (StorageProcess)
 
     async def _start_probe(self) -> None:
         await self.probe_health.set("", SERVING)
