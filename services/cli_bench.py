@@ -126,6 +126,32 @@ def ycsb(workloads: tuple[str, ...], quick: bool, value_kind: str, history: bool
 
 
 @bench.command()
+@click.option(
+    "-w",
+    "--workload",
+    "workloads",
+    multiple=True,
+    default=("A", "C"),
+    show_default=True,
+    help="YCSB workloads to run (A-F).",
+)
+@click.option("--quick", is_flag=True, help="Small sizes and short runs.")
+@click.option("--records", type=int, default=50_000, show_default=True)
+@click.option("--concurrency", type=int, default=32, show_default=True, help="Concurrent calls in all.")
+@click.option("--processes", type=int, default=2, show_default=True, help="Client processes on this machine.")
+@click.option("--duration-s", type=float, default=8.0, show_default=True)
+@click.option("--history/--no-history", default=True, show_default=True)
+def cluster(workloads: tuple[str, ...], quick: bool, history: bool, **options: Any) -> None:
+    """YCSB on a real 3-node cluster (control, nodes, gateway on 127.0.0.1): thick clients,
+    then the same mix through the gateway, with the gateway's overhead as a ratio."""
+    suite = _perf("suite")
+    if quick:
+        options.update(records=5_000, duration_s=2.0)
+    cfg = suite.YcsbConfig(workloads=tuple(workloads), **options)
+    _finish(_perf("cluster_bench").cluster_suite(cfg, log=_log), history)
+
+
+@bench.command()
 @click.argument("spec_file", type=click.Path(exists=True, dir_okay=False))
 @click.argument("out_file", type=click.Path(dir_okay=False))
 @click.argument("worker", type=int)

@@ -1,10 +1,10 @@
 """The processes a run talks to: a target (address list + kind) and the servers it starts.
 
 A target is what the clients dial: `kind` says how (`serve`: any address holds every
-partition; `gateway`: any address routes; `cluster`: nodes behind a thick client, which
-comes with the cluster work) and `addresses` where. When the bench starts the server
-itself, it runs it as a real process in its own process group on 127.0.0.1, and always
-kills that group on the way out.
+partition; `gateway`: any address routes; `cluster`: the one address is control's, and
+each client routes by its watched map straight to the nodes) and `addresses` where.
+When the bench starts the server itself, it runs it as a real process in its own process
+group on 127.0.0.1, and always kills that group on the way out.
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ class Target:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"target kind: {self.kind!r} is not one of {', '.join(KINDS)}")
-        if self.kind == "cluster":
-            raise NotImplementedError("target kind cluster needs the thick client's routing (not yet built)")
         if not self.addresses:
             raise ValueError("target: at least one address is needed")
 

@@ -50,6 +50,7 @@ class YcsbConfig:
     target_kind: str = "serve"
     target_addresses: tuple[str, ...] = ()
     tmp_dir: str = ""
+    load: bool = True  # False: the target already holds the records
 
 
 @contextmanager
@@ -248,18 +249,21 @@ def ycsb(cfg: YcsbConfig, log: Any = print) -> list[dict[str, Any]]:
             processes=procs,
             concurrency=calls,
         )
-        log(f"load {cfg.records:,} records through BulkPut ...")
+        load: dict[str, Any] = {}
+        load_cost: dict[str, Any] = {}
         meter = Meter(ks) if ks else None
-        load = run_clients(replace(base, workload="load", processes=1, concurrency=1))
-        load_cost: dict[str, Any] = {"load_rows_per_s": load["rows_per_s"]}
-        if ks is not None and meter is not None:
+        if cfg.load:
+            log(f"load {cfg.records:,} records through BulkPut ...")
+            load = run_clients(replace(base, workload="load", processes=1, concurrency=1))
+            load_cost["load_rows_per_s"] = load["rows_per_s"]
+        if ks is not None and meter is not None and load:
             load_cost["load_cpu_s_per_m_rows"] = meter.per_million(load["rows"])
             raw = sum(len(k) for k in _keys(cfg.records)) + cfg.records * base.value_bytes
             load_cost["space_amplification"] = bytes_on_disk(work / "data") / raw
         for name in cfg.workloads:
             spec = replace(base, workload=name)
             log(f"workload {name}: echo, then keyspan ...")
-            lim = run_clients(replace(spec, addresses=[echo.address]))
+            lim = run_clients(replace(spec, addresses=[echo.address], kind="serve"))
             meter = Meter(ks) if ks else None
             got = run_clients(spec)
             ops = got["ops_per_s"] * got["elapsed_s"]

@@ -14,6 +14,7 @@ import json
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,12 @@ from hdrh.histogram import HdrHistogram
 
 from integration.perf.keys import ValueShape, chooser, record_key, sorted_key
 from integration.perf.workloads import WORKLOADS, RunSpec
+from keyspan.streams import AsyncClient
+from keyspan.streams.errors import Unavailable
+from keyspan.streams.map_router import MapRouter
 from keyspan.v1 import kv_pb2, kv_pb2_grpc
 
+Route = Callable[[bytes], kv_pb2_grpc.KVStub]
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
 CALLS_PER_CHANNEL = 32
 VALUE_POOL = 64
@@ -78,25 +83,32 @@ class Client:
     def value(self) -> bytes:
         return self.values[self.rng.randrange(VALUE_POOL)]
 
-    async def run(self, stub: kv_pb2_grpc.KVStub, op: str) -> None:
+    async def run(self, route: Route, op: str) -> None:
+        """One operation; `route(key)` is the stub that serves key (the owner, in a cluster)."""
         if op == "read":
-            await stub.Get(kv_pb2.GetRequest(key=self.key_of(self.choose.next())))
+            key = self.key_of(self.choose.next())
+            await route(key).Get(kv_pb2.GetRequest(key=key))
         elif op in ("update", "put"):
             key = self.key_of(self.choose.next())
             if self.spec.json and op == "update":
                 field = f"$.field{self.rng.randrange(self.spec.fields)}"
                 setter = kv_pb2.PathValue(path=field, value=self.shape.field_value(self.rng))
-                await stub.Patch(kv_pb2.PatchRequest(key=key, set=[setter]))
+                await route(key).Patch(kv_pb2.PatchRequest(key=key, set=[setter]))
             else:
-                await stub.Put(kv_pb2.PutRequest(key=key, value=self.value(), json=self.spec.json))
+                await route(key).Put(kv_pb2.PutRequest(key=key, value=self.value(), json=self.spec.json))
         elif op == "insert":
             n = self.spec.records + self.worker + self.inserted * self.spec.processes
             self.inserted += 1
-            await stub.Put(kv_pb2.PutRequest(key=self.key_of(n), value=self.value(), json=self.spec.json))
+            key = self.key_of(n)
+            await route(key).Put(kv_pb2.PutRequest(key=key, value=self.value(), json=self.spec.json))
         elif op == "scan":
-            await self.scan(stub, self.key_of(self.choose.next()), 1 + self.rng.randrange(self.spec.max_scan))
+            # In a cluster a short scan reads the start key's partition (YCSB E's scans are
+            # short; one crossing a partition end returns that partition's part).
+            start = self.key_of(self.choose.next())
+            await self.scan(route(start), start, 1 + self.rng.randrange(self.spec.max_scan))
         elif op == "rmw":
             key = self.key_of(self.choose.next())
+            stub = route(key)
             got = await stub.Get(kv_pb2.GetRequest(key=key))
             put = kv_pb2.PutRequest(key=key, value=self.value(), json=self.spec.json, if_etag=got.etag)
             put.if_absent = not got.found
@@ -115,27 +127,27 @@ class Client:
         return rows
 
 
-async def _ops(
-    spec: RunSpec, worker: int, stubs: list[kv_pb2_grpc.KVStub], rec: Recorder
-) -> tuple[int, float]:
+async def _ops(spec: RunSpec, worker: int, routes: list[Route], rec: Recorder) -> tuple[int, float]:
     rng = random.Random(worker * 7919 + int(spec.start_at))
     client = Client(spec, worker, rng)
     with contextlib.suppress(grpc.aio.AioRpcError):
-        await client.run(stubs[0], "read")  # warm the path up before the clock starts
+        await client.run(routes[0], "read")  # warm the path up before the clock starts
     await asyncio.sleep(max(0.0, spec.start_at - time.time()))
     started = time.perf_counter()
     stop_at = started + spec.duration_s
     quota = spec.operations // (spec.processes * spec.concurrency) if spec.operations else 0
 
     async def caller(i: int) -> None:
-        stub, done = stubs[i % len(stubs)], 0
+        route, done = routes[i % len(routes)], 0
         while (done < quota) if quota else (time.perf_counter() < stop_at):
             op = rng.choices(client.ops, client.weights)[0]
             t0 = time.perf_counter_ns()
             try:
-                await client.run(stub, op)
+                await client.run(route, op)
             except grpc.aio.AioRpcError as err:
                 rec.error(op, err.code())
+            except Unavailable:  # a cluster partition whose owner is down: no call was made
+                rec.error(op, grpc.StatusCode.UNAVAILABLE)
             else:
                 rec.ok(op, t0)
             done += 1
@@ -206,6 +218,8 @@ async def _full_scan(spec: RunSpec, stubs: list[kv_pb2_grpc.KVStub], rec: Record
 
 
 async def run_worker(spec: RunSpec, worker: int) -> dict[str, Any]:
+    if spec.kind == "cluster":
+        return await _run_cluster_worker(spec, worker)
     channels = [
         grpc.aio.insecure_channel(spec.addresses[i % len(spec.addresses)], options=CHANNEL_OPTIONS)
         for i in range(max(1, -(-spec.concurrency // CALLS_PER_CHANNEL)))
@@ -221,11 +235,60 @@ async def run_worker(spec: RunSpec, worker: int) -> dict[str, Any]:
         elif mode == "full_scan":
             rows, elapsed = await _full_scan(spec, stubs, rec)
         else:
-            rows, elapsed = await _ops(spec, worker, stubs, rec)
+            routes = [_fixed(stub) for stub in stubs]
+            rows, elapsed = await _ops(spec, worker, routes, rec)
     finally:
         for channel in channels:
             await channel.close()
     return {"worker": worker, "elapsed_s": elapsed, "rows": rows, "ops": rec.to_json(), "spec": asdict(spec)}
+
+
+def _fixed(stub: kv_pb2_grpc.KVStub) -> Route:
+    """The route of a serve or gateway target: every key goes to the same stub."""
+    return lambda _key: stub
+
+
+async def _run_cluster_worker(spec: RunSpec, worker: int) -> dict[str, Any]:
+    """A thick client of a cluster (spec.addresses = [control]): each key goes to its owner
+    by the watched map; bulk load and full scan go through keyspan's AsyncClient."""
+    router = MapRouter.watching(spec.addresses[0])
+    rec = Recorder()
+    try:
+        if not await router.wait_for_map(30):
+            raise RuntimeError(f"no partition map from control at {spec.addresses[0]}")
+        mode = WORKLOADS[spec.workload].mode
+        client = AsyncClient(router=router)
+        if mode == "bulk_load":
+            rows, elapsed = await _thick_bulk_load(spec, worker, client, rec)
+        elif mode == "full_scan":
+            started = time.perf_counter_ns()
+            rows = 0
+            async for _ in client.scan(limit=spec.records):
+                rows += 1
+            rec.ok("full_scan", started)
+            elapsed = (time.perf_counter_ns() - started) / 1e9
+        else:
+            rows, elapsed = await _ops(spec, worker, [router.stub_for_key], rec)
+    finally:
+        await router.close()
+    return {"worker": worker, "elapsed_s": elapsed, "rows": rows, "ops": rec.to_json(), "spec": asdict(spec)}
+
+
+async def _thick_bulk_load(
+    spec: RunSpec, worker: int, client: AsyncClient, rec: Recorder
+) -> tuple[int, float]:
+    key_of = record_key if spec.keys == "ycsb" else sorted_key
+    keys = sorted(key_of(n) for n in range(spec.records))
+    chunk = -(-len(keys) // spec.processes)
+    shape = ValueShape(spec.fields, spec.field_bytes, spec.json)
+    rng = random.Random(worker)
+    values = [shape.make(rng) for _ in range(VALUE_POOL)]
+    share = keys[worker * chunk : (worker + 1) * chunk]
+    items = (kv_pb2.Entry(key=k, value=values[i % VALUE_POOL], json=spec.json) for i, k in enumerate(share))
+    began = time.perf_counter_ns()
+    result = await client.bulk_put_ex(items)
+    rec.ok("bulk_batch", began)
+    return result.entries, (time.perf_counter_ns() - began) / 1e9
 
 
 def worker_main(spec_json: str, out: str, worker: int) -> None:
