@@ -16,9 +16,8 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import apsw
 
@@ -58,9 +57,9 @@ _CURRENT = "SELECT etag, expires_at_ms FROM entries WHERE key = ?"
 _VALUE = "CASE json WHEN 1 THEN json(value) ELSE value END"
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """An entry as read: value is JSON text for documents."""
+class Row(NamedTuple):
+    """An entry as read: value is JSON text for documents. A NamedTuple: one is built
+    per row a scan returns."""
 
     key: bytes
     value: bytes
