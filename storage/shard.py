@@ -261,7 +261,7 @@ class Shard:
         revision_before = self.revision
         outcomes: list[Any] = []
         try:
-            with self._db:
+            with self._transaction():
                 for mutation in mutations:
                     try:
                         outcomes.append(self._apply(mutation))
@@ -278,6 +278,23 @@ class Shard:
             self.revision = revision_before
             raise
         return outcomes
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error.
+
+        Not apsw's `with connection:`: its commit keeps the GIL through the WAL fsync, so
+        the event loop stood still for every group commit. A COMMIT run through execute()
+        releases the GIL like every other SQLite call.
+        """
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def _next_revision(self) -> int:
         # The revision travels with the partition through split, merge and move, so a

@@ -197,3 +197,22 @@ def test_scan_reads_in_both_directions_within_a_byte_budget(tmp_path: Path) -> N
             assert 5 <= len(rows) < 20 and not done
     finally:
         shard.close()
+
+
+def test_a_failed_commit_rolls_the_whole_batch_back(tmp_path: Path) -> None:
+    shard = Shard(tmp_path / "s.db", "s", KeyRange())
+    try:
+        assert shard.apply_batch([Put(b"a", b"1")]) == [1]
+        # A commit hook that vetoes turns COMMIT into an error, as a full disk would.
+        shard._db.set_commit_hook(lambda: True)
+        with pytest.raises(apsw.ConstraintError):
+            shard.apply_batch([Put(b"a", b"2"), Put(b"b", b"3")])
+        shard._db.set_commit_hook(None)
+        assert shard.revision == 1 and not shard._db.in_transaction
+        with shard.reader() as db:
+            row = Shard.get(db, b"a", now_ms())
+            assert row is not None and (row.value, row.etag) == (b"1", 1)
+            assert Shard.get(db, b"b", now_ms()) is None
+        assert shard.apply_batch([Put(b"b", b"3")]) == [2]  # the writer goes on afterwards
+    finally:
+        shard.close()
