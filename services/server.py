@@ -23,6 +23,7 @@ def shardset_for(config: StorageConfig) -> ShardSet:
         ShardSetOptions(
             synchronous=config.synchronous,
             read_threads=config.read_threads,
+            inline_read_budget_s=config.inline_read_budget_ms / 1000,
             max_write_batch=config.max_write_batch,
         ),
     )

@@ -55,6 +55,7 @@ _UPSERT_JSON = _UPSERT.replace("?2, 0,", "jsonb(?2), 1,").replace("json = 0", "j
 _LOG = "INSERT INTO changes(revision, key) VALUES(?, ?)"
 _CURRENT = "SELECT etag, expires_at_ms FROM entries WHERE key = ?"
 _VALUE = "CASE json WHEN 1 THEN json(value) ELSE value END"
+_GET = f"SELECT {_VALUE}, json, etag, expires_at_ms FROM entries WHERE key = ?"
 
 
 class Row(NamedTuple):
@@ -147,14 +148,25 @@ class Shard:
     @contextlib.contextmanager
     def reader(self) -> Iterator[apsw.Connection]:
         """This thread's read connection to the shard, opened on first use."""
-        db = getattr(self._local, "db", None)
+        yield self.read_connection()
+
+    def read_connection(self, wait: bool = True) -> apsw.Connection:
+        """This thread's read connection to the shard, opened on first use.
+
+        `wait=False` gives the thread a second connection that never waits on a lock
+        (apsw.BusyError instead): for reads run on the event loop.
+        """
+        slot = "db" if wait else "db_nowait"
+        db = getattr(self._local, slot, None)
         if db is None:
             db = self._connect()
             db.execute("PRAGMA query_only=1")
-            self._local.db = db
+            if not wait:
+                db.set_busy_timeout(0)
+            setattr(self._local, slot, db)
             with self._readers_lock:
                 self._readers.append(db)
-        yield db
+        return db
 
     @staticmethod
     def get(db: apsw.Connection, key: bytes, now_ms: int, paths: Sequence[str] = ()) -> Row | None:
@@ -163,12 +175,14 @@ class Shard:
         With paths, a JSON document's value is the projection; a bytes value raises
         NotJsonError; a malformed path raises InvalidArgumentError.
         """
-        value_sql, bindings = (_VALUE, []) if not paths else _projection(paths)
-        sql = f"SELECT {value_sql}, json, etag, expires_at_ms FROM entries WHERE key = ?"
         if paths:
-            sql = sql.replace(value_sql, f"CASE json WHEN 1 THEN {value_sql} END")
+            value_sql, bindings = _projection(paths)
+            sql = _GET.replace(_VALUE, f"CASE json WHEN 1 THEN {value_sql} END")
+            args: tuple[Any, ...] = (*bindings, key)
+        else:
+            sql, args = _GET, (key,)
         try:
-            found = db.execute(sql, (*bindings, key)).fetchone()
+            found = db.execute(sql, args).fetchone()
         except apsw.SQLError as err:
             raise _path_error(db, paths, "paths") from err
         if found is None:

@@ -71,6 +71,7 @@ def ranges_from_split_points(split_points: Sequence[bytes]) -> list[KeyRange]:
 class ShardSetOptions:
     synchronous: str = "FULL"
     read_threads: int = 2
+    inline_read_budget_s: float = 0.001  # 0: every read on the read threads
     max_write_batch: int = 256
     changelog_max: int = 100_000
 
@@ -85,7 +86,7 @@ class ShardSet:
     def __init__(self, data_dir: Path, options: ShardSetOptions | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.options = options or ShardSetOptions()
-        self.reads = ReadPool(self.options.read_threads)
+        self.reads = ReadPool(self.options.read_threads, inline_budget_s=self.options.inline_read_budget_s)
         self._partitions: list[Partition] = []
         self._starts: list[bytes] = []
         self.on_missing: Callable[[bytes], WrongPartitionError] = WrongPartitionError
@@ -238,11 +239,10 @@ class ShardSet:
         partition.reads += 1
         shard = partition.shard
 
-        def read() -> Row | None:
-            with shard.reader() as db:
-                return Shard.get(db, key, now_ms(), paths)
+        def read(on_loop: bool) -> Row | None:
+            return Shard.get(shard.read_connection(wait=not on_loop), key, now_ms(), paths)
 
-        return await self.reads.run(read)
+        return await self.reads.run_point(read)
 
     async def write(self, key: bytes, mutation: Mutation) -> Any:
         return await self.locate(key).write(mutation)

@@ -4,7 +4,7 @@ It speaks keyspan's own service, so the very same client harness drives it and t
 keyspan/echo isolates what storage and the servicer cost. Get answers a value of the
 configured size; writes answer an etag; Scan streams the asked-for number of entries in
 ~64 KiB batches; BulkPut acknowledges each batch. One process, one event loop, the same
-server options as keyspan's.
+server options and start-up as keyspan's.
 
     python -m integration.perf.echo 127.0.0.1:PORT VALUE_BYTES
 """
@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from keyspan.services.common.process import SERVER_OPTIONS
+from keyspan.services.common.process import SERVER_OPTIONS, freeze_startup_objects
 from keyspan.v1 import kv_pb2, kv_pb2_grpc
 
 BATCH_BYTES = 64 * 1024
@@ -66,6 +66,7 @@ async def serve(address: str, value_bytes: int) -> None:
     server.add_insecure_port(address)
     await server.start()
     await checker.set("", health_pb2.HealthCheckResponse.SERVING)
+    freeze_startup_objects()  # as keyspan's processes do
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)

@@ -10,6 +10,7 @@ then `on_stop` (writers drain, files close).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -121,6 +122,17 @@ class GrpcProcess:
         log.info("stopped", extra={"component": self.name})
 
 
+def freeze_startup_objects() -> None:
+    """Take what exists once the process has started out of the cyclic collector's sight.
+
+    Modules, servicers, open shards and channels live as long as the process; left in
+    the collector's generations, every full collection walks them all again (the
+    collector was ~8% of a busy node's CPU under perf, ~5% of Put throughput).
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def run_until_signal(make: Callable[[], GrpcProcess]) -> None:
     """Create and start the process, wait for SIGTERM or SIGINT, then stop it cleanly.
 
@@ -132,6 +144,7 @@ async def run_until_signal(make: Callable[[], GrpcProcess]) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await process.start()
+    freeze_startup_objects()
     await stop.wait()
     log.info("shutting down", extra={"component": process.name, "grace_s": process.config.shutdown_grace_s})
     await process.stop()

@@ -22,7 +22,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
 
     async def Get(self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext) -> kv_pb2.GetResponse:
         key = self._limits.key(request.key)
-        row = await self._shards.get(key, check_paths(list(request.paths)))
+        row = await self._shards.get(key, check_paths(request.paths) if request.paths else ())
         if row is None:
             return kv_pb2.GetResponse(found=False)
         return kv_pb2.GetResponse(
