@@ -139,6 +139,13 @@ class StorageConfig(ProcessConfig):
             "the read threads for a second. 0: every read on the read threads."
         ),
     )
+    row_cache_mb: int = field(
+        default=64,
+        metadata=_help(
+            "MiB of recently read rows kept in memory, so a repeated Get makes no SQLite call "
+            "(a write evicts its keys when it commits). 0: no row cache."
+        ),
+    )
     max_write_batch: int = field(
         default=256, metadata=_help("Most writes committed in one group-commit transaction.")
     )
@@ -166,6 +173,8 @@ class StorageConfig(ProcessConfig):
             raise ConfigError(
                 f"inline_read_budget_ms: {self.inline_read_budget_ms} must be between 0 and 1000"
             )
+        if not 0 <= self.row_cache_mb <= 1 << 20:
+            raise ConfigError(f"row_cache_mb: {self.row_cache_mb} must be between 0 and {1 << 20}")
         if not 1 <= self.max_write_batch <= 10_000:
             raise ConfigError(f"max_write_batch: {self.max_write_batch} must be between 1 and 10000")
         if self.sweep_interval_s <= 0:

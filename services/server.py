@@ -24,6 +24,7 @@ def shardset_for(config: StorageConfig) -> ShardSet:
             synchronous=config.synchronous,
             read_threads=config.read_threads,
             inline_read_budget_s=config.inline_read_budget_ms / 1000,
+            row_cache_bytes=config.row_cache_mb << 20,
             max_write_batch=config.max_write_batch,
         ),
     )

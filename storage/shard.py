@@ -15,7 +15,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -98,6 +98,8 @@ class Shard:
         self.path, self.partition_id, self.range = path, partition_id, key_range
         self._synchronous, self._changelog_max = synchronous, changelog_max
         self._db = self._connect()
+        # Called with the keys a batch wrote, after its COMMIT (None: keys unknown).
+        self.on_commit: Callable[[list[bytes] | None], None] | None = None
         # One read connection per thread that reads (the node's few read threads).
         self._local = threading.local()
         self._readers: list[apsw.Connection] = []
@@ -291,6 +293,8 @@ class Shard:
         except BaseException:
             self.revision = revision_before
             raise
+        if self.on_commit is not None:
+            self.on_commit(_keys_of(mutations))
         return outcomes
 
     @contextlib.contextmanager
@@ -471,6 +475,18 @@ class Shard:
                 (revision, limit),
             )
         ]
+
+
+def _keys_of(mutations: Sequence[Mutation]) -> list[bytes]:
+    """The keys a batch may have changed. A sweep deletes only expired rows, which every
+    reader already treats as absent, so it changes nothing a reader could have seen."""
+    keys: list[bytes] = []
+    for m in mutations:
+        if isinstance(m, Bulk):
+            keys.extend(row.key for row in m.rows)
+        elif not isinstance(m, SweepBatch):
+            keys.append(m.key)
+    return keys
 
 
 def _now_ms() -> int:

@@ -22,6 +22,7 @@ from keyspan.storage.errors import ConfigError, KeyspanError, UnavailableError, 
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.mutations import Bulk, BulkRow, Mutation, SweepBatch
 from keyspan.storage.readers import ReadPool
+from keyspan.storage.rowcache import ABSENT, MISSING, RowCache
 from keyspan.storage.shard import Row, Shard
 from keyspan.storage.writer import PartitionWriter, WriteObserver
 
@@ -72,6 +73,7 @@ class ShardSetOptions:
     synchronous: str = "FULL"
     read_threads: int = 2
     inline_read_budget_s: float = 0.001  # 0: every read on the read threads
+    row_cache_bytes: int = 64 << 20  # 0: no row cache
     max_write_batch: int = 256
     changelog_max: int = 100_000
 
@@ -86,6 +88,7 @@ class ShardSet:
     def __init__(self, data_dir: Path, options: ShardSetOptions | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.options = options or ShardSetOptions()
+        self.row_cache = RowCache(self.options.row_cache_bytes) if self.options.row_cache_bytes else None
         self.reads = ReadPool(self.options.read_threads, inline_budget_s=self.options.inline_read_budget_s)
         self._partitions: list[Partition] = []
         self._starts: list[bytes] = []
@@ -131,6 +134,10 @@ class ShardSet:
             changelog_max=self.options.changelog_max,
         )
         shard.check()
+        if self.row_cache is not None:
+            # The node may have served this range before (a move away and back): forget it all.
+            self.row_cache.clear()
+            shard.on_commit = self.row_cache.written
         partition = Partition(
             partition_id,
             key_range,
@@ -170,6 +177,8 @@ class ShardSet:
                 self._write_catalogue()
                 p.writer.close()
                 p.shard.close()
+                if self.row_cache is not None:
+                    self.row_cache.clear()
                 if delete_files:
                     for suffix in ("", "-wal", "-shm"):
                         Path(f"{p.shard.path}{suffix}").unlink(missing_ok=True)
@@ -239,8 +248,19 @@ class ShardSet:
         partition.reads += 1
         shard = partition.shard
 
+        cache = None if paths else self.row_cache
+        generation = 0
+        if cache is not None:
+            found = cache.get(key, now_ms())
+            if found is not MISSING:
+                return None if found is ABSENT else found  # type: ignore[no-any-return]
+            generation = cache.generation  # before the read: see storage/rowcache.py
+
         def read(on_loop: bool) -> Row | None:
-            return Shard.get(shard.read_connection(wait=not on_loop), key, now_ms(), paths)
+            row = Shard.get(shard.read_connection(wait=not on_loop), key, now_ms(), paths)
+            if cache is not None:
+                cache.fill(key, row, generation)
+            return row
 
         return await self.reads.run_point(read)
 

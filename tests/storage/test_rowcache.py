@@ -1,0 +1,95 @@
+"""The row cache: a Get never sees a row older than the last commit of its key."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest_asyncio
+
+from keyspan.storage.mutations import BulkRow, Delete, Patch, Put
+from keyspan.storage.rowcache import ABSENT, MISSING, RowCache
+from keyspan.storage.shard import Row
+from keyspan.storage.shardset import ShardSet, ShardSetOptions, now_ms, ranges_from_split_points
+
+
+@pytest_asyncio.fixture
+async def shards(tmp_path: Path) -> AsyncIterator[ShardSet]:
+    s = ShardSet(tmp_path / "d", ShardSetOptions(row_cache_bytes=1 << 20))
+    ranges = ranges_from_split_points([b"m"])
+    await asyncio.to_thread(s.open, [(f"p{i}", r) for i, r in enumerate(ranges)])
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+async def value_of(shards: ShardSet, key: bytes) -> bytes | None:
+    row = await shards.get(key)
+    return None if row is None else row.value
+
+
+async def test_every_kind_of_write_evicts_what_it_changed(shards: ShardSet) -> None:
+    cache = shards.row_cache
+    assert cache is not None
+    await shards.write(b"a", Put(b"a", b"1"))
+    assert await value_of(shards, b"a") == b"1"
+    assert await value_of(shards, b"a") == b"1" and cache.hits == 1  # the second came from the cache
+    await shards.write(b"a", Put(b"a", b"2"))
+    assert await value_of(shards, b"a") == b"2"
+    assert await value_of(shards, b"b") is None  # absent keys are cached too ...
+    await shards.bulk_put([BulkRow(b"b", b"3"), BulkRow(b"c", b"4")])
+    assert await value_of(shards, b"b") == b"3"  # ... and a bulk load evicts them
+    await shards.write(b"d", Put(b"d", b'{"x": 1}', json=True))
+    assert await value_of(shards, b"d") == b'{"x":1}'
+    await shards.write(b"d", Patch(b"d", '{"x": 2}'))
+    assert await value_of(shards, b"d") == b'{"x":2}'
+    await shards.write(b"a", Delete(b"a"))
+    assert await value_of(shards, b"a") is None
+
+
+async def test_a_cached_row_expires_on_time(shards: ShardSet) -> None:
+    await shards.write(b"t", Put(b"t", b"v", expires_at_ms=now_ms() + 200))
+    assert await value_of(shards, b"t") == b"v"
+    await asyncio.sleep(0.3)
+    assert await value_of(shards, b"t") is None
+
+
+async def test_paths_bypass_the_cache(shards: ShardSet) -> None:
+    await shards.write(b"j", Put(b"j", b'{"a": {"b": 7}}', json=True))
+    await shards.get(b"j")
+    row = await shards.get(b"j", ["$.a.b"])
+    assert row is not None and row.value == b'{"$.a.b":7}'
+
+
+async def test_a_partition_opened_again_starts_with_an_empty_cache(shards: ShardSet) -> None:
+    await shards.write(b"x", Put(b"x", b"1"))
+    await shards.get(b"x")
+    assert shards.row_cache is not None and shards.row_cache.entries == 1
+    shards.drop_partition("p1")
+    assert shards.row_cache.entries == 0
+
+
+def test_a_read_begun_before_a_commit_is_never_stored() -> None:
+    cache = RowCache(1 << 20)
+    old = Row(b"k", b"old", False, 1, None)
+    generation = cache.generation  # a reader takes the generation, then reads "old" ...
+    cache.written([b"k"])  # ... while a writer commits a new value for k
+    cache.fill(b"k", old, generation)  # the stale read must not land
+    assert cache.get(b"k", 0) is MISSING
+    cache.fill(b"k", Row(b"k", b"new", False, 2, None), cache.generation)
+    assert cache.get(b"k", 0).value == b"new"
+    cache.fill(b"gone", None, cache.generation)
+    assert cache.get(b"gone", 0) is ABSENT
+
+
+def test_the_cache_keeps_to_its_byte_budget() -> None:
+    cache = RowCache(64 * 1024)
+    for i in range(1000):
+        cache.fill(b"k%04d" % i, Row(b"k%04d" % i, b"v" * 100, False, i, None), cache.generation)
+        assert cache.bytes <= cache.budget_bytes
+    assert 100 < cache.entries < 1000
+    assert cache.get(b"k0999", 0) is not MISSING and cache.get(b"k0000", 0) is MISSING  # oldest out first
+    cache.clear()
+    assert cache.entries == 0 and cache.bytes == 0
