@@ -171,6 +171,8 @@ class RpcTelemetryInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: RpcMetrics | None, sampler: ServerSampler | None) -> None:
         self._metrics, self._sampler = metrics, sampler
         self._methods: dict[tuple[str, str], _Method] = {}
+        # The wrapped handler of each method, built once: this runs on every call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def _method(self, name: str, kind: str) -> _Method:
         found = self._methods.get((name, kind))
@@ -186,7 +188,15 @@ class RpcTelemetryInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        method = self._method(details.method, _kind(handler))
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, details.method)
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, name: str) -> grpc.RpcMethodHandler:
+        method = self._method(name, _kind(handler))
         wrap = grpc.unary_unary_rpc_method_handler
         if handler.unary_unary:
             behavior = self._unary(handler.unary_unary, method)
