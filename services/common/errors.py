@@ -1,4 +1,5 @@
-"""Domain errors -> gRPC statuses, in exactly one place, applied by one interceptor.
+"""Domain errors -> gRPC statuses, in exactly one place, applied to every keyspan handler
+(`wrap_errors`, at registration: services/common/registrar.py; or as `ErrorInterceptor`).
 
 Every error a client can cause maps to a code with google.rpc details (field violations,
 ErrorInfo with a stable reason, RetryInfo, keyspan.v1.WrongPartition). Anything else is a
@@ -173,6 +174,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         wrapped = _wrap_handler(handler, method)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+
+def wrap_errors(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """The handler of a keyspan method, with its domain errors mapped to statuses (other
+    services' handlers are returned as they are)."""
+    if not method.startswith("/keyspan."):
+        return handler
+    return _wrap_handler(handler, method)
 
 
 def _wrap_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:

@@ -1,6 +1,6 @@
 """Server faults to Sentry, once each, when `--sentry-dsn` is set.
 
-What is reported: what the ErrorInterceptor answers INTERNAL (through
+What is reported: what the error mapping (errors.py) answers INTERNAL (through
 `errors.fault_hooks`), what a background task (the sweeper) fails with, and a thread (a
 partition's writer) that dies of an exception. What is
 not: every error a client causes (INVALID_ARGUMENT, NOT_FOUND, ABORTED, ...), which the

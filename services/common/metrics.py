@@ -1,9 +1,10 @@
 """Prometheus metrics of a keyspan process: RPCs, the /metrics endpoint, the write path.
 
 Each process has its own `CollectorRegistry` (so tests can run several in one Python
-process) served on `--metrics-address`. RPCs are counted by ONE server interceptor,
-`rpc_telemetry.RpcTelemetryInterceptor`, never inside servicers. Gauges that need a look at the data
-(partitions, control plane) are computed on scrape by custom collectors; nothing polls.
+process) served on `--metrics-address`. RPCs are counted by ONE wrapper around every
+handler, `rpc_telemetry.RpcTelemetryInterceptor.wrap`, never inside servicers. Gauges
+that need a look at the data (partitions, control plane) are computed on scrape by
+custom collectors; nothing polls.
 
 Metric names are listed in README "Observability" and used by monitoring/; the test
 tests/services/common/test_monitoring.py checks that every name there is really exported.

@@ -1,7 +1,7 @@
 """Metrics, traces and fault reports of one process, set up from its ProcessConfig.
 
 GrpcProcess makes one `Observability` before it creates its gRPC server, takes the
-server interceptors from it, and starts and stops it with the server, so every process
+handler wrappers from it (applied at registration), and starts and stops it with the server, so every process
 (serve, node, control, gateway) gets /metrics, RPC metrics, RPC spans and Sentry with no
 code of its own. A process adds only its own gauges:
 
@@ -24,6 +24,7 @@ from keyspan import __version__
 from keyspan.services.common import faults
 from keyspan.services.common.control_metrics import ControlMetricsSource, register_control_metrics
 from keyspan.services.common.metrics import MetricsServer, RpcMetrics, new_registry
+from keyspan.services.common.registrar import Wrap
 from keyspan.services.common.rpc_telemetry import RpcTelemetryInterceptor, ServerSampler
 from keyspan.services.common.storage_metrics import PartitionCollector, StorageTelemetry
 from keyspan.services.common.tracing import Tracing
@@ -52,6 +53,10 @@ class Observability:
     @property
     def metrics_port(self) -> int | None:
         return None if self.metrics_server is None else self.metrics_server.port
+
+    def handler_wrappers(self) -> list[Wrap]:
+        """What traces and measures every RPC, as a handler wrapper; none when both are off."""
+        return [interceptor.wrap for interceptor in self.server_interceptors()]  # type: ignore[attr-defined]
 
     def server_interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         """The one interceptor that traces and measures every RPC; none when both are off."""

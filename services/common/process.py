@@ -1,5 +1,6 @@
-"""What every keyspan process shares: a grpc.aio server with the error interceptor,
-health and reflection, and an orderly start and stop.
+"""What every keyspan process shares: a grpc.aio server whose handlers map errors to
+statuses (and are measured and traced when observability is on), health and
+reflection, and an orderly start and stop.
 
 Health is NOT_SERVING from the moment the port is bound until `on_start` has finished
 (shards open and checked, map loaded), then SERVING. `stop` runs in order: health
@@ -15,13 +16,15 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from keyspan.services.common.errors import ErrorInterceptor
+from keyspan.services.common.errors import wrap_errors
 from keyspan.services.common.observability import Observability
+from keyspan.services.common.registrar import Registrar, compose
 from keyspan.services.config import GRPC_MAX_MESSAGE_BYTES, ProcessConfig
 
 log = logging.getLogger(__name__)
@@ -32,8 +35,8 @@ SERVER_OPTIONS = [
 ]
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
-# Extra server interceptors (auth, ...), outermost first. Tracing and RPC metrics come
-# from the process's Observability and sit outside these.
+# Extra server interceptors (auth, ...), outermost first. Tracing, RPC metrics and error
+# mapping are not interceptors: they wrap each handler at registration (registrar.py).
 interceptor_factories: list[Callable[[ProcessConfig], grpc.aio.ServerInterceptor]] = []
 
 
@@ -46,18 +49,18 @@ class GrpcProcess:
     def __init__(self, config: ProcessConfig) -> None:
         self.config = config.validate()
         self.health = health.aio.HealthServicer()
-        # Before the server: the tracing interceptor must be in place when it is created.
         self.observability = Observability(self.config, self.name)
-        interceptors = [
-            *self.observability.server_interceptors(),
-            *(make(config) for make in interceptor_factories),
-        ]
         self.server = grpc.aio.server(
-            interceptors=[*interceptors, ErrorInterceptor()], options=SERVER_OPTIONS
+            interceptors=[make(config) for make in interceptor_factories] or None, options=SERVER_OPTIONS
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        services = self.register(self.server)
-        reflection.enable_server_reflection([*services, HEALTH_SERVICE, reflection.SERVICE_NAME], self.server)
+        # Telemetry (when on) outside error mapping, applied to each handler once at
+        # registration: see registrar.py for why these are not interceptors.
+        registrar: Any = Registrar(
+            self.server, compose(*self.observability.handler_wrappers(), wrap_errors)
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
+        services = self.register(registrar)
+        reflection.enable_server_reflection([*services, HEALTH_SERVICE, reflection.SERVICE_NAME], registrar)
         self.services = services
         self.port = 0
         self._stopped = False

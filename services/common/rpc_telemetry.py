@@ -191,11 +191,13 @@ class RpcTelemetryInterceptor(grpc.aio.ServerInterceptor):
         cached = self._wrapped.get(details.method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = self._wrap(handler, details.method)
+        wrapped = self.wrap(details.method, handler)
         self._wrapped[details.method] = (handler, wrapped)
         return wrapped
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, name: str) -> grpc.RpcMethodHandler:
+    def wrap(self, name: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """`handler`, counted, timed and traced (services/common/registrar.py applies this
+        once per method; as an interceptor, intercept_service does)."""
         method = self._method(name, _kind(handler))
         wrap = grpc.unary_unary_rpc_method_handler
         if handler.unary_unary:
