@@ -428,25 +428,23 @@ class Shard:
 
     def _bulk(self, m: Bulk) -> int:
         first = self.revision + 1
-        plain, docs = [], []
-        for i, row in enumerate(m.rows):
-            if row.json:
-                docs.append(
-                    (
-                        row.key,
-                        self._json_text(row.value, f"entries[{i}].value"),
-                        first + i,
-                        row.expires_at_ms,
-                    )
-                )
-            else:
-                plain.append((row.key, row.value, first + i, row.expires_at_ms))
+        revisions = range(first, first + len(m.rows))
+        keys, values, is_json, expires = zip(*m.rows, strict=True) if m.rows else ((), (), (), ())
+        plain: Any = zip(keys, values, revisions, expires, strict=True)  # the usual load: no JSON
+        docs: list[tuple[bytes, str, int, int | None]] = []
+        if any(is_json):
+            plain, docs = [], []
+            for i, row in enumerate(m.rows):
+                if row.json:
+                    text = self._json_text(row.value, f"entries[{i}].value")
+                    docs.append((row.key, text, first + i, row.expires_at_ms))
+                else:
+                    plain.append((row.key, row.value, first + i, row.expires_at_ms))
         with self._db:  # a savepoint: the rows go in whole or not at all
-            if plain:
-                self._db.executemany(_UPSERT, plain)
+            self._db.executemany(_UPSERT, plain)
             if docs:
                 self._db.executemany(_UPSERT_JSON, docs)
-            self._db.executemany(_LOG, ((first + i, row.key) for i, row in enumerate(m.rows)))
+            self._db.executemany(_LOG, zip(revisions, keys, strict=True))
         self.revision += len(m.rows)
         return len(m.rows)
 

@@ -216,3 +216,23 @@ def test_a_failed_commit_rolls_the_whole_batch_back(tmp_path: Path) -> None:
         assert shard.apply_batch([Put(b"b", b"3")]) == [2]  # the writer goes on afterwards
     finally:
         shard.close()
+
+
+def test_a_bulk_batch_mixing_documents_and_bytes_logs_every_row(tmp_path: Path) -> None:
+    from keyspan.storage.mutations import Bulk
+
+    shard = Shard(tmp_path / "s.db", "s", KeyRange())
+    try:
+        rows = [
+            BulkRow(b"a", b"1"),
+            BulkRow(b"b", b'{"x": 1}', json=True),
+            BulkRow(b"c", b"3", expires_at_ms=1),
+        ]
+        assert shard.apply_batch([Bulk(rows)]) == [3]
+        with shard.reader() as db:
+            assert Shard.get(db, b"b", now_ms()) == (b"b", b'{"x":1}', True, 2, None)
+            assert Shard.get(db, b"a", now_ms()).etag == 1
+            assert Shard.get(db, b"c", now_ms()) is None  # expired on arrival
+            assert shard.changes_since(db, 0, 10) == [(1, b"a"), (2, b"b"), (3, b"c")]
+    finally:
+        shard.close()
