@@ -55,9 +55,7 @@ class GrpcProcess:
         )
         # Telemetry (when on) outside error mapping, applied to each handler once at
         # registration: see registrar.py for why these are not interceptors.
-        registrar: Any = Registrar(
-            self.server, compose(*self.observability.handler_wrappers(), wrap_errors)
-        )
+        registrar: Any = Registrar(self.server, compose(*self.observability.handler_wrappers(), wrap_errors))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         services = self.register(registrar)
         reflection.enable_server_reflection([*services, HEALTH_SERVICE, reflection.SERVICE_NAME], registrar)

@@ -13,6 +13,7 @@ sampled, child spans drawn after the fact from the writer's timestamps:
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import threading
@@ -20,8 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from opentelemetry import trace
-from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from keyspan.storage.shardset import Partition, ShardSet, now_ms, partition_stats
@@ -129,37 +130,91 @@ def _disk(path: Path) -> tuple[int, int]:
     return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
 
 
+class _ThreadCounts:
+    __slots__ = ("counts", "total")
+
+    def __init__(self, buckets: int) -> None:
+        self.counts, self.total = [0] * buckets, 0.0
+
+
+class ThreadLocalHistogram(Collector):
+    """A histogram observed without a lock: each thread counts into buckets of its own (a
+    bisect and two additions), and a scrape adds them up.
+
+    prometheus_client's Histogram takes a lock on every observation; on the write path
+    (three observations per batch on the writer thread, one per write on the loop) that
+    measured ~5% of Put throughput with metrics on.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, buckets: tuple[float, ...], registry: CollectorRegistry
+    ) -> None:
+        self.name, self.documentation = name, documentation
+        self._bounds = tuple(float(b) for b in buckets)
+        self._local = threading.local()
+        self._threads: list[_ThreadCounts] = []
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        mine = getattr(self._local, "counts", None)
+        if mine is None:
+            mine = self._local.counts = _ThreadCounts(len(self._bounds) + 1)
+            with self._lock:
+                self._threads.append(mine)
+        mine.counts[bisect.bisect_left(self._bounds, value)] += 1
+        mine.total += value
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            threads = list(self._threads)
+        counts, total = [0] * (len(self._bounds) + 1), 0.0
+        for t in threads:
+            for i, n in enumerate(t.counts):
+                counts[i] += n
+            total += t.total
+        buckets, cumulative = [], 0
+        for bound, n in zip((*(_le(b) for b in self._bounds), "+Inf"), counts, strict=True):
+            cumulative += n
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
+
+
+def _le(bound: float) -> str:
+    return str(int(bound)) + ".0" if bound == int(bound) else repr(bound)
+
+
 class StorageTelemetry:
     """The writers' WriteObserver: histograms on the writer thread, spans on the loop."""
 
     def __init__(self, registry: CollectorRegistry | None, tracer: trace.Tracer | None) -> None:
         self._tracer = tracer
-        self._batch_size: Histogram | None = None
+        self._batch_size: ThreadLocalHistogram | None = None
         self._commit = self._transaction = self._queue_wait = self._batch_size
         if registry is not None:
-            self._batch_size = Histogram(
+            self._batch_size = ThreadLocalHistogram(
                 "keyspan_write_batch_size",
                 "Mutations per group-commit transaction.",
-                buckets=BATCH_BUCKETS,
-                registry=registry,
+                BATCH_BUCKETS,
+                registry,
             )
-            self._commit = Histogram(
+            self._commit = ThreadLocalHistogram(
                 "keyspan_write_commit_seconds",
                 "Time of COMMIT, which includes the WAL fsync when synchronous=FULL.",
-                buckets=LATENCY_BUCKETS,
-                registry=registry,
+                LATENCY_BUCKETS,
+                registry,
             )
-            self._transaction = Histogram(
+            self._transaction = ThreadLocalHistogram(
                 "keyspan_write_transaction_seconds",
                 "Time of a batch's statements, before COMMIT.",
-                buckets=LATENCY_BUCKETS,
-                registry=registry,
+                LATENCY_BUCKETS,
+                registry,
             )
-            self._queue_wait = Histogram(
+            self._queue_wait = ThreadLocalHistogram(
                 "keyspan_write_queue_wait_seconds",
                 "Time a write waited for the partition's writer thread.",
-                buckets=LATENCY_BUCKETS,
-                registry=registry,
+                LATENCY_BUCKETS,
+                registry,
             )
 
     def on_batch(self, timing: BatchTiming) -> None:

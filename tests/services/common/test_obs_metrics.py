@@ -188,3 +188,28 @@ async def test_client_streams_count_messages_in() -> None:
     m = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
     assert sample(m, "keyspan_rpc_stream_messages_received_total", grpc_method="Send") == 3
     assert sample(m, "keyspan_rpc_handled_total", grpc_type="client_stream", grpc_code="OK") == 1
+
+
+def test_the_lock_free_write_path_histogram_exposes_what_prometheus_would() -> None:
+    import threading
+
+    from prometheus_client import Histogram
+
+    from keyspan.services.common.metrics import LATENCY_BUCKETS
+    from keyspan.services.common.storage_metrics import ThreadLocalHistogram
+
+    reference, ours = CollectorRegistry(), CollectorRegistry()
+    expected = Histogram("w_seconds", "doc", buckets=LATENCY_BUCKETS, registry=reference)
+    got = ThreadLocalHistogram("w_seconds", "doc", LATENCY_BUCKETS, ours)
+    values = [0.0001, 0.0002, 0.0005, 0.003, 0.00025, 0.5, 1, 20]
+    for v in values:
+        expected.observe(v)
+    other = threading.Thread(
+        target=lambda: [got.observe(v) for v in values[:5]]
+    )  # two threads' counts add up
+    other.start()
+    other.join()
+    for v in values[5:]:
+        got.observe(v)
+    lines = [line for line in generate_latest(reference).decode().splitlines() if "_created" not in line]
+    assert generate_latest(ours).decode().splitlines() == lines
