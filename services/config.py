@@ -149,6 +149,14 @@ class StorageConfig(ProcessConfig):
     max_write_batch: int = field(
         default=256, metadata=_help("Most writes committed in one group-commit transaction.")
     )
+    group_commit_wait_ms: float = field(
+        default=3.0,
+        metadata=_help(
+            "When a partition's last group commit held 4 or more writes, its writer waits "
+            "this long once for more before committing: fewer fsyncs and thread wake-ups "
+            "per write under load, at most this much added latency. 0: commit at once."
+        ),
+    )
     sweep_interval_s: float = field(
         default=30.0, metadata=_help("Seconds between background sweeps of expired entries.")
     )
@@ -175,6 +183,8 @@ class StorageConfig(ProcessConfig):
             )
         if not 0 <= self.row_cache_mb <= 1 << 20:
             raise ConfigError(f"row_cache_mb: {self.row_cache_mb} must be between 0 and {1 << 20}")
+        if not 0 <= self.group_commit_wait_ms <= 100:
+            raise ConfigError(f"group_commit_wait_ms: {self.group_commit_wait_ms} must be between 0 and 100")
         if not 1 <= self.max_write_batch <= 10_000:
             raise ConfigError(f"max_write_batch: {self.max_write_batch} must be between 1 and 10000")
         if self.sweep_interval_s <= 0:

@@ -26,6 +26,7 @@ def shardset_for(config: StorageConfig) -> ShardSet:
             inline_read_budget_s=config.inline_read_budget_ms / 1000,
             row_cache_bytes=config.row_cache_mb << 20,
             max_write_batch=config.max_write_batch,
+            commit_wait_s=config.group_commit_wait_ms / 1000,
         ),
     )
 

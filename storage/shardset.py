@@ -75,6 +75,7 @@ class ShardSetOptions:
     inline_read_budget_s: float = 0.001  # 0: every read on the read threads
     row_cache_bytes: int = 64 << 20  # 0: no row cache
     max_write_batch: int = 256
+    commit_wait_s: float = 0.0
     changelog_max: int = 100_000
 
 
@@ -142,7 +143,12 @@ class ShardSet:
             partition_id,
             key_range,
             shard,
-            PartitionWriter(shard, max_batch=self.options.max_write_batch, observer=self.write_observer),
+            PartitionWriter(
+                shard,
+                max_batch=self.options.max_write_batch,
+                commit_wait_s=self.options.commit_wait_s,
+                observer=self.write_observer,
+            ),
         )
         i = bisect.bisect_left(self._starts, key_range.start)
         self._partitions.insert(i, partition)

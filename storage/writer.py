@@ -1,7 +1,9 @@
 """The partition's single writer: one thread that owns the write connection.
 
 Whatever is queued when the thread wakes is committed in one transaction and one fsync
-(group commit): under load, 64 concurrent Puts cost one fsync, not 64.
+(group commit): under load, 64 concurrent Puts cost one fsync, not 64. With a commit wait
+set, a writer whose last group held several writes sleeps that long once before
+committing, to gather more (PostgreSQL's commit_delay and commit_siblings, in short).
 
 Each batch is timed (wall-clock nanoseconds, so spans can be drawn from them afterwards)
 and handed to an optional `WriteObserver`; storage itself knows nothing of metrics or
@@ -25,6 +27,9 @@ from keyspan.storage.shard import Shard
 
 log = logging.getLogger(__name__)
 _STOP = object()
+# The commit wait applies only after a group of at least this many writes: a lone writer
+# (c=1) never waits.
+COMMIT_WAIT_SIBLINGS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +62,16 @@ class PartitionWriter:
     Callers must treat a cancelled Put as "maybe applied".
     """
 
-    def __init__(self, shard: Shard, *, max_batch: int = 256, observer: WriteObserver | None = None) -> None:
+    def __init__(
+        self,
+        shard: Shard,
+        *,
+        max_batch: int = 256,
+        commit_wait_s: float = 0.0,
+        observer: WriteObserver | None = None,
+    ) -> None:
         self._shard, self._max_batch, self.observer = shard, max_batch, observer
+        self._commit_wait_s, self._last_size = commit_wait_s, 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._handoff = Handoff(self._queue)
         self._carry: list[Any] = []
@@ -93,11 +106,18 @@ class PartitionWriter:
         """The next batch, at most max_batch writes, as (loop, write) pairs; and whether
         the stop sentinel was seen. Blocks for the first write only when `block`."""
         batch, self._carry, stop = self._carry, [], False
+        may_wait = self._commit_wait_s > 0 and self._last_size >= COMMIT_WAIT_SIBLINGS
         while len(batch) < self._max_batch:
             try:
                 got = self._queue.get() if block and not batch else self._queue.get_nowait()
             except queue.Empty:
-                break
+                if not may_wait:
+                    break
+                # Writers are busy (the last group was big): wait once for more, so that
+                # one fsync and one pair of thread wake-ups serve a bigger group.
+                may_wait = False
+                time.sleep(self._commit_wait_s)
+                continue
             if got is _STOP:
                 stop = True
                 break
@@ -105,6 +125,7 @@ class PartitionWriter:
             batch.extend((loop, item) for item in items)
         if len(batch) > self._max_batch:
             batch, self._carry = batch[: self._max_batch], batch[self._max_batch :]
+        self._last_size = len(batch)
         return batch, stop
 
     def _run(self) -> None:

@@ -236,3 +236,27 @@ def test_a_bulk_batch_mixing_documents_and_bytes_logs_every_row(tmp_path: Path) 
             assert shard.changes_since(db, 0, 10) == [(1, b"a"), (2, b"b"), (3, b"c")]
     finally:
         shard.close()
+
+
+async def test_after_a_big_group_the_writer_waits_once_to_gather_the_next(tmp_path: Path) -> None:
+    from keyspan.storage.writer import COMMIT_WAIT_SIBLINGS, PartitionWriter
+
+    shard = Shard(tmp_path / "s.db", "s", KeyRange())
+    writer = PartitionWriter(shard, commit_wait_s=0.2)
+    try:
+        # A lone write after a lone write: committed at once, no wait.
+        await writer.submit(Put(b"a", b"1"))
+        started = asyncio.get_running_loop().time()
+        await writer.submit(Put(b"a", b"2"))
+        assert asyncio.get_running_loop().time() - started < 0.15
+        # A big group, then two writes 50 ms apart: the wait gathers them into one commit.
+        await asyncio.gather(*(writer.submit(Put(b"g%d" % i, b"v")) for i in range(COMMIT_WAIT_SIBLINGS)))
+        before = writer.batches
+        first = asyncio.ensure_future(writer.submit(Put(b"x", b"1")))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(writer.submit(Put(b"y", b"1")))
+        await asyncio.gather(first, second)
+        assert writer.batches == before + 1
+    finally:
+        await asyncio.to_thread(writer.close)
+        shard.close()
