@@ -43,6 +43,22 @@ def bulk_insert(path: Path, rows: int, value_bytes: int, synchronous: str) -> fl
     return rows / elapsed
 
 
+def single_commits(path: Path, commits: int, value_bytes: int, synchronous: str) -> float:
+    """Durable commits/s of one-row transactions (BEGIN, one upsert, COMMIT), one thread:
+    the most a writer that committed every Put alone could do."""
+    db = _connect(path, synchronous)
+    db.execute(_SCHEMA)
+    value = random.Random(3).randbytes(value_bytes)
+    started = time.perf_counter()
+    for n in range(commits):
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(_INSERT.replace("INSERT", "INSERT OR REPLACE", 1), (sorted_key(n), value, n + 1))
+        db.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    db.close()
+    return commits / elapsed
+
+
 def keyspan_statements_insert(path: Path, rows: int, value_bytes: int, synchronous: str) -> float:
     """Rows/s doing what a BulkPut commit does in SQLite (upsert + change log), from Python.
 

@@ -114,6 +114,9 @@ def baseline(cfg: BaselineConfig, log: Any = print) -> dict[str, Any]:
         raw_insert = raw_sqlite.bulk_insert(raw, cfg.rows, cfg.value_bytes, cfg.synchronous)
         raw_reads = raw_sqlite.point_reads(raw, cfg.rows, min(cfg.rows, 50_000))
         raw_scan, _ = raw_sqlite.full_scan(raw)
+        raw_commits = raw_sqlite.single_commits(
+            work / "raw-commits.db", 2_000, cfg.value_bytes, cfg.synchronous
+        )
         raw_upsert = raw_sqlite.keyspan_statements_insert(
             work / "raw-upsert.db", cfg.rows, cfg.value_bytes, cfg.synchronous
         )
@@ -166,6 +169,7 @@ def baseline(cfg: BaselineConfig, log: Any = print) -> dict[str, Any]:
             Figure("Scan vs echo Scan", scan["rows_per_s"], "rows/s", "echo Scan", echo_scan["rows_per_s"]),
             Figure("echo stream msgs/s", echo_stream["ops"]["bulk_batch"]["per_s"], "msg/s"),
             Figure("raw apsw point reads/s", raw_reads, "reads/s"),
+            Figure("raw apsw single-row commits/s", raw_commits, "commits/s"),
         ]
         cost: dict[str, Any] = {"bulk_put_cpu_s_per_m_rows": load_cpu, "space_amplification": space}
         for c in CONCURRENCIES:
@@ -209,6 +213,15 @@ def baseline(cfg: BaselineConfig, log: Any = print) -> dict[str, Any]:
                 "RPC/s",
                 "raw apsw reads",
                 raw_reads,
+            )
+        )
+        figures.append(
+            Figure(
+                "Put c=1 RPC/s vs raw single-row commits",
+                summaries["put_c1"]["ops_per_s"],
+                "RPC/s",
+                "raw apsw commits",
+                raw_commits,
             )
         )
         cost["server_peak_rss_bytes"] = ks.peak_rss_bytes()
