@@ -75,7 +75,7 @@ class ReadPool:
                 try:
                     result = fn(True)
                 except apsw.BusyError:
-                    pass
+                    pass  # it would have to wait on a lock: a read thread may
                 else:
                     self._after_inline(started, time.perf_counter())
                     return result

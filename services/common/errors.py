@@ -1,5 +1,5 @@
-"""Domain errors -> gRPC statuses, in exactly one place, applied to every keyspan handler
-(`wrap_errors`, at registration: services/common/registrar.py; or as `ErrorInterceptor`).
+"""Domain errors -> gRPC statuses, in exactly one place: `wrap_errors`, applied to every
+keyspan handler once, at registration (services/common/registrar.py).
 
 Every error a client can cause maps to a code with google.rpc details (field violations,
 ErrorInfo with a stable reason, RetryInfo, keyspan.v1.WrongPartition). Anything else is a
@@ -150,41 +150,11 @@ def _wrap_stream(
     return wrapped
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps what a servicer raises to its status; the servicers never build statuses.
-
-    The wrapped handler is built once per method and reused: this runs on every call.
-    """
-
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method = details.method
-        if handler is None or not method.startswith("/keyspan."):
-            return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = _wrap_handler(handler, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-
 def wrap_errors(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """The handler of a keyspan method, with its domain errors mapped to statuses (other
     services' handlers are returned as they are)."""
     if not method.startswith("/keyspan."):
         return handler
-    return _wrap_handler(handler, method)
-
-
-def _wrap_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
             _wrap_unary(handler.unary_unary, method),

@@ -2,7 +2,7 @@
 
 Each process has its own `CollectorRegistry` (so tests can run several in one Python
 process) served on `--metrics-address`. RPCs are counted by ONE wrapper around every
-handler, `rpc_telemetry.RpcTelemetryInterceptor.wrap`, never inside servicers. Gauges
+handler, `rpc_telemetry.RpcTelemetry.wrap`, never inside servicers. Gauges
 that need a look at the data (partitions, control plane) are computed on scrape by
 custom collectors; nothing polls.
 

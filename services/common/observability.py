@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-import grpc
 from prometheus_client.registry import Collector
 
 from keyspan import __version__
@@ -25,7 +24,7 @@ from keyspan.services.common import faults
 from keyspan.services.common.control_metrics import ControlMetricsSource, register_control_metrics
 from keyspan.services.common.metrics import MetricsServer, RpcMetrics, new_registry
 from keyspan.services.common.registrar import Wrap
-from keyspan.services.common.rpc_telemetry import RpcTelemetryInterceptor, ServerSampler
+from keyspan.services.common.rpc_telemetry import RpcTelemetry, ServerSampler
 from keyspan.services.common.storage_metrics import PartitionCollector, StorageTelemetry
 from keyspan.services.common.tracing import Tracing
 from keyspan.services.config import ProcessConfig
@@ -55,17 +54,13 @@ class Observability:
         return None if self.metrics_server is None else self.metrics_server.port
 
     def handler_wrappers(self) -> list[Wrap]:
-        """What traces and measures every RPC, as a handler wrapper; none when both are off."""
-        return [interceptor.wrap for interceptor in self.server_interceptors()]  # type: ignore[attr-defined]
-
-    def server_interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """The one interceptor that traces and measures every RPC; none when both are off."""
+        """The one wrapper that traces and measures every RPC; none when both are off."""
         if not self.enabled:
             return []
         sampler = None
         if self.tracing is not None:
             sampler = ServerSampler(self.tracing.tracer, self.config.trace_sample_ratio)
-        return [RpcTelemetryInterceptor(self.rpc_metrics, sampler)]
+        return [RpcTelemetry(self.rpc_metrics, sampler).wrap]
 
     def add_collector(self, collector: Collector) -> None:
         """Export a process-specific collector's series (no-op when metrics are off)."""

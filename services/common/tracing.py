@@ -7,7 +7,7 @@ followed, new traces are kept with that probability) and a `BatchSpanProcessor`:
 are exported from a background thread, so a slow or dead collector never blocks or fails
 an RPC; spans that do not fit the queue are dropped.
 
-Servers trace every RPC in `rpc_telemetry.RpcTelemetryInterceptor.wrap` with `Tracing.tracer`
+Servers trace every RPC in `rpc_telemetry.RpcTelemetry.wrap` with `Tracing.tracer`
 (GrpcProcess wraps every handler with it at registration). Clients and the gateway add
 `client_interceptors(config)` to their channels:
 ``grpc.aio.insecure_channel(target, interceptors=client_interceptors(config))``.

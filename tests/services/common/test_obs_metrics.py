@@ -13,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from keyspan.services.common.control_metrics import CONTROL_METRICS, register_control_metrics
 from keyspan.services.common.metrics import RpcMetrics
-from keyspan.services.common.rpc_telemetry import RpcTelemetryInterceptor
+from keyspan.services.common.registrar import Registrar
+from keyspan.services.common.rpc_telemetry import RpcTelemetry
 from keyspan.services.common.storage_metrics import PartitionCollector
 from keyspan.storage.mutations import Put
 from keyspan.storage.shardset import ShardSet
@@ -158,10 +159,10 @@ def test_client_metrics_count_retries_refreshes_and_redirects() -> None:
 
 
 @pytest.mark.asyncio
-async def test_no_metrics_endpoint_and_no_interceptor_when_off(start_server) -> None:
+async def test_no_metrics_endpoint_and_no_telemetry_wrapper_when_off(start_server) -> None:
     server = await start_server()
     assert server.observability.metrics_port is None
-    assert server.observability.server_interceptors() == []
+    assert server.observability.handler_wrappers() == []
 
 
 @pytest.mark.asyncio
@@ -175,8 +176,8 @@ async def test_client_streams_count_messages_in() -> None:
     handler = grpc.method_handlers_generic_handler(
         "test.Upload", {"Send": grpc.stream_unary_rpc_method_handler(total)}
     )
-    server = grpc.aio.server(interceptors=[RpcTelemetryInterceptor(metrics, None)])
-    server.add_generic_rpc_handlers([handler])
+    server = grpc.aio.server()
+    Registrar(server, RpcTelemetry(metrics, None).wrap).add_generic_rpc_handlers([handler])
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
