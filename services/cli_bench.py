@@ -152,6 +152,27 @@ def cluster(workloads: tuple[str, ...], quick: bool, history: bool, **options: A
 
 
 @bench.command()
+@click.option("--quick", is_flag=True, help="Two rounds of 1 s phases (a smoke run, not a figure).")
+@click.option("--rounds", type=int, default=8, show_default=True, help="Rounds, each setting once.")
+@click.option("--seconds", type=float, default=3.0, show_default=True, help="Each Put and Get phase.")
+@click.option("--concurrency", type=int, default=32, show_default=True, help="Concurrent callers.")
+@click.option("--keys", type=int, default=10_000, show_default=True, help="Distinct keys written and read.")
+@click.option("--synchronous", type=click.Choice(["FULL", "NORMAL"]), default="FULL", show_default=True)
+@click.option("--history/--no-history", default=True, show_default=True)
+def obs(quick: bool, **options: Any) -> None:
+    """What metrics and tracing cost (issue 6): Put/Get throughput and server CPU per op with
+    --metrics-address, and with tracing at 0.01 and 1.0, as paired ratios to the same load
+    with them off; "off again" shows the noise floor."""
+    import argparse
+    import asyncio
+
+    overhead = _perf("obs_overhead")
+    if quick:
+        options.update(rounds=2, seconds=1.0)
+    asyncio.run(overhead.main(argparse.Namespace(**options)))
+
+
+@bench.command()
 @click.argument("spec_file", type=click.Path(exists=True, dir_okay=False))
 @click.argument("out_file", type=click.Path(dir_okay=False))
 @click.argument("worker", type=int)

@@ -1,18 +1,21 @@
-"""What metrics and tracing cost: Put and Get throughput of `keyspan serve` with them on,
-as a ratio to the same load with them off.
+"""What metrics and tracing cost: Put and Get throughput and server CPU per operation of
+`keyspan serve` with them on, as ratios to the same load with them off.
 
-Run: ``.venv/bin/python -m integration.perf.obs_overhead [--seconds 4] [--rounds 3]``
+Run: ``keyspan bench obs [--rounds 8] [--seconds 3]`` (or ``python -m
+integration.perf.obs_overhead``, same flags); the run is appended to the perf history.
 
-Each round starts one `keyspan serve` subprocess per setting (in a shuffled order, each
-with a fresh data dir),
-waits for health SERVING, then drives the same closed-loop load from this process: a
-Put phase, then a Get phase over the keys written, `--concurrency` callers each. Traces
-go to a real OTLP/gRPC receiver in this process (so the exporter really sends them), and
-/metrics is scraped once per run (as Prometheus would). The report gives the median over
-the rounds of each setting's ops/s and its ratio to "off", and the server's CPU time per
-operation (from /proc, user + system) and its ratio to "off": on a shared 2-core machine
-the CPU cost is the steadier of the two figures. The target: metrics on and tracing at
-0.01 cost less than 10% (throughput ratio >= 0.90, CPU ratio <= 1.10).
+Each round starts one `keyspan serve` subprocess per setting (in a new shuffled order
+each round, each with a fresh data dir), waits for health SERVING, then drives the same
+closed-loop load from this process: a Put phase, then a Get phase over the keys
+written, `--concurrency` callers each. Traces go to a real OTLP/gRPC receiver in this
+process (so the exporter really sends them), and /metrics is scraped once per run (as
+Prometheus would). Server CPU is user + system time from /proc.
+
+Each figure is the median over the rounds of a paired ratio: the setting's figure over
+"off"'s in the same round, so the machine's drift between rounds cancels. "off again"
+runs "off" a second time: its ratios show the run's noise floor. The target (issue 6):
+metrics on and tracing at 0.01 cost less than 10% (throughput ratios >= 0.90, CPU per
+operation ratios <= 1.10).
 """
 
 from __future__ import annotations
@@ -29,11 +32,14 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from integration.otlp_receiver import TraceReceiver
+from integration.perf import history
+from integration.perf.figures import Figure, table
 from keyspan.v1 import kv_pb2, kv_pb2_grpc
 
 KEYSPAN = Path(sys.executable).with_name("keyspan")
@@ -48,6 +54,7 @@ def free_port() -> int:
 def settings(receiver: TraceReceiver) -> dict[str, list[str]]:
     return {
         "off": [],
+        CONTROL: [],
         "metrics": ["--metrics-address", "METRICS"],
         "metrics+trace@0.01": ["--metrics-address", "METRICS", "--otlp-endpoint", receiver.endpoint,
                                "--trace-sample-ratio", "0.01"],
@@ -129,7 +136,52 @@ async def one_run(flags: list[str], args: argparse.Namespace) -> Result:
             proc.wait(30)
 
 
-async def main(args: argparse.Namespace) -> None:
+CONTROL = "off again"
+# (figure, index in Result, higher is better, target): issue 6's is for metrics + trace 0.01.
+MEASURES = (
+    ("Put/s", 0, True, 0.90),
+    ("Get/s", 1, True, 0.90),
+    ("Put server CPU/op", 2, False, 1.10),
+    ("Get server CPU/op", 3, False, 1.10),
+)
+TARGET_SETTING = "metrics+trace@0.01"
+
+
+def paired(runs: dict[str, list[Result]], name: str, index: int) -> list[float]:
+    """Round by round, the setting's figure over "off"'s in the same round."""
+    return [run[index] / off[index] for run, off in zip(runs[name], runs["off"], strict=True) if off[index]]
+
+
+def figures_of(runs: dict[str, list[Result]]) -> tuple[list[Figure], dict[str, Any]]:
+    """One Figure per setting and measure: the median over the rounds of the paired ratio.
+
+    A ratio of two runs taken minutes apart carries the machine's drift; a ratio within one
+    round does not, and the median of those shrugs off a round a neighbour disturbed.
+    "off again" is "off" measured twice: its ratios are the noise floor of the run.
+    """
+    figures, spread = [], {}
+    for name in runs:
+        if name == "off":
+            continue
+        for label, index, higher, target in MEASURES:
+            ratios = paired(runs, name, index)
+            figures.append(
+                Figure(
+                    f"{name}: {label}",
+                    statistics.median(ratios),
+                    "x off",
+                    "off, same round",
+                    1.0,
+                    target if name == TARGET_SETTING else None,
+                    higher,
+                )
+            )
+            spread[f"{name}: {label}"] = [round(min(ratios), 3), round(max(ratios), 3)]
+    return figures, spread
+
+
+async def measure(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
+    """Every setting once a round, in a new shuffled order each round; the run for the history."""
     receiver = TraceReceiver()
     runs: dict[str, list[Result]] = {}
     try:
@@ -140,33 +192,68 @@ async def main(args: argparse.Namespace) -> None:
             for name, flags in order:
                 runs.setdefault(name, []).append(await one_run(flags, args))
                 put, get, put_us, get_us = runs[name][-1]
-                print(
+                log(
                     f"round {r + 1} {name:<20} put {put:7.0f}/s {put_us:6.0f} us CPU"
-                    f"  get {get:7.0f}/s {get_us:6.0f} us CPU",
-                    flush=True,
+                    f"  get {get:7.0f}/s {get_us:6.0f} us CPU"
                 )
+        spans = len(receiver.spans)
     finally:
         receiver.close()
-    base = [statistics.median(run[k] for run in runs["off"]) for k in range(4)]
-    print(
-        f"\nmedian of {args.rounds} rounds, {args.seconds:g} s per phase, {args.concurrency} callers, "
-        f"synchronous={args.synchronous}"
-    )
-    print("setting               put/s ratio  CPU us ratio    get/s ratio  CPU us ratio")
-    for name in settings(receiver):
-        results = runs[name]
-        m = [statistics.median(run[k] for run in results) for k in range(4)]
-        print(
-            f"{name:<20} {m[0]:6.0f} {m[0] / base[0]:5.2f} {m[2]:7.0f} {m[2] / base[2]:5.2f}"
-            f"   {m[1]:6.0f} {m[1] / base[1]:5.2f} {m[3]:7.0f} {m[3] / base[3]:5.2f}"
-        )
-    print(f"spans received: {len(receiver.spans)}")
+    runs = {name: runs[name] for name in settings(receiver)}
+    figures, spread = figures_of(runs)
+    config = {k: getattr(args, k) for k in ("seconds", "rounds", "concurrency", "keys", "synchronous")}
+    medians = {
+        name: dict(zip(("put_per_s", "get_per_s", "put_cpu_us", "get_cpu_us"),
+                       (statistics.median(run[k] for run in results) for k in range(4)), strict=True))
+        for name, results in runs.items()
+    }  # fmt: skip
+    return {
+        "suite": "obs_overhead",
+        "config": config,
+        "figures": figures,
+        "summaries": {"medians": medians, "paired_ratio_range": spread, "spans_received": spans},
+        "cost": {},
+    }
+
+
+def report(run: dict[str, Any]) -> str:
+    """The paired ratios, one line per setting, with their min-max over the rounds."""
+    by_name = {f.name: f for f in run["figures"]}
+    spread = run["summaries"]["paired_ratio_range"]
+    cfg = run["config"]
+    lines = [
+        f"median over {cfg['rounds']} rounds of the ratio to 'off' in the same round "
+        f"({cfg['seconds']:g} s per phase, {cfg['concurrency']} callers, synchronous={cfg['synchronous']}); "
+        "min-max in brackets",
+        f"{'setting':<20} {'put/s':>18} {'put CPU/op':>18} {'get/s':>18} {'get CPU/op':>18}",
+    ]
+    for name in run["summaries"]["medians"]:
+        if name == "off":
+            continue
+        cells = []
+        for label in ("Put/s", "Put server CPU/op", "Get/s", "Get server CPU/op"):
+            key = f"{name}: {label}"
+            low, high = spread[key]
+            cells.append(f"{by_name[key].value:5.2f} [{low:4.2f}-{high:4.2f}]")
+        lines.append(f"{name:<20} " + " ".join(f"{c:>18}" for c in cells))
+    lines.append(f"spans received: {run['summaries']['spans_received']}")
+    return "\n".join(lines)
+
+
+async def main(args: argparse.Namespace) -> None:
+    run = await measure(args, log=lambda line: print(line, flush=True))
+    print()
+    print(report(run))
+    print()
+    print(table(run["figures"]))
+    if args.history:
+        print(f"history: {history.save(history.make_record(run))}")
 
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each phase")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of every setting (median)")
+    parser.add_argument("--rounds", type=int, default=8, help="runs of every setting (median)")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent callers")
     parser.add_argument("--keys", type=int, default=10_000, help="distinct keys")
     parser.add_argument(
@@ -174,6 +261,9 @@ def parse() -> argparse.Namespace:
         choices=["FULL", "NORMAL"],
         default="FULL",
         help="NORMAL takes the fsync (and a busy disk's noise) out of the Put figures",
+    )
+    parser.add_argument(
+        "--history", action=argparse.BooleanOptionalAction, default=True, help="append the run to the history"
     )
     return parser.parse_args()
 
