@@ -7,7 +7,8 @@ code on both. It wraps outside the error mapping (errors.wrap_errors), so it see
 the error mapper chose (the opentelemetry-instrumentation-grpc aio server interceptor does not see codes
 set with abort_with_status, and cost ~30% of Get throughput at 1% sampling here, because it
 builds the span's attributes and wraps the context even for calls it does not record).
-Per-method labels and metric children are computed once per method, not per call.
+Per-method labels and counts are set up once per method, not per call; the counts are
+plain numbers (metrics.MethodCounts), not locked prometheus_client children.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from .metrics import RpcMetrics
+from .metrics import MethodCounts, RpcMetrics
 
 # Codes that mean the server failed, not the caller: the span is marked as an error.
 SERVER_FAULT_CODES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS})
@@ -62,29 +63,33 @@ def _final_code(context: grpc.aio.ServicerContext, err: BaseException | None) ->
 
 
 class _Method:
-    """What is fixed for one method and kind: its labels and its metric children."""
+    """What is fixed for one method and kind: its labels and its counts."""
 
     def __init__(self, full_name: str, kind: str, metrics: RpcMetrics | None) -> None:
         service, _, name = full_name.rpartition("/")
         self.full_name, self.kind = full_name, kind
         self.service, self.name = service.lstrip("/") or "unknown", name or full_name
-        self.metrics = metrics
-        self.in_flight = self.sent = self.received = None
-        if metrics is not None:
-            self.in_flight = metrics.in_flight.labels(self.service, self.name)
-            self.sent = metrics.sent.labels(self.service, self.name)
-            self.received = metrics.received.labels(self.service, self.name)
-        self._by_code: dict[grpc.StatusCode, tuple[Any, Any, Any]] = {}
+        self.counts = None if metrics is None else metrics.method(self.service, self.name, kind)
 
-    def by_code(self, code: grpc.StatusCode) -> tuple[Any, Any, Any]:
-        found = self._by_code.get(code)
-        if found is None:
-            m = self.metrics
-            assert m is not None
-            labels = (self.service, self.name, self.kind, code.name)
-            stream = None if self.kind == "unary" else m.stream_duration.labels(*labels[:3])
-            found = self._by_code[code] = (m.handled.labels(*labels), m.duration.labels(*labels), stream)
-        return found
+
+class _UnsampledSpan(NonRecordingSpan):
+    """The span of a call whose new trace is not sampled. Its ids are drawn when something
+    first asks for them (a log line, a fault report, a traced outgoing call), not on
+    every call: most unsampled calls never need them."""
+
+    def __init__(self, rng: random.Random) -> None:  # no super().__init__: no ids yet
+        self._random = rng
+        self._context: SpanContext | None = None  # type: ignore[assignment]
+
+    def get_span_context(self) -> SpanContext:
+        if self._context is None:
+            self._context = SpanContext(
+                trace_id=self._random.getrandbits(128) or 1,
+                span_id=self._random.getrandbits(64) or 1,
+                is_remote=False,
+                trace_flags=TraceFlags(TraceFlags.DEFAULT),
+            )
+        return self._context
 
 
 class ServerSampler:
@@ -93,8 +98,9 @@ class ServerSampler:
     A call that carries trace context (`traceparent`) goes to the SDK, which follows the
     caller's decision. A new trace is kept with probability `ratio` (the tracer's own
     sampler must then keep every root: `Tracing` sets it so); one that is not kept gets a NonRecordingSpan
-    with fresh random ids made here, without the SDK's span machinery (~10x cheaper),
-    so logs and Sentry events still carry a trace_id and callees see "not sampled".
+    with random ids drawn here on first use, without the SDK's span machinery (~10x
+    cheaper), so logs and Sentry events still carry a trace_id and callees see "not
+    sampled".
     """
 
     def __init__(self, tracer: trace.Tracer, ratio: float) -> None:
@@ -104,16 +110,13 @@ class ServerSampler:
     def start(self, method: _Method, context: grpc.aio.ServicerContext) -> trace.Span:
         metadata = context.invocation_metadata() or ()
         parent = None
-        if any(k == "traceparent" for k, _ in metadata):
-            parent = propagate.extract(metadata, getter=_GETTER)
-        elif self._random.random() >= self.ratio:
-            ids = SpanContext(
-                trace_id=self._random.getrandbits(128) or 1,
-                span_id=self._random.getrandbits(64) or 1,
-                is_remote=False,
-                trace_flags=TraceFlags(TraceFlags.DEFAULT),
-            )
-            return NonRecordingSpan(ids)
+        for key, _ in metadata:
+            if key == "traceparent":
+                parent = propagate.extract(metadata, getter=_GETTER)
+                break
+        else:
+            if self._random.random() >= self.ratio:
+                return _UnsampledSpan(self._random)
         span = self.tracer.start_span(method.full_name, context=parent, kind=SpanKind.SERVER)
         if span.is_recording():
             span.set_attributes(
@@ -134,8 +137,8 @@ class _Call:
         if sampler is not None:
             span = self.span = sampler.start(method, context)
             self.token = otel_context.attach(trace.set_span_in_context(span))
-        if method.in_flight is not None:
-            method.in_flight.inc()
+        if method.counts is not None:
+            method.counts.in_flight += 1
         self.started = time.perf_counter()
 
     def finish(self, context: grpc.aio.ServicerContext, err: BaseException | None) -> None:
@@ -149,19 +152,14 @@ class _Call:
                     span.set_status(Status(StatusCode.ERROR, code.name))
             span.end()
             otel_context.detach(self.token)
-        m = self.method
-        if m.in_flight is not None:
-            m.in_flight.dec()
-            handled, duration, stream_duration = m.by_code(code)
-            handled.inc()
-            duration.observe(elapsed)
-            if stream_duration is not None:
-                stream_duration.observe(elapsed)
+        counts = self.method.counts
+        if counts is not None:
+            counts.finished(code.name, elapsed)
 
 
-async def _counted(requests: AsyncIterator[Any], counter: Any) -> AsyncIterator[Any]:
+async def _counted(requests: AsyncIterator[Any], counts: MethodCounts) -> AsyncIterator[Any]:
     async for request in requests:
-        counter.inc()
+        counts.received += 1
         yield request
 
 
@@ -206,8 +204,8 @@ class RpcTelemetry:
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = _Call(method, sampler, context)
-            if method.received is not None and method.kind == "client_stream":
-                request = _counted(request, method.received)
+            if method.counts is not None and method.kind == "client_stream":
+                request = _counted(request, method.counts)
             try:
                 response = await behavior(request, context)
             except BaseException as err:
@@ -223,13 +221,13 @@ class RpcTelemetry:
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = _Call(method, sampler, context)
-            sent = method.sent
-            if method.received is not None and method.kind == "bidi_stream":
-                request = _counted(request, method.received)
+            counts = method.counts
+            if counts is not None and method.kind == "bidi_stream":
+                request = _counted(request, counts)
             try:
                 async for response in behavior(request, context):
-                    if sent is not None:
-                        sent.inc()
+                    if counts is not None:
+                        counts.sent += 1
                     yield response
             except BaseException as err:
                 call.finish(context, err)

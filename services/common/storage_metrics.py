@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 from keyspan.storage.shardset import Partition, ShardSet, now_ms, partition_stats
 from keyspan.storage.writer import BatchTiming
 
-from .metrics import BATCH_BUCKETS, LATENCY_BUCKETS
+from .metrics import BATCH_BUCKETS, LATENCY_BUCKETS, le_label
 
 log = logging.getLogger(__name__)
 
@@ -174,14 +174,10 @@ class ThreadLocalHistogram(Collector):
                 counts[i] += n
             total += t.total
         buckets, cumulative = [], 0
-        for bound, n in zip((*(_le(b) for b in self._bounds), "+Inf"), counts, strict=True):
+        for bound, n in zip((*(le_label(b) for b in self._bounds), "+Inf"), counts, strict=True):
             cumulative += n
             buckets.append((bound, cumulative))
         yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
-
-
-def _le(bound: float) -> str:
-    return str(int(bound)) + ".0" if bound == int(bound) else repr(bound)
 
 
 class StorageTelemetry:

@@ -214,3 +214,77 @@ def test_the_lock_free_write_path_histogram_exposes_what_prometheus_would() -> N
         got.observe(v)
     lines = [line for line in generate_latest(reference).decode().splitlines() if "_created" not in line]
     assert generate_latest(ours).decode().splitlines() == lines
+
+
+def test_the_lock_free_rpc_series_expose_what_prometheus_client_would() -> None:
+    from prometheus_client import Counter, Gauge, Histogram
+
+    from keyspan.services.common.metrics import LATENCY_BUCKETS, RPC_LABELS, STREAM_BUCKETS
+
+    reference, ours = CollectorRegistry(), CollectorRegistry()
+    handled = Counter(
+        "keyspan_rpc_handled", "RPCs finished, by final status code.", RPC_LABELS, registry=reference
+    )
+    duration = Histogram(
+        "keyspan_rpc_duration_seconds",
+        "Time from the call's arrival to its status; for streams, the stream's whole life.",
+        RPC_LABELS,
+        buckets=LATENCY_BUCKETS,
+        registry=reference,
+    )
+    stream = Histogram(
+        "keyspan_rpc_stream_duration_seconds",
+        "Life of streaming RPCs (Scan, BulkPut, Sweep), in wider buckets.",
+        RPC_LABELS[:3],
+        buckets=STREAM_BUCKETS,
+        registry=reference,
+    )
+    in_flight = Gauge("keyspan_rpc_in_flight", "RPCs being served now.", RPC_LABELS[:2], registry=reference)
+    received = Counter(
+        "keyspan_rpc_stream_messages_received",
+        "Messages read from clients on streaming RPCs.",
+        RPC_LABELS[:2],
+        registry=reference,
+    )
+    sent = Counter(
+        "keyspan_rpc_stream_messages_sent",
+        "Messages sent to clients on streaming RPCs.",
+        RPC_LABELS[:2],
+        registry=reference,
+    )
+    metrics = RpcMetrics(ours)
+    calls = [  # method, kind, code, seconds, messages in, messages out
+        ("Get", "unary", "OK", 0.0002),
+        ("Get", "unary", "OK", 0.0031),
+        ("Get", "unary", "INVALID_ARGUMENT", 0.00001),
+        ("Scan", "bidi_stream", "OK", 2.5),
+        ("Put", "unary", "ABORTED", 12.0),
+    ]
+    methods = {}
+    for name, kind, code, seconds in calls:
+        if name not in methods:
+            methods[name] = metrics.method(KV, name, kind)
+            for family in (in_flight, received, sent):
+                family.labels(KV, name)
+        counts = methods[name]
+        counts.in_flight += 1
+        in_flight.labels(KV, name).inc()
+        if kind != "unary":
+            counts.received += 2
+            received.labels(KV, name).inc(2)
+            counts.sent += 3
+            sent.labels(KV, name).inc(3)
+        counts.finished(code, seconds)
+        in_flight.labels(KV, name).dec()
+        handled.labels(KV, name, kind, code).inc()
+        duration.labels(KV, name, kind, code).observe(seconds)
+        if kind != "unary":
+            stream.labels(KV, name, kind).observe(seconds)
+    methods["Get"].in_flight += 1  # one call still running
+    in_flight.labels(KV, "Get").inc()
+
+    def exposed(registry: CollectorRegistry) -> list[str]:
+        lines = [line for line in generate_latest(registry).decode().splitlines() if "_created" not in line]
+        return sorted(lines)  # prometheus_client orders a family's children by first use
+
+    assert exposed(ours) == exposed(reference)
