@@ -79,7 +79,9 @@ class RowCache:
                 self._rows.clear()
                 self._bytes = 0
                 return
-            for key in keys:
+            rows = self._rows
+            # A bulk load writes thousands of keys that were never read: look before dropping.
+            for key in [key for key in keys if key in rows]:
                 self._drop(key)
 
     def clear(self) -> None:

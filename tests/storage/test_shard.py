@@ -260,3 +260,48 @@ async def test_after_a_big_group_the_writer_waits_once_to_gather_the_next(tmp_pa
     finally:
         await asyncio.to_thread(writer.close)
         shard.close()
+
+
+def test_a_batch_applies_its_writes_in_order_and_fails_only_the_bad_one(tmp_path: Path) -> None:
+    shard = Shard(tmp_path / "s.db", "s", KeyRange())
+    try:
+        outcomes = shard.apply_batch(
+            [
+                Put(b"a", b"1"),
+                Put(b"a", b"2"),  # the same key twice in one batch: the later write wins
+                Put(b"b", b"3"),
+                Put(b"b", b"x", if_etag=99),  # fails alone
+                Put(b"c", b'{"x": 1}', json=True),
+                Put(b"d", b"4"),
+            ]
+        )
+        assert outcomes[:3] == [1, 2, 3] and isinstance(outcomes[3], EtagMismatchError)
+        assert outcomes[4:] == [4, 5]
+        with shard.reader() as db:
+            assert Shard.get(db, b"a", now_ms()) == (b"a", b"2", False, 2, None)
+            assert Shard.get(db, b"b", now_ms()) == (b"b", b"3", False, 3, None)
+            assert Shard.get(db, b"d", now_ms()).etag == 5
+            assert shard.changes_since(db, 0, 10) == [(1, b"a"), (2, b"a"), (3, b"b"), (4, b"c"), (5, b"d")]
+        assert shard.revision == 5
+    finally:
+        shard.close()
+
+
+def test_a_plain_bulk_overwrites_in_place_and_logs_every_row(tmp_path: Path) -> None:
+    from keyspan.storage.mutations import Bulk
+
+    shard = Shard(tmp_path / "s.db", "s", KeyRange())
+    try:
+        assert shard.apply_batch([Put(b"k2", b"old", expires_at_ms=now_ms() + 60_000)]) == [1]
+        keys = [b"k1", b"k2", b"\x00" * 300]  # any bytes, any length up to the limit
+        assert shard.apply_batch([Bulk([BulkRow(k, b"v" + k) for k in sorted(keys)])]) == [3]
+        with shard.reader() as db:
+            rows, _ = Shard.scan(db, KeyRange(), now_ms(), max_rows=10)
+            assert [(r.key, r.value, r.etag, r.expires_at_ms) for r in rows] == [
+                (b"\x00" * 300, b"v" + b"\x00" * 300, 2, None),
+                (b"k1", b"vk1", 3, None),
+                (b"k2", b"vk2", 4, None),  # the old TTL went with the old value
+            ]
+            assert [k for _, k in shard.changes_since(db, 1, 10)] == sorted(keys)
+    finally:
+        shard.close()
