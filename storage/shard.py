@@ -387,8 +387,7 @@ class Shard:
     def _upsert_plain(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
         """Write bytes values with no TTL, in order, at the next len(keys) revisions: two
         statements whatever the count."""
-        entries = zip(map(len, keys), keys, values, strict=True)
-        packed = apsw.carray(tuple(map(b"%04d%s%s".__mod__, entries)))
+        packed = packed_entries(keys, values)
         self._db.execute(_UPSERT_PACKED, (packed, self.revision))
         self._db.execute(_LOG_PACKED, (packed, self.revision))
         self.revision += len(keys)
@@ -505,6 +504,11 @@ class Shard:
                 (revision, limit),
             )
         ]
+
+
+def packed_entries(keys: Sequence[bytes], values: Sequence[bytes]) -> apsw.carray:
+    """The carray that _UPSERT_PACKED and _LOG_PACKED read (keys of at most 9999 bytes)."""
+    return apsw.carray(tuple(map(b"%04d%s%s".__mod__, zip(map(len, keys), keys, values, strict=True))))
 
 
 def _keys_of(mutations: Sequence[Mutation]) -> list[bytes]:
