@@ -471,7 +471,7 @@ class Shard:
                 docs.append((row.key, text, first + i, row.expires_at_ms))
             else:
                 plain.append((row.key, row.value, first + i, row.expires_at_ms))
-        with self._db:
+        with self._db:  # a savepoint, as above
             self._db.executemany(_UPSERT, plain)
             if docs:
                 self._db.executemany(_UPSERT_JSON, docs)

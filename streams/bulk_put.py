@@ -40,16 +40,13 @@ def rows_of(entries: Sequence[kv_pb2.Entry], limits: Limits) -> list[BulkRow]:
         and all(map(operator.lt, keys, keys[1:]))
     )
     now = now_ms()
-    if good and not any(ttls):
+    if not good:
+        _raise_first_fault(keys, values, ttls, limits, now)
+    if not any(ttls):
         return list(map(tuple.__new__, itertools.repeat(BulkRow), columns))
-    if good:
-        try:
-            expires = [expiry_ms(t, now, f"entries[{i}].ttl_s") if t else None for i, t in enumerate(ttls)]
-            return list(map(BulkRow, keys, values, is_json, expires))
-        except InvalidArgumentError:
-            pass
-    _raise_first_fault(keys, values, ttls, limits, now)
-    raise AssertionError("unreachable: a rule failed above")
+    # Keys and values passed, so the first bad entry, if any, is the first bad TTL.
+    expires = [expiry_ms(t, now, f"entries[{i}].ttl_s") if t else None for i, t in enumerate(ttls)]
+    return list(map(BulkRow, keys, values, is_json, expires))
 
 
 def _raise_first_fault(
