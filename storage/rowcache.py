@@ -12,12 +12,16 @@ the eviction removes it) or it sees the new generation and stores nothing.
 
 Expired rows need no eviction: a cached row past its `expires_at_ms` reads as absent,
 exactly as Shard.get treats it. Absent keys are cached too (a Put evicts them).
-Eviction is first-in first-out within a byte budget.
+Eviction is least-recently-used within a byte budget, on an OrderedDict: evicting its
+oldest entry is O(1). (A plain dict is not: `next(iter(d))` walks over the slots of every
+key popped from its front since the dict was last compacted. On a full 64 MiB cache that
+made each fill cost 25 to 290 us instead of 3.)
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from typing import Any
 
 from keyspan.storage.shard import Row
@@ -34,7 +38,7 @@ class RowCache:
         self.budget_bytes = budget_bytes
         self.generation = 0
         self.hits = self.misses = 0
-        self._rows: dict[bytes, Any] = {}
+        self._rows: OrderedDict[bytes, Any] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -53,6 +57,10 @@ class RowCache:
             self.misses += 1
             return MISSING
         self.hits += 1
+        try:  # noqa: SIM105 - on every cache hit: cheaper than contextlib.suppress
+            self._rows.move_to_end(key)
+        except KeyError:  # evicted by another thread since the lookup: still a valid read
+            pass
         if found is not ABSENT and found.expires_at_ms is not None and found.expires_at_ms <= now_ms:
             return ABSENT
         return found
@@ -69,7 +77,7 @@ class RowCache:
             self._rows[key] = row if row is not None else ABSENT
             self._bytes += size
             while self._bytes > self.budget_bytes:
-                self._drop(next(iter(self._rows)))
+                self._drop_oldest()
 
     def written(self, keys: list[bytes] | None) -> None:
         """After a commit: forget `keys` (None: every key) and fence off reads begun before."""
@@ -86,6 +94,10 @@ class RowCache:
 
     def clear(self) -> None:
         self.written(None)
+
+    def _drop_oldest(self) -> None:
+        key, old = self._rows.popitem(last=False)
+        self._bytes -= len(key) + (len(old.value) if old is not ABSENT else 0) + _OVERHEAD_BYTES
 
     def _drop(self, key: bytes) -> None:
         old = self._rows.pop(key, MISSING)

@@ -93,3 +93,15 @@ def test_the_cache_keeps_to_its_byte_budget() -> None:
     assert cache.get(b"k0999", 0) is not MISSING and cache.get(b"k0000", 0) is MISSING  # oldest out first
     cache.clear()
     assert cache.entries == 0 and cache.bytes == 0
+
+
+def test_a_full_cache_evicts_the_least_recently_read_row() -> None:
+    cache = RowCache(64 * 1024)
+    key = b"k%04d"
+    for i in range(1000):
+        cache.fill(key % i, Row(key % i, b"v" * 100, False, i, None), cache.generation)
+        if cache.get(key % 0, 0) is MISSING:  # read k0000 after every fill: it stays
+            raise AssertionError(f"k0000 was evicted after {i} fills although read each time")
+    assert cache.get(key % 1, 0) is MISSING  # never read again: long gone
+    assert cache.get(key % 999, 0) is not MISSING
+    assert cache.bytes <= cache.budget_bytes
