@@ -63,7 +63,12 @@ def bench() -> None:
     "--rounds", type=int, default=2, show_default=True, help="Echo/keyspan alternations per figure."
 )
 @click.option("--synchronous", type=click.Choice(["FULL", "NORMAL"]), default="FULL", show_default=True)
-@click.option("--tmp-dir", default="", help="Where data dirs go (default: the system temp dir).")
+@click.option(
+    "--tmp-dir",
+    default="",
+    type=click.Path(file_okay=False),
+    help="Where data dirs go, created if missing (default: the system temp dir).",
+)
 @click.option(
     "--history/--no-history", default=True, show_default=True, help="Append the run to the history."
 )
@@ -114,7 +119,12 @@ def baseline(quick: bool, history: bool, **options: Any) -> None:
     multiple=True,
     help="Drive running servers instead of starting one (no cost figures). Repeatable.",
 )
-@click.option("--tmp-dir", default="")
+@click.option(
+    "--tmp-dir",
+    default="",
+    type=click.Path(file_okay=False),
+    help="Where data dirs go, created if missing (default: the system temp dir).",
+)
 @click.option("--history/--no-history", default=True, show_default=True)
 def ycsb(workloads: tuple[str, ...], quick: bool, value_kind: str, history: bool, **options: Any) -> None:
     """YCSB core workloads against keyspan, each beside the echo server under the same mix."""

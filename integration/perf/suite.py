@@ -55,6 +55,8 @@ class YcsbConfig:
 
 @contextmanager
 def _workdir(tmp_dir: str) -> Iterator[Path]:
+    if tmp_dir:
+        Path(tmp_dir).mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix="keyspan-bench-", dir=tmp_dir or None))
     try:
         yield path
