@@ -18,6 +18,11 @@ import click
 
 from keyspan.services.cli import cli
 
+# Sizes, counts and durations must be positive: a bad one is a usage error, not a crash
+# of the client processes half-way through a run.
+_COUNT = click.IntRange(min=1)
+_SECONDS = click.FloatRange(min=0, min_open=True)
+
 QUICK_BASELINE = {"rows": 20_000, "duration_s": 1.0, "rounds": 1}
 QUICK_YCSB = {"records": 2_000, "duration_s": 1.0, "concurrency": 16}
 
@@ -54,13 +59,13 @@ def bench() -> None:
 
 @bench.command()
 @click.option("--quick", is_flag=True, help="Small sizes and short runs (about a minute).")
-@click.option("--rows", type=int, default=200_000, show_default=True, help="Rows bulk-loaded and scanned.")
+@click.option("--rows", type=_COUNT, default=200_000, show_default=True, help="Rows bulk-loaded and scanned.")
 @click.option(
-    "--duration-s", type=float, default=8.0, show_default=True, help="Seconds per unary measurement."
+    "--duration-s", type=_SECONDS, default=8.0, show_default=True, help="Seconds per unary measurement."
 )
-@click.option("--processes", type=int, default=2, show_default=True, help="Client processes (c>1).")
+@click.option("--processes", type=_COUNT, default=2, show_default=True, help="Client processes (c>1).")
 @click.option(
-    "--rounds", type=int, default=2, show_default=True, help="Echo/keyspan alternations per figure."
+    "--rounds", type=_COUNT, default=2, show_default=True, help="Echo/keyspan alternations per figure."
 )
 @click.option("--synchronous", type=click.Choice(["FULL", "NORMAL"]), default="FULL", show_default=True)
 @click.option(
@@ -91,9 +96,9 @@ def baseline(quick: bool, history: bool, **options: Any) -> None:
     help="YCSB A-F, or load (BulkPut), scan (full Scan), get, put. Repeatable.",
 )
 @click.option("--quick", is_flag=True, help="Small sizes and short runs.")
-@click.option("--records", type=int, default=100_000, show_default=True)
-@click.option("--fields", type=int, default=10, show_default=True, help="Fields per record.")
-@click.option("--field-bytes", type=int, default=100, show_default=True)
+@click.option("--records", type=_COUNT, default=100_000, show_default=True)
+@click.option("--fields", type=_COUNT, default=10, show_default=True, help="Fields per record.")
+@click.option("--field-bytes", type=_COUNT, default=100, show_default=True)
 @click.option(
     "--value-kind",
     type=click.Choice(["json", "bytes"]),
@@ -107,10 +112,17 @@ def baseline(quick: bool, history: bool, **options: Any) -> None:
     default="",
     help="Key choice; default: the workload's (zipfian; latest for D).",
 )
-@click.option("--concurrency", type=int, default=32, show_default=True, help="Concurrent calls in all.")
-@click.option("--processes", type=int, default=2, show_default=True, help="Client processes on this machine.")
-@click.option("--duration-s", type=float, default=10.0, show_default=True)
-@click.option("--operations", type=int, default=0, help="Stop after this many operations (0: duration).")
+@click.option("--concurrency", type=_COUNT, default=32, show_default=True, help="Concurrent calls in all.")
+@click.option(
+    "--processes", type=_COUNT, default=2, show_default=True, help="Client processes on this machine."
+)
+@click.option("--duration-s", type=_SECONDS, default=10.0, show_default=True)
+@click.option(
+    "--operations",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Stop after this many operations (0: duration).",
+)
 @click.option("--synchronous", type=click.Choice(["FULL", "NORMAL"]), default="FULL", show_default=True)
 @click.option("--target-kind", type=click.Choice(["serve", "gateway", "cluster"]), default="serve")
 @click.option(
@@ -146,10 +158,12 @@ def ycsb(workloads: tuple[str, ...], quick: bool, value_kind: str, history: bool
     help="YCSB workloads to run (A-F).",
 )
 @click.option("--quick", is_flag=True, help="Small sizes and short runs.")
-@click.option("--records", type=int, default=50_000, show_default=True)
-@click.option("--concurrency", type=int, default=32, show_default=True, help="Concurrent calls in all.")
-@click.option("--processes", type=int, default=2, show_default=True, help="Client processes on this machine.")
-@click.option("--duration-s", type=float, default=8.0, show_default=True)
+@click.option("--records", type=_COUNT, default=50_000, show_default=True)
+@click.option("--concurrency", type=_COUNT, default=32, show_default=True, help="Concurrent calls in all.")
+@click.option(
+    "--processes", type=_COUNT, default=2, show_default=True, help="Client processes on this machine."
+)
+@click.option("--duration-s", type=_SECONDS, default=8.0, show_default=True)
 @click.option("--history/--no-history", default=True, show_default=True)
 def cluster(workloads: tuple[str, ...], quick: bool, history: bool, **options: Any) -> None:
     """YCSB on a real 3-node cluster (control, nodes, gateway on 127.0.0.1): thick clients,
@@ -163,10 +177,12 @@ def cluster(workloads: tuple[str, ...], quick: bool, history: bool, **options: A
 
 @bench.command()
 @click.option("--quick", is_flag=True, help="Two rounds of 1 s phases (a smoke run, not a figure).")
-@click.option("--rounds", type=int, default=8, show_default=True, help="Rounds, each setting once.")
-@click.option("--seconds", type=float, default=3.0, show_default=True, help="Each Put and Get phase.")
-@click.option("--concurrency", type=int, default=32, show_default=True, help="Concurrent callers.")
-@click.option("--keys", type=int, default=10_000, show_default=True, help="Distinct keys written and read.")
+@click.option("--rounds", type=_COUNT, default=8, show_default=True, help="Rounds, each setting once.")
+@click.option("--seconds", type=_SECONDS, default=3.0, show_default=True, help="Each Put and Get phase.")
+@click.option("--concurrency", type=_COUNT, default=32, show_default=True, help="Concurrent callers.")
+@click.option(
+    "--keys", type=_COUNT, default=10_000, show_default=True, help="Distinct keys written and read."
+)
 @click.option("--synchronous", type=click.Choice(["FULL", "NORMAL"]), default="FULL", show_default=True)
 @click.option("--history/--no-history", default=True, show_default=True)
 def obs(quick: bool, **options: Any) -> None:
@@ -239,10 +255,10 @@ def _log(message: str) -> None:
 
 @bench.command("profile")
 @click.option("-w", "--workload", default="get", show_default=True, help="get, put, load, scan or A-F.")
-@click.option("--records", type=int, default=100_000, show_default=True)
-@click.option("--duration-s", type=float, default=8.0, show_default=True)
-@click.option("--concurrency", type=int, default=64, show_default=True)
-@click.option("--processes", type=int, default=2, show_default=True)
+@click.option("--records", type=_COUNT, default=100_000, show_default=True)
+@click.option("--duration-s", type=_SECONDS, default=8.0, show_default=True)
+@click.option("--concurrency", type=_COUNT, default=64, show_default=True)
+@click.option("--processes", type=_COUNT, default=2, show_default=True)
 def profile_command(workload: str, **options: Any) -> None:
     """Profile the server under a workload with py-spy (GIL time) and print the hot functions."""
     click.echo(_perf("profile").profile(workload, **options))

@@ -1,0 +1,28 @@
+"""`keyspan bench` refuses bad sizes before it starts anything."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from keyspan.services import cli_bench  # noqa: F401 - registers `keyspan bench`
+from keyspan.services.cli import cli
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["baseline", "--rows", "-5"], "--rows"),
+        (["baseline", "--rounds", "0"], "--rounds"),
+        (["baseline", "--duration-s", "0"], "--duration-s"),
+        (["ycsb", "--concurrency", "0"], "--concurrency"),
+        (["ycsb", "--operations", "-1"], "--operations"),
+        (["cluster", "--processes", "0"], "--processes"),
+        (["obs", "--seconds", "-1"], "--seconds"),
+    ],
+)
+def test_a_bad_size_is_a_usage_error_naming_the_option(args: list[str], option: str) -> None:
+    result = CliRunner().invoke(cli, ["bench", *args])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
+    assert "Traceback" not in result.output
