@@ -46,6 +46,10 @@ def _finish(runs: list[dict[str, Any]], history: bool) -> None:
         click.echo(f"\n## {run['suite']}\n")
         click.echo(figures.table(run["figures"]))
         click.echo("\ncost: " + json.dumps(run.get("cost", {}), default=lambda x: round(x, 3)))
+        if run.get("round_ratios"):
+            click.echo("\nratio in each interleaved round (the spread of one run):")
+            for name, ratios in run["round_ratios"].items():
+                click.echo(f"  {name}: " + " ".join(f"{r:.2f}" for r in ratios))
         if "keyspan" in run["summaries"]:
             click.echo("\n" + figures.op_table(run["summaries"]["keyspan"]))
         if history:

@@ -86,6 +86,8 @@ def make_record(run: dict[str, Any]) -> dict[str, Any]:
         "higher_is_better": {f["name"]: f["higher_is_better"] for f in figures if f["ratio"] is not None},
         "cost": run.get("cost", {}),
         "summaries": run.get("summaries", {}),
+        # keyspan/limit round by round, for the interleaved figures: the spread within the run
+        "round_ratios": run.get("round_ratios", {}),
     }
 
 

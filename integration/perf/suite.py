@@ -81,30 +81,47 @@ class Meter:
         return used / ops * 1e6 if ops else None
 
 
-def interleaved(
-    spec: RunSpec, servers: dict[str, ServerProcess], rounds: int
-) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+@dataclass
+class Interleaved:
+    """What `interleaved` measured: per server, the merged summary, CPU-seconds per
+    million ops, and the ops/s of each round (in the order the rounds ran)."""
+
+    summaries: dict[str, dict[str, Any]]
+    cpu_s_per_m_ops: dict[str, float]
+    round_rates: dict[str, list[float]]
+
+    def round_ratios(self, name: str, limit: str) -> list[float]:
+        """name's ops/s over limit's, round by round: the spread of a ratio within one run."""
+        return [
+            round(got / lim, 3) if lim else float("nan")
+            for got, lim in zip(self.round_rates[name], self.round_rates[limit], strict=True)
+        ]
+
+
+def interleaved(spec: RunSpec, servers: dict[str, ServerProcess], rounds: int) -> Interleaved:
     """Run spec against each server in turn, `rounds` times, duration_s split over rounds.
 
     Interleaving spreads the machine's bursts of other work over both sides of a ratio.
-    Returns each server's merged summary and its CPU-seconds per million ops.
     """
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
     window_s = dict.fromkeys(servers, 0.0)
     cpu_s = dict.fromkeys(servers, 0.0)
+    round_rates: dict[str, list[float]] = {name: [] for name in servers}
     for _ in range(rounds):
         for name, server in servers.items():
             before = server.cpu_s()
             got = run_workers(replace(spec, addresses=[server.address], duration_s=spec.duration_s / rounds))
             cpu_s[name] += server.cpu_s() - before
             results[name] += got
-            window_s[name] += max(r["elapsed_s"] for r in got)
+            window = max(r["elapsed_s"] for r in got)
+            window_s[name] += window
+            round_rates[name].append(merge(got, window)["ops_per_s"])
     summaries = {name: merge(results[name], window_s[name]) for name in servers}
     per_m = {}
     for name, s in summaries.items():
         ops = sum(o["count"] for o in s["ops"].values())
         per_m[name] = cpu_s[name] / ops * 1e6 if ops else float("nan")
-    return summaries, per_m
+    return Interleaved(summaries, per_m, round_rates)
 
 
 def baseline(cfg: BaselineConfig, log: Any = print) -> dict[str, Any]:
@@ -174,16 +191,18 @@ def baseline(cfg: BaselineConfig, log: Any = print) -> dict[str, Any]:
             Figure("raw apsw single-row commits/s", raw_commits, "commits/s"),
         ]
         cost: dict[str, Any] = {"bulk_put_cpu_s_per_m_rows": load_cpu, "space_amplification": space}
+        round_ratios: dict[str, list[float]] = {}
         for c in CONCURRENCIES:
             procs, calls = _split(c, cfg.processes)
             for op in ("get", "put"):
                 spec = replace(base, workload=op, processes=procs, concurrency=calls)
                 log(f"{op} c={c}: echo and keyspan, interleaved x{cfg.rounds} ...")
-                pair, per_m = interleaved(spec, {"echo": echo, "keyspan": ks}, cfg.rounds)
-                lim = summaries[f"echo_{op}_c{c}"] = pair["echo"]
-                got = summaries[f"{op}_c{c}"] = pair["keyspan"]
-                cost[f"echo_{op}_c{c}_cpu_s_per_m_ops"] = per_m["echo"]
-                cost[f"{op}_c{c}_cpu_s_per_m_ops"] = per_m["keyspan"]
+                pair = interleaved(spec, {"echo": echo, "keyspan": ks}, cfg.rounds)
+                lim = summaries[f"echo_{op}_c{c}"] = pair.summaries["echo"]
+                got = summaries[f"{op}_c{c}"] = pair.summaries["keyspan"]
+                cost[f"echo_{op}_c{c}_cpu_s_per_m_ops"] = pair.cpu_s_per_m_ops["echo"]
+                cost[f"{op}_c{c}_cpu_s_per_m_ops"] = pair.cpu_s_per_m_ops["keyspan"]
+                round_ratios[f"{op.capitalize()} c={c} RPC/s"] = pair.round_ratios("keyspan", "echo")
                 name = op.capitalize()
                 target = {("get", 64): 0.9, ("put", 64): 0.8}.get((op, c))
                 figures.append(
@@ -234,6 +253,7 @@ def baseline(cfg: BaselineConfig, log: Any = print) -> dict[str, Any]:
         "figures": figures,
         "summaries": summaries,
         "cost": cost,
+        "round_ratios": round_ratios,
     }
 
 

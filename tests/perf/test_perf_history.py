@@ -1,10 +1,12 @@
 import json
+import math
 import random
 
 import pytest
 
 from integration.perf import history
 from integration.perf.figures import Figure
+from integration.perf.suite import Interleaved
 
 
 def _record(i: int, ratios: dict[str, float], key: str = "ycsb-A:x", lower: tuple[str, ...] = ()) -> dict:
@@ -73,6 +75,7 @@ def test_the_history_record_has_provenance_config_and_every_ratio(tmp_path) -> N
             Figure("raw apsw point reads/s", 5e4, "reads/s"),
         ],
         "cost": {"cpu_s_per_m_ops": 12.5},
+        "round_ratios": {"Get c=64 RPC/s": [0.85, 0.95]},
     }
     record = history.make_record(run)
     for field in ("commit", "date", "machine", "versions", "config", "figures", "ratios", "key"):
@@ -82,6 +85,7 @@ def test_the_history_record_has_provenance_config_and_every_ratio(tmp_path) -> N
     assert record["ratios"] == {"Get c=64 RPC/s": pytest.approx(0.9), "Get c=1 p99": pytest.approx(1.2)}
     assert record["figures"][0]["met"] is True and record["figures"][1]["met"] is True
     assert record["key"] == history.comparable_key("baseline", {"rows": 10, "tmp_dir": "/elsewhere"})
+    assert record["round_ratios"] == {"Get c=64 RPC/s": [0.85, 0.95]}
     path = history.save(record, tmp_path)
     assert history.load(tmp_path) == [json.loads(path.read_text())]
 
@@ -106,3 +110,9 @@ def test_too_few_earlier_runs_give_no_verdict() -> None:
     (verdict,) = history.compare(runs)
     assert not verdict.regressed and verdict.noise is None and verdict.median == 1.0
     assert "too few runs" in history.verdict_table([verdict])
+
+
+def test_each_round_of_an_interleaved_figure_gets_its_own_ratio() -> None:
+    pair = Interleaved({}, {}, {"keyspan": [900.0, 700.0, 0.0], "echo": [1000.0, 1000.0, 0.0]})
+    ratios = pair.round_ratios("keyspan", "echo")
+    assert ratios[:2] == [0.9, 0.7] and math.isnan(ratios[2])  # a round with no echo calls
