@@ -148,6 +148,13 @@ class KVServicer:
         packed into responses by a byte budget (about 256 KiB), so one response may carry
         hundreds of small entries. Expired entries are never returned.
 
+        A grant sent while the server still holds credits can arrive after the server has
+        sent `done` and ended the stream: the client's write then fails locally (grpc.aio
+        reports it as INTERNAL "Internal error from Core"), while the responses already sent
+        can still be read. A client that grants more only once its credits are used up
+        never meets this (the server is then waiting for the grant); one that grants ahead
+        should treat a failed grant as "read on to `done`", or resume from the last entry.
+
         Errors: INVALID_ARGUMENT (start >= end, credits <= 0 on the first request, bad
         path); FAILED_PRECONDITION with WrongPartition; UNAVAILABLE while the partition
         moves (resume with backoff). Set a deadline that fits the range.
