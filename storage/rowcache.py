@@ -67,7 +67,7 @@ class RowCache:
 
     def fill(self, key: bytes, row: Row | None, generation: int) -> None:
         """Store what a read that started at `generation` found (None: no live row)."""
-        size = len(key) + (len(row.value) if row is not None else 0) + _OVERHEAD_BYTES
+        size = _size(key, row if row is not None else ABSENT)
         if size > self.budget_bytes // 8:
             return
         with self._lock:
@@ -97,9 +97,14 @@ class RowCache:
 
     def _drop_oldest(self) -> None:
         key, old = self._rows.popitem(last=False)
-        self._bytes -= len(key) + (len(old.value) if old is not ABSENT else 0) + _OVERHEAD_BYTES
+        self._bytes -= _size(key, old)
 
     def _drop(self, key: bytes) -> None:
         old = self._rows.pop(key, MISSING)
         if old is not MISSING:
-            self._bytes -= len(key) + (len(old.value) if old is not ABSENT else 0) + _OVERHEAD_BYTES
+            self._bytes -= _size(key, old)
+
+
+def _size(key: bytes, cached: Any) -> int:
+    """What one cached entry (a Row, or ABSENT) counts against the byte budget."""
+    return len(key) + (len(cached.value) if cached is not ABSENT else 0) + _OVERHEAD_BYTES

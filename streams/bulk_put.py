@@ -7,6 +7,7 @@ import collections
 import itertools
 import operator
 from collections.abc import AsyncIterator, Sequence
+from typing import NoReturn
 
 from keyspan.storage.errors import InvalidArgumentError
 from keyspan.storage.limits import MAX_BULK_ENTRIES, Limits, expiry_ms
@@ -51,7 +52,7 @@ def rows_of(entries: Sequence[kv_pb2.Entry], limits: Limits) -> list[BulkRow]:
 
 def _raise_first_fault(
     keys: Sequence[bytes], values: Sequence[bytes], ttls: Sequence[float | None], limits: Limits, now: int
-) -> None:
+) -> NoReturn:
     """Raise the error of the first entry that breaks a rule of `rows_of`."""
     previous = b""
     for i, (key, value, ttl_s) in enumerate(zip(keys, values, ttls, strict=True)):
@@ -67,6 +68,9 @@ def _raise_first_fault(
         previous = key
         if ttl_s:
             expiry_ms(ttl_s, now, f"entries[{i}].ttl_s")
+    # rows_of calls this only for a batch that failed a column check, so some entry broke a
+    # rule: reaching here means the two sets of checks disagree, and the batch must not pass.
+    raise AssertionError("a batch failed rows_of's column checks but no entry broke a rule")
 
 
 def _response(accepted: int, next_key: bytes | None) -> kv_pb2.BulkPutResponse:
