@@ -8,7 +8,7 @@ process it started, and returns its figures for the table and the history.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -98,17 +98,25 @@ class Interleaved:
         ]
 
 
+def round_order(names: Sequence[str], round_index: int) -> list[str]:
+    """Who runs when in one round: the given order in even rounds, reversed in odd ones
+    (A B, B A, A B ...), so neither side always runs first, right after the other's load."""
+    return list(names) if round_index % 2 == 0 else list(reversed(names))
+
+
 def interleaved(spec: RunSpec, servers: dict[str, ServerProcess], rounds: int) -> Interleaved:
     """Run spec against each server in turn, `rounds` times, duration_s split over rounds.
 
-    Interleaving spreads the machine's bursts of other work over both sides of a ratio.
+    Interleaving spreads the machine's bursts of other work over both sides of a ratio;
+    alternating the order (`round_order`) keeps a drift over the run from favouring one.
     """
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
     window_s = dict.fromkeys(servers, 0.0)
     cpu_s = dict.fromkeys(servers, 0.0)
     round_rates: dict[str, list[float]] = {name: [] for name in servers}
-    for _ in range(rounds):
-        for name, server in servers.items():
+    for r in range(rounds):
+        for name in round_order(list(servers), r):
+            server = servers[name]
             before = server.cpu_s()
             got = run_workers(replace(spec, addresses=[server.address], duration_s=spec.duration_s / rounds))
             cpu_s[name] += server.cpu_s() - before

@@ -6,7 +6,7 @@ import pytest
 
 from integration.perf import history
 from integration.perf.figures import Figure
-from integration.perf.suite import Interleaved
+from integration.perf.suite import Interleaved, round_order
 
 
 def _record(i: int, ratios: dict[str, float], key: str = "ycsb-A:x", lower: tuple[str, ...] = ()) -> dict:
@@ -116,3 +116,8 @@ def test_each_round_of_an_interleaved_figure_gets_its_own_ratio() -> None:
     pair = Interleaved({}, {}, {"keyspan": [900.0, 700.0, 0.0], "echo": [1000.0, 1000.0, 0.0]})
     ratios = pair.round_ratios("keyspan", "echo")
     assert ratios[:2] == [0.9, 0.7] and math.isnan(ratios[2])  # a round with no echo calls
+
+
+def test_interleaved_rounds_alternate_who_runs_first() -> None:
+    orders = [round_order(["echo", "keyspan"], r) for r in range(4)]
+    assert orders == [["echo", "keyspan"], ["keyspan", "echo"], ["echo", "keyspan"], ["keyspan", "echo"]]
