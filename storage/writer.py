@@ -42,17 +42,24 @@ class BatchTiming:
     applied_ns: int  # every statement ran; COMMIT (with its WAL fsync) starts
     committed_ns: int  # COMMIT returned: the batch is durable
     failed: bool  # an SQLite fault aborted the batch
+    # when each write of the batch was queued, in batch order (filled only for an observer)
+    queued_ns: tuple[int, ...] = ()
 
 
 class WriteObserver(Protocol):
     """Receives the writer's timings. Must be cheap and must not raise."""
+
+    # Whether `on_write` must be called. Per-write work that needs no task context (a
+    # queue-wait histogram: see timing.queued_ns) belongs in on_batch, off the loop.
+    wants_writes: bool
 
     def on_batch(self, timing: BatchTiming) -> None:
         """Called on the writer thread after every batch."""
 
     def on_write(self, queued_ns: int, timing: BatchTiming) -> None:
         """Called on the event loop, in the context of the task that awaited `submit`,
-        once its mutation's batch is done (not when the wait was cancelled)."""
+        once its mutation's batch is done (not when the wait was cancelled), if
+        `wants_writes`."""
 
 
 class PartitionWriter:
@@ -93,8 +100,9 @@ class PartitionWriter:
         try:
             return await done
         finally:
-            if self.observer is not None and stamp[1] is not None:
-                self.observer.on_write(stamp[0], stamp[1])
+            observer = self.observer
+            if observer is not None and observer.wants_writes and stamp[1] is not None:
+                observer.on_write(stamp[0], stamp[1])
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Commit what is queued, stop the thread and wait for it (at most timeout_s)."""
@@ -173,8 +181,9 @@ class PartitionWriter:
             outcomes, failed = [fault] * len(batch), True
         committed_ns = time.time_ns()
         applied_ns = min(max(self._shard.last_applied_ns, dequeued_ns), committed_ns)
+        queued_ns = () if self.observer is None else tuple(stamp[0] for _, _, stamp in batch)
         timing = BatchTiming(
-            self._shard.partition_id, len(batch), dequeued_ns, applied_ns, committed_ns, failed
+            self._shard.partition_id, len(batch), dequeued_ns, applied_ns, committed_ns, failed, queued_ns
         )
         if self.observer is not None:
             try:

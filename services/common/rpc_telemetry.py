@@ -29,6 +29,8 @@ from .metrics import MethodCounts, RpcMetrics
 
 # Codes that mean the server failed, not the caller: the span is marked as an error.
 SERVER_FAULT_CODES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS})
+# An Enum member's .name is a descriptor call; the label is looked up on every call.
+_CODE_NAMES = {code: code.name for code in grpc.StatusCode}
 
 
 class _MetadataGetter(Getter[Any]):
@@ -154,7 +156,7 @@ class _Call:
             otel_context.detach(self.token)
         counts = self.method.counts
         if counts is not None:
-            counts.finished(code.name, elapsed)
+            counts.finished(_CODE_NAMES[code], elapsed)
 
 
 async def _counted(requests: AsyncIterator[Any], counts: MethodCounts) -> AsyncIterator[Any]:

@@ -47,6 +47,8 @@ async def test_rpcs_are_counted_and_timed_by_method_and_code(start_server, chann
     assert sample(m, "keyspan_rpc_in_flight", grpc_service=KV, grpc_method="Put") == 0
     assert sample(m, "keyspan_write_batch_size_count") >= 3
     assert sample(m, "keyspan_write_commit_seconds_count") >= 3
+    # every write that reached a writer (the 3 Puts and the Patch) waited in its queue once
+    assert sample(m, "keyspan_write_queue_wait_seconds_count") == 4
     assert sample(m, "keyspan_build_info", component="serve") == 1
 
 
