@@ -13,6 +13,7 @@ traces, services/ turns the timings into both.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import queue
 import threading
@@ -30,6 +31,10 @@ _STOP = object()
 # The commit wait applies only after a group of at least this many writes: a lone writer
 # (c=1) never waits.
 COMMIT_WAIT_SIBLINGS = 4
+# True in a task whose writes `WriteObserver.on_write` should see (services/ sets it for
+# an RPC whose span is sampled). A plain flag: storage knows nothing of tracing, and a
+# write nobody traces costs the loop one lookup instead of an observer call.
+OBSERVE_WRITES: contextvars.ContextVar[bool] = contextvars.ContextVar("keyspan_observe_writes", default=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,19 +52,18 @@ class BatchTiming:
 
 
 class WriteObserver(Protocol):
-    """Receives the writer's timings. Must be cheap and must not raise."""
+    """Receives the writer's timings. Must be cheap and must not raise.
 
-    # Whether `on_write` must be called. Per-write work that needs no task context (a
-    # queue-wait histogram: see timing.queued_ns) belongs in on_batch, off the loop.
-    wants_writes: bool
+    Per-write work that needs no task context (a queue-wait histogram: see
+    timing.queued_ns) belongs in on_batch, off the event loop."""
 
     def on_batch(self, timing: BatchTiming) -> None:
         """Called on the writer thread after every batch."""
 
     def on_write(self, queued_ns: int, timing: BatchTiming) -> None:
         """Called on the event loop, in the context of the task that awaited `submit`,
-        once its mutation's batch is done (not when the wait was cancelled), if
-        `wants_writes`."""
+        once its mutation's batch is done (not when the wait was cancelled), when
+        OBSERVE_WRITES is set in that context."""
 
 
 class PartitionWriter:
@@ -100,9 +104,8 @@ class PartitionWriter:
         try:
             return await done
         finally:
-            observer = self.observer
-            if observer is not None and observer.wants_writes and stamp[1] is not None:
-                observer.on_write(stamp[0], stamp[1])
+            if self.observer is not None and stamp[1] is not None and OBSERVE_WRITES.get():
+                self.observer.on_write(stamp[0], stamp[1])
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Commit what is queued, stop the thread and wait for it (at most timeout_s)."""

@@ -14,6 +14,7 @@ plain numbers (metrics.MethodCounts), not locked prometheus_client children.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +25,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from keyspan.storage.writer import OBSERVE_WRITES
 
 from .metrics import MethodCounts, RpcMetrics
 
@@ -130,15 +133,17 @@ class ServerSampler:
 class _Call:
     """One RPC: its span (if sampled or continued) and clock; finished exactly once."""
 
-    __slots__ = ("method", "span", "started", "token")
+    __slots__ = ("method", "span", "started", "token", "writes_token")
 
     def __init__(
         self, method: _Method, sampler: ServerSampler | None, context: grpc.aio.ServicerContext
     ) -> None:
-        self.method, self.span, self.token = method, None, None
+        self.method, self.span, self.token, self.writes_token = method, None, None, None
         if sampler is not None:
             span = self.span = sampler.start(method, context)
             self.token = otel_context.attach(trace.set_span_in_context(span))
+            if span.is_recording():  # its writes get storage spans (StorageTelemetry.on_write)
+                self.writes_token = OBSERVE_WRITES.set(True)
         if method.counts is not None:
             method.counts.in_flight += 1
         self.started = time.perf_counter()
@@ -153,6 +158,9 @@ class _Call:
                 if code in SERVER_FAULT_CODES:
                     span.set_status(Status(StatusCode.ERROR, code.name))
             span.end()
+            if self.writes_token is not None:
+                with contextlib.suppress(ValueError):  # reset from another context: leave it
+                    OBSERVE_WRITES.reset(self.writes_token)
             otel_context.detach(self.token)
         counts = self.method.counts
         if counts is not None:

@@ -199,8 +199,6 @@ class StorageTelemetry:
 
     def __init__(self, registry: CollectorRegistry | None, tracer: trace.Tracer | None) -> None:
         self._tracer = tracer
-        # Spans need the Put's task context; without tracing the loop is not called per write.
-        self.wants_writes = tracer is not None
         self._batch_size: ThreadLocalHistogram | None = None
         self._commit = self._transaction = self._queue_wait = self._batch_size
         if registry is not None:

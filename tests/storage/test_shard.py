@@ -305,3 +305,37 @@ def test_a_plain_bulk_overwrites_in_place_and_logs_every_row(tmp_path: Path) -> 
             assert [k for _, k in shard.changes_since(db, 1, 10)] == sorted(keys)
     finally:
         shard.close()
+
+
+async def test_the_writer_calls_on_write_only_for_writes_whose_context_asks(tmp_path: Path) -> None:
+    from keyspan.storage.writer import OBSERVE_WRITES, BatchTiming, PartitionWriter
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.batches: list[BatchTiming] = []
+            self.writes: list[int] = []
+
+        def on_batch(self, timing: BatchTiming) -> None:
+            self.batches.append(timing)
+
+        def on_write(self, queued_ns: int, timing: BatchTiming) -> None:
+            self.writes.append(queued_ns)
+
+    async def observed_put(key: bytes) -> int:
+        OBSERVE_WRITES.set(True)  # this task's context only
+        return await writer.submit(Put(key, b"v"))
+
+    recorder = Recorder()
+    shard = Shard(tmp_path / "s.db", "s", KeyRange())
+    writer = PartitionWriter(shard, observer=recorder)
+    try:
+        await writer.submit(Put(b"plain", b"v"))
+        await asyncio.ensure_future(observed_put(b"traced"))
+        await writer.submit(Put(b"plain-again", b"v"))
+        assert len(recorder.writes) == 1  # the traced write only
+        # Every write's queue time reaches on_batch, on the writer thread, traced or not.
+        assert sum(len(t.queued_ns) for t in recorder.batches) == 3
+        assert all(t.dequeued_ns >= max(t.queued_ns) for t in recorder.batches)
+    finally:
+        await asyncio.to_thread(writer.close)
+        shard.close()
