@@ -1,7 +1,8 @@
 """The history of runs: one JSON file per run, the regression check, the ratio chart.
 
 A run is comparable to another when its `key` matches: the same suite (workload) and the
-same config, minus what does not change the measurement's meaning (tmp dir). `compare`
+same config, minus what does not change the measurement's meaning (the tmp dir; the
+loopback addresses of the cluster the cluster suite starts for itself). `compare`
 takes the latest run of each key against the median of the earlier ones; a ratio
 regresses when it moved the wrong way by more than the noise the history itself shows:
 max(3 x MAD / median, 10%). With fewer than MIN_EARLIER_RUNS earlier runs there is no
@@ -26,6 +27,10 @@ MIN_NOISE = 0.10
 MIN_EARLIER_RUNS = 3  # fewer cannot show a spread: no verdict then
 MAD_FACTOR = 3.0
 _IGNORED_CONFIG = {"tmp_dir"}
+# Suites that always start their own servers on ports picked per run: the addresses they
+# record say nothing about what was measured. (A ycsb run against --target-address keeps
+# its addresses in the key: other servers, other figures.)
+_OWN_SERVERS_PREFIX = "cluster-"
 
 
 def _git(*args: str) -> str:
@@ -63,7 +68,8 @@ def versions() -> dict[str, str]:
 
 
 def comparable_key(suite: str, config: dict[str, Any]) -> str:
-    kept = {k: v for k, v in sorted(config.items()) if k not in _IGNORED_CONFIG}
+    ignored = _IGNORED_CONFIG | ({"target_addresses"} if suite.startswith(_OWN_SERVERS_PREFIX) else set())
+    kept = {k: v for k, v in sorted(config.items()) if k not in ignored}
     digest = hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{suite}:{digest}"
 
@@ -104,8 +110,11 @@ def save(record: dict[str, Any], directory: Path = HISTORY_DIR) -> Path:
 
 
 def load(directory: Path = HISTORY_DIR) -> list[dict[str, Any]]:
-    """Every record, oldest first."""
+    """Every record, oldest first, each keyed by today's rule (comparable_key), so older
+    records written under a stricter rule still meet their peers."""
     records = [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
+    for r in records:
+        r["key"] = comparable_key(r["suite"], r["config"])
     return sorted(records, key=lambda r: r["date"])
 
 

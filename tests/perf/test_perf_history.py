@@ -121,3 +121,26 @@ def test_each_round_of_an_interleaved_figure_gets_its_own_ratio() -> None:
 def test_interleaved_rounds_alternate_who_runs_first() -> None:
     orders = [round_order(["echo", "keyspan"], r) for r in range(4)]
     assert orders == [["echo", "keyspan"], ["keyspan", "echo"], ["echo", "keyspan"], ["keyspan", "echo"]]
+
+
+def test_cluster_runs_compare_across_the_ports_their_own_cluster_got(tmp_path) -> None:
+    config = {"records": 50, "target_kind": "cluster", "tmp_dir": ""}
+    for i, port in enumerate((41001, 52002, 33003, 44004)):
+        run = {
+            "suite": "cluster-thick-A",
+            "config": {**config, "target_addresses": [f"127.0.0.1:{port}"]},
+            "figures": [Figure("A ops/s", 1000.0 - 300 * (i == 3), "ops/s", "echo", 2000.0)],
+        }
+        record = history.make_record(run)
+        # records written before the rule kept the port in their key: load() re-keys them
+        record["key"] = f"cluster-thick-A:old{port}"
+        record["date"] = f"2026-01-0{i + 1}T00:00:00Z"
+        (tmp_path / f"r{i}.json").write_text(json.dumps(record))
+    verdicts = history.compare(history.load(tmp_path))
+    assert [(v.runs, v.regressed) for v in verdicts] == [(4, True)]
+
+
+def test_a_run_against_other_servers_is_not_compared_with_ours() -> None:
+    ours = history.comparable_key("ycsb-A", {"target_addresses": []})
+    theirs = history.comparable_key("ycsb-A", {"target_addresses": ["10.0.0.5:7420"]})
+    assert ours != theirs
