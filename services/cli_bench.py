@@ -183,6 +183,13 @@ def cluster(workloads: tuple[str, ...], quick: bool, history: bool, **options: A
 @click.option("--quick", is_flag=True, help="Two rounds of 1 s phases (a smoke run, not a figure).")
 @click.option("--rounds", type=_COUNT, default=8, show_default=True, help="Rounds, each setting once.")
 @click.option("--seconds", type=_SECONDS, default=3.0, show_default=True, help="Each Put and Get phase.")
+@click.option(
+    "--warmup-seconds",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Unmeasured load before each phase.",
+)
 @click.option("--concurrency", type=_COUNT, default=32, show_default=True, help="Concurrent callers.")
 @click.option(
     "--keys", type=_COUNT, default=10_000, show_default=True, help="Distinct keys written and read."
@@ -198,7 +205,7 @@ def obs(quick: bool, **options: Any) -> None:
 
     overhead = _perf("obs_overhead")
     if quick:
-        options.update(rounds=2, seconds=1.0)
+        options.update(rounds=2, seconds=1.0, warmup_seconds=0.5)
     asyncio.run(overhead.main(argparse.Namespace(**options)))
 
 

@@ -7,9 +7,12 @@ integration.perf.obs_overhead``, same flags); the run is appended to the perf hi
 Each round starts one `keyspan serve` subprocess per setting (in a new shuffled order
 each round, each with a fresh data dir), waits for health SERVING, then drives the same
 closed-loop load from this process: a Put phase, then a Get phase over the keys
-written, `--concurrency` callers each. Traces go to a real OTLP/gRPC receiver in this
-process (so the exporter really sends them), and /metrics is scraped once per run (as
-Prometheus would). Server CPU is user + system time from /proc.
+written, `--concurrency` callers each. Each phase first runs `--warmup-seconds` of the
+same load unmeasured: a fresh server's first second (a WAL file still growing, empty
+caches, new connections) varied from one server to the next by more than the cost
+being measured. Traces go to a real OTLP/gRPC receiver in this process (so the exporter
+really sends them), and /metrics is scraped once per run (as Prometheus would). Server
+CPU is user + system time from /proc.
 
 Each figure is the median over the rounds of a paired ratio: the setting's figure over
 "off"'s in the same round, so the machine's drift between rounds cancels. "off again"
@@ -88,8 +91,11 @@ def cpu_s(pid: int) -> float:
 Result = tuple[float, float, float, float]  # put/s, get/s, server CPU us per put, per get
 
 
-async def drive(address: str, pid: int, seconds: float, concurrency: int, keys: int) -> Result:
-    """Put and Get ops/s of a closed loop of `concurrency` callers, and server CPU per op."""
+async def drive(
+    address: str, pid: int, seconds: float, concurrency: int, keys: int, warmup_s: float = 0.0
+) -> Result:
+    """Put and Get ops/s of a closed loop of `concurrency` callers, and server CPU per op,
+    each phase measured after warmup_s of the same load."""
     value = os.urandom(100)
     async with grpc.aio.insecure_channel(address) as channel:
         kv = kv_pb2_grpc.KVStub(channel)
@@ -107,6 +113,11 @@ async def drive(address: str, pid: int, seconds: float, concurrency: int, keys: 
 
         rates, cpu = [], []
         for op in ("put", "get"):
+            if warmup_s > 0:
+                warm_until = time.monotonic() + warmup_s
+                await asyncio.gather(
+                    *(loop(op, warm_until, random.Random(-1 - i)) for i in range(concurrency))
+                )
             started, cpu_before = time.monotonic(), cpu_s(pid)
             counts = await asyncio.gather(
                 *(loop(op, started + seconds, random.Random(i)) for i in range(concurrency))
@@ -126,7 +137,9 @@ async def one_run(flags: list[str], args: argparse.Namespace) -> Result:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             await wait_serving(f"127.0.0.1:{port}")
-            rates = await drive(f"127.0.0.1:{port}", proc.pid, args.seconds, args.concurrency, args.keys)
+            rates = await drive(
+                f"127.0.0.1:{port}", proc.pid, args.seconds, args.concurrency, args.keys, args.warmup_seconds
+            )
             if "--metrics-address" in flags:
                 url = f"http://127.0.0.1:{metrics_port}/metrics"
                 await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())
@@ -201,7 +214,8 @@ async def measure(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
         receiver.close()
     runs = {name: runs[name] for name in settings(receiver)}
     figures, spread = figures_of(runs)
-    config = {k: getattr(args, k) for k in ("seconds", "rounds", "concurrency", "keys", "synchronous")}
+    names = ("seconds", "warmup_seconds", "rounds", "concurrency", "keys", "synchronous")
+    config = {k: getattr(args, k) for k in names}
     medians = {
         name: dict(zip(("put_per_s", "get_per_s", "put_cpu_us", "get_cpu_us"),
                        (statistics.median(run[k] for run in results) for k in range(4)), strict=True))
@@ -211,7 +225,15 @@ async def measure(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
         "suite": "obs_overhead",
         "config": config,
         "figures": figures,
-        "summaries": {"medians": medians, "paired_ratio_range": spread, "spans_received": spans},
+        "summaries": {
+            "medians": medians,
+            "paired_ratio_range": spread,
+            "spans_received": spans,
+            # every round's (put/s, get/s, put CPU us/op, get CPU us/op), in round order
+            "rounds": {
+                name: [[round(x, 1) for x in result] for result in results] for name, results in runs.items()
+            },
+        },
         "cost": {},
     }
 
@@ -223,8 +245,8 @@ def report(run: dict[str, Any]) -> str:
     cfg = run["config"]
     lines = [
         f"median over {cfg['rounds']} rounds of the ratio to 'off' in the same round "
-        f"({cfg['seconds']:g} s per phase, {cfg['concurrency']} callers, synchronous={cfg['synchronous']}); "
-        "min-max in brackets",
+        f"({cfg['seconds']:g} s per phase after {cfg['warmup_seconds']:g} s of warm-up, "
+        f"{cfg['concurrency']} callers, synchronous={cfg['synchronous']}); min-max in brackets",
         f"{'setting':<20} {'put/s':>18} {'put CPU/op':>18} {'get/s':>18} {'get CPU/op':>18}",
     ]
     for name in run["summaries"]["medians"]:
@@ -253,6 +275,7 @@ async def main(args: argparse.Namespace) -> None:
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each phase")
+    parser.add_argument("--warmup-seconds", type=float, default=1.0, help="unmeasured load before each phase")
     parser.add_argument("--rounds", type=int, default=8, help="runs of every setting (median)")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent callers")
     parser.add_argument("--keys", type=int, default=10_000, help="distinct keys")

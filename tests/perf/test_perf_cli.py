@@ -19,6 +19,7 @@ from keyspan.services.cli import cli
         (["ycsb", "--operations", "-1"], "--operations"),
         (["cluster", "--processes", "0"], "--processes"),
         (["obs", "--seconds", "-1"], "--seconds"),
+        (["obs", "--warmup-seconds", "-1"], "--warmup-seconds"),
     ],
 )
 def test_a_bad_size_is_a_usage_error_naming_the_option(args: list[str], option: str) -> None:
