@@ -184,6 +184,13 @@ def cluster(workloads: tuple[str, ...], quick: bool, history: bool, **options: A
 @click.option("--rounds", type=_COUNT, default=8, show_default=True, help="Rounds, each setting once.")
 @click.option("--seconds", type=_SECONDS, default=3.0, show_default=True, help="Each Put and Get phase.")
 @click.option(
+    "--slices",
+    type=_COUNT,
+    default=6,
+    show_default=True,
+    help="Turns the settings take within each phase (drift falls on all of them alike).",
+)
+@click.option(
     "--warmup-seconds",
     type=click.FloatRange(min=0),
     default=1.0,
@@ -199,13 +206,14 @@ def cluster(workloads: tuple[str, ...], quick: bool, history: bool, **options: A
 def obs(quick: bool, **options: Any) -> None:
     """What metrics and tracing cost (issue 6): Put/Get throughput and server CPU per op with
     --metrics-address, and with tracing at 0.01 and 1.0, as paired ratios to the same load
-    with them off; "off again" shows the noise floor."""
+    with them off; "off again" shows the noise floor. All settings' servers run at once and
+    take turns slice by slice within each phase."""
     import argparse
     import asyncio
 
     overhead = _perf("obs_overhead")
     if quick:
-        options.update(rounds=2, seconds=1.0, warmup_seconds=0.5)
+        options.update(rounds=2, seconds=1.0, slices=2, warmup_seconds=0.5)
     asyncio.run(overhead.main(argparse.Namespace(**options)))
 
 

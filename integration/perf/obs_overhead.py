@@ -4,15 +4,19 @@
 Run: ``keyspan bench obs [--rounds 8] [--seconds 3]`` (or ``python -m
 integration.perf.obs_overhead``, same flags); the run is appended to the perf history.
 
-Each round starts one `keyspan serve` subprocess per setting (in a new shuffled order
-each round, each with a fresh data dir), waits for health SERVING, then drives the same
-closed-loop load from this process: a Put phase, then a Get phase over the keys
-written, `--concurrency` callers each. Each phase first runs `--warmup-seconds` of the
-same load unmeasured: a fresh server's first second (a WAL file still growing, empty
-caches, new connections) varied from one server to the next by more than the cost
-being measured. Traces go to a real OTLP/gRPC receiver in this process (so the exporter
-really sends them), and /metrics is scraped once per run (as Prometheus would). Server
-CPU is user + system time from /proc.
+Each round starts one `keyspan serve` subprocess per setting, each with a fresh data
+dir, waits for health SERVING, then drives the same closed-loop load at them from this
+process: a Put phase, then a Get phase over the keys written, `--concurrency` callers.
+Within a phase the settings take turns: each phase of `--seconds` is cut into
+`--slices` slices, and every setting gets one slice in turn, in a new shuffled order
+for every turn, so a drift of the machine over seconds (a slow disk, a neighbour's
+load) falls on every setting alike. Run one after the other, whole phases of 3 s put
+"off" against "off again" anywhere between 0.68 and 1.46 in Put/s in a round; taking
+turns by 0.5 s brought that to 0.91-1.12. Before its slices, each server gets
+`--warmup-seconds` of the same load, unmeasured. Traces go to a real OTLP/gRPC receiver
+in this process (so the exporter really sends them), and /metrics is scraped once per
+round (as Prometheus would). Server CPU is user + system time from /proc, counted over
+each server's own slices.
 
 Each figure is the median over the rounds of a paired ratio: the setting's figure over
 "off"'s in the same round, so the machine's drift between rounds cancels. "off again"
@@ -91,62 +95,100 @@ def cpu_s(pid: int) -> float:
 Result = tuple[float, float, float, float]  # put/s, get/s, server CPU us per put, per get
 
 
-async def drive(
-    address: str, pid: int, seconds: float, concurrency: int, keys: int, warmup_s: float = 0.0
-) -> Result:
-    """Put and Get ops/s of a closed loop of `concurrency` callers, and server CPU per op,
-    each phase measured after warmup_s of the same load."""
-    value = os.urandom(100)
-    async with grpc.aio.insecure_channel(address) as channel:
-        kv = kv_pb2_grpc.KVStub(channel)
+class Server:
+    """One `keyspan serve` of a round, with its own data dir and ports."""
 
-        async def loop(op: str, stop_at: float, rng: random.Random) -> int:
+    def __init__(self, flags: list[str], args: argparse.Namespace) -> None:
+        port, metrics_port = free_port(), free_port()
+        self.address = f"127.0.0.1:{port}"
+        self.flags = [f.replace("METRICS", f"127.0.0.1:{metrics_port}") for f in flags]
+        self.metrics_url = (
+            f"http://127.0.0.1:{metrics_port}/metrics" if "--metrics-address" in flags else None
+        )
+        self._data = tempfile.TemporaryDirectory(prefix="keyspan-obs-")
+        cmd = [str(KEYSPAN), "serve", "--address", self.address, "--data", self._data.name]
+        cmd += ["--synchronous", args.synchronous, *self.flags]
+        env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "KEYSPAN_LOG_LEVEL": "WARNING"}
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.channel: grpc.aio.Channel | None = None
+
+    def stub(self) -> kv_pb2_grpc.KVStub:
+        if self.channel is None:
+            self.channel = grpc.aio.insecure_channel(self.address)
+        return kv_pb2_grpc.KVStub(self.channel)
+
+    async def stop(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+        self.proc.terminate()
+        await asyncio.to_thread(self.proc.wait, 30)
+        self._data.cleanup()
+
+
+class Load:
+    """The closed loop: `concurrency` callers, each waiting for its call before the next."""
+
+    def __init__(self, concurrency: int, keys: int) -> None:
+        self.concurrency, self.keys = concurrency, keys
+        self.value = os.urandom(100)
+        self._seed = 0
+
+    async def run(self, kv: kv_pb2_grpc.KVStub, op: str, seconds: float) -> int:
+        """Calls completed in `seconds` (the calls in flight at the end are waited for)."""
+        stop_at = time.monotonic() + seconds
+
+        async def caller(rng: random.Random) -> int:
             done = 0
             while time.monotonic() < stop_at:
-                key = b"k%06d" % rng.randrange(keys)
+                key = b"k%06d" % rng.randrange(self.keys)
                 if op == "put":
-                    await kv.Put(kv_pb2.PutRequest(key=key, value=value))
+                    await kv.Put(kv_pb2.PutRequest(key=key, value=self.value))
                 else:
                     await kv.Get(kv_pb2.GetRequest(key=key))
                 done += 1
             return done
 
-        rates, cpu = [], []
-        for op in ("put", "get"):
-            if warmup_s > 0:
-                warm_until = time.monotonic() + warmup_s
-                await asyncio.gather(
-                    *(loop(op, warm_until, random.Random(-1 - i)) for i in range(concurrency))
-                )
-            started, cpu_before = time.monotonic(), cpu_s(pid)
-            counts = await asyncio.gather(
-                *(loop(op, started + seconds, random.Random(i)) for i in range(concurrency))
-            )
-            rates.append(sum(counts) / (time.monotonic() - started))
-            cpu.append((cpu_s(pid) - cpu_before) / sum(counts) * 1e6)
-        return rates[0], rates[1], cpu[0], cpu[1]
+        self._seed += self.concurrency
+        counts = await asyncio.gather(
+            *(caller(random.Random(self._seed + i)) for i in range(self.concurrency))
+        )
+        return sum(counts)
 
 
-async def one_run(flags: list[str], args: argparse.Namespace) -> Result:
-    port, metrics_port = free_port(), free_port()
-    flags = [f.replace("METRICS", f"127.0.0.1:{metrics_port}") for f in flags]
-    with tempfile.TemporaryDirectory(prefix="keyspan-obs-") as data:
-        cmd = [str(KEYSPAN), "serve", "--address", f"127.0.0.1:{port}", "--data", data]
-        cmd += ["--synchronous", args.synchronous, *flags]
-        env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "KEYSPAN_LOG_LEVEL": "WARNING"}
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            await wait_serving(f"127.0.0.1:{port}")
-            rates = await drive(
-                f"127.0.0.1:{port}", proc.pid, args.seconds, args.concurrency, args.keys, args.warmup_seconds
-            )
-            if "--metrics-address" in flags:
-                url = f"http://127.0.0.1:{metrics_port}/metrics"
-                await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())
-            return rates
-        finally:
-            proc.terminate()
-            proc.wait(30)
+async def one_round(
+    servers: dict[str, Server], args: argparse.Namespace, rng: random.Random
+) -> dict[str, Result]:
+    """Put, then Get, the settings taking turns slice by slice: each setting's Result."""
+    await asyncio.gather(*(wait_serving(s.address) for s in servers.values()))
+    load = Load(args.concurrency, args.keys)
+    rates: dict[str, list[float]] = {name: [] for name in servers}
+    cpu_us: dict[str, list[float]] = {name: [] for name in servers}
+    for op in ("put", "get"):
+        if args.warmup_seconds > 0:
+            for server in servers.values():
+                await load.run(server.stub(), op, args.warmup_seconds)
+        calls, elapsed, cpu = (
+            dict.fromkeys(servers, 0),
+            dict.fromkeys(servers, 0.0),
+            dict.fromkeys(servers, 0.0),
+        )
+        for _ in range(args.slices):
+            order = list(servers)
+            rng.shuffle(order)
+            for name in order:
+                server = servers[name]
+                started, cpu_before = time.monotonic(), cpu_s(server.proc.pid)
+                calls[name] += await load.run(server.stub(), op, args.seconds / args.slices)
+                elapsed[name] += time.monotonic() - started
+                cpu[name] += cpu_s(server.proc.pid) - cpu_before
+        for name in servers:
+            rates[name].append(calls[name] / elapsed[name])
+            cpu_us[name].append(cpu[name] / calls[name] * 1e6 if calls[name] else float("nan"))
+    for server in servers.values():
+        if server.metrics_url is not None:
+            url = server.metrics_url
+            await asyncio.to_thread(lambda url=url: urllib.request.urlopen(url, timeout=10).read())
+    return {name: (rates[name][0], rates[name][1], cpu_us[name][0], cpu_us[name][1]) for name in servers}
 
 
 CONTROL = "off again"
@@ -194,17 +236,19 @@ def figures_of(runs: dict[str, list[Result]]) -> tuple[list[Figure], dict[str, A
 
 
 async def measure(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
-    """Every setting once a round, in a new shuffled order each round; the run for the history."""
+    """Every setting in every round, taking turns slice by slice; the run for the history."""
     receiver = TraceReceiver()
     runs: dict[str, list[Result]] = {}
     try:
         for r in range(args.rounds):
-            # A new order each round, so a neighbour's load does not always hit one setting.
-            order = list(settings(receiver).items())
-            random.Random(r).shuffle(order)
-            for name, flags in order:
-                runs.setdefault(name, []).append(await one_run(flags, args))
-                put, get, put_us, get_us = runs[name][-1]
+            servers = {name: Server(flags, args) for name, flags in settings(receiver).items()}
+            try:
+                results = await one_round(servers, args, random.Random(r))
+            finally:
+                await asyncio.gather(*(server.stop() for server in servers.values()))
+            for name, result in results.items():
+                runs.setdefault(name, []).append(result)
+                put, get, put_us, get_us = result
                 log(
                     f"round {r + 1} {name:<20} put {put:7.0f}/s {put_us:6.0f} us CPU"
                     f"  get {get:7.0f}/s {get_us:6.0f} us CPU"
@@ -214,7 +258,7 @@ async def measure(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
         receiver.close()
     runs = {name: runs[name] for name in settings(receiver)}
     figures, spread = figures_of(runs)
-    names = ("seconds", "warmup_seconds", "rounds", "concurrency", "keys", "synchronous")
+    names = ("seconds", "slices", "warmup_seconds", "rounds", "concurrency", "keys", "synchronous")
     config = {k: getattr(args, k) for k in names}
     medians = {
         name: dict(zip(("put_per_s", "get_per_s", "put_cpu_us", "get_cpu_us"),
@@ -245,8 +289,9 @@ def report(run: dict[str, Any]) -> str:
     cfg = run["config"]
     lines = [
         f"median over {cfg['rounds']} rounds of the ratio to 'off' in the same round "
-        f"({cfg['seconds']:g} s per phase after {cfg['warmup_seconds']:g} s of warm-up, "
-        f"{cfg['concurrency']} callers, synchronous={cfg['synchronous']}); min-max in brackets",
+        f"({cfg['seconds']:g} s per phase in {cfg['slices']} turns, "
+        f"after {cfg['warmup_seconds']:g} s of warm-up, {cfg['concurrency']} callers, "
+        f"synchronous={cfg['synchronous']}); min-max in brackets",
         f"{'setting':<20} {'put/s':>18} {'put CPU/op':>18} {'get/s':>18} {'get CPU/op':>18}",
     ]
     for name in run["summaries"]["medians"]:
@@ -276,6 +321,7 @@ def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each phase")
     parser.add_argument("--warmup-seconds", type=float, default=1.0, help="unmeasured load before each phase")
+    parser.add_argument("--slices", type=int, default=6, help="turns the settings take in each phase")
     parser.add_argument("--rounds", type=int, default=8, help="runs of every setting (median)")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent callers")
     parser.add_argument("--keys", type=int, default=10_000, help="distinct keys")

@@ -20,6 +20,7 @@ from keyspan.services.cli import cli
         (["cluster", "--processes", "0"], "--processes"),
         (["obs", "--seconds", "-1"], "--seconds"),
         (["obs", "--warmup-seconds", "-1"], "--warmup-seconds"),
+        (["obs", "--slices", "0"], "--slices"),
     ],
 )
 def test_a_bad_size_is_a_usage_error_naming_the_option(args: list[str], option: str) -> None:
