@@ -31,10 +31,7 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -42,20 +39,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from integration.otlp_receiver import TraceReceiver
 from integration.perf import history
 from integration.perf.figures import Figure, table
+from integration.perf.servers import ServerProcess, free_port
 from keyspan.v1 import kv_pb2, kv_pb2_grpc
-
-KEYSPAN = Path(sys.executable).with_name("keyspan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def settings(receiver: TraceReceiver) -> dict[str, list[str]]:
@@ -70,58 +59,35 @@ def settings(receiver: TraceReceiver) -> dict[str, list[str]]:
     }  # fmt: skip
 
 
-async def wait_serving(address: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"keyspan serve at {address} did not become SERVING")
-            await asyncio.sleep(0.05)
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds the process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 Result = tuple[float, float, float, float]  # put/s, get/s, server CPU us per put, per get
 
 
 class Server:
-    """One `keyspan serve` of a round, with its own data dir and ports."""
+    """One `keyspan serve` of a round (a servers.ServerProcess), with its own data dir."""
 
     def __init__(self, flags: list[str], args: argparse.Namespace) -> None:
-        port, metrics_port = free_port(), free_port()
-        self.address = f"127.0.0.1:{port}"
-        self.flags = [f.replace("METRICS", f"127.0.0.1:{metrics_port}") for f in flags]
+        metrics_port = free_port()
+        self._data = tempfile.TemporaryDirectory(prefix="keyspan-obs-")
+        self.process = ServerProcess.keyspan(Path(self._data.name), args.synchronous)
+        self.process.argv += [f.replace("METRICS", f"127.0.0.1:{metrics_port}") for f in flags]
         self.metrics_url = (
             f"http://127.0.0.1:{metrics_port}/metrics" if "--metrics-address" in flags else None
         )
-        self._data = tempfile.TemporaryDirectory(prefix="keyspan-obs-")
-        cmd = [str(KEYSPAN), "serve", "--address", self.address, "--data", self._data.name]
-        cmd += ["--synchronous", args.synchronous, *self.flags]
-        env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "KEYSPAN_LOG_LEVEL": "WARNING"}
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.channel: grpc.aio.Channel | None = None
+
+    async def start(self) -> None:
+        """Start it and wait for health SERVING."""
+        await asyncio.to_thread(self.process.start)
 
     def stub(self) -> kv_pb2_grpc.KVStub:
         if self.channel is None:
-            self.channel = grpc.aio.insecure_channel(self.address)
+            self.channel = grpc.aio.insecure_channel(self.process.address)
         return kv_pb2_grpc.KVStub(self.channel)
 
     async def stop(self) -> None:
         if self.channel is not None:
             await self.channel.close()
-        self.proc.terminate()
-        await asyncio.to_thread(self.proc.wait, 30)
+        await asyncio.to_thread(self.process.stop)
         self._data.cleanup()
 
 
@@ -159,7 +125,7 @@ async def one_round(
     servers: dict[str, Server], args: argparse.Namespace, rng: random.Random
 ) -> dict[str, Result]:
     """Put, then Get, the settings taking turns slice by slice: each setting's Result."""
-    await asyncio.gather(*(wait_serving(s.address) for s in servers.values()))
+    await asyncio.gather(*(server.start() for server in servers.values()))
     load = Load(args.concurrency, args.keys)
     rates: dict[str, list[float]] = {name: [] for name in servers}
     cpu_us: dict[str, list[float]] = {name: [] for name in servers}
@@ -177,10 +143,10 @@ async def one_round(
             rng.shuffle(order)
             for name in order:
                 server = servers[name]
-                started, cpu_before = time.monotonic(), cpu_s(server.proc.pid)
+                started, cpu_before = time.monotonic(), server.process.cpu_s()
                 calls[name] += await load.run(server.stub(), op, args.seconds / args.slices)
                 elapsed[name] += time.monotonic() - started
-                cpu[name] += cpu_s(server.proc.pid) - cpu_before
+                cpu[name] += server.process.cpu_s() - cpu_before
         for name in servers:
             rates[name].append(calls[name] / elapsed[name])
             cpu_us[name].append(cpu[name] / calls[name] * 1e6 if calls[name] else float("nan"))
