@@ -30,7 +30,7 @@ test-integration-quick: $(STAMP) ## the real-process workflows, quick mode
 	$(PY) -m pytest -q -m quick integration
 
 test-integration: $(STAMP) ## every real-process workflow, full size
-	$(PY) -m pytest -q integration
+	KEYSPAN_INTEGRATION_FULL=1 $(PY) -m pytest -q integration
 
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP) pyproject.toml
