@@ -21,6 +21,7 @@ from keyspan.services.cli import cli
 # Sizes, counts and durations must be positive: a bad one is a usage error, not a crash
 # of the client processes half-way through a run.
 _COUNT = click.IntRange(min=1)
+_HISTORY_HELP = "Where the run records are.  [default: integration/perf/history]"
 _SECONDS = click.FloatRange(min=0, min_open=True)
 
 QUICK_BASELINE = {"rows": 20_000, "duration_s": 1.0, "rounds": 1}
@@ -247,7 +248,7 @@ def aggregate(files: tuple[str, ...], as_json: bool) -> None:
 
 
 @bench.command()
-@click.option("--history-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--history-dir", type=click.Path(file_okay=False), default=None, help=_HISTORY_HELP)
 @click.option(
     "--chart/--no-chart", default=True, show_default=True, help="Write ratios.png in the history dir."
 )
@@ -266,6 +267,23 @@ def compare(history_dir: str | None, chart: bool, strict: bool, every_config: bo
         click.echo(f"chart: {hist.chart(records, directory / 'ratios.png')}")
     if strict and any(v.regressed for v in verdicts):
         sys.exit(1)
+
+
+@bench.command()
+@click.option("--history-dir", type=click.Path(file_okay=False), default=None, help=_HISTORY_HELP)
+@click.option("--last", type=_COUNT, default=12, show_default=True, help="How many of the latest runs count.")
+def targets(history_dir: str | None, last: int) -> None:
+    """How often the latest runs met each target: runs that met it, median and range.
+
+    Per suite, over its last runs with the config it ran with last (as `compare` does).
+    On a noisy machine one run says little; the median over runs says more.
+    """
+    hist = _perf("history")
+    directory = Path(history_dir) if history_dir else hist.HISTORY_DIR
+    found = hist.targets(hist.load(directory), last)
+    if not found:
+        raise click.ClickException(f"no runs with targets in {directory}")
+    click.echo(hist.target_table(found))
 
 
 def _log(message: str) -> None:

@@ -170,6 +170,63 @@ def compare(records: list[dict[str, Any]], *, every_key: bool = False) -> list[V
     return verdicts
 
 
+@dataclass(frozen=True)
+class TargetRecord:
+    """How one targeted figure fared over a suite's last runs of one config."""
+
+    suite: str
+    figure: str
+    target: float
+    higher_is_better: bool
+    ratios: tuple[float, ...]  # oldest first
+
+    def meets(self, ratio: float) -> bool:
+        return ratio >= self.target if self.higher_is_better else ratio <= self.target
+
+    @property
+    def met(self) -> int:
+        return sum(self.meets(r) for r in self.ratios)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.ratios)
+
+
+def targets(records: list[dict[str, Any]], last: int = 12) -> list[TargetRecord]:
+    """Each targeted figure over the last `last` runs of its suite's latest config.
+
+    One run of this machine says little (the same code swings by 10-25%); how many runs
+    met a target, and where their median sits, says more.
+    """
+    latest_key = {r["suite"]: r["key"] for r in records}
+    found: list[TargetRecord] = []
+    for suite, key in latest_key.items():
+        runs = [r for r in records if r["key"] == key][-last:]
+        goals: dict[str, tuple[float, bool]] = {}
+        for r in runs:
+            for f in r.get("figures", []):
+                if f.get("target") is not None:
+                    goals[f["name"]] = (f["target"], f.get("higher_is_better", True))
+        for name, (target, higher) in goals.items():
+            ratios = tuple(r["ratios"][name] for r in runs if r["ratios"].get(name) is not None)
+            found.append(TargetRecord(suite, name, target, higher, ratios))
+    return found
+
+
+def target_table(found: list[TargetRecord]) -> str:
+    lines = [
+        "| suite | figure | target | runs | met in | median | range | median meets it |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for t in found:
+        sign = ">=" if t.higher_is_better else "<="
+        lines.append(
+            f"| {t.suite} | {t.figure} | {sign} {t.target:g} | {len(t.ratios)} | {t.met} | {t.median:.2f} "
+            f"| {min(t.ratios):.2f}-{max(t.ratios):.2f} | {'yes' if t.meets(t.median) else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
 def verdict_table(verdicts: list[Verdict]) -> str:
     lines = [
         "| suite | ratio | latest | median of earlier | change | noise band | runs | verdict |",

@@ -28,3 +28,12 @@ def test_a_bad_size_is_a_usage_error_naming_the_option(args: list[str], option: 
     assert result.exit_code == 2, result.output
     assert f"Invalid value for '{option}'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_targets_reads_a_history_dir_and_says_when_it_has_no_targets(tmp_path) -> None:
+    result = CliRunner().invoke(cli, ["bench", "targets", "--history-dir", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert f"no runs with targets in {tmp_path}" in result.output
+    assert "Traceback" not in result.output
+    result = CliRunner().invoke(cli, ["bench", "targets", "--last", "0"])
+    assert result.exit_code == 2 and "Invalid value for '--last'" in result.output

@@ -144,3 +144,32 @@ def test_a_run_against_other_servers_is_not_compared_with_ours() -> None:
     ours = history.comparable_key("ycsb-A", {"target_addresses": []})
     theirs = history.comparable_key("ycsb-A", {"target_addresses": ["10.0.0.5:7420"]})
     assert ours != theirs
+
+
+def _targeted_runs(tmp_path, puts: list[float], p99s: list[float], config: dict, start: int = 0) -> None:
+    for i, (put, p99) in enumerate(zip(puts, p99s, strict=True)):
+        record = history.make_record({
+            "suite": "baseline",
+            "config": config,
+            "figures": [
+                Figure("Put c=64 RPC/s", put * 1000, "RPC/s", "echo c=64", 1000.0, 0.8),
+                Figure("Get c=1 p99", p99, "ms", "echo c=1 p99", 1.0, 1.5, higher_is_better=False),
+                Figure("Get c=1 RPC/s", 900.0, "RPC/s", "echo c=1", 1000.0),
+            ],
+        })  # fmt: skip
+        record["date"] = f"2026-01-01T00:{start + i:02d}:00Z"
+        (tmp_path / f"r{start + i}.json").write_text(json.dumps(record))
+
+
+def test_targets_count_the_latest_runs_that_met_each_target(tmp_path) -> None:
+    _targeted_runs(tmp_path, [0.99, 0.99], [0.5, 0.5], {"rows": 10})  # another config: not counted
+    _targeted_runs(tmp_path, [0.99, 0.84, 0.72, 0.60, 0.81], [2.0, 1.2, 1.6, 1.0, 1.4], {"rows": 20}, start=2)
+    found = {t.figure: t for t in history.targets(history.load(tmp_path), last=4)}
+    assert set(found) == {"Put c=64 RPC/s", "Get c=1 p99"}  # figures without a target are left out
+    put, p99 = found["Put c=64 RPC/s"], found["Get c=1 p99"]
+    assert put.ratios == pytest.approx((0.84, 0.72, 0.60, 0.81))
+    assert (put.met, put.median, put.meets(put.median)) == (2, pytest.approx(0.765), False)
+    assert (p99.met, p99.median, p99.meets(p99.median)) == (3, pytest.approx(1.3), True)
+    table = history.target_table([put, p99])
+    assert "| baseline | Put c=64 RPC/s | >= 0.8 | 4 | 2 | 0.77 | 0.60-0.84 | no |" in table
+    assert "| baseline | Get c=1 p99 | <= 1.5 | 4 | 3 | 1.30 | 1.00-1.60 | yes |" in table
