@@ -41,13 +41,15 @@ bench-quick: $(BENCH_STAMP) ## the perf suite, small and short (under 2 minutes)
 	$(PY) -m integration.perf.bench baseline --quick
 	$(PY) -m integration.perf.bench ycsb --quick
 	$(PY) -m integration.perf.bench compare
+	$(PY) -m integration.perf.bench targets
 
-bench: $(BENCH_STAMP) ## the full perf suite: baseline table, YCSB A-F, a 3-node cluster, observability overhead, regression check and ratios.png
+bench: $(BENCH_STAMP) ## the full perf suite: baseline table, YCSB A-F, a 3-node cluster, observability overhead, regression check, how often each target was met, ratios.png
 	$(PY) -m integration.perf.bench baseline
 	$(PY) -m integration.perf.bench ycsb
 	$(PY) -m integration.perf.bench cluster
 	$(PY) -m integration.perf.bench obs
 	$(PY) -m integration.perf.bench compare
+	$(PY) -m integration.perf.bench targets
 
 lint: $(STAMP) ## ruff and formatting (the import layers are checked by tests/test_layers.py)
 	$(VENV)/bin/ruff check .
