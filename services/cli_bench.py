@@ -21,8 +21,8 @@ from keyspan.services.cli import cli
 # Sizes, counts and durations must be positive: a bad one is a usage error, not a crash
 # of the client processes half-way through a run.
 _COUNT = click.IntRange(min=1)
-_HISTORY_HELP = "Where the run records are.  [default: integration/perf/history]"
 _SECONDS = click.FloatRange(min=0, min_open=True)
+_HISTORY_HELP = "Where the run records are.  [default: integration/perf/history]"
 
 QUICK_BASELINE = {"rows": 20_000, "duration_s": 1.0, "rounds": 1}
 QUICK_YCSB = {"records": 2_000, "duration_s": 1.0, "concurrency": 16}
