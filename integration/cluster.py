@@ -17,39 +17,12 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-KEYSPAN = str(Path(sys.executable).parent / "keyspan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_serving(address: str, service: str = "", timeout_s: float = 30.0) -> None:
-    """Wait until grpc.health.v1 Check answers SERVING for `service` at `address`."""
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status == 1:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{address} not SERVING {service!r} after {timeout_s} s")
-            time.sleep(0.05)
+from integration.processes import free_port, keyspan_command, wait_serving
 
 
 class Proc:
@@ -68,7 +41,11 @@ class Proc:
         env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "KEYSPAN_LOG_FORMAT": "json"}
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(
-                [KEYSPAN, *self.args], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                [*keyspan_command(), *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
             )
         if wait:
             self.wait_serving()
@@ -188,7 +165,7 @@ class Cluster:
     def admin(self, *args: str) -> str:
         """Run `keyspan admin --control ... ARGS` and return what it printed."""
         done = subprocess.run(
-            [KEYSPAN, "admin", "--control", self.control.address, *args],
+            [*keyspan_command(), "admin", "--control", self.control.address, *args],
             capture_output=True,
             text=True,
             timeout=30,

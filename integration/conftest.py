@@ -5,48 +5,18 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from integration.cluster import Cluster
+from integration.processes import free_port, wait_serving
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 FULL = os.environ.get("KEYSPAN_INTEGRATION_FULL") == "1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_serving(
-    address: str, timeout_s: float = 30.0, service: str = "", proc: subprocess.Popen[bytes] | None = None
-) -> None:
-    """Wait for gRPC health SERVING; fail at once if `proc` exits first."""
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
-                if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"the server for {address} exited with {proc.returncode} before SERVING")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{address} did not report SERVING within {timeout_s} s")
-            time.sleep(0.05)
 
 
 class ServeProcess:

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import math
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-KEYSPAN = Path(sys.executable).with_name("keyspan")
+from integration.processes import keyspan_command
+
 SETTINGS = ("off again", "metrics", "metrics+trace@0.01", "metrics+trace@1.0")
 
 
 @pytest.mark.quick
 def test_bench_obs_quick_measures_every_setting_in_turns() -> None:
     out = subprocess.run(
-        [str(KEYSPAN), "bench", "obs", "--quick", "--no-history"],
+        [*keyspan_command(), "bench", "obs", "--quick", "--no-history"],
         capture_output=True,
         text=True,
         timeout=240,

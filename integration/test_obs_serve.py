@@ -9,31 +9,20 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from integration.otlp_receiver import TraceReceiver
+from integration.processes import free_port, keyspan_command, wait_serving
 from keyspan.services.common.tracing import client_interceptors, shutdown_client_tracing
 from keyspan.services.config import ProcessConfig
 from keyspan.v1 import kv_pb2, kv_pb2_grpc
-
-KEYSPAN = Path(sys.executable).with_name("keyspan")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -45,8 +34,8 @@ def receiver() -> Iterator[TraceReceiver]:
 
 @pytest.fixture
 def serve(tmp_path: Path, receiver: TraceReceiver) -> Iterator[tuple[subprocess.Popen, str, str]]:
-    port, metrics_port = _free_port(), _free_port()
-    cmd = [str(KEYSPAN), "serve", "--address", f"127.0.0.1:{port}", "--data", str(tmp_path / "data")]
+    port, metrics_port = free_port(), free_port()
+    cmd = [*keyspan_command(), "serve", "--address", f"127.0.0.1:{port}", "--data", str(tmp_path / "data")]
     env = {
         **os.environ,
         "GRPC_VERBOSITY": "ERROR",
@@ -62,27 +51,11 @@ def serve(tmp_path: Path, receiver: TraceReceiver) -> Iterator[tuple[subprocess.
         proc.wait(10)
 
 
-async def _wait_serving(address: str) -> None:
-    deadline = time.monotonic() + 20
-    async with grpc.aio.insecure_channel(address) as channel:
-        while True:
-            try:
-                reply = await health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=1
-                )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                if time.monotonic() > deadline:
-                    raise
-            await asyncio.sleep(0.05)
-
-
 @pytest.mark.quick
 @pytest.mark.asyncio
 async def test_serve_exports_metrics_and_one_trace_per_put(serve, receiver: TraceReceiver) -> None:
     proc, address, metrics_url = serve
-    await _wait_serving(address)
+    await asyncio.to_thread(wait_serving, address, proc=proc)
     client_config = ProcessConfig(otlp_endpoint=receiver.endpoint)
     try:
         async with grpc.aio.insecure_channel(address, interceptors=client_interceptors(client_config)) as ch:

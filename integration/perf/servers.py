@@ -12,15 +12,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from integration.processes import free_port, keyspan_command, wait_serving
 
 KINDS = ("serve", "gateway", "cluster")
 _TICKS_S = os.sysconf("SC_CLK_TCK")
@@ -38,36 +35,6 @@ class Target:
             raise ValueError(f"target kind: {self.kind!r} is not one of {', '.join(KINDS)}")
         if not self.addresses:
             raise ValueError("target: at least one address is needed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_serving(address: str, timeout_s: float = 30.0) -> None:
-    """Block until the server at address answers health SERVING."""
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{address} did not report SERVING within {timeout_s} s")
-            time.sleep(0.1)
-
-
-def keyspan_command() -> list[str]:
-    script = Path(sys.executable).with_name("keyspan")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from keyspan.services.cli import main; main()"]
 
 
 @dataclass

@@ -1,0 +1,54 @@
+"""What every real-process test, workflow and bench here needs: a free loopback port,
+the `keyspan` command of this environment, and a wait for gRPC health SERVING."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port() -> int:
+    """A 127.0.0.1 port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def keyspan_command() -> list[str]:
+    """The argv prefix that runs this environment's `keyspan` console script."""
+    script = Path(sys.executable).with_name("keyspan")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from keyspan.services.cli import main; main()"]
+
+
+def wait_serving(
+    address: str,
+    service: str = "",
+    *,
+    timeout_s: float = 30.0,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Block until grpc.health.v1 Check answers SERVING for `service` at `address`; fail
+    at once if `proc` exits first."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"the server for {address} exited with {proc.returncode} before SERVING")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{address} did not report SERVING {service!r} within {timeout_s} s")
+            time.sleep(0.05)
