@@ -2,7 +2,7 @@
 `keyspan serve` with them on, as ratios to the same load with them off.
 
 Run: ``keyspan bench obs [--rounds 8] [--seconds 3]`` (or ``python -m
-integration.perf.obs_overhead``, same flags); the run is appended to the perf history.
+integration.perf.obs_overhead``, the same command); the run is appended to the perf history.
 
 Each round starts one `keyspan serve` subprocess per setting, each with a fresh data
 dir, waits for health SERVING, then drives the same closed-loop load at them from this
@@ -43,7 +43,8 @@ import grpc
 from integration.otlp_receiver import TraceReceiver
 from integration.perf import history
 from integration.perf.figures import Figure, table
-from integration.perf.servers import ServerProcess, free_port
+from integration.perf.servers import ServerProcess
+from integration.processes import free_port
 from keyspan.v1 import kv_pb2, kv_pb2_grpc
 
 
@@ -283,25 +284,7 @@ async def main(args: argparse.Namespace) -> None:
         print(f"history: {history.save(history.make_record(run))}")
 
 
-def parse() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--seconds", type=float, default=4.0, help="length of each phase")
-    parser.add_argument("--warmup-seconds", type=float, default=1.0, help="unmeasured load before each phase")
-    parser.add_argument("--slices", type=int, default=6, help="turns the settings take in each phase")
-    parser.add_argument("--rounds", type=int, default=8, help="runs of every setting (median)")
-    parser.add_argument("--concurrency", type=int, default=32, help="concurrent callers")
-    parser.add_argument("--keys", type=int, default=10_000, help="distinct keys")
-    parser.add_argument(
-        "--synchronous",
-        choices=["FULL", "NORMAL"],
-        default="FULL",
-        help="NORMAL takes the fsync (and a busy disk's noise) out of the Put figures",
-    )
-    parser.add_argument(
-        "--history", action=argparse.BooleanOptionalAction, default=True, help="append the run to the history"
-    )
-    return parser.parse_args()
+if __name__ == "__main__":  # the same command, flags and checks as `keyspan bench obs`
+    from keyspan.services.cli_bench import obs
 
-
-if __name__ == "__main__":
-    asyncio.run(main(parse()))
+    obs(prog_name="python -m integration.perf.obs_overhead")
