@@ -273,10 +273,14 @@ def compare(history_dir: str | None, chart: bool, strict: bool, every_config: bo
 @click.option("--history-dir", type=click.Path(file_okay=False), default=None, help=_HISTORY_HELP)
 @click.option("--last", type=_COUNT, default=12, show_default=True, help="How many of the latest runs count.")
 def targets(history_dir: str | None, last: int) -> None:
-    """How often the latest runs met each target: runs that met it, median and range.
+    """How the latest runs fared against each target, with a verdict.
 
-    Per suite, over its last runs with the config it ran with last (as `compare` does).
-    On a noisy machine one run says little; the median over runs says more.
+    Per suite, over its last runs with the config it ran with last (as `compare` does):
+    how many runs met the target, their median and range, and a 95% confidence interval
+    for the median that assumes nothing of the runs' spread (from the k-th smallest to
+    the k-th largest run; 6 runs at least). Verdict: met when the whole interval meets
+    the target, missed when none of it does, undecided when the target lies inside it.
+    On a noisy machine one run says little.
     """
     hist = _perf("history")
     directory = Path(history_dir) if history_dir else hist.HISTORY_DIR

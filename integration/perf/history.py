@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -26,6 +27,8 @@ HISTORY_DIR = Path(__file__).resolve().parent / "history"
 MIN_NOISE = 0.10
 MIN_EARLIER_RUNS = 3  # fewer cannot show a spread: no verdict then
 MAD_FACTOR = 3.0
+# `bench targets`: how sure the verdict on a target must be (see median_interval).
+MEDIAN_CONFIDENCE = 0.95
 _IGNORED_CONFIG = {"tmp_dir"}
 # Suites that always start their own servers on ports picked per run: the addresses they
 # record say nothing about what was measured. (A ycsb run against --target-address keeps
@@ -191,6 +194,47 @@ class TargetRecord:
     def median(self) -> float:
         return statistics.median(self.ratios)
 
+    @property
+    def interval(self) -> tuple[float, float, float] | None:
+        return median_interval(self.ratios)
+
+    @property
+    def verdict(self) -> str:
+        """met / missed: the median's whole confidence interval is on that side of the
+        target; undecided: the interval holds the target; or too few runs to tell."""
+        interval = self.interval
+        if interval is None:
+            return "too few runs"
+        low, high, _ = interval
+        worst, best = (low, high) if self.higher_is_better else (high, low)
+        if self.meets(worst):
+            return "met"
+        return "undecided" if self.meets(best) else "missed"
+
+
+def median_interval(
+    values: tuple[float, ...] | list[float], confidence: float = MEDIAN_CONFIDENCE
+) -> tuple[float, float, float] | None:
+    """A confidence interval for the median of what the runs are drawn from, assuming
+    nothing of its shape: (low, high, coverage).
+
+    How many of n runs fall below the true median is Binomial(n, 1/2), so the interval
+    from the k-th smallest to the k-th largest run holds it with probability
+    1 - 2 P(B <= k - 1). This takes the narrowest such interval whose coverage is still
+    at least `confidence`; None when even the full range falls short (at 95%: fewer
+    than 6 runs).
+    """
+    ordered, n = sorted(values), len(values)
+    found = None
+    below = 0  # P(B <= k - 1) * 2**n
+    for k in range(1, n // 2 + 1):
+        below += math.comb(n, k - 1)
+        coverage = 1 - 2 * below / 2**n
+        if coverage < confidence:
+            break
+        found = (ordered[k - 1], ordered[n - k], coverage)
+    return found
+
 
 def targets(records: list[dict[str, Any]], last: int = 12) -> list[TargetRecord]:
     """Each targeted figure over the last `last` runs of its suite's latest config.
@@ -214,15 +258,17 @@ def targets(records: list[dict[str, Any]], last: int = 12) -> list[TargetRecord]
 
 
 def target_table(found: list[TargetRecord]) -> str:
+    level = f"{MEDIAN_CONFIDENCE:.0%}"
     lines = [
-        "| suite | figure | target | runs | met in | median | range | median meets it |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | :---: |",
+        f"| suite | figure | target | runs | met in | median | range | median's {level} interval | verdict |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for t in found:
         sign = ">=" if t.higher_is_better else "<="
+        interval = "-" if t.interval is None else f"{t.interval[0]:.2f}-{t.interval[1]:.2f}"
         lines.append(
             f"| {t.suite} | {t.figure} | {sign} {t.target:g} | {len(t.ratios)} | {t.met} | {t.median:.2f} "
-            f"| {min(t.ratios):.2f}-{max(t.ratios):.2f} | {'yes' if t.meets(t.median) else 'no'} |"
+            f"| {min(t.ratios):.2f}-{max(t.ratios):.2f} | {interval} | {t.verdict} |"
         )
     return "\n".join(lines)
 

@@ -171,5 +171,34 @@ def test_targets_count_the_latest_runs_that_met_each_target(tmp_path) -> None:
     assert (put.met, put.median, put.meets(put.median)) == (2, pytest.approx(0.765), False)
     assert (p99.met, p99.median, p99.meets(p99.median)) == (3, pytest.approx(1.3), True)
     table = history.target_table([put, p99])
-    assert "| baseline | Put c=64 RPC/s | >= 0.8 | 4 | 2 | 0.77 | 0.60-0.84 | no |" in table
-    assert "| baseline | Get c=1 p99 | <= 1.5 | 4 | 3 | 1.30 | 1.00-1.60 | yes |" in table
+    # four runs cannot pin a median down at 95%
+    assert "| baseline | Put c=64 RPC/s | >= 0.8 | 4 | 2 | 0.77 | 0.60-0.84 | - | too few runs |" in table
+    assert "| baseline | Get c=1 p99 | <= 1.5 | 4 | 3 | 1.30 | 1.00-1.60 | - | too few runs |" in table
+
+
+def test_the_median_interval_is_the_order_statistics_binomial_interval() -> None:
+    assert history.median_interval([0.5, 0.6, 0.7, 0.8, 0.9]) is None  # full range: 1 - 2/32 < 95%
+    low, high, coverage = history.median_interval([0.9, 0.5, 0.7, 0.6, 0.8, 1.0])
+    assert (low, high, coverage) == (0.5, 1.0, pytest.approx(1 - 2 / 64))
+    # 11 runs: 2nd smallest to 2nd largest (1 - 2 * 12/2048); the 3rd would cover only 93.5%
+    low, high, coverage = history.median_interval([i / 10 for i in range(11)])
+    assert (low, high, coverage) == (0.1, 0.9, pytest.approx(1 - 24 / 2048))
+
+
+@pytest.mark.parametrize(
+    ("ratios", "higher_is_better", "verdict"),
+    [
+        ((0.82, 0.85, 0.81, 0.90, 0.83, 0.88), True, "met"),
+        ((0.62, 0.75, 0.71, 0.79, 0.73, 0.70), True, "missed"),
+        ((0.75, 0.85, 0.81, 0.90, 0.78, 0.88), True, "undecided"),
+        ((1.05, 1.08, 1.02, 1.09, 1.06, 1.04), False, "met"),  # a p99 ratio: lower is better
+        ((1.05, 1.12, 1.02, 1.09, 1.06, 1.04), False, "undecided"),
+        ((0.82, 0.85, 0.81, 0.90, 0.83), True, "too few runs"),
+    ],
+)
+def test_a_target_is_met_or_missed_only_when_the_median_interval_says_so(
+    ratios: tuple[float, ...], higher_is_better: bool, verdict: str
+) -> None:
+    target = 0.8 if higher_is_better else 1.1
+    found = history.TargetRecord("baseline", "figure", target, higher_is_better, ratios)
+    assert found.verdict == verdict
