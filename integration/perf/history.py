@@ -296,7 +296,8 @@ def verdict_table(verdicts: list[Verdict]) -> str:
 
 def chart(records: list[dict[str, Any]], path: Path) -> Path:
     """A PNG of the ratios over the runs: one row per suite (its latest config's runs),
-    throughput ratios on the left (higher is better), p99 ratios on the right (lower)."""
+    throughput ratios on the left (higher is better), p99 and CPU ratios on the right
+    (lower is better)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -317,9 +318,12 @@ def chart(records: list[dict[str, Any]], path: Path) -> Path:
                 xs = [i for i, r in enumerate(runs) if r["ratios"].get(name) is not None]
                 ax.plot(xs, [runs[i]["ratios"][name] for i in xs], label=name, linewidth=1.2)
             ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
-            kind = "throughput / limit (higher is better)" if higher else "p99 / echo p99 (lower is better)"
+            kind = "throughput / limit (higher is better)" if higher else "p99 or CPU ratio (lower is better)"
             ax.set_title(f"{suite}: {kind}", fontsize=9)
-            ax.set_xticks(range(len(runs)), labels, fontsize=7)
+            # at most 7 labels, the latest run always among them, so they do not overlap
+            step = max(1, math.ceil(len(runs) / 7))
+            ticks = list(range(len(runs) - 1, -1, -step))[::-1]
+            ax.set_xticks(ticks, [labels[i] for i in ticks], fontsize=7)
             ax.set_xlim(-0.5, max(1, len(runs)) - 0.5)
             ax.grid(alpha=0.3)
             if names:
