@@ -43,7 +43,7 @@ bench-quick: $(BENCH_STAMP) ## the perf suite, small and short (under 2 minutes)
 	$(PY) -m integration.perf.bench compare
 	$(PY) -m integration.perf.bench targets
 
-bench: $(BENCH_STAMP) ## the full perf suite: baseline table, YCSB A-F, a 3-node cluster, observability overhead, regression check, how often each target was met, ratios.png
+bench: $(BENCH_STAMP) ## the full perf suite: baseline table, YCSB A-F, a 3-node cluster, observability overhead, regression check, each target's verdict over the runs, ratios.png
 	$(PY) -m integration.perf.bench baseline
 	$(PY) -m integration.perf.bench ycsb
 	$(PY) -m integration.perf.bench cluster

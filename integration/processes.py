@@ -46,7 +46,7 @@ def wait_serving(
                 if answer.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
-                pass
+                pass  # not listening yet, or still starting: ask again below
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(f"the server for {address} exited with {proc.returncode} before SERVING")
             if time.monotonic() > deadline:
