@@ -23,6 +23,10 @@ from keyspan.services.cli import cli
 _COUNT = click.IntRange(min=1)
 _SECONDS = click.FloatRange(min=0, min_open=True)
 _HISTORY_HELP = "Where the run records are.  [default: integration/perf/history]"
+_ANY_MACHINE_HELP = (
+    "Count runs from every machine in the history, not only those from the latest run's "
+    "machine (same cores, CPU model and platform string)."
+)
 
 QUICK_BASELINE = {"rows": 20_000, "duration_s": 1.0, "rounds": 1}
 QUICK_YCSB = {"records": 2_000, "duration_s": 1.0, "concurrency": 16}
@@ -254,14 +258,20 @@ def aggregate(files: tuple[str, ...], as_json: bool) -> None:
 )
 @click.option("--strict", is_flag=True, help="Exit 1 when a regression is flagged.")
 @click.option("--every-config", is_flag=True, help="Check every config's latest run, not each suite's last.")
-def compare(history_dir: str | None, chart: bool, strict: bool, every_config: bool) -> None:
-    """The latest run of each workload against the median of its earlier comparable runs."""
+@click.option("--any-machine", is_flag=True, help=_ANY_MACHINE_HELP)
+def compare(
+    history_dir: str | None, chart: bool, strict: bool, every_config: bool, any_machine: bool
+) -> None:
+    """The latest run of each workload against the median of its earlier comparable runs
+    (by default, runs on the latest run's machine only)."""
     hist = _perf("history")
     directory = Path(history_dir) if history_dir else hist.HISTORY_DIR
     records = hist.load(directory)
     if not records:
         raise click.ClickException(f"no runs in {directory}")
-    verdicts = hist.compare(records, every_key=every_config)
+    compared = records if any_machine else hist.on_latest_machine(records)
+    _say_left_out(len(records) - len(compared))
+    verdicts = hist.compare(compared, every_key=every_config)
     click.echo(hist.verdict_table(verdicts))
     if chart:
         click.echo(f"chart: {hist.chart(records, directory / 'ratios.png')}")
@@ -272,7 +282,8 @@ def compare(history_dir: str | None, chart: bool, strict: bool, every_config: bo
 @bench.command()
 @click.option("--history-dir", type=click.Path(file_okay=False), default=None, help=_HISTORY_HELP)
 @click.option("--last", type=_COUNT, default=12, show_default=True, help="How many of the latest runs count.")
-def targets(history_dir: str | None, last: int) -> None:
+@click.option("--any-machine", is_flag=True, help=_ANY_MACHINE_HELP)
+def targets(history_dir: str | None, last: int, any_machine: bool) -> None:
     """How the latest runs fared against each target, with a verdict.
 
     Per suite, over its last runs with the config it ran with last (as `compare` does):
@@ -280,14 +291,23 @@ def targets(history_dir: str | None, last: int) -> None:
     for the median that assumes nothing of the runs' spread (from the k-th smallest to
     the k-th largest run; 6 runs at least). Verdict: met when the whole interval meets
     the target, missed when none of it does, undecided when the target lies inside it.
-    On a noisy machine one run says little.
+    On a noisy machine one run says little. By default only runs on the latest run's
+    machine count.
     """
     hist = _perf("history")
     directory = Path(history_dir) if history_dir else hist.HISTORY_DIR
-    found = hist.targets(hist.load(directory), last)
+    records = hist.load(directory)
+    counted = records if any_machine else hist.on_latest_machine(records)
+    _say_left_out(len(records) - len(counted))
+    found = hist.targets(counted, last)
     if not found:
         raise click.ClickException(f"no runs with targets in {directory}")
     click.echo(hist.target_table(found))
+
+
+def _say_left_out(runs: int) -> None:
+    if runs:
+        click.echo(f"{runs} runs from other machines left out (--any-machine counts them)", err=True)
 
 
 def _log(message: str) -> None:

@@ -121,6 +121,18 @@ def load(directory: Path = HISTORY_DIR) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: r["date"])
 
 
+def on_latest_machine(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs made on the same machine as the latest run: same cores, CPU model and
+    platform string (which names the kernel build, so a new VM host counts as another
+    machine). Ratios are measured against limits of the same run, but how a ratio
+    spreads depends on the machine: the same code gave Put c=16 0.81 of the echo on
+    one 2-core VM and 0.59 on another, whose echo was twice as fast."""
+    if not records:
+        return []
+    latest = records[-1].get("machine")
+    return [r for r in records if r.get("machine") == latest]
+
+
 @dataclass(frozen=True)
 class Verdict:
     key: str

@@ -1,10 +1,14 @@
-"""`keyspan bench` refuses bad sizes before it starts anything."""
+"""`keyspan bench`: bad sizes refused before anything starts; which runs `targets` and `compare` count."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from click.testing import CliRunner
 
+from integration.perf import history
+from integration.perf.figures import Figure
 from keyspan.services import cli_bench  # noqa: F401 - registers `keyspan bench`
 from keyspan.services.cli import cli
 
@@ -37,3 +41,22 @@ def test_targets_reads_a_history_dir_and_says_when_it_has_no_targets(tmp_path) -
     assert "Traceback" not in result.output
     result = CliRunner().invoke(cli, ["bench", "targets", "--last", "0"])
     assert result.exit_code == 2 and "Invalid value for '--last'" in result.output
+
+
+def test_targets_and_compare_count_the_latest_machines_runs_unless_told(tmp_path) -> None:
+    for i in range(12):
+        record = history.make_record({
+            "suite": "baseline",
+            "config": {"rows": 20},
+            "figures": [Figure("Put c=64 RPC/s", 900.0 if i < 6 else 700.0, "RPC/s", "echo", 1000.0, 0.8)],
+        })  # fmt: skip
+        record["date"] = f"2026-01-01T00:{i:02d}:00Z"
+        record["machine"] = {"cores": 2, "cpu_model": "EPYC", "platform": "host-a" if i < 6 else "host-b"}
+        (tmp_path / f"r{i:02d}.json").write_text(json.dumps(record))
+    base = ["bench", "targets", "--history-dir", str(tmp_path), "--last", "20"]
+    latest = CliRunner().invoke(cli, base)
+    assert "| baseline | Put c=64 RPC/s | >= 0.8 | 6 | 0 | 0.70 |" in latest.output, latest.output
+    every = CliRunner().invoke(cli, [*base, "--any-machine"])
+    assert "| baseline | Put c=64 RPC/s | >= 0.8 | 12 | 6 | 0.80 |" in every.output, every.output
+    compared = CliRunner().invoke(cli, ["bench", "compare", "--history-dir", str(tmp_path), "--no-chart"])
+    assert "| baseline | Put c=64 RPC/s | 0.700 | 0.700 | +0.0% |" in compared.output, compared.output

@@ -202,3 +202,20 @@ def test_a_target_is_met_or_missed_only_when_the_median_interval_says_so(
     target = 0.8 if higher_is_better else 1.1
     found = history.TargetRecord("baseline", "figure", target, higher_is_better, ratios)
     assert found.verdict == verdict
+
+
+def test_only_runs_on_the_latest_runs_machine_count_by_default(tmp_path) -> None:
+    _targeted_runs(tmp_path, [0.9] * 6, [1.0] * 6, {"rows": 20})
+    _targeted_runs(tmp_path, [0.7] * 6, [1.0] * 6, {"rows": 20}, start=6)
+    for path in sorted(tmp_path.glob("r*.json"), key=lambda p: int(p.stem[1:]))[6:]:
+        record = json.loads(path.read_text())
+        record["machine"] = {**record["machine"], "platform": "another VM host"}
+        path.write_text(json.dumps(record))
+    records = history.load(tmp_path)
+
+    def put_ratios(runs: list[dict]) -> tuple[float, ...]:
+        return next(t.ratios for t in history.targets(runs, last=20) if t.figure.startswith("Put"))
+
+    assert put_ratios(history.on_latest_machine(records)) == pytest.approx((0.7,) * 6)
+    assert len(put_ratios(records)) == 12
+    assert history.on_latest_machine([]) == []
