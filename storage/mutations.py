@@ -6,7 +6,9 @@ can judge (JSON text, JSON paths) is checked inside the writer's transaction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 
@@ -36,8 +38,7 @@ class Patch:
 
 
 class BulkRow(NamedTuple):
-    """One entry of a bulk load. A NamedTuple: one is built per loaded entry, and a
-    tuple costs a third of a frozen dataclass to make."""
+    """One entry of a bulk load, for code that holds entries one by one (`Bulk.of_rows`)."""
 
     key: bytes
     value: bytes
@@ -47,9 +48,51 @@ class BulkRow(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Bulk:
-    """Sorted, duplicate-free rows, all inside the partition: committed whole or not at all."""
+    """Sorted, duplicate-free entries, all inside the partition: committed whole or not
+    at all. Held as columns, the shape BulkPut's checks and the writer's carray both
+    want: with an object per entry instead, BulkPut reached ~0.51 of raw apsw's insert
+    in an A/B where it reaches ~0.59 this way.
 
-    rows: list[BulkRow] = field(default_factory=list)
+    `json` None: no entry is a JSON document; `expires_at_ms` None: no entry expires.
+    """
+
+    keys: Sequence[bytes] = ()
+    values: Sequence[bytes] = ()
+    json: Sequence[bool] | None = None
+    expires_at_ms: Sequence[int | None] | None = None
+
+    @classmethod
+    def of_rows(cls, rows: Sequence[BulkRow]) -> Bulk:
+        if not rows:
+            return cls()
+        keys, values, json, expires = zip(*rows, strict=True)
+        return cls(
+            keys,
+            values,
+            json if any(json) else None,
+            expires if expires.count(None) != len(expires) else None,
+        )
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def prefix(self, n: int) -> Bulk:
+        """The first n entries."""
+        if n >= len(self.keys):
+            return self
+        json, expires = self.json, self.expires_at_ms
+        return Bulk(
+            self.keys[:n],
+            self.values[:n],
+            None if json is None else json[:n],
+            None if expires is None else expires[:n],
+        )
+
+    def rows(self) -> Iterator[BulkRow]:
+        count = len(self.keys)
+        json = self.json if self.json is not None else itertools.repeat(False, count)
+        expires = self.expires_at_ms if self.expires_at_ms is not None else itertools.repeat(None, count)
+        return map(BulkRow, self.keys, self.values, json, expires)
 
 
 @dataclass(frozen=True, slots=True)

@@ -455,17 +455,17 @@ class Shard:
         return PatchResult(etag, _as_bytes(new[0]))
 
     def _bulk(self, m: Bulk) -> int:
-        if not m.rows:
+        keys = m.keys
+        if not keys:
             return 0
-        keys, values, is_json, expires = zip(*m.rows, strict=True)
-        plain_only = not any(is_json) and expires.count(None) == len(expires)
+        plain_only = m.json is None and m.expires_at_ms is None
         if plain_only and max(map(len, keys)) <= _MAX_PACKED_KEY_BYTES:
             with self._db:  # a savepoint: the rows go in whole or not at all
-                self._upsert_plain(keys, values)
+                self._upsert_plain(keys, m.values)
             return len(keys)
         first = self.revision + 1
         plain, docs = [], []
-        for i, row in enumerate(m.rows):
+        for i, row in enumerate(m.rows()):
             if row.json:
                 text = self._json_text(row.value, f"entries[{i}].value")
                 docs.append((row.key, text, first + i, row.expires_at_ms))
@@ -517,7 +517,7 @@ def _keys_of(mutations: Sequence[Mutation]) -> list[bytes]:
     keys: list[bytes] = []
     for m in mutations:
         if isinstance(m, Bulk):
-            keys.extend([row.key for row in m.rows])
+            keys.extend(m.keys)
         elif not isinstance(m, SweepBatch):
             keys.append(m.key)
     return keys

@@ -20,7 +20,7 @@ from typing import Any
 
 from keyspan.storage.errors import ConfigError, KeyspanError, UnavailableError, WrongPartitionError
 from keyspan.storage.keys import KeyRange
-from keyspan.storage.mutations import Bulk, BulkRow, Mutation, SweepBatch
+from keyspan.storage.mutations import Bulk, Mutation, SweepBatch
 from keyspan.storage.readers import ReadPool
 from keyspan.storage.rowcache import ABSENT, MISSING, RowCache
 from keyspan.storage.shard import Row, Shard
@@ -273,20 +273,17 @@ class ShardSet:
     async def write(self, key: bytes, mutation: Mutation) -> Any:
         return await self.locate(key).write(mutation)
 
-    async def bulk_put(self, rows: Sequence[BulkRow]) -> tuple[int, bytes | None]:
-        """Commit the longest prefix of `rows` inside the first row's partition.
+    async def bulk_put(self, batch: Bulk) -> tuple[int, bytes | None]:
+        """Commit the longest prefix of `batch` inside its first entry's partition.
 
-        Returns (accepted, next_key); next_key is None when every row went in.
+        Returns (accepted, next_key); next_key is None when every entry went in.
         """
-        partition = self.locate(rows[0].key)
+        keys = batch.keys
+        partition = self.locate(keys[0])
         end = partition.range.end
-        accepted = (
-            len(rows)
-            if end is None or rows[-1].key < end
-            else bisect.bisect_left(rows, end, key=lambda r: r.key)
-        )
-        await partition.write(Bulk(list(rows[:accepted])))
-        return accepted, None if accepted == len(rows) else rows[accepted].key
+        accepted = len(keys) if end is None or keys[-1] < end else bisect.bisect_left(keys, end)
+        await partition.write(batch.prefix(accepted))
+        return accepted, None if accepted == len(keys) else keys[accepted]
 
     async def scan_batch(
         self,

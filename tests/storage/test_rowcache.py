@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest_asyncio
 
-from keyspan.storage.mutations import BulkRow, Delete, Patch, Put
+from keyspan.storage.mutations import Bulk, BulkRow, Delete, Patch, Put
 from keyspan.storage.rowcache import ABSENT, MISSING, RowCache
 from keyspan.storage.shard import Row
 from keyspan.storage.shardset import ShardSet, ShardSetOptions, now_ms, ranges_from_split_points
@@ -39,7 +39,7 @@ async def test_every_kind_of_write_evicts_what_it_changed(shards: ShardSet) -> N
     await shards.write(b"a", Put(b"a", b"2"))
     assert await value_of(shards, b"a") == b"2"
     assert await value_of(shards, b"b") is None  # absent keys are cached too ...
-    await shards.bulk_put([BulkRow(b"b", b"3"), BulkRow(b"c", b"4")])
+    await shards.bulk_put(Bulk.of_rows([BulkRow(b"b", b"3"), BulkRow(b"c", b"4")]))
     assert await value_of(shards, b"b") == b"3"  # ... and a bulk load evicts them
     await shards.write(b"d", Put(b"d", b'{"x": 1}', json=True))
     assert await value_of(shards, b"d") == b'{"x":1}'

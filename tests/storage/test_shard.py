@@ -18,7 +18,7 @@ from keyspan.storage.errors import (
     WrongPartitionError,
 )
 from keyspan.storage.keys import KeyRange
-from keyspan.storage.mutations import BulkRow, Delete, Patch, Put
+from keyspan.storage.mutations import Bulk, BulkRow, Delete, Patch, Put
 from keyspan.storage.shard import Shard
 from keyspan.storage.shardset import ShardSet, now_ms, ranges_from_split_points
 
@@ -123,11 +123,11 @@ async def test_expired_entries_are_never_read_and_the_sweep_deletes_them(shards:
 
 async def test_bulk_prefix_stops_at_the_partition_end_and_commits_whole(shards: ShardSet) -> None:
     rows = [BulkRow(k, b"v") for k in (b"a", b"b", b"l", b"m", b"n")]
-    assert await shards.bulk_put(rows) == (3, b"m")
-    assert await shards.bulk_put(rows[3:]) == (2, None)
+    assert await shards.bulk_put(Bulk.of_rows(rows)) == (3, b"m")
+    assert await shards.bulk_put(Bulk.of_rows(rows[3:])) == (2, None)
     bad = [BulkRow(b"c", b"{}", json=True), BulkRow(b"d", b"{oops", json=True)]
     with pytest.raises(InvalidArgumentError) as caught:
-        await shards.bulk_put(bad)
+        await shards.bulk_put(Bulk.of_rows(bad))
     assert caught.value.field == "entries[1].value"
     assert await shards.get(b"c") is None
 
@@ -185,9 +185,7 @@ async def test_the_data_dir_is_locked_against_a_second_process(shards: ShardSet)
 def test_scan_reads_in_both_directions_within_a_byte_budget(tmp_path: Path) -> None:
     shard = Shard(tmp_path / "s.db", "s", KeyRange())
     try:
-        from keyspan.storage.mutations import Bulk
-
-        shard.apply_batch([Bulk([BulkRow(b"k%03d" % i, b"x" * 100) for i in range(100)])])
+        shard.apply_batch([Bulk.of_rows([BulkRow(b"k%03d" % i, b"x" * 100) for i in range(100)])])
         with shard.reader() as db:
             rows, done = Shard.scan(db, KeyRange(b"k010", b"k020"), now_ms(), max_rows=100)
             assert [r.key for r in rows] == [b"k%03d" % i for i in range(10, 20)] and done
@@ -219,7 +217,6 @@ def test_a_failed_commit_rolls_the_whole_batch_back(tmp_path: Path) -> None:
 
 
 def test_a_bulk_batch_mixing_documents_and_bytes_logs_every_row(tmp_path: Path) -> None:
-    from keyspan.storage.mutations import Bulk
 
     shard = Shard(tmp_path / "s.db", "s", KeyRange())
     try:
@@ -228,7 +225,7 @@ def test_a_bulk_batch_mixing_documents_and_bytes_logs_every_row(tmp_path: Path) 
             BulkRow(b"b", b'{"x": 1}', json=True),
             BulkRow(b"c", b"3", expires_at_ms=1),
         ]
-        assert shard.apply_batch([Bulk(rows)]) == [3]
+        assert shard.apply_batch([Bulk.of_rows(rows)]) == [3]
         with shard.reader() as db:
             assert Shard.get(db, b"b", now_ms()) == (b"b", b'{"x":1}', True, 2, None)
             assert Shard.get(db, b"a", now_ms()).etag == 1
@@ -288,13 +285,12 @@ def test_a_batch_applies_its_writes_in_order_and_fails_only_the_bad_one(tmp_path
 
 
 def test_a_plain_bulk_overwrites_in_place_and_logs_every_row(tmp_path: Path) -> None:
-    from keyspan.storage.mutations import Bulk
 
     shard = Shard(tmp_path / "s.db", "s", KeyRange())
     try:
         assert shard.apply_batch([Put(b"k2", b"old", expires_at_ms=now_ms() + 60_000)]) == [1]
         keys = [b"k1", b"k2", b"\x00" * 300]  # any bytes, any length up to the limit
-        assert shard.apply_batch([Bulk([BulkRow(k, b"v" + k) for k in sorted(keys)])]) == [3]
+        assert shard.apply_batch([Bulk.of_rows([BulkRow(k, b"v" + k) for k in sorted(keys)])]) == [3]
         with shard.reader() as db:
             rows, _ = Shard.scan(db, KeyRange(), now_ms(), max_rows=10)
             assert [(r.key, r.value, r.etag, r.expires_at_ms) for r in rows] == [

@@ -1,4 +1,4 @@
-"""rows_of: a good batch is checked column by column; a bad one names its first fault."""
+"""batch_of: a good batch is checked column by column; a bad one names its first fault."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 
 from keyspan.storage.errors import KeyspanError
 from keyspan.storage.limits import Limits
-from keyspan.storage.mutations import BulkRow
-from keyspan.streams.bulk_put import rows_of
+from keyspan.storage.mutations import Bulk, BulkRow
+from keyspan.streams.bulk_put import batch_of
 from keyspan.v1 import kv_pb2
 
 LIMITS = Limits(max_value_bytes=8)
@@ -17,14 +17,24 @@ def entries(*specs: tuple[bytes, bytes] | kv_pb2.Entry) -> list[kv_pb2.Entry]:
     return [s if isinstance(s, kv_pb2.Entry) else kv_pb2.Entry(key=s[0], value=s[1]) for s in specs]
 
 
-def test_a_good_batch_becomes_rows_with_expiries_only_where_a_ttl_was_given() -> None:
-    rows = rows_of(
+def test_a_good_batch_becomes_columns_with_expiries_only_where_a_ttl_was_given() -> None:
+    batch = batch_of(
         entries((b"a", b"1"), kv_pb2.Entry(key=b"b", value=b"{}", json=True, ttl_s=60), (b"c", b"3")), LIMITS
     )
+    rows = list(batch.rows())
     assert rows[0] == BulkRow(b"a", b"1", False, None) and rows[2] == BulkRow(b"c", b"3", False, None)
     assert rows[1][:3] == (b"b", b"{}", True) and rows[1].expires_at_ms is not None
-    assert rows_of(entries((b"a", b"1")), LIMITS) == [BulkRow(b"a", b"1")]
-    assert rows_of([], LIMITS) == []
+    # A batch of plain bytes values with no TTL (the usual one) carries no json or expiry column.
+    assert batch_of(entries((b"a", b"1"), (b"b", b"2")), LIMITS) == Bulk((b"a", b"b"), (b"1", b"2"))
+    assert len(batch_of([], LIMITS)) == 0
+
+
+def test_a_batch_prefix_and_rows_keep_every_column() -> None:
+    rows = [BulkRow(b"a", b"1"), BulkRow(b"b", b"{}", json=True), BulkRow(b"c", b"3", expires_at_ms=7)]
+    batch = Bulk.of_rows(rows)
+    assert list(batch.rows()) == rows
+    assert list(batch.prefix(2).rows()) == rows[:2] and batch.prefix(3) is batch
+    assert Bulk.of_rows(rows[:1]) == Bulk((b"a",), (b"1",))  # no json, no expiry: no columns
 
 
 @pytest.mark.parametrize(
@@ -49,5 +59,5 @@ def test_a_good_batch_becomes_rows_with_expiries_only_where_a_ttl_was_given() ->
 )
 def test_a_bad_batch_names_its_first_bad_entry(batch: list[kv_pb2.Entry], field: str, rule: str) -> None:
     with pytest.raises(KeyspanError) as caught:
-        rows_of(batch, LIMITS)
+        batch_of(batch, LIMITS)
     assert caught.value.field == field and rule in str(caught.value)  # type: ignore[attr-defined]
