@@ -93,6 +93,7 @@ class PartitionCollector(Collector):
             "Writes committed over all partitions held now.",
             sum(p.writer.mutations for p in partitions),
         )
+        yield from _read_path_families(self._shards)
         free, capacity = _disk(self._shards.data_dir)
         yield GaugeMetricFamily(
             "keyspan_data_dir_free_bytes", "Bytes free to keyspan on the data dir's filesystem.", free
@@ -100,6 +101,34 @@ class PartitionCollector(Collector):
         yield GaugeMetricFamily(
             "keyspan_data_dir_capacity_bytes", "Size of the data dir's filesystem in bytes.", capacity
         )
+
+
+def _read_path_families(shards: ShardSet) -> Iterator[Metric]:
+    """Where point reads were served: the row cache, the event loop, the read threads."""
+    reads = shards.reads
+    yield CounterMetricFamily(
+        "keyspan_inline_reads",
+        "Point reads run on the event loop (--inline-read-budget-ms); the rest ran on the read threads.",
+        reads.inline_reads,
+    )
+    yield CounterMetricFamily(
+        "keyspan_inline_read_pauses",
+        "Times two over-budget inline reads in a row sent point reads to the read threads for a while.",
+        reads.inline_pauses,
+    )
+    cache = shards.row_cache
+    if cache is None:
+        return
+    yield CounterMetricFamily("keyspan_row_cache_hits", "Gets answered from the row cache.", cache.hits)
+    yield CounterMetricFamily(
+        "keyspan_row_cache_misses", "Gets that the row cache could not answer.", cache.misses
+    )
+    yield GaugeMetricFamily(
+        "keyspan_row_cache_entries", "Rows (and known-absent keys) cached.", cache.entries
+    )
+    yield GaugeMetricFamily(
+        "keyspan_row_cache_bytes", "What the cached rows count against --row-cache-mb, in bytes.", cache.bytes
+    )
 
 
 def _partition_families() -> dict[str, Metric]:

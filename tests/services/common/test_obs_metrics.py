@@ -95,6 +95,29 @@ async def test_partition_metrics_agree_with_the_stats_rpc(start_server, channel_
 
 
 @pytest.mark.asyncio
+async def test_point_reads_are_counted_where_they_were_served(start_server, channel_to) -> None:
+    server = await start_server(metrics_address="127.0.0.1:0")
+    kv = kv_pb2_grpc.KVStub(channel_to(server))
+    await kv.Put(kv_pb2.PutRequest(key=b"x", value=b"v"))
+    for key in (b"x", b"x", b"absent", b"absent"):  # each read once from SQLite, then cached
+        await kv.Get(kv_pb2.GetRequest(key=key))
+    m = await scrape(server)
+    assert sample(m, "keyspan_row_cache_misses_total") == 2
+    assert sample(m, "keyspan_row_cache_hits_total") == 2
+    assert sample(m, "keyspan_row_cache_entries") == 2  # the row and the known-absent key
+    assert sample(m, "keyspan_row_cache_bytes") > 0
+    assert sample(m, "keyspan_inline_reads_total") == 2
+    assert sample(m, "keyspan_inline_read_pauses_total") == 0
+
+    off = await start_server(metrics_address="127.0.0.1:0", row_cache_mb=0, inline_read_budget_ms=0)
+    kv = kv_pb2_grpc.KVStub(channel_to(off))
+    await kv.Get(kv_pb2.GetRequest(key=b"x"))
+    m = await scrape(off)
+    assert sample(m, "keyspan_inline_reads_total") == 0  # the read went to a read thread
+    assert "keyspan_row_cache_hits" not in m
+
+
+@pytest.mark.asyncio
 async def test_sweep_lag_is_the_age_of_the_oldest_expired_entry(start_server) -> None:
     server = await start_server(metrics_address="127.0.0.1:0", split_points="")
     partition = server.shards.partitions[0]
