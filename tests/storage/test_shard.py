@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -45,6 +46,27 @@ async def test_the_shard_file_is_in_wal_mode_with_full_sync(shards: ShardSet) ->
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert Path(f"{shard.path}-wal").exists()
     assert shard._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+async def test_a_live_shard_is_the_node_process_s_alone(shards: ShardSet) -> None:
+    """unix-excl: the WAL index is in the node's memory (no -shm file), and another
+    process cannot open the shard while the node has it open, not even to read."""
+    await shards.write(b"k", Put(b"k", b"v"))
+    shard = shards.partitions[0].shard
+    assert not Path(f"{shard.path}-shm").exists()
+    peek = (
+        "import apsw, sys\n"
+        "try:\n"
+        "    apsw.Connection(sys.argv[1]).execute('SELECT count(*) FROM entries').fetchone()\n"
+        "except apsw.BusyError:\n"
+        "    print('busy')\n"
+    )
+    other = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", peek, str(shard.path), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await other.communicate()
+    assert (other.returncode, out.strip()) == (0, b"busy")
+    assert (await shards.get(b"k")).value == b"v"  # type: ignore[union-attr]
 
 
 async def test_etags_grow_and_are_never_reused_after_delete(shards: ShardSet) -> None:
