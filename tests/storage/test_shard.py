@@ -48,7 +48,7 @@ async def test_the_shard_file_is_in_wal_mode_with_full_sync(shards: ShardSet) ->
     assert shard._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
-async def test_a_live_shard_is_the_node_process_s_alone(shards: ShardSet) -> None:
+async def test_no_other_process_can_open_a_live_shard(shards: ShardSet) -> None:
     """unix-excl: the WAL index is in the node's memory (no -shm file), and another
     process cannot open the shard while the node has it open, not even to read."""
     await shards.write(b"k", Put(b"k", b"v"))
