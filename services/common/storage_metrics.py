@@ -108,7 +108,8 @@ def _read_path_families(shards: ShardSet) -> Iterator[Metric]:
     reads = shards.reads
     yield CounterMetricFamily(
         "keyspan_inline_reads",
-        "Point reads run on the event loop (--inline-read-budget-ms); the rest ran on the read threads.",
+        "Point reads run on the event loop (--inline-read-budget-ms); "
+        "other row-cache misses ran on the read threads.",
         reads.inline_reads,
     )
     yield CounterMetricFamily(
