@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -31,11 +32,41 @@ STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 
 
+_PICKS = 200
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago (the server may still lose a race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A 127.0.0.1 port nothing is bound to right now, below the kernel's ephemeral range.
+
+    A port from bind(0) comes from the ephemeral range, which outgoing connections also
+    draw their source ports from: in a fresh-clone run one of them took such a port
+    between the pick and the server's own bind ("Address already in use"). Ports below
+    the range are never handed out that way; each is given out once per process.
+    """
+    low = _ephemeral_low()
+    candidates = range(max(1024, low - 12_000), low)
+    for port in random.sample(candidates, min(_PICKS, len(candidates))):
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use: try another
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # no room below the range: let the kernel choose
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux's default when unknown)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 class ServerProcess:

@@ -1,11 +1,13 @@
-"""free_port: loopback ports for real-process tests, outside the range the kernel hands
-out as source ports of outgoing connections."""
+"""free_port: loopback ports for real-process tests (the pytest plugin's servers, and
+integration/ through integration.processes), outside the range the kernel hands out as
+source ports of outgoing connections."""
 
 from __future__ import annotations
 
 import socket
 
-from integration import processes
+from integration import processes as integration_processes
+from keyspan.services import testing as processes
 
 
 def test_ports_are_bindable_distinct_and_below_the_ephemeral_range() -> None:
@@ -15,6 +17,10 @@ def test_ports_are_bindable_distinct_and_below_the_ephemeral_range() -> None:
     for port in ports[:3]:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
+
+
+def test_integration_uses_the_same_ports() -> None:
+    assert integration_processes.free_port is processes.free_port
 
 
 def test_a_port_in_use_is_not_handed_out(monkeypatch) -> None:
