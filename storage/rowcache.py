@@ -1,8 +1,9 @@
 """The node's row cache: recently read rows, so that a repeated Get makes no SQLite call.
 
 A Get that finds its row here costs a dict lookup on the event loop. One that reads
-SQLite pays for the call's release and re-take of the GIL (a thread switch on a busy
-node, worth ~50 us of CPU on a small VM) on top of the read itself.
+SQLite cost ~50 us more server CPU under load on a small VM, of which SQLite's own code
+was ~7.5 us; the rest is the Python around the read and the kernel's wake-ups
+(integration/perf/JOURNAL.md, "Where a Get's extra CPU goes on this host").
 
 Correctness rests on one rule: a row read before a commit is never stored after it.
 Writers call `written(keys)` after every COMMIT, which bumps `generation` and evicts the
