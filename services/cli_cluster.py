@@ -21,6 +21,7 @@ from keyspan.services.cli import (
     run_process,
 )
 from keyspan.services.config import ControlConfig, GatewayConfig, NodeConfig, parse_address
+from keyspan.storage.errors import key_text
 
 
 @cli.command()
@@ -120,8 +121,7 @@ def _key(raw: bytes | None) -> str:
         return "+inf"
     if not raw:
         return "-inf"
-    text = raw.decode(errors="replace")
-    return repr(text) if raw.isascii() and text.isprintable() else "0x" + raw.hex()
+    return key_text(raw)
 
 
 def _node_status(info: Any) -> str:

@@ -6,6 +6,16 @@ services/common/errors.py maps each one to a gRPC status in exactly one place.
 from __future__ import annotations
 
 
+def key_text(raw: bytes) -> str:
+    """A key as messages show it: quoted when it is printable UTF-8 ('user/ann'), else 0x
+    and its hex (0x00ff), so that a message reads the same to a client in any language."""
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        return "0x" + raw.hex()
+    return repr(text) if text.isprintable() else "0x" + raw.hex()
+
+
 class KeyspanError(Exception):
     """Base of every error keyspan raises on purpose."""
 
@@ -47,13 +57,13 @@ class EtagMismatchError(KeyspanError):
     def __init__(self, key: bytes, expected: int | None, current: int) -> None:
         wanted = "absent" if expected is None else f"etag {expected}"
         found = "absent" if current == 0 else f"etag {current}"
-        super().__init__(f"key {key!r} is {found}, not {wanted}")
+        super().__init__(f"key {key_text(key)} is {found}, not {wanted}")
         self.key, self.expected, self.current = key, expected, current
 
 
 class NotFoundError(KeyspanError):
     def __init__(self, key: bytes) -> None:
-        super().__init__(f"key {key!r} does not exist")
+        super().__init__(f"key {key_text(key)} does not exist")
         self.key = key
 
 
@@ -61,7 +71,7 @@ class NotJsonError(KeyspanError):
     """A JSON operation (patch, projection) on an entry that holds bytes."""
 
     def __init__(self, key: bytes) -> None:
-        super().__init__(f"key {key!r} holds bytes, not a JSON document")
+        super().__init__(f"key {key_text(key)} holds bytes, not a JSON document")
         self.key = key
 
 
@@ -79,7 +89,7 @@ class WrongPartitionError(KeyspanError):
         address: str = "",
         map_version: int = 0,
     ) -> None:
-        super().__init__(f"key {key!r} is not served here; owner: {address or 'unknown'}")
+        super().__init__(f"key {key_text(key)} is not served here; owner: {address or 'unknown'}")
         self.key, self.partition_id, self.start, self.end = key, partition_id, start, end
         self.node_id, self.address, self.map_version = node_id, address, map_version
 

@@ -17,7 +17,7 @@ import struct
 from dataclasses import dataclass
 from functools import total_ordering
 
-from keyspan.storage.errors import EmptyKeyError, InvalidArgumentError, KeyTooLongError
+from keyspan.storage.errors import EmptyKeyError, InvalidArgumentError, KeyTooLongError, key_text
 
 MAX_KEY_BYTES = 1024
 
@@ -124,7 +124,7 @@ class KeyRange:
 
     def __post_init__(self) -> None:
         if self.end is not None and self.end <= self.start:
-            raise InvalidArgumentError("end", f"must be greater than start ({self.start!r})")
+            raise InvalidArgumentError("end", f"must be greater than start ({key_text(self.start)})")
 
     def __contains__(self, key: bytes) -> bool:
         return self.start <= key and (self.end is None or key < self.end)
@@ -138,5 +138,6 @@ class KeyRange:
         return KeyRange(start, end)
 
     def __str__(self) -> str:
-        end = "+inf" if self.end is None else repr(self.end)
-        return f"[{self.start!r}, {end})"
+        start = key_text(self.start) if self.start else "-inf"
+        end = "+inf" if self.end is None else key_text(self.end)
+        return f"[{start}, {end})"

@@ -18,7 +18,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from keyspan.services.config import GRPC_MAX_MESSAGE_BYTES
-from keyspan.storage.errors import UnavailableError
+from keyspan.storage.errors import UnavailableError, key_text
 from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.partition_map import MapEntry, MapWatcher
 from keyspan.v1 import errors_pb2, kv_pb2_grpc
@@ -121,7 +121,7 @@ class Router:
                 if is_transport_failure(err):
                     raise node_unreachable(entry) from None
                 raise
-        raise UnavailableError(f"key {key!r}: routing did not settle; retry", retry_after_s=0.5)
+        raise UnavailableError(f"key {key_text(key)}: routing did not settle; retry", retry_after_s=0.5)
 
 
 def node_unreachable(entry: MapEntry) -> UnavailableError:

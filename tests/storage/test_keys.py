@@ -1,6 +1,6 @@
 import pytest
 
-from keyspan.storage.errors import InvalidArgumentError
+from keyspan.storage.errors import EtagMismatchError, InvalidArgumentError, NotJsonError, key_text
 from keyspan.storage.keys import Key, KeyRange, key_successor
 
 
@@ -50,3 +50,24 @@ def test_key_range_membership_and_bounds() -> None:
     with pytest.raises(InvalidArgumentError, match="greater than start"):
         KeyRange(b"d", b"b")
     assert key_successor(b"a") > b"a" and key_successor(b"a") < b"a\x01"
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        (b"user/ann", "'user/ann'"),
+        ("café".encode(), "'café'"),
+        (b"0xff", "'0xff'"),  # text that looks like hex stays quoted
+        (b"\xff\x00", "0xff00"),  # not UTF-8
+        (b"a\nb", "0x610a62"),  # UTF-8, but not printable
+    ],
+)
+def test_messages_show_keys_the_same_to_every_client(raw: bytes, shown: str) -> None:
+    assert key_text(raw) == shown
+    assert str(NotJsonError(raw)) == f"key {shown} holds bytes, not a JSON document"
+
+
+def test_messages_never_show_python_bytes_literals() -> None:
+    assert str(EtagMismatchError(b"a", 99, 1)) == "key 'a' is etag 1, not etag 99"
+    assert str(KeyRange(b"", b"g")) == "[-inf, 'g')"
+    assert str(KeyRange(b"\x00\x01")) == "[0x0001, +inf)"
