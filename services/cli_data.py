@@ -361,7 +361,9 @@ def _bulk_load(conn: Conn, entries: Iterator[Any], total: int, batch_bytes: int,
     from tqdm import tqdm
 
     with (
-        tqdm(total=total, unit="entries", unit_scale=True, disable=not progress, file=sys.stderr) as bar,
+        tqdm(
+            total=total, unit="entries", unit_scale=total >= 10_000, disable=not progress, file=sys.stderr
+        ) as bar,
         expected_errors(),
         conn.client() as kv,
     ):
