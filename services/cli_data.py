@@ -22,6 +22,7 @@ import click
 
 from keyspan.services.cli import EXIT_NOT_FOUND, EXIT_PRECONDITION, EXIT_UNAVAILABLE, EXIT_USAGE, cli
 from keyspan.services.config import DEFAULT_ADDRESS
+from keyspan.storage.errors import key_text
 
 EXIT_SERVER_ERROR = 5
 EXAMPLES_ADDRESS = "127.0.0.1:7420"
@@ -50,12 +51,7 @@ class Conn:
             raise click.BadParameter(f"{text!r} is not hex (--hex is on)", param_hint=name) from None
 
     def show_key(self, raw: bytes) -> str:
-        if self.hex_keys:
-            return raw.hex()
-        try:
-            return raw.decode()
-        except UnicodeDecodeError:
-            return "0x" + raw.hex()
+        return raw.hex() if self.hex_keys else key_text(raw, quoted=False)
 
 
 def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:

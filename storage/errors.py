@@ -6,14 +6,17 @@ services/common/errors.py maps each one to a gRPC status in exactly one place.
 from __future__ import annotations
 
 
-def key_text(raw: bytes) -> str:
-    """A key as messages show it: quoted when it is printable UTF-8 ('user/ann'), else 0x
-    and its hex (0x00ff), so that a message reads the same to a client in any language."""
+def key_text(raw: bytes, *, quoted: bool = True) -> str:
+    """A key as people read it: its text when it is printable UTF-8, quoted in messages
+    ('user/ann'), else 0x and its hex (0x00ff). A message then reads the same to a client
+    in any language, and a key with a tab or newline cannot break a line of output."""
     try:
         text = raw.decode()
     except UnicodeDecodeError:
         return "0x" + raw.hex()
-    return repr(text) if text.isprintable() else "0x" + raw.hex()
+    if not text.isprintable():
+        return "0x" + raw.hex()
+    return repr(text) if quoted else text
 
 
 class KeyspanError(Exception):

@@ -103,11 +103,7 @@ class Key:
         return self.raw
 
     def __str__(self) -> str:
-        try:
-            text = self.raw.decode()
-        except UnicodeDecodeError:
-            return "0x" + self.raw.hex()
-        return text if text.isprintable() else "0x" + self.raw.hex()
+        return key_text(self.raw, quoted=False)
 
 
 def key_successor(raw: bytes) -> bytes:

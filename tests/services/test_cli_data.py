@@ -133,6 +133,16 @@ def test_scan_prints_key_tab_value_in_order(server_address: str) -> None:
     assert invoke(server_address, "scan", "a", "c", "--reverse", "--limit", "1") == (0, "b\tB\n")
 
 
+def test_text_output_shows_unprintable_keys_as_hex(server_address: str) -> None:
+    with Client(server_address) as kv:
+        kv.put(b"tab\tkey", b"v1")
+        kv.put(b"\xffbin", b"v2")
+    # A tab or newline in a key would break the KEY<TAB>VALUE lines; bytes that are not
+    # UTF-8 cannot be printed as text.
+    assert invoke(server_address, "scan", "t", "u") == (0, "0x746162096b6579\tv1\n")
+    assert invoke(server_address, "scan", "\u00ff") == (0, "0xff62696e\tv2\n")
+
+
 def test_hex_keys(server_address: str) -> None:
     assert invoke(server_address, "put", "--hex", "00ff", "bin")[0] == 0
     assert invoke(server_address, "scan", "--hex") == (0, "00ff\tbin\n")
