@@ -95,6 +95,10 @@ def serve(**settings: Any) -> None:
     Data lives in --data (created on first start, cut into partitions at
     --split-points). SIGTERM or Ctrl-C shuts down cleanly: in-flight writes
     finish and are committed before the process exits.
+
+    While it runs, --data is this process's alone: a second server on it is
+    refused, and no other process can open its shard files, not even the sqlite3
+    shell; read through the RPCs or `keyspan dump`.
     """
     from keyspan.services.server import KeyspanServer
 

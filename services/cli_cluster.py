@@ -44,7 +44,8 @@ def node(**settings: Any) -> None:
     """Run a data node: joins --control, hosts the partitions it is assigned, serves KV.
 
     The node id is kept in --data, so a restarted node resumes its identity and its
-    partitions from its own disk.
+    partitions from its own disk. While it runs, --data is this process's alone: no
+    other process can open its shard files, not even the sqlite3 shell.
     """
     from keyspan.services.node.process import NodeProcess
 
