@@ -81,6 +81,8 @@ _UPSERT_PACKED = (
 _LOG_PACKED = (
     f"INSERT INTO changes(revision, key) SELECT ?2 + rowid, substr(value, 5, {_KEY_LENGTH}) FROM {_PACKED}"
 )
+# SQLite's JSON functions refuse documents nested deeper than this (its JSON_MAX_DEPTH).
+MAX_JSON_DEPTH = 1000
 _CURRENT = "SELECT etag, expires_at_ms FROM entries WHERE key = ?"
 _VALUE = "CASE json WHEN 1 THEN json(value) ELSE value END"
 _GET = f"SELECT {_VALUE}, json, etag, expires_at_ms FROM entries WHERE key = ?"
@@ -214,7 +216,7 @@ class Shard:
         try:
             found = db.execute(sql, args).fetchone()
         except apsw.SQLError as err:
-            raise _path_error(db, paths, "paths") from err
+            raise _path_error(db, paths, "paths", err) from err
         if found is None:
             return None
         value, is_json, etag, expires = found
@@ -261,7 +263,7 @@ class Shard:
                 if size >= max_bytes:
                     return rows, False
         except apsw.SQLError as err:
-            raise _path_error(db, paths, "paths") from err
+            raise _path_error(db, paths, "paths", err) from err
         return rows, len(rows) < max_rows
 
     @staticmethod
@@ -405,9 +407,13 @@ class Shard:
             text = value.decode() if isinstance(value, bytes) else value
         except UnicodeDecodeError:
             raise InvalidArgumentError(field, "must be UTF-8 JSON text") from None
-        if not self._db.execute("SELECT json_valid(?, 1)", (text,)).fetchone()[0]:
-            raise InvalidArgumentError(field, "must be valid JSON text (RFC 8259)")
-        return text
+        if self._db.execute("SELECT json_valid(?, 1)", (text,)).fetchone()[0]:
+            return text
+        # json_error_position follows JSON5, so it finds no fault in NaN or {a: 1}
+        at = self._db.execute("SELECT json_error_position(?)", (text,)).fetchone()[0]
+        where = f"; the first fault is at character {at}" if at else ""
+        rule = f"must be valid JSON text (RFC 8259) nested at most {MAX_JSON_DEPTH} levels deep"
+        raise InvalidArgumentError(field, rule + where)
 
     def _delete(self, m: Delete) -> bool:
         if m.if_etag:
@@ -458,7 +464,7 @@ class Shard:
             paths = [p for p, _ in m.set] + list(m.remove)
             fields = [f"set[{i}].path" for i in range(len(m.set))]
             fields += [f"remove[{i}]" for i in range(len(m.remove))]
-            raise _path_error(self._db, paths, fields) from err
+            raise _path_error(self._db, paths, fields, err, "set" if m.set else "merge_patch") from err
         self._db.execute(_LOG, (self._next_revision(), m.key))
         return PatchResult(etag, _as_bytes(new[0]))
 
@@ -535,14 +541,21 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _path_error(db: apsw.Connection, paths: Sequence[str], fields: str | Sequence[str]) -> KeyspanError:
-    """Name the first malformed JSON path, for an SQLite error raised by a JSON function."""
+def _path_error(
+    db: apsw.Connection,
+    paths: Sequence[str],
+    fields: str | Sequence[str],
+    err: apsw.SQLError,
+    whole: str = "paths",
+) -> KeyspanError:
+    """Name the first malformed JSON path, for an SQLite error raised by a JSON function;
+    when every path is well formed, blame `whole` with SQLite's reason."""
     for i, path in enumerate(paths):
         try:
             db.execute("SELECT json_extract('{}', ?)", (path,)).fetchone()
         except apsw.SQLError:
             field = f"{fields}[{i}]" if isinstance(fields, str) else fields[i]
             return InvalidArgumentError(field, f"{path!r} is not a JSON path like $.a.b or $.items[0]")
-    return InvalidArgumentError(
-        "paths" if isinstance(fields, str) else "merge_patch", "rejected by SQLite's JSON functions"
-    )
+    if "nested too deep" in str(err):
+        return InvalidArgumentError(whole, f"the result would nest deeper than {MAX_JSON_DEPTH} levels")
+    return InvalidArgumentError(whole, f"rejected by SQLite's JSON functions: {err}")

@@ -10,6 +10,7 @@ from grpc_status import rpc_status
 from keyspan.v1 import errors_pb2, kv_pb2, kv_pb2_grpc
 
 BIG = b"x" * (1 << 20 + 1)
+DEEP = "[" * 999 + "]" * 999  # a JSON array nested 999 levels deep
 
 
 def details(err: grpc.aio.AioRpcError) -> dict[str, object]:
@@ -60,6 +61,20 @@ UNARY_CASES = [
     ),
     (
         "Put",
+        kv_pb2.PutRequest(key=b"k", value=b"[1,,2]", json=True),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "value",
+        "the first fault is at character 4",
+    ),
+    (
+        "Put",
+        kv_pb2.PutRequest(key=b"k", value=f"[[{DEEP}]]".encode(), json=True),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "value",
+        "nested at most 1000 levels deep",
+    ),
+    (
+        "Put",
         kv_pb2.PutRequest(key=b"k", value=b"\xff", json=True),
         grpc.StatusCode.INVALID_ARGUMENT,
         "value",
@@ -101,6 +116,13 @@ UNARY_CASES = [
         "NOT_JSON",
     ),
     ("Patch", kv_pb2.PatchRequest(key=b"doc"), grpc.StatusCode.INVALID_ARGUMENT, "merge_patch", "needs"),
+    (
+        "Patch",  # each part is nested 1000 levels at most; the patched document would be 1001
+        kv_pb2.PatchRequest(key=b"doc", set=[kv_pb2.PathValue(path="$.a", value=f"[{DEEP}]")]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "set",
+        "nest deeper than 1000 levels",
+    ),
     (
         "Patch",
         kv_pb2.PatchRequest(key=b"doc", merge_patch="[1,"),

@@ -121,7 +121,8 @@ class KVServicer:
         The operations apply in this order: merge_patch (RFC 7396), then every `set` in
         order, then every `remove` in order. The entry keeps its TTL.
         Errors: NOT_FOUND (no such key); FAILED_PRECONDITION NOT_JSON (a bytes value);
-        INVALID_ARGUMENT (malformed patch, path or value); ABORTED ETAG_MISMATCH.
+        INVALID_ARGUMENT (malformed patch, path or value, or a result nested more than
+        1000 levels deep); ABORTED ETAG_MISMATCH.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
