@@ -17,6 +17,9 @@ from keyspan.storage.errors import ConfigError
 
 DEFAULT_ADDRESS = "127.0.0.1:7420"
 GRPC_MAX_MESSAGE_BYTES = 16 << 20
+# gRPC's own default is 1000: a burst of a few thousand concurrent calls from one client
+# then had hundreds cancelled before the event loop could start them.
+DEFAULT_MAX_PENDING_CALLS = 10_000
 
 
 def parse_address(address: str, name: str = "address") -> tuple[str, int]:
@@ -56,6 +59,14 @@ class ProcessConfig:
     address: str = field(default=DEFAULT_ADDRESS, metadata=_help("HOST:PORT the gRPC server listens on."))
     shutdown_grace_s: float = field(
         default=10.0, metadata=_help("Seconds in-flight RPCs get to finish on SIGTERM.")
+    )
+    max_pending_calls: int = field(
+        default=DEFAULT_MAX_PENDING_CALLS,
+        metadata=_help(
+            "Calls that may wait for the server to start them (a burst of concurrent calls). "
+            "Past this gRPC cancels new calls at random, and all of them past 3x this; the "
+            "client sees CANCELLED. gRPC's own default is 1000."
+        ),
     )
     log_level: str = field(
         default="INFO",
@@ -97,6 +108,8 @@ class ProcessConfig:
         parse_address(self.address)
         if self.shutdown_grace_s < 0:
             raise ConfigError(f"shutdown_grace_s: {self.shutdown_grace_s} must not be negative")
+        if not 1 <= self.max_pending_calls <= 1_000_000:
+            raise ConfigError(f"max_pending_calls: {self.max_pending_calls} must be between 1 and 1000000")
         if self.metrics_address:
             parse_address(self.metrics_address, "metrics_address")
         if self.otlp_endpoint:

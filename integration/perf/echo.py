@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from keyspan.services.common.process import SERVER_OPTIONS, freeze_startup_objects
+from keyspan.services.common.process import freeze_startup_objects, server_options
 from keyspan.v1 import kv_pb2, kv_pb2_grpc
 
 BATCH_BYTES = 64 * 1024
@@ -59,7 +59,7 @@ class EchoKV(kv_pb2_grpc.KVServicer):
 
 
 async def serve(address: str, value_bytes: int) -> None:
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=server_options())
     kv_pb2_grpc.add_KVServicer_to_server(EchoKV(value_bytes), server)
     checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)

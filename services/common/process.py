@@ -25,14 +25,24 @@ from grpc_reflection.v1alpha import reflection
 from keyspan.services.common.errors import wrap_errors
 from keyspan.services.common.observability import Observability
 from keyspan.services.common.registrar import Registrar, compose
-from keyspan.services.config import GRPC_MAX_MESSAGE_BYTES, ProcessConfig
+from keyspan.services.config import DEFAULT_MAX_PENDING_CALLS, GRPC_MAX_MESSAGE_BYTES, ProcessConfig
 
 log = logging.getLogger(__name__)
-SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
-    ("grpc.so_reuseport", 0),
-]
+
+
+def server_options(max_pending_calls: int = DEFAULT_MAX_PENDING_CALLS) -> list[tuple[str, int]]:
+    """The options of every keyspan gRPC server (and of the perf suite's echo)."""
+    return [
+        ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),
+        # Calls that arrive faster than the event loop starts them wait in gRPC's core;
+        # between the soft and the hard limit it cancels new ones at random.
+        ("grpc.server.max_pending_requests", max_pending_calls),
+        ("grpc.server.max_pending_requests_hard_limit", 3 * max_pending_calls),
+    ]
+
+
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 # Extra server interceptors (auth, ...), outermost first. Tracing, RPC metrics and error
@@ -51,7 +61,8 @@ class GrpcProcess:
         self.health = health.aio.HealthServicer()
         self.observability = Observability(self.config, self.name)
         self.server = grpc.aio.server(
-            interceptors=[make(config) for make in interceptor_factories] or None, options=SERVER_OPTIONS
+            interceptors=[make(config) for make in interceptor_factories] or None,
+            options=server_options(self.config.max_pending_calls),
         )
         # Telemetry (when on) outside error mapping, applied to each handler once at
         # registration: see registrar.py for why these are not interceptors.

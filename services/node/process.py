@@ -18,7 +18,7 @@ import uuid
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from keyspan.services.common.process import SERVER_OPTIONS
+from keyspan.services.common.process import server_options
 from keyspan.services.config import NodeConfig
 from keyspan.services.node.reconcile import missing_key_error
 from keyspan.services.node.session import NodeSession
@@ -63,7 +63,7 @@ class NodeProcess(StorageProcess):
         await self.probe_health.set(KV_SERVICE, NOT_SERVING)
         if not self.config.probe_address:
             return
-        self.probe_server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.probe_server = grpc.aio.server(options=server_options())
         health_pb2_grpc.add_HealthServicer_to_server(self.probe_health, self.probe_server)
         try:
             self.probe_port = self.probe_server.add_insecure_port(self.config.probe_address)
