@@ -127,3 +127,14 @@ class StorageFaultError(KeyspanError):
     def __init__(self, partition_id: str, cause: BaseException) -> None:
         super().__init__(f"partition {partition_id}: {type(cause).__name__}: {cause}")
         self.partition_id = partition_id
+
+
+class DiskFullError(StorageFaultError):
+    """The partition's disk is full (SQLite's SQLITE_FULL); nothing of the batch was
+    committed. An operating condition, not a fault of the code: RESOURCE_EXHAUSTED at the
+    edge, worth retrying once space is freed; the writer logs it (at most every few seconds).
+    """
+
+    def __init__(self, partition_id: str, cause: BaseException) -> None:
+        KeyspanError.__init__(self, f"partition {partition_id}: the disk is full; the write was not applied")
+        self.partition_id = partition_id

@@ -21,7 +21,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from keyspan.storage.errors import StorageFaultError, UnavailableError
+import apsw
+
+from keyspan.storage.errors import DiskFullError, StorageFaultError, UnavailableError
 from keyspan.storage.handoff import Handoff, reply
 from keyspan.storage.mutations import Mutation
 from keyspan.storage.shard import Shard
@@ -31,6 +33,8 @@ _STOP = object()
 # The commit wait applies only after a group of at least this many writes: a lone writer
 # (c=1) never waits.
 COMMIT_WAIT_SIBLINGS = 4
+# A full disk refuses every write until space is freed: say so at most this often.
+DISK_FULL_LOG_INTERVAL_S = 10.0
 # True in a task whose writes `WriteObserver.on_write` should see (services/ sets it for
 # an RPC whose span is sampled). A plain flag: storage knows nothing of tracing, and a
 # write nobody traces costs the loop one lookup instead of an observer call.
@@ -89,6 +93,9 @@ class PartitionWriter:
         self._closed = False
         self.batches = 0
         self.mutations = 0
+        # Writes refused by a storage fault, by reason: "disk_full", or "io" for any other.
+        self.faults = {"disk_full": 0, "io": 0}
+        self._disk_full_logged_at, self._refused_since_log = -DISK_FULL_LOG_INTERVAL_S, 0
         self._thread = threading.Thread(target=self._run, name=f"writer-{shard.partition_id}", daemon=True)
         self._thread.start()
 
@@ -179,8 +186,7 @@ class PartitionWriter:
         except Exception as err:
             # An SQLite fault (disk full, I/O error): nothing of the batch was committed.
             # Every waiter gets the same error object, so the edge reports it once.
-            fault = StorageFaultError(self._shard.partition_id, err)
-            fault.__cause__ = err
+            fault = self._fault(err, len(batch))
             outcomes, failed = [fault] * len(batch), True
         committed_ns = time.time_ns()
         applied_ns = min(max(self._shard.last_applied_ns, dequeued_ns), committed_ns)
@@ -194,3 +200,26 @@ class PartitionWriter:
             except Exception:  # a broken observer must not stop the writer
                 log.exception("write observer failed", extra={"partition_id": timing.partition_id})
         return outcomes, timing
+
+    def _fault(self, err: Exception, writes: int) -> StorageFaultError:
+        partition_id = self._shard.partition_id
+        if not isinstance(err, apsw.FullError):
+            self.faults["io"] += writes
+            fault = StorageFaultError(partition_id, err)  # logged with its traceback at the edge
+        else:
+            self.faults["disk_full"] += writes
+            self._refused_since_log += writes
+            fault = DiskFullError(partition_id, err)
+            now = time.monotonic()
+            if now - self._disk_full_logged_at >= DISK_FULL_LOG_INTERVAL_S:
+                log.error(
+                    "disk full: writes refused",
+                    extra={
+                        "partition_id": partition_id,
+                        "writes": self._refused_since_log,
+                        "cause": str(err),
+                    },
+                )
+                self._disk_full_logged_at, self._refused_since_log = now, 0
+        fault.__cause__ = err
+        return fault

@@ -8,6 +8,7 @@ from keyspan.streams.client import AsyncClient
 from keyspan.streams.entry import Entry, PartitionInfo, Stats, SweepProgress
 from keyspan.streams.errors import (
     DeadlineExceeded,
+    DiskFull,
     EtagMismatch,
     InvalidArgument,
     KeyspanClientError,
@@ -26,6 +27,7 @@ __all__ = [
     "BulkPutResult",
     "Client",
     "DeadlineExceeded",
+    "DiskFull",
     "Entry",
     "EtagMismatch",
     "InvalidArgument",

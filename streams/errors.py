@@ -10,6 +10,7 @@ metadata (grpc_status.rpc_status.from_call) and returns the matching exception:
 | ABORTED + ErrorInfo ETAG_MISMATCH        | EtagMismatch       | current_etag (0 = absent)    |
 | FAILED_PRECONDITION + ErrorInfo NOT_JSON | NotJson            |                              |
 | FAILED_PRECONDITION + WrongPartition     | WrongPartition     | key, range, node, map_version|
+| RESOURCE_EXHAUSTED + ErrorInfo DISK_FULL | DiskFull           | partition_id, retry_after_s  |
 | RESOURCE_EXHAUSTED                       | ResourceExhausted  | field, rule                  |
 | UNAVAILABLE (+ RetryInfo)                | Unavailable        | retry_after_s (None: unknown)|
 | DEADLINE_EXCEEDED                        | DeadlineExceeded   |                              |
@@ -51,6 +52,16 @@ class ResourceExhausted(InvalidArgument):
     def __init__(self, message: str, field: str = "", rule: str = "") -> None:
         super().__init__(message, field, rule)
         self.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DiskFull(KeyspanClientError):
+    """The partition's disk is full: the write was not applied. Not retried by the client:
+    writing again helps only once an operator frees space (`retry_after_s` is the server's
+    advice for when to try)."""
+
+    def __init__(self, message: str, partition_id: str, retry_after_s: float | None) -> None:
+        super().__init__(message, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.partition_id, self.retry_after_s = partition_id, retry_after_s
 
 
 class NotFound(KeyspanClientError):
@@ -146,6 +157,11 @@ def _violation(details: dict[str, object]) -> tuple[str, str]:
     return "", ""
 
 
+def _retry_after(details: dict[str, object]) -> float | None:
+    retry = details.get("retry_info")
+    return retry.retry_delay.ToNanoseconds() / 1e9 if retry is not None else None  # type: ignore[attr-defined]
+
+
 def from_rpc_error(err: grpc.RpcError) -> KeyspanClientError:
     """The typed exception for a failed call, chosen by status code and details."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
@@ -156,6 +172,8 @@ def from_rpc_error(err: grpc.RpcError) -> KeyspanClientError:
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgument(message, *_violation(details))
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if reason == "DISK_FULL":
+            return DiskFull(message, info.metadata.get("partition_id", ""), _retry_after(details))  # type: ignore[union-attr]
         return ResourceExhausted(message, *_violation(details))
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(message)
@@ -168,9 +186,7 @@ def from_rpc_error(err: grpc.RpcError) -> KeyspanClientError:
         if reason == "NOT_JSON":
             return NotJson(message)
     if code == grpc.StatusCode.UNAVAILABLE:
-        retry = details.get("retry_info")
-        after = retry.retry_delay.ToNanoseconds() / 1e9 if retry is not None else None  # type: ignore[attr-defined]
-        return Unavailable(message, after)
+        return Unavailable(message, _retry_after(details))
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(message)
     return KeyspanClientError(message, code)

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-from keyspan.storage.errors import InvalidArgumentError, UnavailableError, WrongPartitionError
+from keyspan.storage.errors import DiskFullError, InvalidArgumentError, UnavailableError, WrongPartitionError
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.shardset import ShardSet
 from keyspan.streams.scan import range_of
@@ -57,8 +57,8 @@ async def serve_sweep(
 class Sweeper:
     """Sweeps every partition of the node every interval_s, in bounded batches.
 
-    A pass that meets a partition closing or moving is retried at the next interval. Any
-    other error is a server fault: logged once here and passed to `on_fault` (services/
+    A pass that meets a partition closing or moving, or a full disk, is retried at the next
+    interval. Any other error is a server fault: logged once here and passed to `on_fault` (services/
     reports it to Sentry); the sweeper keeps running.
     """
 
@@ -93,6 +93,9 @@ class Sweeper:
                 await self.sweep_once()
             except (UnavailableError, WrongPartitionError):
                 log.warning("sweep pass interrupted", exc_info=True)
+            except DiskFullError as err:  # the partition's writer logs the full disk
+                extra = {"component": "sweeper", "partition_id": err.partition_id}
+                log.warning("sweep pass stopped: the disk is full", extra=extra)
             except Exception as err:
                 log.error("sweep pass failed", exc_info=err, extra={"component": "sweeper"})
                 if self.on_fault is not None:

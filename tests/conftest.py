@@ -67,11 +67,16 @@ class ThreadedServer:
 
 
 @pytest.fixture
-def server_address(tmp_path: Path) -> Iterator[str]:
+def threaded_server(tmp_path: Path) -> Iterator[ThreadedServer]:
     """A fresh server (it starts in about 50 ms) with an empty data dir, for one test."""
     server = ThreadedServer(tmp_path / "kv", synchronous="NORMAL")
-    yield server.address
+    yield server
     server.stop()
+
+
+@pytest.fixture
+def server_address(threaded_server: ThreadedServer) -> str:
+    return threaded_server.address
 
 
 @pytest.fixture

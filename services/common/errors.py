@@ -18,6 +18,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from keyspan.storage.errors import (
+    DiskFullError,
     EtagMismatchError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -32,6 +33,8 @@ from keyspan.v1 import errors_pb2
 
 log = logging.getLogger(__name__)
 DOMAIN = "keyspan.dev"
+# How long a client should wait before writing again to a partition whose disk is full.
+DISK_FULL_RETRY_S = 5.0
 
 # Called with the exception of every server fault; services/common/observability sets it.
 fault_hooks: list[Callable[[BaseException, str], None]] = []
@@ -57,6 +60,12 @@ def _field_violation(field: str, description: str) -> error_details_pb2.BadReque
 
 def _error_info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:
     return error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)
+
+
+def _retry_info(after_s: float) -> error_details_pb2.RetryInfo:
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(int(after_s * 1e9))
+    return error_details_pb2.RetryInfo(retry_delay=delay)
 
 
 def wrong_partition_detail(err: WrongPartitionError) -> errors_pb2.WrongPartition:
@@ -102,13 +111,13 @@ def to_status(err: KeyspanError) -> grpc.Status | None:
         case FailedPreconditionError(reason=reason):
             return _status(code_pb2.FAILED_PRECONDITION, str(err), _error_info(reason))
         case UnavailableError(retry_after_s=after):
-            delay = duration_pb2.Duration()
-            delay.FromNanoseconds(int(after * 1e9))
+            return _status(code_pb2.UNAVAILABLE, str(err), _error_info("UNAVAILABLE"), _retry_info(after))
+        case DiskFullError(partition_id=partition_id):
             return _status(
-                code_pb2.UNAVAILABLE,
+                code_pb2.RESOURCE_EXHAUSTED,
                 str(err),
-                _error_info("UNAVAILABLE"),
-                error_details_pb2.RetryInfo(retry_delay=delay),
+                _error_info("DISK_FULL", partition_id=partition_id),
+                _retry_info(DISK_FULL_RETRY_S),
             )
     return None
 

@@ -93,6 +93,15 @@ class PartitionCollector(Collector):
             "Writes committed over all partitions held now.",
             sum(p.writer.mutations for p in partitions),
         )
+        faults = CounterMetricFamily(
+            "keyspan_node_write_faults",
+            "Writes refused by a storage fault over all partitions held now, by reason: "
+            "disk_full, or io for any other SQLite fault (see the server log).",
+            labels=["reason"],
+        )
+        for reason in ("disk_full", "io"):
+            faults.add_metric([reason], sum(p.writer.faults[reason] for p in partitions))
+        yield faults
         yield from _read_path_families(self._shards)
         free, capacity = _disk(self._shards.data_dir)
         yield GaugeMetricFamily(

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from keyspan.services.cli import cli
 from keyspan.streams import Client
+from tests.conftest import ThreadedServer
 
 KEYSPAN = str(Path(sys.executable).with_name("keyspan"))
 
@@ -212,3 +213,11 @@ def test_completion_prints_a_script_that_completes_commands(shell: str) -> None:
     env = {**os.environ, "_KEYSPAN_COMPLETE": "bash_complete", "COMP_WORDS": "keyspan lo", "COMP_CWORD": "1"}
     completed = subprocess.run([KEYSPAN], capture_output=True, env=env, timeout=30)
     assert b"load" in completed.stdout
+
+
+def test_a_write_to_a_full_disk_exits_5_and_says_so(threaded_server: ThreadedServer) -> None:
+    db = threaded_server.server.shards.partitions[0].shard._db  # the writer's connection of [-inf, g)
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    code, output = invoke(threaded_server.address, "put", "a", "x" * 50_000)
+    assert code == 5
+    assert "resource_exhausted: partition p0000: the disk is full; the write was not applied" in output

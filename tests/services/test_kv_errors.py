@@ -7,6 +7,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from keyspan.services.server import KeyspanServer
 from keyspan.v1 import errors_pb2, kv_pb2, kv_pb2_grpc
 
 BIG = b"x" * (1 << 20 + 1)
@@ -285,3 +286,38 @@ async def test_an_unknown_fault_is_internal_without_a_stack_trace(kv: kv_pb2_grp
         await kv.Get(kv_pb2.GetRequest(key=b"k"))
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert "Traceback" not in caught.value.details() and "ZeroDivisionError" in caught.value.details()
+
+
+async def test_a_full_disk_refuses_writes_retryably_and_keeps_what_was_acknowledged(
+    server: KeyspanServer, kv: kv_pb2_grpc.KVStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    etag = (await kv.Put(kv_pb2.PutRequest(key=b"a", value=b"v"))).etag
+    partition = server.shards.partitions[0]  # [-inf, g)
+    db = partition.shard._db  # the writer's connection
+    # SQLite's own SQLITE_FULL, as from a full disk: the file may not grow by a page
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    big = b"x" * 50_000
+    for _ in range(3):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await kv.Put(kv_pb2.PutRequest(key=b"b", value=big))
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "the disk is full" in caught.value.details()
+        found = details(caught.value)
+        assert found["ErrorInfo"].reason == "DISK_FULL"  # type: ignore[attr-defined]
+        assert found["ErrorInfo"].metadata["partition_id"] == partition.id  # type: ignore[attr-defined]
+        assert found["RetryInfo"].retry_delay.seconds > 0  # type: ignore[attr-defined]
+    call = kv.BulkPut()
+    await call.write(kv_pb2.BulkPutRequest(entries=[kv_pb2.Entry(key=b"c", value=big)]))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    got = await kv.Get(kv_pb2.GetRequest(key=b"a"))
+    assert (got.found, got.value, got.etag) == (True, b"v", etag)
+    assert not (await kv.Get(kv_pb2.GetRequest(key=b"b"))).found
+    assert partition.writer.faults == {"disk_full": 4, "io": 0}
+    said = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in said] == ["disk full: writes refused"]  # once, not per write
+
+    db.execute("PRAGMA max_page_count = 4294967294")  # space freed
+    assert (await kv.Put(kv_pb2.PutRequest(key=b"b", value=big))).etag == etag + 1

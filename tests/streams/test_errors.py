@@ -78,3 +78,11 @@ async def test_a_call_follows_wrong_partition_when_the_router_learns(server_addr
     async with AsyncClient(router=router) as kv:  # type: ignore[arg-type]
         assert await kv.get("k") is None
     assert [w.map_version for w in router.learned] == [2]
+
+
+def test_a_full_disk_is_its_own_error_and_not_retried() -> None:
+    info = error_details_pb2.ErrorInfo(reason="DISK_FULL", metadata={"partition_id": "p0002"})
+    retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=5))
+    err = e.from_rpc_error(failed(grpc.StatusCode.RESOURCE_EXHAUSTED, info, retry))
+    assert isinstance(err, e.DiskFull) and not isinstance(err, e.InvalidArgument)
+    assert (err.partition_id, err.retry_after_s, e.is_retryable(err)) == ("p0002", 5.0, False)

@@ -101,7 +101,7 @@ class KVServicer:
         The write is acknowledged only once its transaction is durable on disk (with the
         default synchronous=FULL). Errors: INVALID_ARGUMENT (key, value JSON, ttl_s);
         ABORTED ETAG_MISMATCH (if_etag or if_absent not met); RESOURCE_EXHAUSTED (value
-        over the limit). Deadline advice: 2 s.
+        over the limit, or DISK_FULL). Deadline advice: 2 s.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
