@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import apsw
+
 from keyspan.storage.errors import ConfigError, KeyspanError, UnavailableError, WrongPartitionError
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.mutations import Bulk, Mutation, SweepBatch
@@ -127,13 +129,17 @@ class ShardSet:
 
     def _open_partition(self, partition_id: str, key_range: KeyRange) -> Partition:
         started = time.monotonic()
-        shard = Shard(
-            self.data_dir / f"{partition_id}.db",
-            partition_id,
-            key_range,
-            synchronous=self.options.synchronous,
-            changelog_max=self.options.changelog_max,
-        )
+        path = self.data_dir / f"{partition_id}.db"
+        try:
+            shard = Shard(
+                path,
+                partition_id,
+                key_range,
+                synchronous=self.options.synchronous,
+                changelog_max=self.options.changelog_max,
+            )
+        except apsw.Error as err:  # a full disk, a file that is not a database, no permission
+            raise KeyspanError(f"partition {partition_id}: cannot open {path}: {err}") from err
         shard.check()
         if self.row_cache is not None:
             # The node may have served this range before (a move away and back): forget it all.

@@ -14,6 +14,7 @@ import pytest_asyncio
 from keyspan.storage.errors import (
     EtagMismatchError,
     InvalidArgumentError,
+    KeyspanError,
     NotFoundError,
     NotJsonError,
     WrongPartitionError,
@@ -202,6 +203,23 @@ async def test_the_data_dir_is_locked_against_a_second_process(shards: ShardSet)
     with pytest.raises(Exception, match="in use"):
         other.open([])
     other.reads.close()
+
+
+async def test_a_shard_file_that_cannot_be_opened_is_named(tmp_path: Path) -> None:
+    shards = await open_set(tmp_path / "d")
+    path = shards.partitions[1].shard.path
+    shards.close()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    path.write_bytes(b"not an SQLite database " * 512)
+    again = ShardSet(tmp_path / "d")
+    try:
+        with pytest.raises(
+            KeyspanError, match=r"^partition p1: cannot open .*p1\.db: file is not a database$"
+        ):
+            again.open([])
+    finally:
+        again.close()
 
 
 def test_scan_reads_in_both_directions_within_a_byte_budget(tmp_path: Path) -> None:
