@@ -58,7 +58,11 @@ class ProcessConfig:
 
     address: str = field(default=DEFAULT_ADDRESS, metadata=_help("HOST:PORT the gRPC server listens on."))
     shutdown_grace_s: float = field(
-        default=10.0, metadata=_help("Seconds in-flight RPCs get to finish on SIGTERM.")
+        default=10.0,
+        metadata=_help(
+            "Seconds in-flight calls get to finish on SIGTERM (a Scan or BulkPut stream ends at "
+            "once at its next resumable point, with UNAVAILABLE)."
+        ),
     )
     max_pending_calls: int = field(
         default=DEFAULT_MAX_PENDING_CALLS,

@@ -45,7 +45,7 @@ class StorageProcess(GrpcProcess):
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         limits = Limits(max_value_bytes=self.config.max_value_bytes)
-        kv_pb2_grpc.add_KVServicer_to_server(KVServicer(self.shards, limits), server)
+        kv_pb2_grpc.add_KVServicer_to_server(KVServicer(self.shards, limits, self.stopping), server)
         return [KV_SERVICE]
 
 

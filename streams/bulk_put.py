@@ -12,6 +12,7 @@ from keyspan.storage.errors import InvalidArgumentError
 from keyspan.storage.limits import MAX_BULK_ENTRIES, Limits, expiry_ms
 from keyspan.storage.mutations import Bulk
 from keyspan.storage.shardset import ShardSet, now_ms
+from keyspan.streams.scan import server_stopping
 from keyspan.v1 import kv_pb2
 
 _FIELDS = operator.attrgetter("key", "value", "json", "ttl_s")
@@ -85,7 +86,10 @@ MAX_COMMITS_IN_FLIGHT = 2
 
 
 async def serve_bulk_put(
-    shards: ShardSet, requests: AsyncIterator[kv_pb2.BulkPutRequest], limits: Limits
+    shards: ShardSet,
+    requests: AsyncIterator[kv_pb2.BulkPutRequest],
+    limits: Limits,
+    stopping: asyncio.Event | None = None,
 ) -> AsyncIterator[kv_pb2.BulkPutResponse]:
     """Answer each batch, in request order, with how many of its first entries were committed.
 
@@ -94,7 +98,12 @@ async def serve_bulk_put(
     batches in flight gets both cores. Each answer goes out as soon as its commit is done.
     At most MAX_COMMITS_IN_FLIGHT batches of one stream are committing; a refused batch is
     answered with its error only after every batch before it was answered.
+
+    Once `stopping` is set, the batches already committing are answered and the stream
+    ends with UNAVAILABLE: the client sends what was not answered again.
     """
+    stopping = stopping or asyncio.Event()
+    stop = asyncio.ensure_future(stopping.wait())
     incoming: asyncio.Queue[kv_pb2.BulkPutRequest | None] = asyncio.Queue(maxsize=1)
 
     async def pump() -> None:
@@ -111,11 +120,15 @@ async def serve_bulk_put(
         while True:
             if next_request is None and len(commits) < MAX_COMMITS_IN_FLIGHT:
                 next_request = asyncio.ensure_future(incoming.get())
-            waiting = [f for f in (next_request, commits[0] if commits else None) if f is not None]
+            waiting = [f for f in (next_request, commits[0] if commits else None, stop) if f is not None]
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if commits and commits[0].done():
                 yield _response(*commits.popleft().result())
                 continue
+            if stopping.is_set():
+                while commits:
+                    yield _response(*await commits.popleft())
+                raise server_stopping("send the batches not answered again")
             assert next_request is not None
             request, next_request = next_request.result(), None
             if request is None:
@@ -131,6 +144,7 @@ async def serve_bulk_put(
             yield _response(*await commits.popleft())
     finally:
         reader.cancel()
+        stop.cancel()
         if next_request is not None:
             next_request.cancel()
         for commit in commits:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from keyspan.storage.errors import InvalidArgumentError
+from keyspan.storage.errors import InvalidArgumentError, UnavailableError
 from keyspan.storage.keys import KeyRange, key_successor
 from keyspan.storage.limits import MAX_CREDITS, check_credits, check_paths
 from keyspan.storage.shard import Row
@@ -15,6 +15,22 @@ from keyspan.v1 import kv_pb2
 
 BATCH_BYTES = 256 * 1024  # per response: a message costs ~75 us of Python CPU at any size
 BATCH_ROWS = 10_000
+# Advice to a client whose stream the stopping server ended: come back after this.
+STOPPING_RETRY_S = 1.0
+
+
+def server_stopping(what: str) -> UnavailableError:
+    return UnavailableError(f"the server is stopping; {what}", retry_after_s=STOPPING_RETRY_S)
+
+
+async def wait_unless_stopping(event: asyncio.Event, stopping: asyncio.Event) -> None:
+    """Wait for `event`, or for `stopping`, whichever is set first."""
+    waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopping.wait())]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def entry_of(row: Row) -> kv_pb2.Entry:
@@ -75,13 +91,16 @@ class _Credits:
             self.closed = True
             self._more.set()
 
-    async def wait(self) -> bool:
-        """Wait for credits; False when the client closed its side with none left."""
-        while self.left <= 0:
+    async def wait(self, stopping: asyncio.Event) -> bool:
+        """Wait for credits; False when the client closed its side with none left.
+        Raises UnavailableError once the server is stopping."""
+        while self.left <= 0 and not stopping.is_set():
             if self.closed:
                 return False
             self._more.clear()
-            await self._more.wait()
+            await wait_unless_stopping(self._more, stopping)
+        if stopping.is_set():
+            raise server_stopping("resume the scan from the last resume_key")
         return True
 
 
@@ -96,9 +115,14 @@ def _rest(common: KeyRange, cursor: bytes | None, reverse: bool) -> KeyRange | N
 
 
 async def serve_scan(
-    shards: ShardSet, requests: AsyncIterator[kv_pb2.ScanRequest]
+    shards: ShardSet, requests: AsyncIterator[kv_pb2.ScanRequest], stopping: asyncio.Event | None = None
 ) -> AsyncIterator[kv_pb2.ScanResponse]:
-    """Stream the first request's range in batches, never past the credits granted."""
+    """Stream the first request's range in batches, never past the credits granted.
+
+    Once `stopping` is set, the stream ends before its next batch with UNAVAILABLE: the
+    client resumes from the last resume_key it got.
+    """
+    stopping = stopping or asyncio.Event()
     first = await anext(requests, None)
     if first is None:
         return
@@ -115,7 +139,7 @@ async def serve_scan(
         for index, (partition, common) in enumerate(parts):
             last_part = index == len(parts) - 1
             while (todo := _rest(common, cursor, first.reverse)) is not None:
-                if not await credits.wait():
+                if not await credits.wait(stopping):
                     return
                 want = min(credits.left, BATCH_ROWS, remaining or BATCH_ROWS)
                 rows, exhausted = await shards.scan_batch(

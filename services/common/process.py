@@ -60,6 +60,9 @@ class GrpcProcess:
         self.config = config.validate()
         self.health = health.aio.HealthServicer()
         self.observability = Observability(self.config, self.name)
+        # Set when stop() begins: long-lived streams end at their next resumable point
+        # with UNAVAILABLE instead of holding the shutdown for the whole grace period.
+        self.stopping = asyncio.Event()
         self.server = grpc.aio.server(
             interceptors=[make(config) for make in interceptor_factories] or None,
             options=server_options(self.config.max_pending_calls),
@@ -127,6 +130,7 @@ class GrpcProcess:
         if self._stopped:
             return
         self._stopped = True
+        self.stopping.set()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.shutdown_grace_s if grace_s is None else grace_s)
         await self.on_stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -17,8 +18,11 @@ from keyspan.v1 import kv_pb2, kv_pb2_grpc
 
 
 class KVServicer(kv_pb2_grpc.KVServicer):
-    def __init__(self, shards: ShardSet, limits: Limits) -> None:
+    def __init__(self, shards: ShardSet, limits: Limits, stopping: asyncio.Event | None = None) -> None:
         self._shards, self._limits = shards, limits
+        # Set when the server begins to stop: Scan and BulkPut streams end at their next
+        # resumable point (UNAVAILABLE), so they do not hold the shutdown.
+        self._stopping = stopping or asyncio.Event()
 
     async def Get(self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext) -> kv_pb2.GetResponse:
         key = self._limits.key(request.key)
@@ -92,14 +96,14 @@ class KVServicer(kv_pb2_grpc.KVServicer):
     def Scan(
         self, request_iterator: AsyncIterator[kv_pb2.ScanRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[kv_pb2.ScanResponse]:
-        return serve_scan(self._shards, request_iterator)
+        return serve_scan(self._shards, request_iterator, self._stopping)
 
     def BulkPut(
         self,
         request_iterator: AsyncIterator[kv_pb2.BulkPutRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[kv_pb2.BulkPutResponse]:
-        return serve_bulk_put(self._shards, request_iterator, self._limits)
+        return serve_bulk_put(self._shards, request_iterator, self._limits, self._stopping)
 
     def Sweep(
         self,

@@ -210,6 +210,34 @@ async def test_shutdown_commits_every_acknowledged_write(server: KeyspanServer) 
         await again.stop(0)
 
 
+async def test_streams_waiting_on_their_client_do_not_hold_the_shutdown(server: KeyspanServer) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        kv = kv_pb2_grpc.KVStub(channel)
+        await load(kv, KEYS)
+        scan_call = kv.Scan()  # a scan that has used its credits and waits for more
+        await scan_call.write(kv_pb2.ScanRequest(start=b"a", credits=3))
+        resume_key = (await scan_call.read()).resume_key
+        bulk_call = kv.BulkPut()  # a load that had a batch answered and waits for the next
+        await bulk_call.write(kv_pb2.BulkPutRequest(entries=[kv_pb2.Entry(key=b"b1", value=b"v")]))
+        assert (await bulk_call.read()).accepted == 1
+        started = time.monotonic()
+        await server.stop(10)  # the grace period is 10 s; nothing is in flight
+        stopped_s = time.monotonic() - started
+        for call in (scan_call, bulk_call):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call.read()
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "the server is stopping" in (caught.value.details() or "")
+    assert stopped_s < 2
+    assert resume_key == b"a002\x00"  # the scan resumes right after a002, the last entry it got
+    again = KeyspanServer(replace(server.config, address="127.0.0.1:0"))
+    await again.start()
+    try:
+        assert await again.shards.get(b"b1") is not None  # the answered batch is there
+    finally:
+        await again.stop(0)
+
+
 async def test_pipelined_batches_are_answered_in_order_before_a_refused_one(kv: kv_pb2_grpc.KVStub) -> None:
     call = kv.BulkPut()
     good = [

@@ -158,7 +158,8 @@ class KVServicer:
 
         Errors: INVALID_ARGUMENT (start >= end, credits <= 0 on the first request, bad
         path); FAILED_PRECONDITION with WrongPartition; UNAVAILABLE while the partition
-        moves (resume with backoff). Set a deadline that fits the range.
+        moves, or when the server begins to stop (the stream ends before its next batch:
+        resume from the last resume_key, with backoff). Set a deadline that fits the range.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -177,7 +178,9 @@ class KVServicer:
         carry ttl_s and json.
 
         Errors: INVALID_ARGUMENT (unsorted or duplicate keys, bad key, bad JSON, with the
-        index of the offending entry); nothing of that batch is written.
+        index of the offending entry); nothing of that batch is written. UNAVAILABLE when
+        the server begins to stop: the batches already committing are answered first; send
+        the batches not answered again once it is back.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
