@@ -12,7 +12,7 @@ from keyspan.storage.errors import InvalidArgumentError
 from keyspan.storage.limits import MAX_BULK_ENTRIES, Limits, expiry_ms
 from keyspan.storage.mutations import Bulk
 from keyspan.storage.shardset import ShardSet, now_ms
-from keyspan.streams.scan import server_stopping
+from keyspan.streams.stopping import RESEND_BATCHES, server_stopping
 from keyspan.v1 import kv_pb2
 
 _FIELDS = operator.attrgetter("key", "value", "json", "ttl_s")
@@ -128,7 +128,7 @@ async def serve_bulk_put(
             if stopping.is_set():
                 while commits:
                     yield _response(*await commits.popleft())
-                raise server_stopping("send the batches not answered again")
+                raise server_stopping(RESEND_BATCHES)
             assert next_request is not None
             request, next_request = next_request.result(), None
             if request is None:

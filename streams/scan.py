@@ -6,31 +6,16 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from keyspan.storage.errors import InvalidArgumentError, UnavailableError
+from keyspan.storage.errors import InvalidArgumentError
 from keyspan.storage.keys import KeyRange, key_successor
 from keyspan.storage.limits import MAX_CREDITS, check_credits, check_paths
 from keyspan.storage.shard import Row
 from keyspan.storage.shardset import ShardSet
+from keyspan.streams.stopping import RESUME_SCAN, server_stopping, unless_stopping
 from keyspan.v1 import kv_pb2
 
 BATCH_BYTES = 256 * 1024  # per response: a message costs ~75 us of Python CPU at any size
 BATCH_ROWS = 10_000
-# Advice to a client whose stream the stopping server ended: come back after this.
-STOPPING_RETRY_S = 1.0
-
-
-def server_stopping(what: str) -> UnavailableError:
-    return UnavailableError(f"the server is stopping; {what}", retry_after_s=STOPPING_RETRY_S)
-
-
-async def wait_unless_stopping(event: asyncio.Event, stopping: asyncio.Event) -> None:
-    """Wait for `event`, or for `stopping`, whichever is set first."""
-    waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopping.wait())]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
 
 
 def entry_of(row: Row) -> kv_pb2.Entry:
@@ -94,13 +79,13 @@ class _Credits:
     async def wait(self, stopping: asyncio.Event) -> bool:
         """Wait for credits; False when the client closed its side with none left.
         Raises UnavailableError once the server is stopping."""
-        while self.left <= 0 and not stopping.is_set():
+        while self.left <= 0:
             if self.closed:
                 return False
             self._more.clear()
-            await wait_unless_stopping(self._more, stopping)
-        if stopping.is_set():
-            raise server_stopping("resume the scan from the last resume_key")
+            await unless_stopping(self._more.wait(), stopping, RESUME_SCAN)
+        if stopping.is_set():  # between batches of a scan that still has credits
+            raise server_stopping(RESUME_SCAN)
         return True
 
 

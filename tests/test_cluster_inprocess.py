@@ -203,3 +203,30 @@ async def test_a_stopped_node_makes_its_partitions_unavailable_with_retry_info(r
     assert unavailable.value.code() == grpc.StatusCode.UNAVAILABLE
     details = rpc_status.from_call(unavailable.value).details  # type: ignore[arg-type, union-attr]
     assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in details)
+
+
+async def test_a_stopping_gateway_ends_its_idle_streams_at_once(running: Running) -> None:
+    gateway = GatewayProcess(
+        GatewayConfig(address="127.0.0.1:0", control=running.control.address, shutdown_grace_s=10)
+    )
+    await gateway.start()
+    try:
+        stub = running.stub(gateway.address)
+        for k in (b"b1", b"b2", b"b3"):
+            await stub.Put(kv_pb2.PutRequest(key=k, value=k))
+        scan_call = stub.Scan()  # has used its credits; the node waits for more, and so does the gateway
+        await scan_call.write(kv_pb2.ScanRequest(start=b"b", credits=2))
+        assert len((await scan_call.read()).entries) == 2
+        bulk_call = stub.BulkPut()  # had its batch answered; waits for the next one
+        await bulk_call.write(kv_pb2.BulkPutRequest(entries=[kv_pb2.Entry(key=b"b4", value=b"v")]))
+        assert (await bulk_call.read()).accepted == 1
+        started = time.monotonic()
+        await gateway.stop()  # a grace period of 10 s, and nothing in flight
+        assert time.monotonic() - started < 3
+        for call in (scan_call, bulk_call):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call.read()
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "the server is stopping" in (caught.value.details() or "")
+    finally:
+        await gateway.stop(0)

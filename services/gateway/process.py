@@ -34,7 +34,9 @@ class GatewayProcess(GrpcProcess):
             self.router.metrics, self.watcher.on_update = metrics, metrics.map_refreshed
 
     def register(self, server: grpc.aio.Server) -> list[str]:
-        kv_pb2_grpc.add_KVServicer_to_server(GatewayServicer(self.router, self.config.call_timeout_s), server)
+        kv_pb2_grpc.add_KVServicer_to_server(
+            GatewayServicer(self.router, self.config.call_timeout_s, self.stopping), server
+        )
         return [KV_SERVICE]
 
     async def on_start(self) -> None:

@@ -15,8 +15,8 @@ from keyspan.v1 import kv_pb2, kv_pb2_grpc
 
 
 class GatewayServicer(kv_pb2_grpc.KVServicer):
-    def __init__(self, router: Router, call_timeout_s: float) -> None:
-        self._router, self._timeout_s = router, call_timeout_s
+    def __init__(self, router: Router, call_timeout_s: float, stopping: asyncio.Event) -> None:
+        self._router, self._timeout_s, self._stopping = router, call_timeout_s, stopping
         self._limits = Limits()
 
     async def _unary(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -68,10 +68,10 @@ class GatewayServicer(kv_pb2_grpc.KVServicer):
         return response
 
     def Scan(self, request_iterator: AsyncIterator[kv_pb2.ScanRequest], context: Any) -> Any:
-        return scan_through(self._router, request_iterator, context)
+        return scan_through(self._router, request_iterator, context, self._stopping)
 
     def BulkPut(self, request_iterator: AsyncIterator[kv_pb2.BulkPutRequest], context: Any) -> Any:
-        return bulk_put_through(self._router, request_iterator, context)
+        return bulk_put_through(self._router, request_iterator, context, self._stopping)
 
     def Sweep(self, request_iterator: AsyncIterator[kv_pb2.SweepRequest], context: Any) -> Any:
         return sweep_through(self._router, request_iterator, context)

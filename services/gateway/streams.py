@@ -7,6 +7,9 @@
 - BulkPut: each batch goes to the owner of its first key, on one stream per node; the
   node's answer (accepted, next_key) goes back unchanged.
 - Sweep: each piece is swept by its owner; progress is summed.
+
+Once the gateway begins to stop (`stopping`), Scan and BulkPut end at their next
+resumable point with UNAVAILABLE, as on a node (keyspan.streams.stopping).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from keyspan.storage.keys import KeyRange, key_successor
 from keyspan.storage.limits import MAX_CREDITS, check_credits, check_paths
 from keyspan.streams.partition_map import MapEntry
 from keyspan.streams.scan import range_of
+from keyspan.streams.stopping import RESEND_BATCHES, RESUME_SCAN, unless_stopping
 from keyspan.v1 import kv_pb2
 
 
@@ -60,12 +64,12 @@ class _Flow:
             self.closed = True
             self._more.set()
 
-    async def wait(self) -> bool:
+    async def wait(self, stopping: asyncio.Event) -> bool:
         while self.left <= 0:
             if self.closed:
                 return False
             self._more.clear()
-            await self._more.wait()
+            await unless_stopping(self._more.wait(), stopping, RESUME_SCAN)
         return True
 
     async def forward(self, call: Any, total_at_open: int) -> None:
@@ -91,7 +95,10 @@ def _next_piece(
 
 
 async def scan_through(
-    router: Router, requests: AsyncIterator[kv_pb2.ScanRequest], context: grpc.aio.ServicerContext
+    router: Router,
+    requests: AsyncIterator[kv_pb2.ScanRequest],
+    context: grpc.aio.ServicerContext,
+    stopping: asyncio.Event,
 ) -> AsyncIterator[kv_pb2.ScanResponse]:
     first = await anext(requests, None)
     if first is None:
@@ -105,7 +112,7 @@ async def scan_through(
     try:
         while True:
             piece, entry, last_piece = _next_piece(router, lo, hi, first.reverse)
-            if not await flow.wait():
+            if not await flow.wait(stopping):
                 return
             request = kv_pb2.ScanRequest(
                 start=piece.start,
@@ -123,7 +130,9 @@ async def scan_through(
                 total_at_open = flow.total - (flow.left - request.credits)
                 await call.write(request)  # the range first; more credits only after it
                 forwarder = asyncio.create_task(flow.forward(call, total_at_open))
-                async for response in call:
+                while (
+                    response := await unless_stopping(call.read(), stopping, RESUME_SCAN)
+                ) is not grpc.aio.EOF:
                     n = len(response.entries)
                     if n:
                         flow.delivered += n
@@ -171,11 +180,15 @@ async def scan_through(
 
 
 async def bulk_put_through(
-    router: Router, requests: AsyncIterator[kv_pb2.BulkPutRequest], context: grpc.aio.ServicerContext
+    router: Router,
+    requests: AsyncIterator[kv_pb2.BulkPutRequest],
+    context: grpc.aio.ServicerContext,
+    stopping: asyncio.Event,
 ) -> AsyncIterator[kv_pb2.BulkPutResponse]:
     calls: dict[str, Any] = {}
+    pending = aiter(requests)
     try:
-        async for request in requests:
+        while (request := await unless_stopping(anext(pending, None), stopping, RESEND_BATCHES)) is not None:
             if not request.entries:
                 yield kv_pb2.BulkPutResponse(accepted=0)
                 continue

@@ -1,0 +1,41 @@
+"""Streams end at a resumable point when their server begins to stop.
+
+Scan and BulkPut streams can be resumed by design (a scan from its last resume_key, a
+load by sending the batches not answered again), so a stopping server ends them with
+UNAVAILABLE instead of letting an idle one hold the shutdown for the whole grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from keyspan.storage.errors import UnavailableError
+
+T = TypeVar("T")
+
+# Advice to a client whose stream the stopping server ended: come back after this.
+STOPPING_RETRY_S = 1.0
+RESUME_SCAN = "resume the scan from the last resume_key"
+RESEND_BATCHES = "send the batches not answered again"
+
+
+def server_stopping(what: str) -> UnavailableError:
+    return UnavailableError(f"the server is stopping; {what}", retry_after_s=STOPPING_RETRY_S)
+
+
+async def unless_stopping(awaitable: Awaitable[T], stopping: asyncio.Event, what: str) -> T:
+    """The result of `awaitable`; raises server_stopping(what), and cancels it, when
+    `stopping` is set first."""
+    task = asyncio.ensure_future(awaitable)
+    if not stopping.is_set():
+        stop = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait((task, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    raise server_stopping(what)
