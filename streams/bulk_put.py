@@ -89,7 +89,7 @@ async def serve_bulk_put(
     shards: ShardSet,
     requests: AsyncIterator[kv_pb2.BulkPutRequest],
     limits: Limits,
-    stopping: asyncio.Event | None = None,
+    stopping: asyncio.Event,
 ) -> AsyncIterator[kv_pb2.BulkPutResponse]:
     """Answer each batch, in request order, with how many of its first entries were committed.
 
@@ -102,7 +102,6 @@ async def serve_bulk_put(
     Once `stopping` is set, the batches already committing are answered and the stream
     ends with UNAVAILABLE: the client sends what was not answered again.
     """
-    stopping = stopping or asyncio.Event()
     stop = asyncio.ensure_future(stopping.wait())
     incoming: asyncio.Queue[kv_pb2.BulkPutRequest | None] = asyncio.Queue(maxsize=1)
 

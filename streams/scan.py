@@ -100,14 +100,13 @@ def _rest(common: KeyRange, cursor: bytes | None, reverse: bool) -> KeyRange | N
 
 
 async def serve_scan(
-    shards: ShardSet, requests: AsyncIterator[kv_pb2.ScanRequest], stopping: asyncio.Event | None = None
+    shards: ShardSet, requests: AsyncIterator[kv_pb2.ScanRequest], stopping: asyncio.Event
 ) -> AsyncIterator[kv_pb2.ScanResponse]:
     """Stream the first request's range in batches, never past the credits granted.
 
     Once `stopping` is set, the stream ends before its next batch with UNAVAILABLE: the
     client resumes from the last resume_key it got.
     """
-    stopping = stopping or asyncio.Event()
     first = await anext(requests, None)
     if first is None:
         return

@@ -18,11 +18,11 @@ from keyspan.v1 import kv_pb2, kv_pb2_grpc
 
 
 class KVServicer(kv_pb2_grpc.KVServicer):
-    def __init__(self, shards: ShardSet, limits: Limits, stopping: asyncio.Event | None = None) -> None:
+    def __init__(self, shards: ShardSet, limits: Limits, stopping: asyncio.Event) -> None:
         self._shards, self._limits = shards, limits
         # Set when the server begins to stop: Scan and BulkPut streams end at their next
         # resumable point (UNAVAILABLE), so they do not hold the shutdown.
-        self._stopping = stopping or asyncio.Event()
+        self._stopping = stopping
 
     async def Get(self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext) -> kv_pb2.GetResponse:
         key = self._limits.key(request.key)
