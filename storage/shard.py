@@ -84,6 +84,9 @@ _LOG_PACKED = (
 # SQLite's JSON functions refuse documents nested deeper than this (its JSON_MAX_DEPTH).
 MAX_JSON_DEPTH = 1000
 _CURRENT = "SELECT etag, expires_at_ms FROM entries WHERE key = ?"
+_ANY_BETWEEN = "SELECT 1 FROM entries WHERE key >= ? AND key <= ? LIMIT 1"
+# An EXISTS probe a key: ~25% faster here than `key IN carray(?)`
+_COUNT_STORED = "SELECT count(*) FROM carray(?) AS c WHERE EXISTS (SELECT 1 FROM entries WHERE key = c.value)"
 _VALUE = "CASE json WHEN 1 THEN json(value) ELSE value END"
 _GET = f"SELECT {_VALUE}, json, etag, expires_at_ms FROM entries WHERE key = ?"
 
@@ -145,6 +148,11 @@ class Shard:
                 (partition_id, key_range.start, key_range.end),
             )
         self.revision: int = self._meta("revision")
+        # Rows stored, expired ones included until swept: counted once here, then kept up
+        # to date by the writes, so Stats, heartbeats and scrapes never walk the table
+        # (count(*) reads every page: ~30 ms a million rows even from the page cache).
+        self.entries: int = self._db.execute("SELECT count(*) FROM entries").fetchone()[0]
+        self._entries_delta = 0  # of the batch being applied; published when it commits
         # time.time_ns() when the last batch's statements were done and COMMIT began.
         self.last_applied_ns = 0
 
@@ -267,14 +275,12 @@ class Shard:
         return rows, len(rows) < max_rows
 
     @staticmethod
-    def count(db: apsw.Connection, now_ms: int) -> tuple[int, int]:
-        """(entries, expired entries) in this shard."""
-        entries = db.execute("SELECT count(*) FROM entries").fetchone()[0]
-        expired = db.execute(
+    def count_expired(db: apsw.Connection, now_ms: int) -> int:
+        """Expired entries not swept yet: a range of the expiry index, not the table."""
+        return db.execute(
             "SELECT count(*) FROM entries WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= ?",
             (now_ms,),
         ).fetchone()[0]
-        return entries, expired
 
     @staticmethod
     def oldest_expired_ms(db: apsw.Connection, now_ms: int) -> int | None:
@@ -305,6 +311,7 @@ class Shard:
         then as before.
         """
         revision_before = self.revision
+        self._entries_delta = 0
         outcomes: list[Any] = []
         try:
             with self._transaction():
@@ -323,6 +330,7 @@ class Shard:
         except BaseException:
             self.revision = revision_before
             raise
+        self.entries += self._entries_delta
         if self.on_commit is not None:
             self.on_commit(_keys_of(mutations))
         return outcomes
@@ -350,14 +358,15 @@ class Shard:
         self.revision += 1
         return self.revision
 
-    def _current_etag(self, key: bytes, now_ms: int | None = None) -> int:
-        found = self._db.execute(_CURRENT, (key,)).fetchone()
-        if found is None:
-            return 0
-        etag, expires = found
-        if expires is not None and now_ms is not None and expires <= now_ms:
-            return 0
-        return int(etag)
+    @staticmethod
+    def _check_precondition(key: bytes, found: Any, if_etag: int, if_absent: bool) -> None:
+        """Raise EtagMismatchError unless the row `found` (_CURRENT's, or None) meets them."""
+        etag, expires = found or (0, None)
+        current = 0 if expires is not None and expires <= _now_ms() else int(etag)
+        if if_absent and current:
+            raise EtagMismatchError(key, None, current)
+        if if_etag and current != if_etag:
+            raise EtagMismatchError(key, if_etag, current)
 
     def _apply(self, m: Mutation) -> Any:
         match m:
@@ -373,17 +382,10 @@ class Shard:
                 return self._sweep(m)
         raise TypeError(f"not a mutation: {m!r}")
 
-    def _check_precondition(self, key: bytes, if_etag: int, if_absent: bool) -> None:
-        if not (if_etag or if_absent):
-            return
-        current = self._current_etag(key, _now_ms())
-        if if_absent and current:
-            raise EtagMismatchError(key, None, current)
-        if if_etag and current != if_etag:
-            raise EtagMismatchError(key, if_etag, current)
-
     def _put(self, m: Put) -> int:
-        self._check_precondition(m.key, m.if_etag, m.if_absent)
+        found = self._db.execute(_CURRENT, (m.key,)).fetchone()  # also counts a new row
+        if m.if_etag or m.if_absent:
+            self._check_precondition(m.key, found, m.if_etag, m.if_absent)
         if m.json:
             value: Any = self._json_text(m.value, "value")
             sql = _UPSERT_JSON
@@ -392,6 +394,7 @@ class Shard:
         etag = self.revision + 1
         self._db.execute(sql, (m.key, value, etag, m.expires_at_ms))
         self._db.execute(_LOG, (self._next_revision(), m.key))
+        self._entries_delta += found is None
         return etag
 
     def _upsert_plain(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
@@ -417,13 +420,14 @@ class Shard:
 
     def _delete(self, m: Delete) -> bool:
         if m.if_etag:
-            self._check_precondition(m.key, m.if_etag, False)
+            self._check_precondition(m.key, self._db.execute(_CURRENT, (m.key,)).fetchone(), m.if_etag, False)
         gone = self._db.execute(
             "DELETE FROM entries WHERE key = ? RETURNING expires_at_ms", (m.key,)
         ).fetchone()
         if gone is None:
             return False
         self._db.execute(_LOG, (self._next_revision(), m.key))
+        self._entries_delta -= 1
         expires = gone[0]
         return expires is None or expires > _now_ms()
 
@@ -472,10 +476,12 @@ class Shard:
         keys = m.keys
         if not keys:
             return 0
+        new = self._count_new(keys)
         plain_only = m.json is None and m.expires_at_ms is None
         if plain_only and max(map(len, keys)) <= _MAX_PACKED_KEY_BYTES:
             with self._db:  # a savepoint: the rows go in whole or not at all
                 self._upsert_plain(keys, m.values)
+            self._entries_delta += new
             return len(keys)
         first = self.revision + 1
         plain, docs = [], []
@@ -491,7 +497,15 @@ class Shard:
                 self._db.executemany(_UPSERT_JSON, docs)
             self._db.executemany(_LOG, zip(range(first, first + len(keys)), keys, strict=True))
         self.revision += len(keys)
+        self._entries_delta += new
         return len(keys)
+
+    def _count_new(self, keys: Sequence[bytes]) -> int:
+        """How many of the sorted `keys` are not stored yet. A load of keys that none
+        stored falls between (the usual one: a new range, or past the end) costs one probe."""
+        if self._db.execute(_ANY_BETWEEN, (keys[0], keys[-1])).fetchone() is None:
+            return len(keys)
+        return len(keys) - self._db.execute(_COUNT_STORED, (apsw.carray(tuple(keys)),)).fetchone()[0]
 
     def _sweep(self, m: SweepBatch) -> tuple[int, int]:
         end_sql = "" if m.end is None else " AND key < ?"
@@ -507,6 +521,7 @@ class Shard:
         ]
         for key in keys:
             self._db.execute(_LOG, (self._next_revision(), key))
+        self._entries_delta -= len(keys)
         return len(keys), len(keys)
 
     def changes_since(self, db: apsw.Connection, revision: int, limit: int) -> list[tuple[int, bytes]]:

@@ -331,9 +331,10 @@ def partition_stats(p: Partition) -> PartitionStats:
     scrape thread, which reports exactly what the Stats RPC reports."""
     now = now_ms()
     with p.shard.reader() as db:
-        entries, expired = Shard.count(db, now)
+        expired = Shard.count_expired(db, now)
         oldest = Shard.oldest_expired_ms(db, now)
-    return PartitionStats(p.id, p.range, entries, p.shard.size_bytes(), expired, p.shard.revision, oldest)
+    shard = p.shard
+    return PartitionStats(p.id, p.range, shard.entries, shard.size_bytes(), expired, shard.revision, oldest)
 
 
 def _range_from_json(p: dict[str, Any]) -> KeyRange:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from keyspan.storage.errors import (
     WrongPartitionError,
 )
 from keyspan.storage.keys import KeyRange
-from keyspan.storage.mutations import Bulk, BulkRow, Delete, Patch, Put
+from keyspan.storage.mutations import Bulk, BulkRow, Delete, Patch, Put, SweepBatch
 from keyspan.storage.shard import Shard
 from keyspan.storage.shardset import ShardSet, now_ms, ranges_from_split_points
 
@@ -218,6 +219,42 @@ async def test_a_shard_file_that_cannot_be_opened_is_named(tmp_path: Path) -> No
             KeyspanError, match=r"^partition p1: cannot open .*p1\.db: file is not a database$"
         ):
             again.open([])
+    finally:
+        again.close()
+
+
+def test_the_entry_count_is_kept_exact_by_every_kind_of_write(tmp_path: Path) -> None:
+    shard = Shard(tmp_path / "s.db", "s", KeyRange())
+
+    def stored() -> int:
+        return shard._db.execute("SELECT count(*) FROM entries").fetchone()[0]
+
+    def write(*mutations: object) -> list[object]:
+        outcomes = shard.apply_batch(mutations)  # type: ignore[arg-type]
+        assert shard.entries == stored(), outcomes
+        return outcomes
+
+    try:
+        soon = now_ms() + 50
+        write(Put(b"a", b"1"), Put(b"a", b"2"), Put(b"b", b"1", expires_at_ms=soon))
+        write(Put(b"b", b"2", if_absent=True), Put(b"c", b"1", if_etag=7))  # both refused
+        write(Put(b"c", b"1", if_absent=True), Delete(b"a"), Delete(b"nope"))
+        write(Bulk.of_rows([BulkRow(b"k%03d" % i, b"v") for i in range(100)]))  # all new: one probe
+        write(Bulk.of_rows([BulkRow(b"k%03d" % i, b"w") for i in range(50, 150, 2)]))  # half stored
+        write(Bulk.of_rows([BulkRow(b"k%03d" % i, b"{}", json=True) for i in range(140, 160)]))
+        assert shard.entries == 2 + 100 + 25 + 15
+        time.sleep(0.06)
+        assert write(SweepBatch(b"", None, now_ms(), 100)) == [(1, 1)]  # b expired
+        db = shard._db  # a batch that fails as a whole (SQLITE_FULL) changes no count
+        db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+        with pytest.raises(apsw.FullError):
+            shard.apply_batch([Bulk.of_rows([BulkRow(b"z%05d" % i, b"x" * 500) for i in range(1000)])])
+        assert shard.entries == stored() == 141
+    finally:
+        shard.close()
+    again = Shard(tmp_path / "s.db", "s", KeyRange())  # counted anew when opened
+    try:
+        assert again.entries == 141
     finally:
         again.close()
 
