@@ -166,6 +166,14 @@ class StorageConfig(ProcessConfig):
     max_write_batch: int = field(
         default=256, metadata=_help("Most writes committed in one group-commit transaction.")
     )
+    sqlite_memory_mb: int = field(
+        default=256,
+        metadata=_help(
+            "MiB SQLite may hold across all partitions, its page caches mostly: a soft limit, "
+            "past which it reuses cache pages instead of growing (each partition has several "
+            "connections of up to 16 MiB of cache). 0: no limit."
+        ),
+    )
     group_commit_wait_ms: float = field(
         default=3.0,
         metadata=_help(
@@ -202,6 +210,8 @@ class StorageConfig(ProcessConfig):
             raise ConfigError(f"row_cache_mb: {self.row_cache_mb} must be between 0 and {1 << 20}")
         if not 0 <= self.group_commit_wait_ms <= 100:
             raise ConfigError(f"group_commit_wait_ms: {self.group_commit_wait_ms} must be between 0 and 100")
+        if not 0 <= self.sqlite_memory_mb <= 1 << 20:
+            raise ConfigError(f"sqlite_memory_mb: {self.sqlite_memory_mb} must be between 0 and {1 << 20}")
         if not 1 <= self.max_write_batch <= 10_000:
             raise ConfigError(f"max_write_batch: {self.max_write_batch} must be between 1 and 10000")
         if self.sweep_interval_s <= 0:

@@ -27,6 +27,7 @@ def shardset_for(config: StorageConfig) -> ShardSet:
             row_cache_bytes=config.row_cache_mb << 20,
             max_write_batch=config.max_write_batch,
             commit_wait_s=config.group_commit_wait_ms / 1000,
+            sqlite_memory_bytes=config.sqlite_memory_mb << 20,
         ),
     )
 

@@ -15,6 +15,7 @@ import contextlib
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -133,10 +134,14 @@ class Shard:
         self._db = self._connect()
         # Called with the keys a batch wrote, after its COMMIT (None: keys unknown).
         self.on_commit: Callable[[list[bytes] | None], None] | None = None
-        # One read connection per thread that reads (the node's few read threads).
+        # One read connection per thread that reads (the node's few read threads). Held
+        # weakly here: a thread's connections close when the thread ends.
         self._local = threading.local()
-        self._readers: list[apsw.Connection] = []
+        self._readers: weakref.WeakSet[apsw.Connection] = weakref.WeakSet()
         self._readers_lock = threading.Lock()
+        # One more for the counts any thread may ask for, one thread at a time.
+        self._stats_db: apsw.Connection | None = None
+        self._stats_lock = threading.Lock()
         with self._db:
             self._db.execute(_SCHEMA)
             self._db.execute(
@@ -178,7 +183,7 @@ class Shard:
 
     def close(self) -> None:
         with self._readers_lock:
-            for db in self._readers:
+            for db in list(self._readers):
                 db.close()
             self._readers.clear()
         self._db.close()
@@ -199,13 +204,27 @@ class Shard:
         slot = "db" if wait else "db_nowait"
         db = getattr(self._local, slot, None)
         if db is None:
-            db = self._connect()
-            db.execute("PRAGMA query_only=1")
-            if not wait:
-                db.set_busy_timeout(0)
+            db = self._open_reader(wait)
             setattr(self._local, slot, db)
-            with self._readers_lock:
-                self._readers.append(db)
+        return db
+
+    @contextlib.contextmanager
+    def stats_reader(self) -> Iterator[apsw.Connection]:
+        """The shard's one connection for counts, which any thread may ask for: a metrics
+        scrape runs on a new thread each time, and a connection of its own would cost
+        each scrape an open."""
+        with self._stats_lock:
+            if self._stats_db is None:
+                self._stats_db = self._open_reader(wait=True)
+            yield self._stats_db
+
+    def _open_reader(self, wait: bool) -> apsw.Connection:
+        db = self._connect()
+        db.execute("PRAGMA query_only=1")
+        if not wait:
+            db.set_busy_timeout(0)
+        with self._readers_lock:
+            self._readers.add(db)
         return db
 
     @staticmethod

@@ -79,6 +79,11 @@ class ShardSetOptions:
     max_write_batch: int = 256
     commit_wait_s: float = 0.0
     changelog_max: int = 100_000
+    # SQLite's memory in this process (page caches, mostly), a soft limit; 0: none. Each
+    # connection caches up to 16 MiB, and a partition has several (its writer, the loop's
+    # reader, one per read thread...): without a limit, 12 partitions read through 3
+    # connections each held ~600 MiB; with 128 MiB set, 128 MiB.
+    sqlite_memory_bytes: int = 256 << 20
 
 
 class ShardSet:
@@ -99,6 +104,11 @@ class ShardSet:
         # Timings of every writer opened after it is set (services/ turns them into metrics).
         self.write_observer: WriteObserver | None = None
 
+    @staticmethod
+    def sqlite_memory_bytes() -> int:
+        """What SQLite holds now in this process: the shards' page caches, mostly."""
+        return int(apsw.memory_used())
+
     # -- lifecycle (blocking: call through asyncio.to_thread at start-up) -------------------
 
     def open(self, initial_ranges: Sequence[tuple[str, KeyRange]] = ()) -> None:
@@ -108,6 +118,7 @@ class ShardSet:
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_data_dir()
+        apsw.soft_heap_limit(self.options.sqlite_memory_bytes)  # for the whole process
         catalogue = self.data_dir / CATALOGUE
         if catalogue.exists():
             listed = json.loads(catalogue.read_text())["partitions"]
@@ -330,7 +341,7 @@ def partition_stats(p: Partition) -> PartitionStats:
     """One partition's counts, size and revision. Blocking: a read thread, or the metrics
     scrape thread, which reports exactly what the Stats RPC reports."""
     now = now_ms()
-    with p.shard.reader() as db:
+    with p.shard.stats_reader() as db:
         expired = Shard.count_expired(db, now)
         oldest = Shard.oldest_expired_ms(db, now)
     shard = p.shard

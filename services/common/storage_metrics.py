@@ -102,6 +102,11 @@ class PartitionCollector(Collector):
         for reason in ("disk_full", "io"):
             faults.add_metric([reason], sum(p.writer.faults[reason] for p in partitions))
         yield faults
+        yield GaugeMetricFamily(
+            "keyspan_sqlite_memory_bytes",
+            "Memory SQLite holds in this process, page caches mostly (soft limit: --sqlite-memory-mb).",
+            self._shards.sqlite_memory_bytes(),
+        )
         yield from _read_path_families(self._shards)
         free, capacity = _disk(self._shards.data_dir)
         yield GaugeMetricFamily(

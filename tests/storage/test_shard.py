@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,7 +25,13 @@ from keyspan.storage.errors import (
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.mutations import Bulk, BulkRow, Delete, Patch, Put, SweepBatch
 from keyspan.storage.shard import Shard
-from keyspan.storage.shardset import ShardSet, now_ms, ranges_from_split_points
+from keyspan.storage.shardset import (
+    ShardSet,
+    ShardSetOptions,
+    now_ms,
+    partition_stats,
+    ranges_from_split_points,
+)
 
 
 async def open_set(path: Path, split: list[bytes] | None = None) -> ShardSet:
@@ -257,6 +265,70 @@ def test_the_entry_count_is_kept_exact_by_every_kind_of_write(tmp_path: Path) ->
         assert again.entries == 141
     finally:
         again.close()
+
+
+async def test_threads_that_come_and_go_leave_no_connection_open(shards: ShardSet) -> None:
+    """A metrics scrape runs on a new thread each time: its reads must not leave a
+    connection (two file descriptors) behind, scrape after scrape."""
+    await shards.write(b"a", Put(b"a", b"v"))
+
+    def scrape_like() -> None:
+        for p in shards.partitions:
+            partition_stats(p)
+            p.shard.read_connection().execute("SELECT count(*) FROM entries").fetchone()
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def in_a_new_thread() -> None:
+        thread = threading.Thread(target=scrape_like)
+        thread.start()
+        thread.join()
+
+    in_a_new_thread()  # what is opened once and kept (SQLite keeps a closed file's fd for reuse)
+    before = open_fds()
+    for _ in range(20):
+        in_a_new_thread()
+    assert open_fds() == before
+
+
+def memory_while_three_threads_read_everything(shards: ShardSet) -> int:
+    """SQLite's memory once three new threads (three new connections a shard, kept while
+    the threads live) have read every page of every shard."""
+    read, release = threading.Barrier(4), threading.Event()
+
+    def read_all() -> None:
+        for p in shards.partitions:
+            p.shard.read_connection().execute("SELECT sum(length(value)) FROM entries").fetchone()
+        read.wait()
+        release.wait()
+
+    threads = [threading.Thread(target=read_all) for _ in range(3)]
+    for t in threads:
+        t.start()
+    read.wait()
+    held = shards.sqlite_memory_bytes()
+    release.set()
+    for t in threads:
+        t.join()
+    return held
+
+
+async def test_sqlite_memory_stays_near_its_limit_however_many_connections_read(tmp_path: Path) -> None:
+    limit = 8 << 20
+    shards = ShardSet(tmp_path / "d", ShardSetOptions(sqlite_memory_bytes=limit))
+    await asyncio.to_thread(shards.open, [("p0", KeyRange(b"", b"m")), ("p1", KeyRange(b"m", None))])
+    try:
+        assert apsw.soft_heap_limit(-1) == limit  # -1 reads it
+        for prefix in (b"a", b"n"):
+            rows = [BulkRow(prefix + b"%06d" % i, b"x" * 400) for i in range(20_000)]
+            await shards.bulk_put(Bulk.of_rows(rows))  # 2 x ~9 MB
+        assert memory_while_three_threads_read_everything(shards) < 2 * limit  # soft: near it
+        apsw.soft_heap_limit(0)  # none: the same reads hold far more
+        assert memory_while_three_threads_read_everything(shards) > 4 * limit
+    finally:
+        shards.close()
+        apsw.soft_heap_limit(ShardSetOptions().sqlite_memory_bytes)
 
 
 def test_scan_reads_in_both_directions_within_a_byte_budget(tmp_path: Path) -> None:
