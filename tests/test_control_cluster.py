@@ -145,3 +145,15 @@ def test_a_map_that_does_not_tile_is_refused(tmp_path: Path) -> None:
     state.store.update_partition("p0001", start=b"\x30")
     with pytest.raises(TilingError):
         state.tick(T0)
+
+
+def test_a_heartbeat_commits_once_however_many_partitions_changed(tmp_path: Path) -> None:
+    state = make_state(tmp_path)
+    join(state, "a", hosted=("p0000", "p0001", "p0002", "p0003"))
+    state.heartbeat("a", [(f"p000{i}", 1, 10) for i in range(4)], T0 + 1_000)
+    statements: list[str] = []
+    state.store._conn.set_trace_callback(statements.append)
+    state.heartbeat("a", [(f"p000{i}", 2, 20) for i in range(4)], T0 + 2_000)  # all four changed
+    state.store._conn.set_trace_callback(None)
+    assert [s for s in statements if s.strip().upper().startswith("COMMIT")] == ["COMMIT"]
+    assert [p["entries"] for p in state.store.partitions()] == [2, 2, 2, 2]

@@ -185,14 +185,17 @@ class ClusterState:
             return False
         entries = sum(s[1] for s in stats)
         size = sum(s[2] for s in stats)
-        self.store.upsert_node(
-            {"node_id": node_id, "last_heartbeat_ms": now_ms, "entries": entries, "bytes": size}
-        )
-        rows = self.partition_rows()
-        for partition_id, n, b in stats:
-            row = rows.get(partition_id)
-            if row is not None and row["node_id"] == node_id and (row["entries"], row["bytes"]) != (n, b):
-                self.store.update_partition(partition_id, entries=n, bytes=b)
+        # Every second from every node: one commit for the node and its partitions, not one
+        # each (a busy node's partitions all change their counts between two heartbeats).
+        with self.store.transaction():
+            self.store.upsert_node(
+                {"node_id": node_id, "last_heartbeat_ms": now_ms, "entries": entries, "bytes": size}
+            )
+            rows = self.partition_rows()
+            for partition_id, n, b in stats:
+                row = rows.get(partition_id)
+                if row is not None and row["node_id"] == node_id and (row["entries"], row["bytes"]) != (n, b):
+                    self.store.update_partition(partition_id, entries=n, bytes=b)
         return self.tick(now_ms)
 
     def ack(self, node_id: str, hosted: Sequence[str]) -> bool:

@@ -12,6 +12,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,10 @@ class ControlStore:
 
     def close(self) -> None:
         self._conn.close()
+
+    def transaction(self) -> AbstractContextManager[sqlite_utils.Database]:
+        """One transaction, one commit (one fsync) for the writes inside it."""
+        return self.db.atomic()
 
     # -- meta ----------------------------------------------------------------------------
 
