@@ -28,6 +28,9 @@ from keyspan.services.common.registrar import Registrar, compose
 from keyspan.services.config import DEFAULT_MAX_PENDING_CALLS, GRPC_MAX_MESSAGE_BYTES, ProcessConfig
 
 log = logging.getLogger(__name__)
+# The most often a server accepts a client's keepalive ping on a connection with no data
+# going out: below the 30 s every keyspan client pings at.
+MIN_CLIENT_PING_INTERVAL_MS = 10_000
 
 
 def server_options(max_pending_calls: int = DEFAULT_MAX_PENDING_CALLS) -> list[tuple[str, int]]:
@@ -40,6 +43,15 @@ def server_options(max_pending_calls: int = DEFAULT_MAX_PENDING_CALLS) -> list[t
         # between the soft and the hard limit it cancels new ones at random.
         ("grpc.server.max_pending_requests", max_pending_calls),
         ("grpc.server.max_pending_requests_hard_limit", 3 * max_pending_calls),
+        # keyspan's clients ping every 30 s while a call is open (streams/router.py). gRPC's
+        # server default takes a ping sent with no data in between more often than every
+        # 5 minutes as abuse: at the third it closed the connection ("too_many_pings"),
+        # so an idle stream (a map watch, a scan waiting on its reader) died after ~90 s.
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+        # and the server pings its clients, so a connection whose peer vanished is closed
+        # (with its streams) within a minute and a half, not after gRPC's default 2 hours
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
     ]
 
 
