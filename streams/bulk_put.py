@@ -109,8 +109,14 @@ async def serve_bulk_put(
         try:
             async for request in requests:
                 await incoming.put(request)
-        finally:
+        except asyncio.CancelledError:
+            # The stream is over and nobody reads `incoming` any more: waiting to put an
+            # end marker in a full queue would keep this task, and its batch, forever.
+            raise
+        except BaseException:
             await incoming.put(None)
+            raise
+        await incoming.put(None)  # the client closed its side
 
     reader = asyncio.create_task(pump())
     commits: collections.deque[asyncio.Future[tuple[int, bytes | None]]] = collections.deque()

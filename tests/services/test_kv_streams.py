@@ -256,3 +256,26 @@ async def test_pipelined_batches_are_answered_in_order_before_a_refused_one(kv: 
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     for b in range(3):
         assert (await kv.Get(kv_pb2.GetRequest(key=b"p%d-299" % b))).found
+
+
+async def test_a_bulk_put_cancelled_with_batches_queued_leaves_no_task_behind(
+    server: KeyspanServer, kv: kv_pb2_grpc.KVStub
+) -> None:
+    gate = asyncio.Event()
+    commit = server.shards.bulk_put
+
+    async def slow_commit(batch: object) -> object:  # holds the commits in flight
+        await gate.wait()
+        return await commit(batch)  # type: ignore[arg-type]
+
+    server.shards.bulk_put = slow_commit  # type: ignore[method-assign]
+    call = kv.BulkPut()
+    for i in range(5):  # two commits in flight, one batch queued, the reader blocked on the next
+        await call.write(kv_pb2.BulkPutRequest(entries=[kv_pb2.Entry(key=b"k%d" % i, value=b"v")]))
+    await asyncio.sleep(0.2)
+    call.cancel()
+    await asyncio.sleep(0.2)
+    gate.set()
+    await asyncio.sleep(0.2)
+    left = [t for t in asyncio.all_tasks() if "serve_bulk_put" in t.get_coro().__qualname__]
+    assert left == []
