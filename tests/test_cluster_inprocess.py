@@ -230,3 +230,27 @@ async def test_a_stopping_gateway_ends_its_idle_streams_at_once(running: Running
             assert "the server is stopping" in (caught.value.details() or "")
     finally:
         await gateway.stop(0)
+
+
+async def test_a_node_session_that_ends_leaves_no_map_waiter(running: Running, tmp_path: Path) -> None:
+    def map_waiters() -> int:  # one task a live node session, waiting for the next map
+        return sum(t.get_coro().__qualname__ == "MapHub.newer_than" for t in asyncio.all_tasks())
+
+    async def settles_at(count: int) -> bool:
+        for _ in range(100):
+            if map_waiters() == count:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    before = map_waiters()
+    node = NodeProcess(
+        NodeConfig(
+            address="127.0.0.1:0", probe_address="127.0.0.1:0", control=running.control.address, id="c",
+            data=tmp_path / "c", shutdown_grace_s=0.5,
+        )
+    )  # fmt: skip
+    await node.start()
+    assert await settles_at(before + 1)
+    await node.stop()
+    assert await settles_at(before)

@@ -94,6 +94,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             welcome=control_pb2.Welcome(node_id=reg.node_id, heartbeat_interval_s=self._heartbeat_interval_s)
         )
         reader = asyncio.create_task(self._read_session(reg.node_id, request_iterator))
+        waiter: asyncio.Task[control_pb2.PartitionMap | None] | None = None
         sent = 0
         try:
             while not reader.done():
@@ -108,6 +109,8 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 sent = message.version
                 yield control_pb2.ControlMessage(assignment=control_pb2.Assignment(map=message))
         finally:
+            if waiter is not None:  # else it would wait for the next map version to end
+                waiter.cancel()
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                 await reader
