@@ -21,7 +21,7 @@ from keyspan.services.cli import (
     run_process,
 )
 from keyspan.services.config import ControlConfig, GatewayConfig, NodeConfig, parse_address
-from keyspan.storage.errors import key_text
+from keyspan.storage.keys import bound_text
 
 
 @cli.command()
@@ -117,14 +117,6 @@ def _ago(ms: int) -> str:
     return f"{max(0.0, time.time() - ms / 1000):.1f}s ago"
 
 
-def _key(raw: bytes | None) -> str:
-    if raw is None:
-        return "+inf"
-    if not raw:
-        return "-inf"
-    return key_text(raw)
-
-
 def _node_status(info: Any) -> str:
     from keyspan.v1 import control_pb2
 
@@ -168,8 +160,8 @@ def partitions(ctx: click.Context) -> None:
     rows = [
         [
             p.partition_id,
-            _key(p.start),
-            _key(p.end if p.HasField("end") else None),
+            bound_text(p.start),
+            bound_text(p.end if p.HasField("end") else None),
             p.node_id or "-",
             p.address or "-",
             control_pb2.PartitionState.Name(p.state).removeprefix("PARTITION_STATE_").lower(),

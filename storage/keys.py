@@ -134,6 +134,11 @@ class KeyRange:
         return KeyRange(start, end)
 
     def __str__(self) -> str:
-        start = key_text(self.start) if self.start else "-inf"
-        end = "+inf" if self.end is None else key_text(self.end)
-        return f"[{start}, {end})"
+        return f"[{bound_text(self.start)}, {bound_text(self.end)})"
+
+
+def bound_text(raw: bytes | None) -> str:
+    """A range bound as people read it: -inf for the empty start, +inf for no end."""
+    if raw is None:
+        return "+inf"
+    return key_text(raw) if raw else "-inf"
