@@ -138,3 +138,18 @@ class DiskFullError(StorageFaultError):
     def __init__(self, partition_id: str, cause: BaseException) -> None:
         KeyspanError.__init__(self, f"partition {partition_id}: the disk is full; the write was not applied")
         self.partition_id = partition_id
+
+
+class OpenFilesLimitError(UnavailableError):
+    """A shard connection could not be opened because the process has used up its
+    open-files limit. An operating condition, not a fault of the code: UNAVAILABLE at the
+    edge (only reads open connections after start-up, and a read is safe to retry), worth
+    retrying once client connections close or the limit is raised."""
+
+    def __init__(self, partition_id: str, limit: int) -> None:
+        super().__init__(
+            f"partition {partition_id}: the server has used up its open-files limit ({limit}); "
+            "raise it (ulimit -n, or LimitNOFILE= in a systemd unit)",
+            retry_after_s=1.0,
+        )
+        self.partition_id, self.limit = partition_id, limit

@@ -22,12 +22,14 @@ from typing import Any, NamedTuple
 
 import apsw
 
+from keyspan.storage import openfiles
 from keyspan.storage.errors import (
     EtagMismatchError,
     InvalidArgumentError,
     KeyspanError,
     NotFoundError,
     NotJsonError,
+    OpenFilesLimitError,
 )
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.limits import check_paths
@@ -162,9 +164,19 @@ class Shard:
         self.last_applied_ns = 0
 
     def _connect(self) -> apsw.Connection:
-        db = apsw.Connection(str(self.path), vfs=SHARD_VFS)
-        db.set_busy_timeout(10_000)
-        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()
+        db = None
+        try:
+            db = apsw.Connection(str(self.path), vfs=SHARD_VFS)
+            db.set_busy_timeout(10_000)
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()  # opens the WAL
+        except apsw.CantOpenError as err:
+            if db is not None:
+                db.close()
+            if not openfiles.out_of_files():
+                raise
+            limit = openfiles.open_files_limit()
+            openfiles.refusals.refused(self.partition_id, limit)
+            raise OpenFilesLimitError(self.partition_id, limit) from err
         if mode is None or str(mode[0]).lower() != "wal":
             raise KeyspanError(f"{self.path}: cannot enable WAL mode")
         db.execute(f"PRAGMA synchronous={self._synchronous}")

@@ -23,6 +23,7 @@ import apsw
 from keyspan.storage.errors import ConfigError, KeyspanError, UnavailableError, WrongPartitionError
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.mutations import Bulk, Mutation, SweepBatch
+from keyspan.storage.openfiles import RESERVED_FILES, files_per_partition, open_files_limit
 from keyspan.storage.readers import ReadPool
 from keyspan.storage.rowcache import ABSENT, MISSING, RowCache
 from keyspan.storage.shard import Row, Shard
@@ -103,6 +104,7 @@ class ShardSet:
         self.on_missing: Callable[[bytes], WrongPartitionError] = WrongPartitionError
         # Timings of every writer opened after it is set (services/ turns them into metrics).
         self.write_observer: WriteObserver | None = None
+        self._warned_open_files = False
 
     @staticmethod
     def sqlite_memory_bytes() -> int:
@@ -179,7 +181,19 @@ class ShardSet:
                 "open_ms": round((time.monotonic() - started) * 1000, 1),
             },
         )
+        self._check_open_files()
         return partition
+
+    def _check_open_files(self) -> None:
+        """Warn once when the partitions may need more descriptors than the process has."""
+        need = len(self._partitions) * files_per_partition(self.options.read_threads) + RESERVED_FILES
+        limit = open_files_limit()
+        if need > limit and not self._warned_open_files:
+            self._warned_open_files = True
+            log.warning(
+                "open-files limit too low for the partitions: raise it (ulimit -n, LimitNOFILE=)",
+                extra={"partitions": len(self._partitions), "files_needed": need, "limit": limit},
+            )
 
     def add_partition(self, partition_id: str, key_range: KeyRange) -> Partition:
         """Create or open one partition and record it in the catalogue."""

@@ -25,6 +25,7 @@ from keyspan.storage.errors import (
     KeyspanError,
     NotFoundError,
     NotJsonError,
+    OpenFilesLimitError,
     UnavailableError,
     ValueTooLargeError,
     WrongPartitionError,
@@ -110,6 +111,13 @@ def to_status(err: KeyspanError) -> grpc.Status | None:
             )
         case FailedPreconditionError(reason=reason):
             return _status(code_pb2.FAILED_PRECONDITION, str(err), _error_info(reason))
+        case OpenFilesLimitError(partition_id=partition_id, limit=limit, retry_after_s=after):
+            return _status(
+                code_pb2.UNAVAILABLE,
+                str(err),
+                _error_info("OPEN_FILES_LIMIT", partition_id=partition_id, limit=str(limit)),
+                _retry_info(after),
+            )
         case UnavailableError(retry_after_s=after):
             return _status(code_pb2.UNAVAILABLE, str(err), _error_info("UNAVAILABLE"), _retry_info(after))
         case DiskFullError(partition_id=partition_id):

@@ -26,6 +26,7 @@ from keyspan.services.common.errors import wrap_errors
 from keyspan.services.common.observability import Observability
 from keyspan.services.common.registrar import Registrar, compose
 from keyspan.services.config import DEFAULT_MAX_PENDING_CALLS, GRPC_MAX_MESSAGE_BYTES, ProcessConfig
+from keyspan.storage.openfiles import raise_open_files_limit
 
 log = logging.getLogger(__name__)
 # The most often a server accepts a client's keepalive ping on a connection with no data
@@ -110,6 +111,9 @@ class GrpcProcess:
     async def start(self) -> int:
         """Listen, run on_start, then report SERVING. Returns the bound port."""
         started = time.monotonic()
+        # Every shard connection and client connection is a descriptor: take what the
+        # hard limit allows before opening anything (the soft 1024 runs out at ~100 partitions).
+        open_files = raise_open_files_limit()
         await self.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
             self.port = self.server.add_insecure_port(self.config.address)
@@ -133,6 +137,7 @@ class GrpcProcess:
                 "component": self.name,
                 "address": self.address,
                 "start_ms": round((time.monotonic() - started) * 1000, 1),
+                "open_files_limit": open_files,
             },
         )
         return self.port

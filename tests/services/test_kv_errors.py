@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import resource
+from collections.abc import Iterator
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -321,3 +326,42 @@ async def test_a_full_disk_refuses_writes_retryably_and_keeps_what_was_acknowled
 
     db.execute("PRAGMA max_page_count = 4294967294")  # space freed
     assert (await kv.Put(kv_pb2.PutRequest(key=b"b", value=big))).etag == etag + 1
+
+
+@contextlib.contextmanager
+def no_descriptor_left() -> Iterator[None]:
+    """Every descriptor number the process may use is taken until the block ends."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1, hard))
+    filler = []
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                filler.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_a_node_out_of_descriptors_refuses_reads_retryably_and_says_so_once(
+    server: KeyspanServer, kv: kv_pb2_grpc.KVStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    etag = (await kv.Put(kv_pb2.PutRequest(key=b"zebra", value=b"v"))).etag  # p0003 [u, +inf)
+    partition = server.shards.locate(b"zebra")
+    with no_descriptor_left():  # and p0003 has no read connection open yet
+        for _ in range(3):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await kv.Get(kv_pb2.GetRequest(key=b"zebra"))
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "open-files limit" in caught.value.details() and "ulimit -n" in caught.value.details()
+            found = details(caught.value)
+            assert found["ErrorInfo"].reason == "OPEN_FILES_LIMIT"  # type: ignore[attr-defined]
+            assert found["ErrorInfo"].metadata["partition_id"] == partition.id  # type: ignore[attr-defined]
+            assert found["RetryInfo"].retry_delay.ToMilliseconds() > 0  # type: ignore[attr-defined]
+    said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert said == ["open-files limit reached: calls refused"]  # once, and no traceback
+
+    got = await kv.Get(kv_pb2.GetRequest(key=b"zebra"))  # descriptors back: served again
+    assert (got.found, got.value, got.etag) == (True, b"v", etag)
