@@ -261,8 +261,15 @@ def _range(conn: Conn, start: str | None, end: str | None) -> tuple[bytes | None
 @click.argument("end", required=False)
 @click.option("--limit", type=int, default=0, help="Most entries to print (0: all).")
 @click.option("--reverse", is_flag=True, help="Descending key order.")
+@click.option(
+    "--paths",
+    multiple=True,
+    help="JSON paths to project each JSON document by, like $.a.b (repeatable); bytes values print whole.",
+)
 @client_options
-def scan(conn: Conn, start: str | None, end: str | None, limit: int, reverse: bool) -> None:
+def scan(
+    conn: Conn, start: str | None, end: str | None, limit: int, reverse: bool, paths: tuple[str, ...]
+) -> None:
     """Print the entries of [START, END) in key order: KEY<TAB>VALUE per line.
 
     START empty means the first key, END empty +infinity. Broken streams resume.
@@ -271,10 +278,11 @@ def scan(conn: Conn, start: str | None, end: str | None, limit: int, reverse: bo
     Examples:
       keyspan scan user/ user0 --limit 10
       keyspan scan --reverse --limit 1 --output json     # the last entry
+      keyspan scan doc/ doc0 --paths '$.name'            # one field of each document
     """
     lower, upper = _range(conn, start, end)
     with expected_errors(), conn.client() as kv:
-        for entry in kv.scan_ex(lower, upper, limit=limit, reverse=reverse):
+        for entry in kv.scan_ex(lower, upper, limit=limit, reverse=reverse, paths=list(paths)):
             _print_entry(conn, entry, with_key=True)
 
 

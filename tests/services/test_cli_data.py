@@ -134,6 +134,21 @@ def test_scan_prints_key_tab_value_in_order(server_address: str) -> None:
     assert invoke(server_address, "scan", "a", "c", "--reverse", "--limit", "1") == (0, "b\tB\n")
 
 
+def test_scan_projects_each_json_document_by_paths(server_address: str) -> None:
+    invoke(server_address, "put", "doc/1", '{"name": "ann", "age": 41}', "--json")
+    invoke(server_address, "put", "doc/2", '{"name": "bob"}', "--json")
+    invoke(server_address, "put", "doc/3", "raw bytes")
+    code, out = invoke(server_address, "scan", "doc/", "doc0", "--paths", "$.name", "--paths", "$.age")
+    assert code == 0
+    assert out.splitlines() == [
+        'doc/1\t{"$.name":"ann","$.age":41}',
+        'doc/2\t{"$.name":"bob","$.age":null}',
+        "doc/3\traw bytes",
+    ]
+    code, out = invoke(server_address, "scan", "doc/", "--paths", "$$")
+    assert code == 2 and "paths[0]" in out
+
+
 def test_text_output_shows_unprintable_keys_as_hex(server_address: str) -> None:
     with Client(server_address) as kv:
         kv.put(b"tab\tkey", b"v1")
