@@ -8,7 +8,7 @@ import operator
 from collections.abc import AsyncIterator, Sequence
 from typing import NoReturn
 
-from keyspan.storage.errors import InvalidArgumentError
+from keyspan.storage.errors import InvalidArgumentError, ValueTooLargeError
 from keyspan.storage.limits import MAX_BULK_ENTRIES, Limits, expiry_ms
 from keyspan.storage.mutations import Bulk
 from keyspan.storage.shardset import ShardSet, now_ms
@@ -140,7 +140,7 @@ async def serve_bulk_put(
                 break
             try:
                 batch = batch_of(request.entries, limits)
-            except InvalidArgumentError:
+            except (InvalidArgumentError, ValueTooLargeError):
                 while commits:
                     yield _response(*await commits.popleft())
                 raise

@@ -238,7 +238,17 @@ async def test_streams_waiting_on_their_client_do_not_hold_the_shutdown(server: 
         await again.stop(0)
 
 
-async def test_pipelined_batches_are_answered_in_order_before_a_refused_one(kv: kv_pb2_grpc.KVStub) -> None:
+@pytest.mark.parametrize(
+    ("bad_entries", "code"),
+    [
+        ([kv_pb2.Entry(key=b"q2"), kv_pb2.Entry(key=b"q1")], grpc.StatusCode.INVALID_ARGUMENT),
+        ([kv_pb2.Entry(key=b"q1", value=b"x" * ((1 << 20) + 1))], grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ],
+    ids=["unsorted", "value-too-large"],
+)
+async def test_pipelined_batches_are_answered_in_order_before_a_refused_one(
+    kv: kv_pb2_grpc.KVStub, bad_entries: list[kv_pb2.Entry], code: grpc.StatusCode
+) -> None:
     call = kv.BulkPut()
     good = [
         kv_pb2.BulkPutRequest(
@@ -246,14 +256,13 @@ async def test_pipelined_batches_are_answered_in_order_before_a_refused_one(kv: 
         )
         for b in range(3)
     ]
-    bad = kv_pb2.BulkPutRequest(entries=[kv_pb2.Entry(key=b"q2"), kv_pb2.Entry(key=b"q1")])
-    for request in [*good, bad]:  # all sent before any answer is read
+    for request in [*good, kv_pb2.BulkPutRequest(entries=bad_entries)]:  # all sent before any answer is read
         await call.write(request)
     answers = [await call.read() for _ in good]
     assert [a.accepted for a in answers] == [300, 300, 300]
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await call.read()
-    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.code() == code
     for b in range(3):
         assert (await kv.Get(kv_pb2.GetRequest(key=b"p%d-299" % b))).found
 
