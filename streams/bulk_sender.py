@@ -9,12 +9,15 @@ is sent again as a new batch, routed by its first key (the server's `next_key`).
 failure, every unanswered batch is sent again with the same entries, so an entry is
 never written with a value other than its own. Entries must be sorted by key with no
 duplicates; the sender checks this as it reads them and raises InvalidArgument
-(``entries[i].key``) at the first that is not, after committing what came before it.
+(``entries[i].key``) at the first that is not, after committing what came before it. An
+entry the server refuses (a TTL or value out of bounds) is named the same way, by its
+place in the whole load, not in its batch.
 """
 
 from __future__ import annotations
 
 import collections
+import re
 import time
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ DEFAULT_BATCH_BYTES = 1 << 20
 MAX_BATCH_ENTRIES = 50_000  # the server takes up to 100,000
 BATCHES_IN_FLIGHT = 3
 ONE_ATTEMPT = RetryPolicy(max_attempts=1)
+_ENTRY_FIELD = re.compile(r"entries\[(\d+)\](.*)")
 
 BulkItem = tuple[Any, Any] | tuple[Any, Any, float] | Entry | kv_pb2.Entry
 
@@ -72,15 +76,29 @@ def to_wire(item: BulkItem) -> kv_pb2.Entry:
 
 
 class _Batch:
-    __slots__ = ("entries", "nbytes")
+    """Entries sent as one BulkPutRequest; `first` is the first one's index in the load."""
 
-    def __init__(self, entries: list[kv_pb2.Entry], nbytes: int) -> None:
-        self.entries, self.nbytes = entries, nbytes
+    __slots__ = ("entries", "first", "nbytes")
+
+    def __init__(self, entries: list[kv_pb2.Entry], nbytes: int, first: int) -> None:
+        self.entries, self.nbytes, self.first = entries, nbytes, first
 
     def split(self, accepted: int) -> tuple[_Batch, _Batch]:
         head, tail = self.entries[:accepted], self.entries[accepted:]
         head_bytes = sum(len(e.key) + len(e.value) for e in head)
-        return _Batch(head, head_bytes), _Batch(tail, self.nbytes - head_bytes)
+        return _Batch(head, head_bytes, self.first), _Batch(
+            tail, self.nbytes - head_bytes, self.first + accepted
+        )
+
+    def in_load(self, err: KeyspanClientError) -> KeyspanClientError:
+        """The server names a refused entry by its place in this batch (`entries[3].value`):
+        name it by its place in the whole load instead, as the order check does."""
+        if isinstance(err, InvalidArgument) and (found := _ENTRY_FIELD.fullmatch(err.field)):
+            field = f"entries[{self.first + int(found[1])}]{found[2]}"
+            renamed = type(err)(f"{field}: {err.rule}", field, err.rule)
+            renamed.code = err.code
+            return renamed
+        return err
 
 
 class _Source:
@@ -100,6 +118,7 @@ class _Source:
     async def next_batch(self) -> _Batch | None:
         entries: list[kv_pb2.Entry] = []
         nbytes = 0
+        first = self._index
         while not self.exhausted and nbytes < self._batch_bytes and len(entries) < MAX_BATCH_ENTRIES:
             item = await self._next_item()
             if item is None:
@@ -107,16 +126,18 @@ class _Source:
                 break
             entry = to_wire(item)
             if entry.key <= self._previous:
-                rule = "is a duplicate" if entry.key == self._previous else "sorts before the entry before"
-                raise InvalidArgument(
-                    f"entries[{self._index}].key: {rule}; bulk_put needs sorted, unique keys",
-                    f"entries[{self._index}].key",
-                    f"{rule}; bulk_put needs sorted, unique keys",
-                )
+                if not entry.key:
+                    rule = "must not be empty"
+                elif entry.key == self._previous:
+                    rule = "is a duplicate; bulk_put needs sorted, unique keys"
+                else:
+                    rule = "sorts before the entry before; bulk_put needs sorted, unique keys"
+                field = f"entries[{self._index}].key"
+                raise InvalidArgument(f"{field}: {rule}", field, rule)
             self._previous, self._index = entry.key, self._index + 1
             entries.append(entry)
             nbytes += len(entry.key) + len(entry.value)
-        return _Batch(entries, nbytes) if entries else None
+        return _Batch(entries, nbytes, first) if entries else None
 
 
 class _Sender:
@@ -173,8 +194,12 @@ class _Sender:
             if call is not None:
                 await _finish(call)
         except grpc.RpcError as err:
+            # The server answers every batch before a refused one, so a refusal is about
+            # the oldest batch still in flight.
+            refused = in_flight[0] if in_flight else None
             self.pending.extendleft(reversed(in_flight))
-            raise from_rpc_error(err) from None
+            error = from_rpc_error(err)
+            raise (refused.in_load(error) if refused is not None else error) from None
         except BaseException:
             self.pending.extendleft(reversed(in_flight))
             if call is not None:

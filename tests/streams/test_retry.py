@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -16,7 +17,14 @@ import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
 from keyspan.storage.keys import key_successor
-from keyspan.streams import AsyncClient, DeadlineExceeded, InvalidArgument, RetryPolicy, Unavailable
+from keyspan.streams import (
+    AsyncClient,
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    RetryPolicy,
+    Unavailable,
+)
 from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.errors import KeyspanClientError
 from tests.streams.fakes import FlakyRouter, Plan, StreamFault
@@ -171,6 +179,34 @@ async def test_bulk_put_ex_rejects_unsorted_input_at_once(kv: AsyncClient, plan:
         await kv.bulk_put_ex([("b", b"1"), ("a", b"2")], policy=FAST)
     assert caught.value.field == "entries[1].key"
     assert plan.calls["BulkPut"] <= 1
+
+
+async def test_bulk_put_ex_names_an_empty_key_as_empty(kv: AsyncClient, plan: Plan) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        await kv.bulk_put_ex([(b"", b"1")], policy=FAST)
+    assert (caught.value.field, caught.value.rule) == ("entries[0].key", "must not be empty")
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "field"),
+    [
+        ((b"k%05d" % 2500, b"v", -5.0), InvalidArgument, "entries[2500].ttl_s"),
+        ((b"k%05d" % 2500, b"x" * ((1 << 20) + 1)), ResourceExhausted, "entries[2500].value"),
+    ],
+    ids=["ttl", "value-too-large"],
+)
+async def test_bulk_put_ex_names_a_refused_entry_by_its_place_in_the_load(
+    kv: AsyncClient, plan: Plan, bad: tuple[Any, ...], error: type[Exception], field: str
+) -> None:
+    # 3,000 entries of 1 KB go out in 1 MiB batches: the server names the entry by its
+    # place in the third batch; the client says which entry of the whole load it is.
+    items: list[tuple[Any, ...]] = [(b"k%05d" % i, b"v" * 1000) for i in range(3000)]
+    items[2500] = bad
+    with pytest.raises(error) as caught:
+        await kv.bulk_put_ex(items, policy=FAST)
+    assert caught.value.field == field  # type: ignore[attr-defined]
+    assert str(caught.value).startswith(f"{field}: ")
+    assert await kv.get(b"k00000") is not None  # the batches before it went in
 
 
 async def test_bulk_put_ex_sends_the_rest_of_a_batch_that_crossed_a_partition(
