@@ -26,6 +26,9 @@ from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any
 
+from keyspan.storage.errors import InvalidArgumentError
+from keyspan.storage.keys import check_key
+from keyspan.storage.limits import expiry_ms
 from keyspan.streams.entry import Entry
 
 # (key, value, is_json, ttl_s): what a line becomes, and what the sort spills to disk.
@@ -46,13 +49,27 @@ def _key_of(obj: dict[str, Any], hex_keys: bool) -> bytes:
     return bytes.fromhex(key) if hex_keys else key.encode()
 
 
+def _checked(key: bytes, ttl_s: float = 0.0) -> bytes:
+    """The key, when it and the TTL keep the server's rules: a bad line is named by its
+    number here, before the sort, not by its place in a batch after it."""
+    try:
+        check_key(key)
+        expiry_ms(ttl_s, 0)
+    except InvalidArgumentError as err:
+        raise RecordError(str(err)) from None
+    return key
+
+
 def parse_json_line(line: str, hex_keys: bool = False) -> Record:
     """One JSON-lines record; raises RecordError (or ValueError for bad hex/base64)."""
     obj = json.loads(line)
     if not isinstance(obj, dict):
         raise RecordError("must be a JSON object with key and value")
-    key = _key_of(obj, hex_keys)
-    ttl_s = float(obj.get("ttl_s", 0) or 0)
+    ttl_s = obj.get("ttl_s", 0) or 0
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float):
+        raise RecordError("ttl_s: must be a number of seconds")
+    ttl_s = float(ttl_s)
+    key = _checked(_key_of(obj, hex_keys), ttl_s)
     if "value_b64" in obj:
         return key, base64.b64decode(obj["value_b64"], validate=True), False, ttl_s
     if "value" not in obj:
@@ -69,9 +86,13 @@ def read_records(stream: IO[str], fmt: str, hex_keys: bool = False, name: str = 
         for number, row in enumerate(csv.reader(stream), 1):
             if number == 1 and row == ["key", "value"]:
                 continue
-            if len(row) != 2:
-                raise RecordError(f"{name}:{number}: a CSV row is key,value; got {len(row)} columns")
-            yield (bytes.fromhex(row[0]) if hex_keys else row[0].encode()), row[1].encode(), False, 0.0
+            try:
+                if len(row) != 2:
+                    raise RecordError(f"a CSV row is key,value; got {len(row)} columns")
+                key = _checked(bytes.fromhex(row[0]) if hex_keys else row[0].encode())
+            except ValueError as err:  # RecordError, bad hex
+                raise RecordError(f"{name}:{number}: {err}") from None
+            yield key, row[1].encode(), False, 0.0
         return
     for number, line in enumerate(stream, 1):
         if not line.strip():

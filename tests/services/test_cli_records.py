@@ -53,6 +53,28 @@ def test_a_bad_line_is_named_by_file_and_line() -> None:
         list(read_records(text, "jsonl", name="in.jsonl"))
 
 
+@pytest.mark.parametrize(
+    ("fmt", "text", "message"),
+    [
+        ("jsonl", '{"key": "a", "value": "x"}\n{"key": "", "value": "x"}\n', "in:2: key: must not be empty"),
+        (
+            "jsonl",
+            '{"key": "%s", "value": "x"}\n' % ("k" * 1025),
+            "in:1: key: is 1025 bytes; the limit is 1024",
+        ),
+        ("jsonl", '{"key": "a", "value": "x", "ttl_s": -5}\n', "in:1: ttl_s: must be 0 .no TTL. or between"),
+        ("jsonl", '{"key": "a", "value": "x", "ttl_s": "5"}\n', "in:1: ttl_s: must be a number of seconds"),
+        ("csv", "a,1\n,2\n", "in:2: key: must not be empty"),
+        ("csv", "a,1\nb\n", "in:2: a CSV row is key,value; got 1 columns"),
+    ],
+)
+def test_a_key_or_ttl_the_server_would_refuse_is_named_by_its_line(fmt: str, text: str, message: str) -> None:
+    # Checked before the sort: once sorted and batched, the server could only name the
+    # entry's place in a batch.
+    with pytest.raises(RecordError, match=message):
+        list(read_records(io.StringIO(text), fmt, name="in"))
+
+
 def test_csv_rows_are_key_value_with_an_optional_header() -> None:
     text = io.StringIO("key,value\nb,2\na,1\n")
     assert list(read_records(text, "csv")) == [(b"b", b"2", False, 0.0), (b"a", b"1", False, 0.0)]
