@@ -293,6 +293,9 @@ def scan(
 def dump(conn: Conn, start: str | None, end: str | None) -> None:
     """Write [START, END) as JSON lines in key order, for `keyspan load`.
 
+    Each entry is as it was when its batch was read; on a live store the dump is not a
+    point-in-time snapshot (for an exact copy, stop the server and copy its data dir).
+
     \b
     Example:
       keyspan dump > backup.jsonl && keyspan load backup.jsonl --address other:7420
