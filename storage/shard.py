@@ -144,21 +144,25 @@ class Shard:
         # One more for the counts any thread may ask for, one thread at a time.
         self._stats_db: apsw.Connection | None = None
         self._stats_lock = threading.Lock()
-        with self._db:
-            self._db.execute(_SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta VALUES('schema_version', ?), ('revision', 0)",
-                (SCHEMA_VERSION,),
-            )
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta VALUES('partition_id', ?), ('start', ?), ('end', ?)",
-                (partition_id, key_range.start, key_range.end),
-            )
-        self.revision: int = self._meta("revision")
-        # Rows stored, expired ones included until swept: counted once here, then kept up
-        # to date by the writes, so Stats, heartbeats and scrapes never walk the table
-        # (count(*) reads every page: ~30 ms a million rows even from the page cache).
-        self.entries: int = self._db.execute("SELECT count(*) FROM entries").fetchone()[0]
+        try:  # a file that is not a shard, a full disk: close the connection, then say so
+            with self._db:
+                self._db.execute(_SCHEMA)
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES('schema_version', ?), ('revision', 0)",
+                    (SCHEMA_VERSION,),
+                )
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES('partition_id', ?), ('start', ?), ('end', ?)",
+                    (partition_id, key_range.start, key_range.end),
+                )
+            self.revision: int = self._meta("revision")
+            # Rows stored, expired ones included until swept: counted once here, then kept
+            # up to date by the writes, so Stats, heartbeats and scrapes never walk the
+            # table (count(*) reads every page: ~30 ms a million rows even when cached).
+            self.entries: int = self._db.execute("SELECT count(*) FROM entries").fetchone()[0]
+        except BaseException:
+            self._db.close()
+            raise
         self._entries_delta = 0  # of the batch being applied; published when it commits
         # time.time_ns() when the last batch's statements were done and COMMIT began.
         self.last_applied_ns = 0
@@ -169,18 +173,18 @@ class Shard:
             db = apsw.Connection(str(self.path), vfs=SHARD_VFS)
             db.set_busy_timeout(10_000)
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()  # opens the WAL
-        except apsw.CantOpenError as err:
+            if mode is None or str(mode[0]).lower() != "wal":
+                raise KeyspanError(f"{self.path}: cannot enable WAL mode")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            db.execute("PRAGMA cache_size=-16384")
+        except BaseException as err:
             if db is not None:
                 db.close()
-            if not openfiles.out_of_files():
-                raise
-            limit = openfiles.open_files_limit()
-            openfiles.refusals.refused(self.partition_id, limit)
-            raise OpenFilesLimitError(self.partition_id, limit) from err
-        if mode is None or str(mode[0]).lower() != "wal":
-            raise KeyspanError(f"{self.path}: cannot enable WAL mode")
-        db.execute(f"PRAGMA synchronous={self._synchronous}")
-        db.execute("PRAGMA cache_size=-16384")
+            if isinstance(err, apsw.CantOpenError) and openfiles.out_of_files():
+                limit = openfiles.open_files_limit()
+                openfiles.refusals.refused(self.partition_id, limit)
+                raise OpenFilesLimitError(self.partition_id, limit) from err
+            raise
         return db
 
     def _meta(self, name: str) -> Any:

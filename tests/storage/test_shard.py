@@ -214,19 +214,44 @@ async def test_the_data_dir_is_locked_against_a_second_process(shards: ShardSet)
     other.reads.close()
 
 
-async def test_a_shard_file_that_cannot_be_opened_is_named(tmp_path: Path) -> None:
-    shards = await open_set(tmp_path / "d")
+async def test_a_shard_file_that_cannot_be_opened_is_named_and_the_others_are_closed(tmp_path: Path) -> None:
+    shards = await open_set(tmp_path / "d", [b"g", b"n", b"u"])
     path = shards.partitions[1].shard.path
     shards.close()
     for suffix in ("-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     path.write_bytes(b"not an SQLite database " * 512)
+    fds_before = len(os.listdir("/proc/self/fd"))
     again = ShardSet(tmp_path / "d")
     try:
         with pytest.raises(
             KeyspanError, match=r"^partition p1: cannot open .*p1\.db: file is not a database$"
         ):
             again.open([])
+    finally:
+        again.close()
+    assert (
+        len(os.listdir("/proc/self/fd")) == fds_before
+    )  # p0, p2 and p3 were opened in parallel, then closed
+
+
+async def test_the_shards_are_opened_and_checked_in_parallel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shards = await open_set(tmp_path / "d", [b"g", b"n", b"u"])
+    shards.close()
+    all_four = threading.Barrier(4, timeout=10)  # broken unless the four checks run at once
+    check = Shard.check
+
+    def check_together(shard: Shard) -> None:
+        all_four.wait()
+        check(shard)
+
+    monkeypatch.setattr(Shard, "check", check_together)
+    again = ShardSet(tmp_path / "d")
+    try:
+        again.open([])
+        assert len(again.partitions) == 4
     finally:
         again.close()
 
