@@ -224,6 +224,17 @@ class Shard:
             setattr(self._local, slot, db)
         return db
 
+    def point_reader(self, wait: bool = True) -> apsw.Cursor:
+        """This thread's cursor on its read connection, kept for point reads (`get`):
+        a cursor made and freed per read cost 3-11 us more server CPU a Get at c=64
+        (integration/perf/JOURNAL.md, "A kept cursor for point reads")."""
+        slot = "cursor" if wait else "cursor_nowait"
+        cursor = getattr(self._local, slot, None)
+        if cursor is None:
+            cursor = self.read_connection(wait).cursor()
+            setattr(self._local, slot, cursor)
+        return cursor
+
     @contextlib.contextmanager
     def stats_reader(self) -> Iterator[apsw.Connection]:
         """The shard's one connection for counts, which any thread may ask for: a metrics
@@ -244,11 +255,14 @@ class Shard:
         return db
 
     @staticmethod
-    def get(db: apsw.Connection, key: bytes, now_ms: int, paths: Sequence[str] = ()) -> Row | None:
+    def get(
+        db: apsw.Connection | apsw.Cursor, key: bytes, now_ms: int, paths: Sequence[str] = ()
+    ) -> Row | None:
         """The live entry at `key`, or None when absent or expired.
 
-        With paths, a JSON document's value is the projection; a bytes value raises
-        NotJsonError; a malformed path raises InvalidArgumentError.
+        `db` is a read connection, or a cursor kept on one (`point_reader`). With paths, a
+        JSON document's value is the projection; a bytes value raises NotJsonError; a
+        malformed path raises InvalidArgumentError.
         """
         if paths:
             value_sql, bindings = _projection(paths)
@@ -257,12 +271,14 @@ class Shard:
         else:
             sql, args = _GET, (key,)
         try:
-            found = db.execute(sql, args).fetchone()
+            # All rows (one at most): a kept cursor left before SQLITE_DONE would hold its
+            # read transaction open until its next read, pinning the WAL.
+            rows = db.execute(sql, args).fetchall()
         except apsw.SQLError as err:
             raise _path_error(db, paths, "paths", err) from err
-        if found is None:
+        if not rows:
             return None
-        value, is_json, etag, expires = found
+        value, is_json, etag, expires = rows[0]
         if expires is not None and expires <= now_ms:
             return None
         if paths and not is_json:

@@ -326,7 +326,7 @@ class ShardSet:
             generation = cache.generation  # before the read: see storage/rowcache.py
 
         def read(on_loop: bool) -> Row | None:
-            row = Shard.get(shard.read_connection(wait=not on_loop), key, now_ms(), paths)
+            row = Shard.get(shard.point_reader(wait=not on_loop), key, now_ms(), paths)
             if cache is not None:
                 cache.fill(key, row, generation)
             return row

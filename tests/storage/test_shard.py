@@ -509,3 +509,20 @@ async def test_the_writer_calls_on_write_only_for_writes_whose_context_asks(tmp_
     finally:
         await asyncio.to_thread(writer.close)
         shard.close()
+
+
+def test_a_kept_point_reader_holds_no_read_transaction_between_gets(tmp_path: Path) -> None:
+    shard = Shard(tmp_path / "s.db", "s", KeyRange())
+    try:
+        shard.apply_batch([Put(b"a", b"1"), Put(b"b", b"2")])
+        reader = shard.point_reader(wait=False)
+        assert reader is shard.point_reader(wait=False)  # kept, not made per read
+        for key in (b"a", b"zz"):  # found, and not found
+            assert (Shard.get(reader, key, now_ms()) is None) == (key == b"zz")
+            shard.apply_batch([Put(b"c", key)])
+            # A cursor left before SQLITE_DONE would still hold its snapshot: busy = 1.
+            busy, _, _ = shard._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            assert busy == 0
+        assert Shard.get(reader, b"c", now_ms()).value == b"zz"  # type: ignore[union-attr]
+    finally:
+        shard.close()
