@@ -13,14 +13,13 @@ import errno
 import logging
 import os
 import resource
-import threading
-import time
+
+from keyspan.storage.throttled_log import ThrottledLog
 
 FILES_PER_CONNECTION = 2
 # Descriptors kept for the rest of the process: client connections, the gRPC core's own,
 # the data dir's lock, log files, the metrics endpoint.
 RESERVED_FILES = 256
-LOG_INTERVAL_S = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -58,26 +57,5 @@ def out_of_files() -> bool:
     return False
 
 
-class _RefusalLog:
-    """Logs refusals for want of descriptors at most every LOG_INTERVAL_S, with a count:
-    one line, not one traceback per refused call."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._logged_at = -LOG_INTERVAL_S
-        self._refused = 0
-
-    def refused(self, partition_id: str, limit: int) -> None:
-        with self._lock:
-            self._refused += 1
-            now = time.monotonic()
-            if now - self._logged_at < LOG_INTERVAL_S:
-                return
-            refused, self._refused, self._logged_at = self._refused, 0, now
-        log.error(
-            "open-files limit reached: calls refused",
-            extra={"partition_id": partition_id, "limit": limit, "refused": refused},
-        )
-
-
-refusals = _RefusalLog()
+# Reads refused for want of a descriptor, logged with how many (storage/shard.py).
+refusals = ThrottledLog(log, "open-files limit reached: calls refused", "refused")

@@ -182,7 +182,7 @@ class Shard:
                 db.close()
             if isinstance(err, apsw.CantOpenError) and openfiles.out_of_files():
                 limit = openfiles.open_files_limit()
-                openfiles.refusals.refused(self.partition_id, limit)
+                openfiles.refusals.note(partition_id=self.partition_id, limit=limit)
                 raise OpenFilesLimitError(self.partition_id, limit) from err
             raise
         return db

@@ -27,14 +27,13 @@ from keyspan.storage.errors import DiskFullError, StorageFaultError, Unavailable
 from keyspan.storage.handoff import Handoff, reply
 from keyspan.storage.mutations import Mutation
 from keyspan.storage.shard import Shard
+from keyspan.storage.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
 _STOP = object()
 # The commit wait applies only after a group of at least this many writes: a lone writer
 # (c=1) never waits.
 COMMIT_WAIT_SIBLINGS = 4
-# A full disk refuses every write until space is freed: say so at most this often.
-DISK_FULL_LOG_INTERVAL_S = 10.0
 # True in a task whose writes `WriteObserver.on_write` should see (services/ sets it for
 # an RPC whose span is sampled). A plain flag: storage knows nothing of tracing, and a
 # write nobody traces costs the loop one lookup instead of an observer call.
@@ -95,7 +94,8 @@ class PartitionWriter:
         self.mutations = 0
         # Writes refused by a storage fault, by reason: "disk_full", or "io" for any other.
         self.faults = {"disk_full": 0, "io": 0}
-        self._disk_full_logged_at, self._refused_since_log = -DISK_FULL_LOG_INTERVAL_S, 0
+        # A full disk refuses every write until space is freed: said at most every 10 s.
+        self._disk_full_log = ThrottledLog(log, "disk full: writes refused", "writes")
         self._thread = threading.Thread(target=self._run, name=f"writer-{shard.partition_id}", daemon=True)
         self._thread.start()
 
@@ -208,18 +208,7 @@ class PartitionWriter:
             fault = StorageFaultError(partition_id, err)  # logged with its traceback at the edge
         else:
             self.faults["disk_full"] += writes
-            self._refused_since_log += writes
             fault = DiskFullError(partition_id, err)
-            now = time.monotonic()
-            if now - self._disk_full_logged_at >= DISK_FULL_LOG_INTERVAL_S:
-                log.error(
-                    "disk full: writes refused",
-                    extra={
-                        "partition_id": partition_id,
-                        "writes": self._refused_since_log,
-                        "cause": str(err),
-                    },
-                )
-                self._disk_full_logged_at, self._refused_since_log = now, 0
+            self._disk_full_log.note(writes, partition_id=partition_id, cause=str(err))
         fault.__cause__ = err
         return fault
