@@ -49,8 +49,9 @@ class EmptyKeyError(InvalidArgumentError):
 class ValueTooLargeError(KeyspanError):
     """A value over max_value_bytes; RESOURCE_EXHAUSTED at the edge."""
 
-    def __init__(self, size: int, limit: int, field: str = "value") -> None:
-        super().__init__(f"{field}: is {size} bytes; the limit is {limit}")
+    def __init__(self, size: int, limit: int, field: str = "value", when: str = "") -> None:
+        self.rule = f"is {size} bytes{when}; the limit is {limit}"
+        super().__init__(f"{field}: {self.rule}")
         self.field, self.size, self.limit = field, size, limit
 
 

@@ -35,6 +35,7 @@ class Patch:
     set: tuple[tuple[str, str], ...] = ()
     remove: tuple[str, ...] = ()
     if_etag: int = 0
+    max_value_bytes: int = 0  # the patched document's limit, as JSON text; 0: none
 
 
 class BulkRow(NamedTuple):

@@ -30,6 +30,7 @@ from keyspan.storage.errors import (
     NotFoundError,
     NotJsonError,
     OpenFilesLimitError,
+    ValueTooLargeError,
 )
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.limits import check_paths
@@ -510,18 +511,30 @@ class Shard:
             expr = f"jsonb_remove({expr}, ?)"
             args.append(path)
         etag = self.revision + 1
+        # In a savepoint: a document the patch grew past the value limit is known only
+        # once made, and must leave the row (and the rest of the batch) as it was.
+        self._db.execute("SAVEPOINT patch")
         try:
             new = self._db.execute(
                 f"UPDATE entries SET value = {expr}, etag = ? WHERE key = ? RETURNING json(value)",
                 (*args, etag, m.key),
             ).fetchone()
+            value = _as_bytes(new[0])
+            if m.max_value_bytes and len(value) > m.max_value_bytes:
+                raise ValueTooLargeError(len(value), m.max_value_bytes, "value", " once patched")
         except apsw.SQLError as err:
+            self._db.execute("ROLLBACK TO patch")
             paths = [p for p, _ in m.set] + list(m.remove)
             fields = [f"set[{i}].path" for i in range(len(m.set))]
             fields += [f"remove[{i}]" for i in range(len(m.remove))]
             raise _path_error(self._db, paths, fields, err, "set" if m.set else "merge_patch") from err
+        except BaseException:
+            self._db.execute("ROLLBACK TO patch")
+            raise
+        finally:
+            self._db.execute("RELEASE patch")
         self._db.execute(_LOG, (self._next_revision(), m.key))
-        return PatchResult(etag, _as_bytes(new[0]))
+        return PatchResult(etag, value)
 
     def _bulk(self, m: Bulk) -> int:
         keys = m.keys

@@ -88,12 +88,8 @@ def to_status(err: KeyspanError) -> grpc.Status | None:
     match err:
         case InvalidArgumentError(field=field, rule=rule):
             return _status(code_pb2.INVALID_ARGUMENT, str(err), _field_violation(field, rule))
-        case ValueTooLargeError(field=field, size=size, limit=limit):
-            return _status(
-                code_pb2.RESOURCE_EXHAUSTED,
-                str(err),
-                _field_violation(field, f"is {size} bytes; the limit is {limit}"),
-            )
+        case ValueTooLargeError(field=field, rule=rule):
+            return _status(code_pb2.RESOURCE_EXHAUSTED, str(err), _field_violation(field, rule))
         case EtagMismatchError(current=current):
             return _status(
                 code_pb2.ABORTED, str(err), _error_info("ETAG_MISMATCH", current_etag=str(current))

@@ -70,6 +70,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
             tuple((s.path, s.value) for s in request.set),
             tuple(request.remove),
             request.if_etag,
+            self._limits.max_value_bytes,
         )
         result = await self._shards.write(key, patch)
         return kv_pb2.PatchResponse(etag=result.etag, value=result.value)

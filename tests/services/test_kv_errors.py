@@ -365,3 +365,26 @@ async def test_a_node_out_of_descriptors_refuses_reads_retryably_and_says_so_onc
 
     got = await kv.Get(kv_pb2.GetRequest(key=b"zebra"))  # descriptors back: served again
     assert (got.found, got.value, got.etag) == (True, b"v", etag)
+
+
+async def test_a_patch_that_would_grow_a_document_past_the_value_limit_changes_nothing(
+    kv: kv_pb2_grpc.KVStub,
+) -> None:
+    doc = b'{"a": "' + b"x" * 1_000_000 + b'"}'
+    etag = (await kv.Put(kv_pb2.PutRequest(key=b"doc", value=doc, json=True))).etag
+    grow = [
+        kv_pb2.PatchRequest(key=b"doc", set=[kv_pb2.PathValue(path="$.b", value='"' + "y" * 100_000 + '"')]),
+        kv_pb2.PatchRequest(key=b"doc", merge_patch='{"c": "' + "z" * 100_000 + '"}'),
+    ]
+    for request in grow:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await kv.Patch(request)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert caught.value.details() == "value: is 1100015 bytes once patched; the limit is 1048576"
+        violation = details(caught.value)["BadRequest"].field_violations[0]  # type: ignore[attr-defined]
+        assert violation.field == "value"
+    got = await kv.Get(kv_pb2.GetRequest(key=b"doc"))
+    assert (got.etag, len(got.value)) == (etag, len(b'{"a":"' + b"x" * 1_000_000 + b'"}'))
+    short = kv_pb2.PathValue(path="$.a", value='"short"')
+    shrink = await kv.Patch(kv_pb2.PatchRequest(key=b"doc", set=[short]))
+    assert (shrink.etag, shrink.value) == (etag + 1, b'{"a":"short"}')

@@ -122,7 +122,9 @@ class KVServicer:
         order, then every `remove` in order. The entry keeps its TTL.
         Errors: NOT_FOUND (no such key); FAILED_PRECONDITION NOT_JSON (a bytes value);
         INVALID_ARGUMENT (malformed patch, path or value, or a result nested more than
-        1000 levels deep); ABORTED ETAG_MISMATCH.
+        1000 levels deep); ABORTED ETAG_MISMATCH; RESOURCE_EXHAUSTED (the merge_patch, or the
+        patched document as JSON text, over the server's value limit: BadRequest field
+        `value`; the document is left as it was).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
