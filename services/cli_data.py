@@ -387,7 +387,7 @@ def _bulk_load(conn: Conn, entries: Iterator[Any], total: int, batch_bytes: int,
 @cli.command()
 @click.argument("start", required=False)
 @click.argument("end", required=False)
-@click.option("--rate", type=float, default=0.0, help="Most deletes per second (0: no limit).")
+@click.option("--rate", type=float, default=0.0, help="Most deletes per second, 1 to 1e9 (0: no limit).")
 @client_options
 def sweep(conn: Conn, start: str | None, end: str | None, rate: float) -> None:
     """Delete the expired entries of [START, END) now, showing progress.

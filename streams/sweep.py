@@ -16,6 +16,8 @@ from keyspan.v1 import kv_pb2
 
 log = logging.getLogger(__name__)
 SWEEP_BATCH = 1000
+# max_deletes_per_s, when set: slower than one a second would hold a stream for hours.
+MIN_DELETES_PER_S, MAX_DELETES_PER_S = 1.0, 1e9
 
 
 async def sweep_range(
@@ -45,8 +47,12 @@ async def serve_sweep(
     first = await anext(requests, None)
     if first is None:
         return
-    if first.max_deletes_per_s < 0:
-        raise InvalidArgumentError("max_deletes_per_s", "must be 0 (no limit) or positive")
+    rate = first.max_deletes_per_s
+    if rate and not MIN_DELETES_PER_S <= rate <= MAX_DELETES_PER_S:  # NaN fails too
+        raise InvalidArgumentError(
+            "max_deletes_per_s",
+            f"must be 0 (no limit) or between {MIN_DELETES_PER_S:g} and {MAX_DELETES_PER_S:g}, not {rate}",
+        )
     key_range = range_of(first.start, first.end if first.HasField("end") else None)
     scanned = deleted = 0
     async for scanned, deleted in sweep_range(shards, key_range, first.max_deletes_per_s):

@@ -229,7 +229,10 @@ STREAM_CASES = [
     ("Scan", kv_pb2.ScanRequest(credits=0), "credits", "between 1 and"),
     ("Scan", kv_pb2.ScanRequest(credits=5, paths=["nope"]), "paths[0]", "JSON path"),
     ("Sweep", kv_pb2.SweepRequest(start=b"z", end=b"a"), "end", "greater than start"),
-    ("Sweep", kv_pb2.SweepRequest(max_deletes_per_s=-1), "max_deletes_per_s", "positive"),
+    ("Sweep", kv_pb2.SweepRequest(max_deletes_per_s=-1), "max_deletes_per_s", "between 1 and 1e+09"),
+    ("Sweep", kv_pb2.SweepRequest(max_deletes_per_s=float("nan")), "max_deletes_per_s", "not nan"),
+    ("Sweep", kv_pb2.SweepRequest(max_deletes_per_s=float("inf")), "max_deletes_per_s", "not inf"),
+    ("Sweep", kv_pb2.SweepRequest(max_deletes_per_s=1e-9), "max_deletes_per_s", "between 1 and"),
     (
         "BulkPut",
         kv_pb2.BulkPutRequest(
