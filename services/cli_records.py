@@ -28,7 +28,7 @@ from typing import IO, Any
 
 from keyspan.storage.errors import InvalidArgumentError
 from keyspan.storage.keys import check_key
-from keyspan.storage.limits import expiry_ms
+from keyspan.storage.limits import check_ttl
 from keyspan.streams.entry import Entry
 
 # (key, value, is_json, ttl_s): what a line becomes, and what the sort spills to disk.
@@ -54,7 +54,7 @@ def _checked(key: bytes, ttl_s: float = 0.0) -> bytes:
     number here, before the sort, not by its place in a batch after it."""
     try:
         check_key(key)
-        expiry_ms(ttl_s, 0)
+        check_ttl(ttl_s)
     except InvalidArgumentError as err:
         raise RecordError(str(err)) from None
     return key

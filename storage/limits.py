@@ -34,15 +34,20 @@ class Limits:
         return raw
 
 
-def expiry_ms(ttl_s: float, now_ms: int, field: str = "ttl_s") -> int | None:
-    """The absolute expiry for a TTL in seconds; None for 0 (no TTL)."""
-    if ttl_s == 0:
-        return None
-    if not math.isfinite(ttl_s) or not MIN_TTL_S <= ttl_s <= MAX_TTL_S:
+def check_ttl(ttl_s: float, field: str = "ttl_s") -> float:
+    """The TTL in seconds, when it is 0 (no TTL) or within MIN_TTL_S..MAX_TTL_S."""
+    if ttl_s != 0 and (not math.isfinite(ttl_s) or not MIN_TTL_S <= ttl_s <= MAX_TTL_S):
         raise InvalidArgumentError(
             field,
             f"must be 0 (no TTL) or between {MIN_TTL_S} and {MAX_TTL_S:.0f} seconds, not {ttl_s}",
         )
+    return ttl_s
+
+
+def expiry_ms(ttl_s: float, now_ms: int, field: str = "ttl_s") -> int | None:
+    """The absolute expiry for a TTL in seconds; None for 0 (no TTL)."""
+    if check_ttl(ttl_s, field) == 0:
+        return None
     return now_ms + max(1, round(ttl_s * 1000))
 
 

@@ -86,18 +86,15 @@ class _Batch:
     def split(self, accepted: int) -> tuple[_Batch, _Batch]:
         head, tail = self.entries[:accepted], self.entries[accepted:]
         head_bytes = sum(len(e.key) + len(e.value) for e in head)
-        return _Batch(head, head_bytes, self.first), _Batch(
-            tail, self.nbytes - head_bytes, self.first + accepted
-        )
+        rest = _Batch(tail, self.nbytes - head_bytes, self.first + accepted)
+        return _Batch(head, head_bytes, self.first), rest
 
     def in_load(self, err: KeyspanClientError) -> KeyspanClientError:
         """The server names a refused entry by its place in this batch (`entries[3].value`):
         name it by its place in the whole load instead, as the order check does."""
         if isinstance(err, InvalidArgument) and (found := _ENTRY_FIELD.fullmatch(err.field)):
             field = f"entries[{self.first + int(found[1])}]{found[2]}"
-            renamed = type(err)(f"{field}: {err.rule}", field, err.rule)
-            renamed.code = err.code
-            return renamed
+            return type(err)(f"{field}: {err.rule}", field, err.rule)
         return err
 
 
