@@ -131,6 +131,20 @@ async def test_gateway_writes_and_scans_across_nodes_in_key_order(running: Runni
     assert stats.approximate_entries == len(KEYS) and len(stats.partitions) == 3
 
 
+async def test_a_scan_whose_client_stops_granting_ends_via_the_gateway_as_direct(running: Running) -> None:
+    gateway = running.stub(running.gateway.address)
+    for k in KEYS[:5]:
+        await gateway.Put(kv_pb2.PutRequest(key=k, value=k))
+    owner = running.stub(running.gateway.router.owner(KEYS[0]).address)
+    for stub in (owner, gateway):
+        # Two credits, then the client closes its side: it will grant no more.
+        call = stub.Scan()
+        await call.write(kv_pb2.ScanRequest(start=KEYS[0], credits=2))
+        await call.done_writing()
+        got = [e.key async for response in call for e in response.entries]
+        assert got == KEYS[:2] and await call.code() == grpc.StatusCode.OK
+
+
 async def test_a_node_answers_wrong_partition_with_the_owner(running: Running) -> None:
     node_a = running.nodes["a"]
     foreign = next(e for e in node_a.map.entries if e.node_id == "b")

@@ -63,6 +63,7 @@ class _Flow:
         finally:
             self.closed = True
             self._more.set()
+            self._forward.set()
 
     async def wait(self, stopping: asyncio.Event) -> bool:
         while self.left <= 0:
@@ -73,15 +74,20 @@ class _Flow:
         return True
 
     async def forward(self, call: Any, total_at_open: int) -> None:
-        """Pass the credits granted after the piece opened on to its node stream."""
+        """Pass the credits granted after the piece opened on to its node stream, and the
+        client's half-close too: a node left waiting for credits nobody will send would
+        hold the scan open for ever, where a direct one ends it once the credits run out."""
         seen = total_at_open
         while True:
-            await self._forward.wait()
-            self._forward.clear()
             while self.total > seen:
                 delta = min(self.total - seen, MAX_CREDITS)
                 await call.write(kv_pb2.ScanRequest(credits=delta))
                 seen += delta
+            if self.closed:
+                await call.done_writing()
+                return
+            await self._forward.wait()
+            self._forward.clear()
 
 
 def _next_piece(
