@@ -157,6 +157,8 @@ class KVServicer:
         can still be read. A client that grants more only once its credits are used up
         never meets this (the server is then waiting for the grant); one that grants ahead
         should treat a failed grant as "read on to `done`", or resume from the last entry.
+        A client that closes its side (it will grant no more) gets what its credits cover,
+        then the stream ends with OK and no `done`: resume from resume_key to read on.
 
         Errors: INVALID_ARGUMENT (start >= end, credits <= 0 on the first request, bad
         path); FAILED_PRECONDITION with WrongPartition; UNAVAILABLE while the partition
