@@ -268,3 +268,54 @@ async def test_a_node_session_that_ends_leaves_no_map_waiter(running: Running, t
     assert await settles_at(before + 1)
     await node.stop()
     assert await settles_at(before)
+
+
+def _field_of(err: grpc.aio.AioRpcError) -> str:
+    status = rpc_status.from_call(err)
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            return bad.field_violations[0].field
+    raise AssertionError("no BadRequest detail")
+
+
+@pytest.mark.parametrize(
+    ("messages", "field"),
+    [
+        ([control_pb2.Register(node_id="x", address="nonsense")], "register.address"),
+        ([control_pb2.Register(node_id="x", address="127.0.0.1:0")], "register.address"),
+        (
+            [control_pb2.Register(node_id="x", address="h:1", probe_address="h:99999")],
+            "register.probe_address",
+        ),
+        ([control_pb2.Register(node_id="x", address="h:1", capacity=2**32 - 1)], "register.capacity"),
+        (
+            [
+                control_pb2.Register(node_id="x", address="h:1"),
+                control_pb2.Heartbeat(
+                    partitions=[kv_pb2.PartitionStats(partition_id="p0000", bytes=2**64 - 1)]
+                ),
+            ],
+            "heartbeat.partitions[0]",
+        ),
+    ],
+    ids=["address", "port-0", "probe-port", "capacity", "uint64-count"],
+)
+async def test_a_session_with_a_bad_registration_or_heartbeat_is_refused_by_field(
+    running: Running, messages: list[object], field: str
+) -> None:
+    async with grpc.aio.insecure_channel(running.control.address) as channel:
+        call = control_pb2_grpc.ControlStub(channel).Session()
+        for m in messages:
+            kind = "register" if isinstance(m, control_pb2.Register) else "heartbeat"
+            await call.write(control_pb2.NodeMessage(**{kind: m}))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            async for _ in call:
+                pass
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert _field_of(refused.value) == field
+        # Nothing of a refused registration reached the map's nodes.
+        nodes = await control_pb2_grpc.ControlStub(channel).ListNodes(control_pb2.ListNodesRequest())
+        assert "x" not in {n.node_id for n in nodes.nodes} or field.startswith("heartbeat")

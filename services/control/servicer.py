@@ -11,15 +11,38 @@ from typing import Any, TypeVar
 
 import grpc
 
+from keyspan.services.config import parse_address
 from keyspan.services.control.cluster import DOWN, SUSPECT, UP, ClusterState
 from keyspan.services.control.store import now_ms
-from keyspan.storage.errors import InvalidArgumentError, UnavailableError
+from keyspan.storage.errors import ConfigError, InvalidArgumentError, UnavailableError
 from keyspan.streams.partition_map import to_message
 from keyspan.v1 import control_pb2, control_pb2_grpc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 NODE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_CAPACITY = 1000
+MAX_COUNT = 2**63 - 1  # SQLite's INTEGER
+
+
+def _check_registration(reg: control_pb2.Register) -> None:
+    """A node's registration goes into the map every client routes by: check it first."""
+    if not NODE_ID.match(reg.node_id):
+        raise InvalidArgumentError("register.node_id", "must be 1..64 characters of [A-Za-z0-9_.-]")
+    for name in ("address", "probe_address"):
+        address = getattr(reg, name)
+        if name == "probe_address" and not address:
+            continue  # a node may run without a probe port
+        try:
+            _, port = parse_address(address, f"register.{name}")
+        except ConfigError:
+            port = 0
+        if not 0 < port < 65536:
+            raise InvalidArgumentError(f"register.{name}", f"{address[:100]!r} is not HOST:PORT")
+    if reg.capacity > MAX_CAPACITY:
+        raise InvalidArgumentError("register.capacity", f"must be 0 (meaning 1) to {MAX_CAPACITY}")
+
+
 STATUS = {
     UP: control_pb2.NODE_STATUS_UP,
     SUSPECT: control_pb2.NODE_STATUS_SUSPECT,
@@ -77,8 +100,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         if not first.HasField("register"):
             raise InvalidArgumentError("register", "a session must start with register")
         reg = first.register
-        if not NODE_ID.match(reg.node_id):
-            raise InvalidArgumentError("register.node_id", "must be 1..64 characters of [A-Za-z0-9_.-]")
+        _check_registration(reg)
         await self._call(
             self._state.register,
             reg.node_id,
@@ -122,6 +144,11 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 stats = [
                     (p.partition_id, p.approximate_entries, p.bytes) for p in message.heartbeat.partitions
                 ]
+                for i, (_, entries, size) in enumerate(stats):
+                    if max(entries, size) > MAX_COUNT:  # a uint64 that SQLite cannot store
+                        raise InvalidArgumentError(
+                            f"heartbeat.partitions[{i}]", f"counts must be at most {MAX_COUNT}"
+                        )
                 await self._call(self._state.heartbeat, node_id, stats, now_ms())
             elif message.HasField("ack"):
                 await self._call(self._state.ack, node_id, list(message.ack.hosted))
