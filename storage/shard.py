@@ -621,7 +621,7 @@ def _now_ms() -> int:
 
 
 def _path_error(
-    db: apsw.Connection,
+    db: apsw.Connection | apsw.Cursor,
     paths: Sequence[str],
     fields: str | Sequence[str],
     err: apsw.SQLError,
