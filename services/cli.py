@@ -85,6 +85,9 @@ def cli() -> None:
     Start a server with `keyspan serve`, then talk to it with any gRPC client
     (grpcurl works through server reflection).
     """
+    # JSON documents nest up to 1000 levels (the server's limit); Python's json decoder
+    # counts each level against the recursion limit, 1000 by default.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 5000))
 
 
 @cli.command()

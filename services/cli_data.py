@@ -116,10 +116,12 @@ def expected_errors() -> Iterator[None]:
 
 
 def _value_of(text: str, as_json: bool) -> bytes:
+    from keyspan.streams import jsontext
+
     data = sys.stdin.buffer.read() if text == "-" else text.encode()
     if as_json:
         try:
-            json.loads(data)
+            jsontext.loads(data)
         except ValueError as err:
             raise click.BadParameter(f"is not JSON ({err})", param_hint="VALUE") from None
     return data
@@ -136,8 +138,10 @@ def _entry_json(conn: Conn, entry: Any) -> dict[str, Any]:
 
 
 def _print_entry(conn: Conn, entry: Any, with_key: bool) -> None:
+    from keyspan.streams import jsontext
+
     if conn.output == "json":
-        click.echo(json.dumps(_entry_json(conn, entry), ensure_ascii=False))
+        click.echo(jsontext.dumps(_entry_json(conn, entry)))
         return
     out = sys.stdout.buffer
     if with_key:
@@ -206,14 +210,17 @@ def delete(conn: Conn, key: str, if_etag: int) -> None:
         _fail(f"not found: {key}", EXIT_NOT_FOUND)
 
 
-def _path_value(text: str) -> tuple[str, Any]:
+def _path_value(text: str) -> tuple[str, bytes]:
+    from keyspan.streams import jsontext
+
     path, sep, value = text.partition("=")
     if not sep or not path.startswith("$"):
         raise click.BadParameter(f"{text!r} is not PATH=JSON, like '$.a.b=42'", param_hint="--set")
     try:
-        return path, json.loads(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not JSON", param_hint="--set") from None
+        jsontext.loads(value)
+    except ValueError as err:
+        raise click.BadParameter(f"{value!r} is not JSON ({err})", param_hint="--set") from None
+    return path, value.encode()  # sent as written
 
 
 @cli.command()
@@ -234,19 +241,30 @@ def patch(
     Example:
       keyspan patch doc/1 --merge '{"age": 42}' --set '$.tags[0]="a"' --remove '$.old'
     """
+    from keyspan.streams import jsontext
+
     if not (merge or sets or remove):
         raise click.UsageError("give at least one of --merge, --set, --remove")
     try:
-        merged = json.loads(merge) if merge else None
-    except ValueError:
-        raise click.BadParameter("is not JSON", param_hint="--merge") from None
+        if merge:
+            jsontext.loads(merge)
+    except ValueError as err:
+        raise click.BadParameter(f"is not JSON ({err})", param_hint="--merge") from None
     set_paths = dict(_path_value(s) for s in sets)
     with expected_errors(), conn.client() as kv:
-        entry = kv.patch(conn.key(key), merge=merged, set=set_paths, remove=list(remove), if_etag=if_etag)
+        entry = kv.patch(
+            conn.key(key),
+            merge=merge.encode() if merge else None,
+            set=set_paths,
+            remove=list(remove),
+            if_etag=if_etag,
+            json=False,
+        )
+    document = jsontext.JsonText(entry.value.decode())  # the server's text: numbers as written
     if conn.output == "json":
-        click.echo(json.dumps({"etag": entry.etag, "value": entry.value}, ensure_ascii=False))
+        click.echo(jsontext.dumps({"etag": entry.etag, "value": document}))
     else:
-        click.echo(json.dumps(entry.value, ensure_ascii=False))
+        click.echo(document.text)
 
 
 def _range(conn: Conn, start: str | None, end: str | None) -> tuple[bytes | None, bytes | None]:

@@ -1,6 +1,7 @@
 """The record formats of `keyspan load` and `keyspan dump`, and the bounded-memory sort.
 
-One JSON object per line, the same both ways, so `dump | load` round-trips exactly:
+One JSON object per line, the same both ways, so `dump | load` round-trips exactly (a
+document's numbers as written: see keyspan.streams.jsontext):
 
     {"key": "user/ann", "value": "text"}              value stored as bytes (UTF-8)
     {"key": "doc/1", "value": {"a": 1}}               any non-string JSON: a JSON document
@@ -17,7 +18,6 @@ import base64
 import contextlib
 import csv
 import heapq
-import json
 import marshal
 import tempfile
 import time
@@ -29,6 +29,7 @@ from typing import IO, Any
 from keyspan.storage.errors import InvalidArgumentError
 from keyspan.storage.keys import check_key
 from keyspan.storage.limits import check_ttl
+from keyspan.streams import jsontext
 from keyspan.streams.entry import Entry
 
 # (key, value, is_json, ttl_s): what a line becomes, and what the sort spills to disk.
@@ -62,10 +63,12 @@ def _checked(key: bytes, ttl_s: float = 0.0) -> bytes:
 
 def parse_json_line(line: str, hex_keys: bool = False) -> Record:
     """One JSON-lines record; raises RecordError (or ValueError for bad hex/base64)."""
-    obj = json.loads(line)
+    obj = jsontext.loads(line)
     if not isinstance(obj, dict):
         raise RecordError("must be a JSON object with key and value")
     ttl_s = obj.get("ttl_s", 0) or 0
+    if isinstance(ttl_s, jsontext.JsonText):  # 1e5, 1.50: as written, still a number
+        ttl_s = float(ttl_s.text)
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float):
         raise RecordError("ttl_s: must be a number of seconds")
     ttl_s = float(ttl_s)
@@ -77,7 +80,7 @@ def parse_json_line(line: str, hex_keys: bool = False) -> Record:
     value = obj["value"]
     if isinstance(value, str) and not obj.get("json"):
         return key, value.encode(), False, ttl_s
-    return key, json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(), True, ttl_s
+    return key, jsontext.to_utf8(jsontext.dumps(value)), True, ttl_s
 
 
 def read_records(stream: IO[str], fmt: str, hex_keys: bool = False, name: str = "-") -> Iterator[Record]:
@@ -161,7 +164,8 @@ def sorted_records(
 
 
 def dump_object(entry: Entry, hex_keys: bool = False, now_s: float | None = None) -> dict[str, Any]:
-    """The JSON-lines object of an entry read raw (bytes value, is_json set)."""
+    """The JSON-lines object of an entry read raw (bytes value, is_json set); a JSON
+    document's value is its text, for `jsontext.dumps`."""
     obj: dict[str, Any] = {}
     if hex_keys:
         obj["key"] = entry.key.hex()
@@ -171,8 +175,10 @@ def dump_object(entry: Entry, hex_keys: bool = False, now_s: float | None = None
         except UnicodeDecodeError:
             obj["key_hex"] = entry.key.hex()
     if entry.is_json:
-        obj["value"] = json.loads(entry.value)
-        if isinstance(obj["value"], str):
+        # The server's JSON text as it is: numbers as written, escapes kept.
+        text = entry.value.decode()
+        obj["value"] = jsontext.JsonText(text)
+        if text.startswith('"'):
             obj["json"] = True
     else:
         try:
@@ -186,4 +192,4 @@ def dump_object(entry: Entry, hex_keys: bool = False, now_s: float | None = None
 
 
 def dump_line(entry: Entry, hex_keys: bool = False) -> str:
-    return json.dumps(dump_object(entry, hex_keys), separators=(",", ":"), ensure_ascii=False)
+    return jsontext.dumps(dump_object(entry, hex_keys))

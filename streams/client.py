@@ -42,6 +42,13 @@ SCAN_FIRST_CREDITS = 256
 SCAN_MIN_WINDOW, SCAN_MAX_WINDOW = 16, 10_000
 
 
+def _json_arg(value: Any) -> str:
+    """A patch argument's JSON text: bytes are JSON text already, anything else is encoded."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode()
+    return jsonlib.dumps(value)
+
+
 class _CreditWindow:
     """Entries granted but not yet consumed stay near two batches' worth of bytes."""
 
@@ -211,20 +218,24 @@ class AsyncClient:
         remove: list[str] | None = None,
         if_etag: int = 0,
         *,
+        json: bool = True,
         timeout_s: float | None = None,
     ) -> Entry:
         """Merge-patch (RFC 7396), then set paths to JSON values, then remove paths, atomically.
-        Returns the whole new document, decoded. Raises NotFound, NotJson, EtagMismatch."""
+        `merge` and the `set` values are JSON values, or bytes of JSON text sent as written.
+        Returns the whole new document, decoded; with json=False as the server's JSON text
+        (bytes). Raises NotFound, NotJson, EtagMismatch."""
         raw = key_bytes(key)
         request = kv_pb2.PatchRequest(
             key=raw,
-            merge_patch=jsonlib.dumps(merge) if merge is not None else "",
-            set=[kv_pb2.PathValue(path=p, value=jsonlib.dumps(v)) for p, v in (set or {}).items()],
+            merge_patch=_json_arg(merge) if merge is not None else "",
+            set=[kv_pb2.PathValue(path=p, value=_json_arg(v)) for p, v in (set or {}).items()],
             remove=remove or [],
             if_etag=if_etag,
         )
         response = await self._unary("Patch", raw, request, timeout_s)
-        return Entry(raw, jsonlib.loads(response.value), response.etag, None, True)
+        value = jsonlib.loads(response.value) if json else response.value
+        return Entry(raw, value, response.etag, None, True)
 
     async def stats(self, *, timeout_s: float | None = None) -> Stats:
         """Every partition of every server the router knows, in key order."""

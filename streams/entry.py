@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from keyspan.storage.keys import Key
+from keyspan.streams import jsontext
 from keyspan.v1 import kv_pb2
 
 KeyLike = Key | bytes | str
@@ -35,9 +36,19 @@ def encode_value(value: Any, as_json: bool) -> tuple[bytes, bool]:
     if isinstance(value, str) and not as_json:
         return value.encode(), False
     if isinstance(value, bytes | bytearray | memoryview):
-        jsonlib.loads(value)  # bytes given as JSON text must parse; ValueError otherwise
-        return bytes(value), True
-    return jsonlib.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(), True
+        data = bytes(value)
+        check_json_text(data)
+        return data, True
+    return jsontext.to_utf8(jsontext.dumps(value)), True
+
+
+def check_json_text(text: bytes | str) -> None:
+    """Raise ValueError when `text` is not JSON. A document nested deeper than Python's
+    json parses here (the server takes up to 1000 levels) is left to the server to check."""
+    try:
+        jsonlib.loads(text)
+    except RecursionError:
+        return
 
 
 def expires_at_of(expires_at_ms: int) -> datetime | None:

@@ -236,3 +236,68 @@ def test_a_write_to_a_full_disk_exits_5_and_says_so(threaded_server: ThreadedSer
     code, output = invoke(threaded_server.address, "put", "a", "x" * 50_000)
     assert code == 5
     assert "resource_exhausted: partition p0000: the disk is full; the write was not applied" in output
+
+
+# Documents Python's json would change: numbers it turns into other text (or Infinity,
+# which is not JSON), a lone surrogate escape it cannot write as UTF-8, 990 levels deep.
+EXACT_DOCUMENTS = {
+    "n/big": "1e400",
+    "n/mixed": '{"a":1.50,"b":1E2,"c":0.10000000000000000001,"d":-0,"e":12345678901234567890}',
+    "n/string": '"\\ud800 lone"',
+    "n/surrogate": '{"x":"\\udfff"}',
+    "n/deep": "[" * 990 + "1" + "]" * 990,
+}
+
+
+def test_dump_load_round_trips_documents_exactly(server_address: str, tmp_path: Path) -> None:
+    with Client(server_address) as kv:
+        for key, text in EXACT_DOCUMENTS.items():
+            kv.put(key, text.encode(), json=True)
+    first = run_cli(server_address, "dump")
+    assert first.returncode == 0, first.stderr
+    with Client(server_address) as kv:
+        for key in EXACT_DOCUMENTS:
+            assert kv.delete(key)
+
+    (tmp_path / "backup.jsonl").write_bytes(first.stdout)
+    loaded = run_cli(server_address, "load", str(tmp_path / "backup.jsonl"), "--no-progress")
+    assert loaded.returncode == 0, loaded.stderr
+    with Client(server_address) as kv:
+        stored = {key: kv.get(key).value.decode() for key in EXACT_DOCUMENTS}
+    assert stored == EXACT_DOCUMENTS
+    assert run_cli(server_address, "dump").stdout == first.stdout
+
+
+def test_get_scan_and_patch_print_documents_as_stored(server_address: str) -> None:
+    invoke(server_address, "put", "n/mixed", EXACT_DOCUMENTS["n/mixed"], "--json")
+    code, out = invoke(server_address, "get", "n/mixed", "--output", "json")
+    assert code == 0 and f'"value":{EXACT_DOCUMENTS["n/mixed"]},' in out
+    code, out = invoke(server_address, "scan", "--output", "json")
+    assert code == 0 and f'"value":{EXACT_DOCUMENTS["n/mixed"]},' in out
+
+    code, out = invoke(
+        server_address, "patch", "n/mixed", "--set", "$.f=0.30000000000000000004", "--merge", '{"g": 1e400}'
+    )
+    assert (code, out) == (0, EXACT_DOCUMENTS["n/mixed"][:-1] + ',"g":1e400,"f":0.30000000000000000004}\n')
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("put", "k", "NaN", "--json"), "NaN is not JSON"),
+        (("patch", "k", "--merge", '{"a": Infinity}'), "Infinity is not JSON"),
+        (("patch", "k", "--set", "$.a=-Infinity"), "-Infinity is not JSON"),
+    ],
+)
+def test_nan_and_infinity_are_refused_before_sending(
+    server_address: str, args: tuple[str, ...], message: str
+) -> None:
+    code, out = invoke(server_address, *args)
+    assert code == 2 and message in out
+
+
+def test_a_nan_line_is_named_by_its_line(server_address: str, tmp_path: Path) -> None:
+    (tmp_path / "nan.jsonl").write_text('{"key": "a", "value": 1}\n{"key": "b", "value": NaN}\n')
+    result = run_cli(server_address, "load", str(tmp_path / "nan.jsonl"))
+    assert result.returncode == 2
+    assert b"nan.jsonl:2: NaN is not JSON" in result.stderr and b"Traceback" not in result.stderr

@@ -67,6 +67,21 @@ def test_patch_merges_sets_and_removes(client: Client) -> None:
     assert stored is not None and stored.etag == entry.etag
 
 
+def test_patch_takes_json_text_as_written_and_can_answer_it(client: Client) -> None:
+    client.put("doc", b'{"a":1.50}', json=True)
+    entry = client.patch("doc", merge=b'{"b":1e400}', set={"$.c": b"0.10000000000000000001"}, json=False)
+    assert entry.value == b'{"a":1.50,"b":1e400,"c":0.10000000000000000001}'
+
+
+def test_a_document_with_a_lone_surrogate_can_be_written_back(client: Client) -> None:
+    client.put("doc", rb'{"x":"\ud800"}', json=True)
+    read = client.get("doc", json=True)
+    assert read is not None and read.value == {"x": "\ud800"}
+    client.put("doc", read.value)  # was UnicodeEncodeError: surrogates not allowed
+    stored = client.get("doc")
+    assert stored is not None and stored.value == rb'{"x":"\ud800"}'
+
+
 def test_put_with_stale_etag_raises_etag_mismatch_with_the_current_etag(client: Client) -> None:
     etag = client.put("k", b"1")
     client.put("k", b"2", if_etag=etag)

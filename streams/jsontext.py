@@ -1,0 +1,99 @@
+"""JSON text that keeps what the store keeps: numbers as written, any string it took.
+
+The shards store JSON documents as SQLite JSONB, which keeps a number's text (`1.50`,
+`1E2`, `1e400`, `0.10000000000000000001`, `-0`) and a string's escapes (a lone `\\ud800`
+too). Python's json turns such numbers into floats or ints that print differently (or as
+`Infinity`, which is not JSON), and such a string into one that cannot be encoded as
+UTF-8. The CLI's dump, load, get, scan and patch go through here so they carry a document
+through unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+
+class JsonText:
+    """JSON text written out as it is: a number a float would change, or a whole document."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JsonText) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def __repr__(self) -> str:
+        return f"JsonText({self.text!r})"
+
+
+def _float_as_written(text: str) -> float | JsonText:
+    number = float(text)
+    return number if repr(number) == text else JsonText(text)
+
+
+def _int_as_written(text: str) -> int | JsonText:
+    return JsonText(text) if text == "-0" else int(text)
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON (RFC 8259)")
+
+
+_DECODER = json.JSONDecoder(
+    parse_float=_float_as_written, parse_int=_int_as_written, parse_constant=_refuse_constant
+)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def loads(text: str | bytes) -> Any:
+    """Decode JSON text; numbers a float or int would change come back as JsonText.
+
+    Refuses NaN and Infinity (ValueError), as the server does. Nesting is bounded by
+    Python's recursion limit, which the CLI raises above the server's 1000 levels.
+    """
+    return _DECODER.decode(text.decode() if isinstance(text, bytes) else text)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text of a decoded value, JsonText parts written as they are."""
+    try:
+        return _ENCODER.encode(value)
+    except TypeError:  # a JsonText inside: write it part by part
+        return "".join(_parts(value))
+
+
+def _parts(value: Any) -> Iterator[str]:
+    if isinstance(value, JsonText):
+        yield value.text
+    elif isinstance(value, dict):
+        yield "{"
+        for i, (name, item) in enumerate(value.items()):
+            yield f"{',' if i else ''}{_ENCODER.encode(name)}:"
+            yield from _parts(item)
+        yield "}"
+    elif isinstance(value, list | tuple):
+        yield "["
+        for i, item in enumerate(value):
+            if i:
+                yield ","
+            yield from _parts(item)
+        yield "]"
+    else:
+        yield _ENCODER.encode(value)
+
+
+def to_utf8(text: str) -> bytes:
+    """UTF-8 of JSON text; a lone surrogate (from a `\\ud800` escape, which JSON allows)
+    is written back as its escape, since UTF-8 has no encoding for it."""
+    if not text.isascii() and _SURROGATE.search(text):
+        text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return text.encode()
