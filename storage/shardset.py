@@ -27,7 +27,7 @@ from keyspan.storage.mutations import Bulk, Mutation, SweepBatch
 from keyspan.storage.openfiles import RESERVED_FILES, files_per_partition, open_files_limit
 from keyspan.storage.readers import ReadPool
 from keyspan.storage.rowcache import ABSENT, MISSING, RowCache
-from keyspan.storage.shard import Row, Shard
+from keyspan.storage.shard import SHARD_VFS, Row, Shard
 from keyspan.storage.writer import PartitionWriter, WriteObserver
 
 log = logging.getLogger(__name__)
@@ -126,13 +126,45 @@ class ShardSet:
         apsw.soft_heap_limit(self.options.sqlite_memory_bytes)  # for the whole process
         catalogue = self.data_dir / CATALOGUE
         if catalogue.exists():
-            listed = json.loads(catalogue.read_text())["partitions"]
-            wanted = [(p["id"], _range_from_json(p)) for p in listed]
+            wanted = self._read_catalogue(catalogue)
         else:
+            self._refuse_data_without_catalogue()
             wanted = list(initial_ranges)
         for (partition_id, key_range), opened in zip(wanted, self._open_shards(wanted), strict=True):
             self._serve(partition_id, key_range, *opened)
         self._write_catalogue()
+
+    def _read_catalogue(self, catalogue: Path) -> list[tuple[str, KeyRange]]:
+        """The catalogue's partitions, each with its shard file there: a shard file that is
+        gone would otherwise be created empty, and its range served with nothing in it."""
+        try:
+            listed = json.loads(catalogue.read_text())["partitions"]
+            wanted = [(p["id"], _range_from_json(p)) for p in listed]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise KeyspanError(
+                f"cannot read {catalogue} ({type(err).__name__}: {err}); it says which key range "
+                "each shard file serves: restore it (or the whole data dir) from a copy"
+            ) from None
+        missing = [f"{pid}.db" for pid, _ in wanted if not (self.data_dir / f"{pid}.db").exists()]
+        if missing:
+            raise KeyspanError(
+                f"{catalogue} lists partitions whose shard files are missing ({', '.join(missing)}); "
+                "restore them (or the whole data dir) from a copy: starting would serve their "
+                "ranges empty"
+            )
+        return wanted
+
+    def _refuse_data_without_catalogue(self) -> None:
+        """A data dir with no catalogue is new, unless it holds shards that were written to:
+        their ranges are in the lost catalogue, not here (shards created by a first start
+        that stopped before it wrote the catalogue are empty, and are used again)."""
+        written = [path.name for path in sorted(self.data_dir.glob("*.db")) if _was_written(path)]
+        if written:
+            raise KeyspanError(
+                f"{self.data_dir} holds shard files with data ({', '.join(written)}) but no "
+                f"{CATALOGUE}, which says which key range each one serves: restore it (or the "
+                "whole data dir) from a copy; to start empty, move the shard files away"
+            )
 
     def _lock_data_dir(self) -> None:
         """Hold an exclusive lock on the data dir for as long as this process lives."""
@@ -392,6 +424,27 @@ def partition_stats(p: Partition) -> PartitionStats:
         oldest = Shard.oldest_expired_ms(db, now)
     shard = p.shard
     return PartitionStats(p.id, p.range, shard.entries, shard.size_bytes(), expired, shard.revision, oldest)
+
+
+def _was_written(path: Path) -> bool:
+    """Whether a shard file ever took a write, or is something else than an empty database."""
+    try:
+        db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE, vfs=SHARD_VFS)
+    except apsw.Error:
+        return True
+    try:
+        if db.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0] == 0:
+            return False  # created, never given its tables
+        revision = db.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()
+        return (
+            revision is None
+            or bool(revision[0])
+            or db.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is not None
+        )
+    except apsw.Error:  # not a database, not a shard
+        return True
+    finally:
+        db.close()
 
 
 def _range_from_json(p: dict[str, Any]) -> KeyRange:

@@ -235,6 +235,69 @@ async def test_a_shard_file_that_cannot_be_opened_is_named_and_the_others_are_cl
     )  # p0, p2 and p3 were opened in parallel, then closed
 
 
+def refused_start(data_dir: Path, match: str) -> None:
+    again = ShardSet(data_dir)
+    try:
+        with pytest.raises(KeyspanError, match=match):
+            again.open(ranges_from_split_points_as_ids([b"x"]))
+    finally:
+        again.close()
+
+
+def ranges_from_split_points_as_ids(split: list[bytes]) -> list[tuple[str, KeyRange]]:
+    return [(f"q{i}", r) for i, r in enumerate(ranges_from_split_points(split))]
+
+
+async def test_written_shards_with_no_catalogue_are_refused_not_recut(tmp_path: Path) -> None:
+    shards = await open_set(tmp_path / "d", [b"g", b"n"])
+    await shards.write(b"a", Put(b"a", b"1"))
+    await shards.write(b"p", Put(b"p", b"2"))
+    shards.close()
+    catalogue = tmp_path / "d" / "catalogue.json"
+    saved = catalogue.read_bytes()
+    catalogue.unlink()
+
+    # Opened with other ranges, p0 and p2 would be served under ranges that are not theirs.
+    refused_start(tmp_path / "d", r"holds shard files with data \(p0\.db, p2\.db\) but no catalogue\.json")
+    assert sorted(p.name for p in (tmp_path / "d").glob("*.db")) == ["p0.db", "p1.db", "p2.db"]
+
+    catalogue.write_bytes(saved)  # restored: everything is there
+    again = await open_set(tmp_path / "d")
+    try:
+        assert [(await again.get(k)).value for k in (b"a", b"p")] == [b"1", b"2"]  # type: ignore[union-attr]
+    finally:
+        again.close()
+
+
+async def test_empty_shards_of_a_first_start_with_no_catalogue_are_a_new_data_dir(tmp_path: Path) -> None:
+    (await open_set(tmp_path / "d", [b"g"])).close()
+    (tmp_path / "d" / "catalogue.json").unlink()  # as if the first start stopped before writing it
+    (tmp_path / "d" / "p9.db").touch()  # a file SQLite created and never wrote
+    again = ShardSet(tmp_path / "d")
+    try:
+        again.open(ranges_from_split_points_as_ids([b"x"]))
+        assert [p.id for p in again.partitions] == ["q0", "q1"]
+    finally:
+        again.close()
+
+
+async def test_a_listed_shard_file_that_is_gone_is_refused_not_created_empty(tmp_path: Path) -> None:
+    shards = await open_set(tmp_path / "d", [b"g", b"n"])
+    await shards.write(b"h", Put(b"h", b"1"))
+    shards.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{tmp_path / 'd' / 'p1.db'}{suffix}").unlink(missing_ok=True)
+    refused_start(tmp_path / "d", r"lists partitions whose shard files are missing \(p1\.db\)")
+    assert not (tmp_path / "d" / "p1.db").exists()
+
+
+@pytest.mark.parametrize("body", ['{"partitions": [', '{"partitions": [{"id": "p0"}]}', "[]"])
+async def test_an_unreadable_catalogue_is_refused_naming_it(tmp_path: Path, body: str) -> None:
+    (await open_set(tmp_path / "d")).close()
+    (tmp_path / "d" / "catalogue.json").write_text(body)
+    refused_start(tmp_path / "d", r"^cannot read .*catalogue\.json \(\w+: .*\); it says which key range")
+
+
 async def test_the_shards_are_opened_and_checked_in_parallel(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

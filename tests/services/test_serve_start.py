@@ -1,0 +1,38 @@
+"""`keyspan serve` refuses a data dir it would serve wrongly: exit 4, one line, no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from keyspan.services.testing import free_port
+
+KEYSPAN = str(Path(sys.executable).with_name("keyspan"))
+
+
+def serve(data: Path, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GRPC_VERBOSITY": "ERROR"}
+    args = [KEYSPAN, "serve", "--address", f"127.0.0.1:{free_port()}", "--data", str(data)]
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout_s)
+
+
+def test_a_lost_shard_file_or_catalogue_stops_the_start_naming_it(tmp_path: Path) -> None:
+    from keyspan.storage.shardset import ShardSet, ranges_from_split_points
+
+    data = tmp_path / "data"
+    shards = ShardSet(data)
+    shards.open([(f"p{i}", r) for i, r in enumerate(ranges_from_split_points([b"n"]))])
+    shards.close()
+    (data / "p1.db").unlink()
+
+    started = serve(data)
+    assert started.returncode == 4
+    assert "catalogue.json lists partitions whose shard files are missing (p1.db)" in started.stderr
+    assert "Traceback" not in started.stderr and not (data / "p1.db").exists()
+
+    (data / "catalogue.json").write_text("{")
+    started = serve(data)
+    assert started.returncode == 4
+    assert started.stderr.startswith("keyspan: cannot read ") and "Traceback" not in started.stderr
