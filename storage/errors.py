@@ -99,11 +99,16 @@ class WrongPartitionError(KeyspanError):
 
 
 class UnavailableError(KeyspanError):
-    """Temporarily unable to serve (starting, draining, moving, closed); retry later."""
+    """Temporarily unable to serve (starting, draining, moving, closed); retry later.
 
-    def __init__(self, reason: str, retry_after_s: float = 0.1) -> None:
+    A write refused so was not applied, unless `may_have_applied`: a gateway that lost its
+    connection to the node after it sent the write on cannot know whether it committed.
+    """
+
+    def __init__(self, reason: str, retry_after_s: float = 0.1, *, may_have_applied: bool = False) -> None:
         super().__init__(reason)
         self.reason, self.retry_after_s = reason, retry_after_s
+        self.may_have_applied = may_have_applied
 
 
 class FailedPreconditionError(KeyspanError):

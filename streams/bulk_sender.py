@@ -186,7 +186,9 @@ class _Sender:
                     break
                 response = await call.read()
                 if response is grpc.aio.EOF:
-                    raise Unavailable("BulkPut stream ended before answering every batch")
+                    raise Unavailable(
+                        "BulkPut stream ended before answering every batch", may_have_applied=True
+                    )
                 self._acked(in_flight.popleft(), response.accepted)
             if call is not None:
                 await _finish(call)

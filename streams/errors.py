@@ -96,14 +96,24 @@ class WrongPartition(KeyspanClientError):
 
 
 class Unavailable(KeyspanClientError):
-    """The server is starting, draining or moving, or the connection failed. Retryable;
-    a write that got UNAVAILABLE was not applied."""
+    """The server is starting, draining or moving, or the connection failed. Retryable.
+
+    `may_have_applied` is False when a write was refused by the server (it says so:
+    ErrorInfo reason UNAVAILABLE or OPEN_FILES_LIMIT) or never sent (no connection could
+    be made); the write was not applied. It is True when the connection was lost after
+    the write was sent (gRPC's "Socket closed", or a gateway's CONNECTION_LOST): the
+    write may have been committed, so retry it only with a precondition, as after
+    DEADLINE_EXCEEDED.
+    """
 
     retryable = True
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after_s: float | None = None, *, may_have_applied: bool = False
+    ) -> None:
         super().__init__(message, grpc.StatusCode.UNAVAILABLE)
         self.retry_after_s = retry_after_s
+        self.may_have_applied = may_have_applied
 
 
 class DeadlineExceeded(KeyspanClientError):
@@ -113,6 +123,16 @@ class DeadlineExceeded(KeyspanClientError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+# gRPC's words for a call it never sent: no address of the target could be connected to.
+_NEVER_SENT = ("failed to connect to all addresses", "DNS resolution failed")
+
+
+def never_sent(details: str) -> bool:
+    """Whether an UNAVAILABLE that gRPC raised itself (not the server) failed before the
+    call left the client: after that, a lost connection leaves a write's fate unknown."""
+    return any(words in details for words in _NEVER_SENT)
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -186,7 +206,9 @@ def from_rpc_error(err: grpc.RpcError) -> KeyspanClientError:
         if reason == "NOT_JSON":
             return NotJson(message)
     if code == grpc.StatusCode.UNAVAILABLE:
-        return Unavailable(message, _retry_after(details))
+        # keyspan's own refusals carry an ErrorInfo; gRPC's transport failures do not.
+        may_have_applied = reason == "CONNECTION_LOST" if reason else not never_sent(message)
+        return Unavailable(message, _retry_after(details), may_have_applied=may_have_applied)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(message)
     return KeyspanClientError(message, code)

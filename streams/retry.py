@@ -195,9 +195,11 @@ async def update(
     `fn` gets the current value (decoded JSON when json=True), or None when the key is
     absent, in which case the write is a must-not-exist create. On ABORTED (someone wrote
     in between) the whole read-fn-write turn repeats, so `fn` must be free of side
-    effects. UNAVAILABLE is retried (such a write was not applied); DEADLINE_EXCEEDED is
-    retried only on the read: on the write it is raised, because the write may have
-    applied and repeating it could apply `fn` twice. Returns the entry as written.
+    effects. UNAVAILABLE is retried when the write was not applied (the server refused it,
+    or it was never sent). A write that may have applied is raised instead, because
+    repeating it could apply `fn` twice: DEADLINE_EXCEEDED, and UNAVAILABLE with
+    `may_have_applied` (the connection was lost after the write went out, as when a node
+    is killed). Reads are always retried. Returns the entry as written.
     """
     raw = key_bytes(key)
     stall = Stall(policy)
@@ -206,7 +208,11 @@ async def update(
     def predicate(err: BaseException) -> bool:
         if isinstance(err, EtagMismatch):
             return True
-        return is_retryable(err) and not (isinstance(err, DeadlineExceeded) and phase == "write")
+        if phase == "write" and (
+            isinstance(err, DeadlineExceeded) or (isinstance(err, Unavailable) and err.may_have_applied)
+        ):
+            return False
+        return is_retryable(err)
 
     async for attempt in AsyncRetrying(
         retry=retry_if_exception(predicate), stop=stall, wait=stall.wait, reraise=True,

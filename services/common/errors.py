@@ -114,8 +114,9 @@ def to_status(err: KeyspanError) -> grpc.Status | None:
                 _error_info("OPEN_FILES_LIMIT", partition_id=partition_id, limit=str(limit)),
                 _retry_info(after),
             )
-        case UnavailableError(retry_after_s=after):
-            return _status(code_pb2.UNAVAILABLE, str(err), _error_info("UNAVAILABLE"), _retry_info(after))
+        case UnavailableError(retry_after_s=after, may_have_applied=may_have_applied):
+            reason = "CONNECTION_LOST" if may_have_applied else "UNAVAILABLE"
+            return _status(code_pb2.UNAVAILABLE, str(err), _error_info(reason), _retry_info(after))
         case DiskFullError(partition_id=partition_id):
             return _status(
                 code_pb2.RESOURCE_EXHAUSTED,

@@ -20,6 +20,7 @@ from grpc_status import rpc_status
 from keyspan.services.config import GRPC_MAX_MESSAGE_BYTES
 from keyspan.storage.errors import UnavailableError, key_text
 from keyspan.streams.client_metrics import ClientMetrics
+from keyspan.streams.errors import never_sent
 from keyspan.streams.partition_map import MapEntry, MapWatcher
 from keyspan.v1 import errors_pb2, kv_pb2_grpc
 
@@ -119,13 +120,19 @@ class Router:
                     await self.after_wrong_partition(wrong)
                     continue
                 if is_transport_failure(err):
-                    raise node_unreachable(entry) from None
+                    raise node_unreachable(entry, err) from None
                 raise
         raise UnavailableError(f"key {key_text(key)}: routing did not settle; retry", retry_after_s=0.5)
 
 
-def node_unreachable(entry: MapEntry) -> UnavailableError:
+def node_unreachable(entry: MapEntry, err: grpc.aio.AioRpcError | None = None) -> UnavailableError:
+    """UNAVAILABLE for a call the node's connection failed; `err` is gRPC's failure (None
+    when a stream ended with no answer). Unless the call was never sent, a write may have
+    committed on the node: the caller is told so (ErrorInfo reason CONNECTION_LOST)."""
+    lost = err is None or not never_sent(err.details() or "")
+    what = "lost the connection to" if lost else "cannot reach"
     return UnavailableError(
-        f"node {entry.node_id} at {entry.address} (partition {entry.partition_id}) is unreachable",
+        f"{what} node {entry.node_id} at {entry.address} (partition {entry.partition_id})",
         retry_after_s=0.25,
+        may_have_applied=lost,
     )

@@ -50,7 +50,7 @@ class GatewayServicer(kv_pb2_grpc.KVServicer):
                 return await self._router.channels.stub(address).Stats(request, timeout=self._timeout_s)
             except grpc.aio.AioRpcError as err:
                 if is_transport_failure(err):
-                    raise node_unreachable(owners[address]) from None
+                    raise node_unreachable(owners[address], err) from None
                 await relay(context, err)
 
         answers = await asyncio.gather(*(ask(a) for a in owners))

@@ -164,7 +164,7 @@ async def scan_through(
                     await router.after_wrong_partition(wrong)
                     continue
                 if is_transport_failure(err):
-                    raise node_unreachable(entry) from None
+                    raise node_unreachable(entry, err) from None
                 await relay(context, err)
             finally:
                 if forwarder is not None:
@@ -229,7 +229,7 @@ async def _forward_batch(
                 await router.after_wrong_partition(wrong)
                 continue
             if is_transport_failure(err):
-                raise node_unreachable(entry) from None
+                raise node_unreachable(entry, err) from None
             await relay(context, err)
     raise UnavailableError("bulk put: routing did not settle; retry the batch", retry_after_s=0.5)
 
@@ -256,6 +256,6 @@ async def sweep_through(
                     yield kv_pb2.SweepResponse(scanned=scanned, deleted=deleted)
         except grpc.aio.AioRpcError as err:
             if is_transport_failure(err):
-                raise node_unreachable(entry) from None
+                raise node_unreachable(entry, err) from None
             await relay(context, err)
     yield kv_pb2.SweepResponse(scanned=scanned, deleted=deleted, done=True)

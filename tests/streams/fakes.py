@@ -2,8 +2,10 @@
 
 `FlakyRouter` wraps a StaticRouter; its stub passes every call to the real stub, except
 where the `Plan` says to fail: a unary call that raises a status before reaching the
-server, or a stream that breaks after N reads (responses already received are dropped,
-as when a connection resets). Every request sent is recorded.
+server (an UNAVAILABLE in gRPC's words for a call never sent), or after the server
+answered it (`Lost`: the connection dropped on the way back), or a stream that breaks
+after N reads (responses already received are dropped, as when a connection resets).
+Every request sent is recorded.
 """
 
 from __future__ import annotations
@@ -22,6 +24,21 @@ def rpc_error(code: grpc.StatusCode, details: str = "injected") -> grpc.aio.AioR
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
 
 
+def unsent_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    """What gRPC raises for a call it could not send (UNAVAILABLE: no connection)."""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return rpc_error(code, "failed to connect to all addresses; last error: injected")
+    return rpc_error(code)
+
+
+@dataclass(frozen=True)
+class Lost:
+    """A unary call that reaches the server and is answered, whose answer is lost."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+    details: str = "Stream removed (Socket closed)"
+
+
 @dataclass
 class StreamFault:
     """Break a stream: after `after_reads` responses read, the next read raises `code`.
@@ -37,12 +54,12 @@ class StreamFault:
 class Plan:
     """What to break, in order of calls; `None` in a stream list lets that call through."""
 
-    unary: dict[str, collections.deque[grpc.StatusCode | None]] = field(default_factory=dict)
+    unary: dict[str, collections.deque[grpc.StatusCode | Lost | None]] = field(default_factory=dict)
     streams: dict[str, collections.deque[StreamFault | None]] = field(default_factory=dict)
     calls: collections.Counter[str] = field(default_factory=collections.Counter)
     requests: list[tuple[str, Any]] = field(default_factory=list)
 
-    def fail_unary(self, method: str, *codes: grpc.StatusCode | None) -> None:
+    def fail_unary(self, method: str, *codes: grpc.StatusCode | Lost | None) -> None:
         self.unary.setdefault(method, collections.deque()).extend(codes)
 
     def fail_stream(self, method: str, *faults: StreamFault | None) -> None:
@@ -103,8 +120,11 @@ class FlakyStub:
             plan.requests.append((method, request))
             codes = plan.unary.get(method)
             code = codes.popleft() if codes else None
+            if isinstance(code, Lost):
+                await real(request, **kw)
+                raise rpc_error(code.code, code.details)
             if code is not None:
-                raise rpc_error(code)
+                raise unsent_error(code)
             return await real(request, **kw)
 
         return unary

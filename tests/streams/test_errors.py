@@ -1,4 +1,5 @@
-"""Client exceptions come from status codes and details, never from the message text."""
+"""Client exceptions come from status codes and details, never from the message text
+(except gRPC's own UNAVAILABLE, which has no details: its words say whether it was sent)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,28 @@ def test_unavailable_carries_retry_info() -> None:
     info = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=250_000_000))
     err = e.from_rpc_error(failed(grpc.StatusCode.UNAVAILABLE, info))
     assert isinstance(err, e.Unavailable) and err.retry_after_s == 0.25 and e.is_retryable(err)
+
+
+@pytest.mark.parametrize(
+    ("details", "message", "may_have_applied"),
+    [
+        # keyspan's own refusals say so in an ErrorInfo: the write was not applied
+        ((error_details_pb2.ErrorInfo(reason="UNAVAILABLE"),), "the server is stopping", False),
+        ((error_details_pb2.ErrorInfo(reason="OPEN_FILES_LIMIT"),), "no descriptors", False),
+        # a gateway that lost its node after sending the write on
+        ((error_details_pb2.ErrorInfo(reason="CONNECTION_LOST"),), "lost the connection", True),
+        # gRPC's own failures carry no details; only its words tell a call never sent
+        ((), "failed to connect to all addresses; last error: Connection refused", False),
+        ((), "Stream removed (Socket closed)", True),
+        ((), "recvmsg:Connection reset by peer", True),
+    ],
+)
+def test_unavailable_says_whether_a_write_may_have_applied(
+    details: tuple[object, ...], message: str, may_have_applied: bool
+) -> None:
+    err = e.from_rpc_error(failed(grpc.StatusCode.UNAVAILABLE, *details, message=message))
+    assert isinstance(err, e.Unavailable) and err.may_have_applied is may_have_applied
+    assert e.is_retryable(err)
 
 
 def test_text_alone_decides_nothing() -> None:

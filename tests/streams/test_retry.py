@@ -27,7 +27,7 @@ from keyspan.streams import (
 )
 from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.errors import KeyspanClientError
-from tests.streams.fakes import FlakyRouter, Plan, StreamFault
+from tests.streams.fakes import FlakyRouter, Lost, Plan, StreamFault
 
 pytestmark = pytest.mark.asyncio
 FAST = RetryPolicy(max_attempts=5, initial_backoff_s=0.001, max_backoff_s=0.01)
@@ -266,6 +266,18 @@ async def test_update_retries_unavailable_reads_and_writes(kv: AsyncClient, plan
     plan.fail_unary("Put", UNAVAILABLE)
     assert (await kv.update("u", lambda n: (n or 0) + 1, json=True)).value == 1
     assert plan.calls["Get"] == 4 and plan.calls["Put"] == 2
+
+
+async def test_update_raises_a_write_whose_answer_was_lost_instead_of_applying_fn_twice(
+    kv: AsyncClient, plan: Plan
+) -> None:
+    await kv.put("c", 0, json=True)
+    plan.fail_unary("Put", Lost())  # committed on the server; the connection dropped after
+    with pytest.raises(Unavailable) as lost:
+        await kv.update("c", lambda n: n + 1, json=True)
+    assert lost.value.may_have_applied and plan.calls["Put"] == 2  # the first put, then one
+    stored = await kv.get("c", json=True)
+    assert stored is not None and stored.value == 1  # applied once (a retry made it 2)
 
 
 async def test_update_raises_a_deadline_on_the_write_at_once(kv: AsyncClient, plan: Plan) -> None:
