@@ -26,6 +26,10 @@ from keyspan.storage.errors import key_text
 
 EXIT_SERVER_ERROR = 5
 EXAMPLES_ADDRESS = "127.0.0.1:7420"
+# load, dump and scan wait out a server that is away (a restart, a node moving) for up to
+# this long without progress, then go on where they were; the client's default gives up
+# after 8 failed attempts, a few seconds, which a restart of a big node outlasts.
+RIDE_OUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -267,6 +271,17 @@ def patch(
         click.echo(document.text)
 
 
+def _ride_out(kv: Any) -> Any:
+    """The retry policy of a long command, once the server has answered: a server that
+    cannot be reached at all fails the command within the client's default few seconds;
+    one that goes away later is waited for up to RIDE_OUT_S without progress."""
+    from keyspan.streams import RetryPolicy
+
+    for _ in kv.scan_ex(limit=1):  # default retries: a wrong address fails fast
+        break
+    return RetryPolicy(max_attempts=1_000_000, max_stall_s=RIDE_OUT_S)
+
+
 def _range(conn: Conn, start: str | None, end: str | None) -> tuple[bytes | None, bytes | None]:
     return (
         conn.key(start, "START") if start else None,
@@ -300,7 +315,10 @@ def scan(
     """
     lower, upper = _range(conn, start, end)
     with expected_errors(), conn.client() as kv:
-        for entry in kv.scan_ex(lower, upper, limit=limit, reverse=reverse, paths=list(paths)):
+        entries = kv.scan_ex(
+            lower, upper, limit=limit, reverse=reverse, paths=list(paths), policy=_ride_out(kv)
+        )
+        for entry in entries:
             _print_entry(conn, entry, with_key=True)
 
 
@@ -323,7 +341,7 @@ def dump(conn: Conn, start: str | None, end: str | None) -> None:
     lower, upper = _range(conn, start, end)
     out = sys.stdout
     with expected_errors(), conn.client() as kv:
-        for entry in kv.scan_ex(lower, upper):
+        for entry in kv.scan_ex(lower, upper, policy=_ride_out(kv)):
             out.write(dump_line(entry, conn.hex_keys) + "\n")
     out.flush()
 
@@ -354,7 +372,8 @@ def load(conn: Conn, file: Any, fmt: str, chunk_entries: int, batch_bytes: int, 
     ({"key": "k", "value": {"a": 1}}) a JSON document; "ttl_s" sets a TTL; "key_hex"
     and "value_b64" carry binary data. Later lines win over earlier ones with the same key.
     Input is sorted in bounded memory (runs of --chunk-entries spilled to temp files),
-    then streamed through BulkPut, retried until every entry is in.
+    then streamed through BulkPut, retried until every entry is in: a server that goes
+    away (a restart) is waited for up to 60 s without progress.
 
     \b
     Examples:
@@ -367,10 +386,12 @@ def load(conn: Conn, file: Any, fmt: str, chunk_entries: int, batch_bytes: int, 
     name = getattr(file, "name", "-")
     fmt = ("csv" if str(name).endswith(".csv") else "jsonl") if fmt == "auto" else fmt
     started = time.monotonic()
+    with expected_errors(), conn.client() as kv:
+        policy = _ride_out(kv)  # before the sort: an address that is wrong fails at once
     try:
         with sorted_records(read_records(file, fmt, conn.hex_keys, name), chunk_entries) as (count, records):
             entries = (wire_entry(*record) for record in records)
-            result = _bulk_load(conn, entries, count, batch_bytes, progress)
+            result = _bulk_load(conn, entries, count, batch_bytes, progress, policy)
     except RecordError as err:
         _fail(str(err), EXIT_USAGE)
     elapsed_s = time.monotonic() - started
@@ -382,7 +403,9 @@ def load(conn: Conn, file: Any, fmt: str, chunk_entries: int, batch_bytes: int, 
         click.echo(f"loaded {result.entries} entries in {elapsed_s:.1f} s ({rate:,.0f} entries/s)", err=True)
 
 
-def _bulk_load(conn: Conn, entries: Iterator[Any], total: int, batch_bytes: int, progress: bool) -> Any:
+def _bulk_load(
+    conn: Conn, entries: Iterator[Any], total: int, batch_bytes: int, progress: bool, policy: Any
+) -> Any:
     from tqdm import tqdm
 
     with (
@@ -399,7 +422,7 @@ def _bulk_load(conn: Conn, entries: Iterator[Any], total: int, batch_bytes: int,
             bar.update(result.entries - done)
             done = result.entries
 
-        return kv.bulk_put_ex(entries, batch_bytes=batch_bytes, on_progress=advance)
+        return kv.bulk_put_ex(entries, batch_bytes=batch_bytes, on_progress=advance, policy=policy)
 
 
 @cli.command()

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from keyspan.streams import calls
 from keyspan.streams.entry import Entry, encode_value, key_bytes
 from keyspan.streams.errors import InvalidArgument, KeyspanClientError, Unavailable, from_rpc_error
 from keyspan.streams.retry import DEFAULT_POLICY, RetryPolicy, Stall, retrying
@@ -179,7 +180,7 @@ class _Sender:
                     if call is None:
                         call, call_stub = stub.BulkPut(timeout=self.timeout_s), stub
                     in_flight.append(batch)  # from here on "maybe sent": re-sent if the stream fails
-                    await call.write(kv_pb2.BulkPutRequest(entries=batch.entries))
+                    await calls.write(call, kv_pb2.BulkPutRequest(entries=batch.entries))
                 if not in_flight:
                     if self.pending:
                         continue

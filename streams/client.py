@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from keyspan.storage.keys import key_successor
-from keyspan.streams import bulk_sender, retry
+from keyspan.streams import bulk_sender, calls, retry
 from keyspan.streams.bulk_sender import BulkItem, BulkPutResult
 from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.entry import Entry, KeyLike, Stats, SweepProgress, encode_value, key_bytes
@@ -84,7 +84,7 @@ def _scan_request(
 async def _granted(call: Any, credits: int) -> bool:
     """Send credits; False when the call had already ended (the server finished first)."""
     try:
-        await call.write(kv_pb2.ScanRequest(credits=credits))
+        await calls.write(call, kv_pb2.ScanRequest(credits=credits))
     except grpc.RpcError:
         return False
     return True
@@ -297,7 +297,7 @@ class AsyncClient:
             call = stub.Scan(timeout=timeout_s)
             window = _CreditWindow()
             try:
-                await call.write(_scan_request(start, end, limit, paths, reverse, window.outstanding))
+                await calls.write(call, _scan_request(start, end, limit, paths, reverse, window.outstanding))
                 while (response := await call.read()) is not grpc.aio.EOF:
                     if response.entries:
                         batch = [Entry.from_wire(e, json) for e in response.entries]
@@ -384,7 +384,7 @@ class AsyncClient:
                 request.end = piece_end
             call = stub.Sweep(timeout=self._deadline(timeout_s, True))
             try:
-                await call.write(request)
+                await calls.write(call, request)
                 while (response := await call.read()) is not grpc.aio.EOF:
                     scanned, deleted = base_scanned + response.scanned, base_deleted + response.deleted
                     if not response.done:

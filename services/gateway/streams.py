@@ -30,6 +30,7 @@ from keyspan.services.gateway.routing import (
 )
 from keyspan.storage.keys import KeyRange, key_successor
 from keyspan.storage.limits import MAX_CREDITS, check_credits, check_paths
+from keyspan.streams.calls import write as write_request
 from keyspan.streams.partition_map import MapEntry
 from keyspan.streams.scan import range_of
 from keyspan.streams.stopping import RESEND_BATCHES, RESUME_SCAN, unless_stopping
@@ -81,7 +82,7 @@ class _Flow:
         while True:
             while self.total > seen:
                 delta = min(self.total - seen, MAX_CREDITS)
-                await call.write(kv_pb2.ScanRequest(credits=delta))
+                await write_request(call, kv_pb2.ScanRequest(credits=delta))
                 seen += delta
             if self.closed:
                 await call.done_writing()
@@ -134,7 +135,7 @@ async def scan_through(
             try:
                 request.credits = min(flow.left, MAX_CREDITS)
                 total_at_open = flow.total - (flow.left - request.credits)
-                await call.write(request)  # the range first; more credits only after it
+                await write_request(call, request)  # the range first; more credits only after it
                 forwarder = asyncio.create_task(flow.forward(call, total_at_open))
                 while (
                     response := await unless_stopping(call.read(), stopping, RESUME_SCAN)
@@ -216,7 +217,7 @@ async def _forward_batch(
         if call is None:
             call = calls[entry.address] = router.channels.stub(entry.address).BulkPut()
         try:
-            await call.write(request)
+            await write_request(call, request)
             response = await call.read()
             if response is grpc.aio.EOF:
                 await call  # raises the stream's status

@@ -11,6 +11,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,15 @@ def test_expected_errors_exit_with_their_code_and_one_line(
 def test_unavailable_exits_4(server_address: str) -> None:
     code, output = invoke("127.0.0.1:1", "get", "k", "--timeout", "0.5")
     assert code == 4 and output.startswith("keyspan: unavailable:")
+
+
+@pytest.mark.parametrize("args", [("dump",), ("scan",), ("load", "-")])
+def test_a_long_command_to_an_address_nobody_serves_fails_fast(args: tuple[str, ...]) -> None:
+    """load, dump and scan wait out a server that goes away, but only once it answered."""
+    started = time.monotonic()
+    result = run_cli("127.0.0.1:1", *args, stdin=b'{"key": "a", "value": 1}\n')
+    assert result.returncode == 4 and result.stderr.startswith(b"keyspan: unavailable:")
+    assert time.monotonic() - started < 20  # the client's default retries, not RIDE_OUT_S
 
 
 def test_stats_prints_a_table(server_address: str) -> None:

@@ -1,0 +1,103 @@
+"""Clients across kill -9 restarts of a real `keyspan serve`: a bulk load goes on where it
+was, and a read-modify-write never applies its function twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from integration.conftest import FULL, ServeProcess
+from keyspan.streams import AsyncClient, Unavailable
+
+KEYSPAN = str(Path(sys.executable).with_name("keyspan"))
+KILLS = 6 if FULL else 3
+
+
+def kill_and_restart_while(server: ServeProcess, running: object, every_s: float) -> int:
+    """SIGKILL and restart the server every `every_s` while `running()`; the kills made."""
+    kills = 0
+    while running() and kills < KILLS:  # type: ignore[operator]
+        time.sleep(every_s)
+        if not running():  # type: ignore[operator]
+            break
+        server.kill()
+        kills += 1
+        server.start()  # the same data dir; back when health says SERVING
+    return kills
+
+
+@pytest.mark.quick
+def test_a_bulk_load_goes_on_across_kill_9_restarts(serve_process: ServeProcess, tmp_path: Path) -> None:
+    server = serve_process.start()
+    n = 400_000 if FULL else 150_000
+    keys = list(range(n))
+    random.Random(11).shuffle(keys)
+    source = tmp_path / "in.jsonl"
+    with source.open("w") as out:
+        for i in keys:
+            value: object = {"n": i, "pad": "x" * 40} if i % 4 == 0 else "v" * 100
+            out.write(json.dumps({"key": f"k/{i:07d}", "value": value}) + "\n")
+    env = {**os.environ, "KEYSPAN_ADDRESS": server.address}
+    load = subprocess.Popen(
+        [KEYSPAN, "load", str(source), "--no-progress", "--output", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    kills = kill_and_restart_while(server, lambda: load.poll() is None, every_s=0.8)
+    out, err = load.communicate(timeout=300)
+    assert load.returncode == 0, err.decode()[-2000:]
+    assert json.loads(out)["entries"] == n and kills >= 1
+
+    dumped = subprocess.run([KEYSPAN, "dump"], capture_output=True, env=env, timeout=300, check=True)
+    got = {o["key"]: o["value"] for o in map(json.loads, dumped.stdout.splitlines())}
+    want = {o["key"]: o["value"] for o in map(json.loads, source.read_text().splitlines())}
+    assert got == want
+
+
+@pytest.mark.quick
+def test_update_never_applies_its_function_twice_across_kill_9(serve_process: ServeProcess) -> None:
+    server = serve_process.start()
+    returned = raised = 0
+    stop = threading.Event()
+
+    async def count() -> int:
+        nonlocal returned, raised
+        async with AsyncClient(server.address) as kv:
+            await kv.put("counter", 0)
+
+            async def worker() -> None:
+                nonlocal returned, raised
+                while not stop.is_set():
+                    try:
+                        await kv.update("counter", lambda n: n + 1, json=True)
+                        returned += 1
+                    except Unavailable as err:
+                        assert err.may_have_applied, err  # any other was retried, not raised
+                        raised += 1
+
+            await asyncio.gather(*(worker() for _ in range(32)))
+            final = await kv.get("counter", json=True)
+            assert final is not None
+            return int(final.value)
+
+    result: list[int] = []
+    counting = threading.Thread(target=lambda: result.append(asyncio.run(count())))
+    counting.start()
+    time.sleep(1.0)
+    kills = kill_and_restart_while(server, lambda: True, every_s=1.0)
+    time.sleep(1.0)
+    stop.set()
+    counting.join(120)
+    assert kills == KILLS and result, "the counting thread did not finish"
+    # Every increment either returned, or raised as one that may have applied.
+    assert returned <= result[0] <= returned + raised, (returned, raised, result[0])

@@ -1,0 +1,42 @@
+"""Writing to a gRPC stream that may have just ended.
+
+grpc.aio reports a write to a stream whose call has ended in one of two ways, depending on
+whether its event loop has seen the end yet: `asyncio.InvalidStateError` ("RPC already
+finished"), or an AioRpcError INTERNAL "Internal error from Core" that takes the place of
+the status the server sent (grpc/grpc#36066). Both happen when a server is killed while a
+client streams to it, so a bulk load read "internal: Internal error from Core" and stopped
+instead of re-sending. `write` turns them into the stream's own status, or into UNAVAILABLE
+when grpc.aio has lost it, so the usual handling (retry, relay, resume) applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+
+_CORE_WRITE_FAILURE = "Internal error from Core"
+
+
+async def write(call: Any, request: Any) -> None:
+    """`call.write(request)`; raises an AioRpcError when the call has ended meanwhile."""
+    try:
+        await call.write(request)
+    except asyncio.InvalidStateError:  # the end was seen first: its status says why
+        code = await call.code()
+        if code == grpc.StatusCode.OK:
+            code, details = grpc.StatusCode.UNAVAILABLE, "the stream ended before this request was sent"
+        else:
+            details = await call.details()
+        trailing = await call.trailing_metadata()
+        raise grpc.aio.AioRpcError(code, await call.initial_metadata(), trailing, details) from None
+    except grpc.aio.AioRpcError as err:
+        if err.code() == grpc.StatusCode.INTERNAL and err.details() == _CORE_WRITE_FAILURE:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE,
+                err.initial_metadata(),
+                err.trailing_metadata(),
+                f"the stream ended while a request was being sent (gRPC: {_CORE_WRITE_FAILURE})",
+            ) from None
+        raise
