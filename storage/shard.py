@@ -148,6 +148,7 @@ class Shard:
         try:  # a file that is not a shard, a full disk: close the connection, then say so
             with self._db:
                 self._db.execute(_SCHEMA)
+                self._check_schema_version()
                 self._db.execute(
                     "INSERT OR IGNORE INTO meta VALUES('schema_version', ?), ('revision', 0)",
                     (SCHEMA_VERSION,),
@@ -167,6 +168,16 @@ class Shard:
         self._entries_delta = 0  # of the batch being applied; published when it commits
         # time.time_ns() when the last batch's statements were done and COMMIT began.
         self.last_applied_ns = 0
+
+    def _check_schema_version(self) -> None:
+        """Refuse a shard written by a keyspan with another layout (a newer one, after a
+        downgrade) before anything here writes to it."""
+        row = self._db.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+        if row is not None and row[0] != SCHEMA_VERSION:
+            raise KeyspanError(
+                f"partition {self.partition_id}: {self.path} has schema version {row[0]}; this "
+                f"keyspan reads version {SCHEMA_VERSION}: run the keyspan release that wrote it"
+            )
 
     def _connect(self) -> apsw.Connection:
         db = None

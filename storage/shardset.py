@@ -8,7 +8,6 @@ exactly the partitions it had.
 from __future__ import annotations
 
 import bisect
-import fcntl
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from typing import Any
 
 import apsw
 
+from keyspan.storage.dirlock import lock_directory
 from keyspan.storage.errors import ConfigError, KeyspanError, UnavailableError, WrongPartitionError
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.mutations import Bulk, Mutation, SweepBatch
@@ -168,12 +168,7 @@ class ShardSet:
 
     def _lock_data_dir(self) -> None:
         """Hold an exclusive lock on the data dir for as long as this process lives."""
-        self._lock_file = open(self.data_dir / "LOCK", "a+")  # noqa: SIM115 - held until exit
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            raise KeyspanError(f"{self.data_dir} is in use by another keyspan process") from None
+        self._lock_file = lock_directory(self.data_dir)
 
     def _open_shards(self, wanted: Sequence[tuple[str, KeyRange]]) -> list[tuple[Shard, float]]:
         """Open and check the shards, up to OPEN_THREADS at a time: quick_check reads every

@@ -17,6 +17,7 @@ from keyspan.services.control.cluster import (
     uniform_split_points,
 )
 from keyspan.services.control.store import MIGRATIONS, ControlStore
+from keyspan.storage.errors import KeyspanError
 from keyspan.streams.partition_map import SERVING, UNASSIGNED, UNAVAILABLE, TilingError
 
 T0 = 1_000_000
@@ -40,6 +41,22 @@ def test_schema_is_created_and_versioned(tmp_path: Path) -> None:
     assert {"nodes", "partitions", "oplog", "meta"} <= set(store.db.table_names())
     store.close()
     assert ControlStore(tmp_path / "control.db").migrate() == len(MIGRATIONS)
+
+
+def test_a_newer_unreadable_or_busy_control_db_is_refused(tmp_path: Path) -> None:
+    store = ControlStore(tmp_path / "control.db")
+    with pytest.raises(KeyspanError, match="in use by another keyspan process"):
+        ControlStore(tmp_path / "control.db")  # a second control on the same data dir
+    store._conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS) + 1,))
+    store.close()
+    with pytest.raises(KeyspanError, match=f"schema version {len(MIGRATIONS) + 1}; this keyspan knows"):
+        ControlStore(tmp_path / "control.db")
+
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "control.db").write_bytes(b"not a database " * 300)
+    with pytest.raises(KeyspanError, match=r"cannot open .*control\.db: file is not a database"):
+        ControlStore(tmp_path / "other" / "control.db")
+    ControlStore(tmp_path / "other" / "new.db").close()  # the failed opens let go of the lock
 
 
 def test_new_cluster_tiles_the_key_space_and_waits_for_min_nodes(tmp_path: Path) -> None:

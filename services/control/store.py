@@ -18,6 +18,9 @@ from typing import Any
 
 import sqlite_utils
 
+from keyspan.storage.dirlock import lock_directory
+from keyspan.storage.errors import KeyspanError
+
 
 def _v1(db: sqlite_utils.Database) -> None:
     db["meta"].create({"name": str, "value": str}, pk="name")
@@ -66,17 +69,31 @@ class ControlStore:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Two controls on one database would each hand out the map: the second is refused.
+        self._lock_file = lock_directory(path.parent)
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self.db = sqlite_utils.Database(self._conn)
-        self.migrate()
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self.db = sqlite_utils.Database(self._conn)
+            self.migrate()
+        except sqlite3.Error as err:  # not a database, a full disk, no permission
+            self.close()
+            raise KeyspanError(f"cannot open {path}: {err}") from None
+        except BaseException:
+            self.close()
+            raise
 
     def migrate(self) -> int:
         """Apply the missing migrations in order; answer the schema version."""
         if "schema_version" not in self.db.table_names():
             self.db["schema_version"].insert({"version": 0})
         version = self.schema_version()
+        if version > len(MIGRATIONS):
+            raise KeyspanError(
+                f"control.db has schema version {version}; this keyspan knows versions up to "
+                f"{len(MIGRATIONS)}: run the keyspan release that wrote it"
+            )
         for step in MIGRATIONS[version:]:
             step(self.db)
             version += 1
@@ -88,6 +105,7 @@ class ControlStore:
 
     def close(self) -> None:
         self._conn.close()
+        self._lock_file.close()
 
     def transaction(self) -> AbstractContextManager[sqlite_utils.Database]:
         """One transaction, one commit (one fsync) for the writes inside it."""

@@ -298,6 +298,20 @@ async def test_an_unreadable_catalogue_is_refused_naming_it(tmp_path: Path, body
     refused_start(tmp_path / "d", r"^cannot read .*catalogue\.json \(\w+: .*\); it says which key range")
 
 
+def test_a_shard_of_another_schema_version_is_refused_untouched(tmp_path: Path) -> None:
+    shard = Shard(tmp_path / "s.db", "s", KeyRange())
+    with shard._db:
+        shard._db.execute("UPDATE meta SET value = 2 WHERE name = 'schema_version'")
+    shard.close()
+    with pytest.raises(
+        KeyspanError, match=r"^partition t: .*s\.db has schema version 2; this keyspan reads version 1"
+    ):
+        Shard(tmp_path / "s.db", "t", KeyRange(b"a"))
+    db = apsw.Connection(str(tmp_path / "s.db"), vfs="unix-excl")
+    assert db.execute("SELECT value FROM meta WHERE name = 'partition_id'").fetchone() == ("s",)
+    db.close()
+
+
 async def test_the_shards_are_opened_and_checked_in_parallel(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
