@@ -19,6 +19,8 @@ from keyspan.services.config import ControlConfig, GatewayConfig, NodeConfig
 from keyspan.services.control.process import ControlProcess
 from keyspan.services.gateway.process import GatewayProcess
 from keyspan.services.node.process import NodeProcess
+from keyspan.storage.errors import KeyspanError
+from keyspan.storage.shardset import ShardSet
 from keyspan.streams import AsyncClient
 from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.map_router import MapRouter
@@ -318,3 +320,30 @@ async def test_a_session_with_a_bad_registration_or_heartbeat_is_refused_by_fiel
         # Nothing of a refused registration reached the map's nodes.
         nodes = await control_pb2_grpc.ControlStub(channel).ListNodes(control_pb2.ListNodesRequest())
         assert "x" not in {n.node_id for n in nodes.nodes} or field.startswith("heartbeat")
+
+
+async def test_a_second_node_with_the_same_id_and_another_disk_is_refused(
+    running: Running, tmp_path: Path
+) -> None:
+    """It would otherwise take over node a's partitions and serve them empty."""
+    first = running.nodes["a"]
+    owned_before = [(e.partition_id, e.address) for e in running.control.state.map.entries]  # type: ignore[union-attr]
+    impostor = NodeProcess(
+        NodeConfig(
+            address="127.0.0.1:0", probe_address="127.0.0.1:0", control=running.control.address, id="a",
+            data=tmp_path / "a-elsewhere", shutdown_grace_s=0.5, sync_timeout_s=10,
+        )
+    )  # fmt: skip
+    with pytest.raises(
+        KeyspanError,
+        match=r"refused this node: node a \(last at .*\) registered before from another data dir",
+    ):
+        await impostor.start()
+    await impostor.server.stop(None)
+    entries = running.control.state.map.entries  # type: ignore[union-attr]
+    assert [(e.partition_id, e.address) for e in entries] == owned_before
+    assert any(e.address == first.address for e in entries)
+    # The impostor let go of what it opened: its data dir can be opened again at once.
+    again = ShardSet(tmp_path / "a-elsewhere")
+    again.open(())
+    again.close()

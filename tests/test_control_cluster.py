@@ -117,6 +117,43 @@ def test_a_failing_probe_makes_a_node_suspect(tmp_path: Path) -> None:
     assert state.store.node("a")["status"] == UP
 
 
+def test_a_known_node_is_refused_from_another_disk_until_it_is_removed(tmp_path: Path) -> None:
+    state = make_state(tmp_path)
+    state.register("a", "127.0.0.1:7411", "", 1, [], T0, "disk1")
+    state.register("a", "127.0.0.1:7411", "", 1, [], T0 + 1, "disk1")  # a restart: same disk
+    with pytest.raises(
+        NotAllowedError, match=r"node a \(last at 127\.0\.0\.1:7411\) registered before from another"
+    ) as refused:
+        state.register("a", "127.0.0.1:7499", "", 1, [], T0 + 2, "disk2")
+    assert refused.value.reason == "DISK_MISMATCH"
+    assert state.store.node("a")["address"] == "127.0.0.1:7411"  # type: ignore[index]
+    state.register("a", "127.0.0.1:7411", "", 1, [], T0 + 3, "")  # an older node says no disk
+    assert state.store.node("a")["disk_id"] == "disk1"  # type: ignore[index]
+
+    state.remove("a", force=True)  # forgotten, disk and all: it may join from a new one
+    state.register("a", "127.0.0.1:7499", "", 1, [], T0 + 4, "disk2")
+    assert state.store.node("a")["disk_id"] == "disk2"  # type: ignore[index]
+
+
+def test_a_version_1_database_gains_the_disk_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    import sqlite_utils
+
+    from keyspan.services.control.store import _v1
+
+    conn = sqlite3.connect(tmp_path / "control.db")
+    db = sqlite_utils.Database(conn)
+    _v1(db)
+    db["schema_version"].insert({"version": 1})
+    db["nodes"].insert({"node_id": "old", "address": "127.0.0.1:1", "probe_address": "", "capacity": 1})
+    conn.commit()
+    conn.close()
+    store = ControlStore(tmp_path / "control.db")
+    assert store.schema_version() == len(MIGRATIONS) and store.node("old")["disk_id"] == ""  # type: ignore[index]
+    store.close()
+
+
 def test_remove_is_refused_while_the_node_owns_partitions(tmp_path: Path) -> None:
     state = make_state(tmp_path)
     join(state, "a")

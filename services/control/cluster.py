@@ -145,8 +145,17 @@ class ClusterState:
         capacity: int,
         hosted: Sequence[str],
         now_ms: int,
+        disk_id: str = "",
     ) -> bool:
         known = self.store.node(node_id)
+        if known is not None and known["disk_id"] and disk_id and known["disk_id"] != disk_id:
+            raise NotAllowedError(
+                "DISK_MISMATCH",
+                f"node {node_id} (last at {known['address']}) registered before from another data "
+                f"dir (disk {known['disk_id']}, this one {disk_id}): give every node its own --id; "
+                "a node's partitions are on the disk it registered from, so start it on that data "
+                f"dir (or a copy), or forget it with `keyspan admin remove {node_id} --force`",
+            )
         row: dict[str, Any] = {
             "node_id": node_id,
             "address": address,
@@ -155,6 +164,8 @@ class ClusterState:
             "status": UP,
             "last_heartbeat_ms": now_ms,
         }
+        if disk_id:
+            row["disk_id"] = disk_id
         if known is None:
             row |= {
                 "cordoned": 0,

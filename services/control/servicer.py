@@ -39,6 +39,8 @@ def _check_registration(reg: control_pb2.Register) -> None:
             port = 0
         if not 0 < port < 65536:
             raise InvalidArgumentError(f"register.{name}", f"{address[:100]!r} is not HOST:PORT")
+    if reg.disk_id and not NODE_ID.match(reg.disk_id):
+        raise InvalidArgumentError("register.disk_id", "must be empty or 1..64 characters of [A-Za-z0-9_.-]")
     if reg.capacity > MAX_CAPACITY:
         raise InvalidArgumentError("register.capacity", f"must be 0 (meaning 1) to {MAX_CAPACITY}")
 
@@ -109,6 +111,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             reg.capacity,
             list(reg.hosted),
             now_ms(),
+            reg.disk_id,
         )
         self._on_register(reg.node_id, reg.probe_address)
         log.info("node session", extra={"node_id": reg.node_id, "address": reg.address})

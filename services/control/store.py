@@ -57,7 +57,12 @@ def _v1(db: sqlite_utils.Database) -> None:
     db["oplog"].create({"id": int, "at_ms": int, "op": str, "detail": str}, pk="id")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+def _v2(db: sqlite_utils.Database) -> None:
+    # the data dir each node registered from (Register.disk_id); "" until it says
+    db["nodes"].add_column("disk_id", str, not_null_default="")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
 
 
 def now_ms() -> int:

@@ -23,7 +23,7 @@ from keyspan.services.config import NodeConfig
 from keyspan.services.node.reconcile import missing_key_error
 from keyspan.services.node.session import NodeSession
 from keyspan.services.server import KV_SERVICE, StorageProcess
-from keyspan.storage.errors import ConfigError
+from keyspan.storage.errors import ConfigError, KeyspanError
 from keyspan.streams.partition_map import PartitionMap
 
 log = logging.getLogger(__name__)
@@ -31,18 +31,23 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def resolve_node_id(config: NodeConfig) -> str:
-    """The id persisted in the data dir; written on first start (from --id or random)."""
+def resolve_node_id(config: NodeConfig) -> tuple[str, str]:
+    """(node id, disk id) persisted in the data dir, written on first start: the node id
+    from --id (or random), the disk id random. Control refuses a known node id that
+    registers with another disk id (Register.disk_id)."""
     path = config.data / "node_id"
     config.data.mkdir(parents=True, exist_ok=True)
     if path.exists():
-        stored = path.read_text().strip()
-        if config.id and config.id != stored:
-            raise ConfigError(f"id: {config.data} belongs to node {stored!r}, not {config.id!r}")
-        return stored
-    node_id = config.id or f"node-{uuid.uuid4().hex[:8]}"
-    path.write_text(node_id + "\n")
-    return node_id
+        node_id = path.read_text().strip()
+        if config.id and config.id != node_id:
+            raise ConfigError(f"id: {config.data} belongs to node {node_id!r}, not {config.id!r}")
+    else:
+        node_id = config.id or f"node-{uuid.uuid4().hex[:8]}"
+        path.write_text(node_id + "\n")
+    disk = config.data / "disk_id"
+    if not disk.exists():  # a new data dir, or one from before disk ids: it is this disk
+        disk.write_text(uuid.uuid4().hex + "\n")
+    return node_id, disk.read_text().strip()
 
 
 class NodeProcess(StorageProcess):
@@ -79,13 +84,14 @@ class NodeProcess(StorageProcess):
             log.error("not in sync: partitions failed to open", extra={"node_id": self.node_id})
 
     async def on_start(self) -> None:
-        self.node_id = await asyncio.to_thread(resolve_node_id, self.config)
+        self.node_id, disk_id = await asyncio.to_thread(resolve_node_id, self.config)
         await asyncio.to_thread(self.shards.open, ())
         self.shards.on_missing = functools.partial(missing_key_error, self.node_id, self.map)
         await self._start_probe()
         self.session = NodeSession(
             control_address=self.config.control,
             node_id=self.node_id,
+            disk_id=disk_id,
             address=self.address,
             probe_address=self._probe_address(),
             capacity=self.config.capacity,
@@ -95,7 +101,11 @@ class NodeProcess(StorageProcess):
         )
         self.session.start()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.session.synced.wait(), self.config.sync_timeout_s)
+            await asyncio.wait_for(self.session.settled(), self.config.sync_timeout_s)
+        if self.session.refused is not None:
+            refused = f"control {self.config.control} refused this node: {self.session.refused}"
+            await self.on_stop()  # the session, the probe port and the shards this start opened
+            raise KeyspanError(refused)
         if not self.session.synced.is_set():
             log.warning(
                 "control not reached; serving the partitions on disk", extra={"node_id": self.node_id}

@@ -28,6 +28,7 @@ class NodeSession:
         *,
         control_address: str,
         node_id: str,
+        disk_id: str,
         address: str,
         probe_address: str,
         capacity: int,
@@ -35,13 +36,27 @@ class NodeSession:
         partition_map: PartitionMap,
         on_synced: Callable[[bool], Awaitable[None]],
     ) -> None:
-        self.control_address, self.node_id = control_address, node_id
+        self.control_address, self.node_id, self.disk_id = control_address, node_id, disk_id
         self.address, self.probe_address, self.capacity = address, probe_address, capacity
         self.shards, self.map = shards, partition_map
         self.on_synced = on_synced
         self.synced = asyncio.Event()
         self.connected = False
+        # Why control refused the registration (a wrong disk or an invalid field), once it
+        # has: that does not pass by retrying, so the node's start fails with it.
+        self.refused: str | None = None
+        self._refused = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    async def settled(self) -> None:
+        """Until the node is in sync with its assignment, or control refused it."""
+        synced = asyncio.create_task(self.synced.wait())
+        refused = asyncio.create_task(self._refused.wait())
+        try:
+            await asyncio.wait({synced, refused}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            synced.cancel()
+            refused.cancel()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="control-session")
@@ -56,6 +71,7 @@ class NodeSession:
         return control_pb2.NodeMessage(
             register=control_pb2.Register(
                 node_id=self.node_id,
+                disk_id=self.disk_id,
                 address=self.address,
                 probe_address=self.probe_address,
                 capacity=self.capacity,
@@ -80,9 +96,15 @@ class NodeSession:
                         elif message.HasField("assignment"):
                             outbox.put_nowait(await self._apply(message.assignment.map))
             except grpc.aio.AioRpcError as err:
-                log.info(
-                    "control session broke", extra={"code": err.code().name, "control": self.control_address}
-                )
+                if err.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
+                    self.refused = err.details() or err.code().name
+                    self._refused.set()
+                    log.error("control refused the registration", extra={"error": self.refused})
+                else:
+                    log.info(
+                        "control session broke",
+                        extra={"code": err.code().name, "control": self.control_address},
+                    )
             finally:
                 self.connected = False
                 if beats is not None:
