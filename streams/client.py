@@ -261,6 +261,8 @@ class AsyncClient:
         """The range's entries as the server batches them, piece by piece of the router.
         Credits are granted as batches are consumed (never more than about two batches
         ahead). No retry: a broken stream raises; scan_ex resumes."""
+        if limit < 0:
+            raise ValueError(f"limit: must be 0 (no limit) or more, not {limit}")
         pieces = self.router.pieces(start, end)
         remaining = limit
         for piece_start, piece_end, stub in reversed(pieces) if reverse else pieces:

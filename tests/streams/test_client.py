@@ -191,3 +191,15 @@ def test_a_closed_client_can_close_again(server_address: str) -> None:
     kv.put("k", b"v")
     kv.close()
     kv.close()
+
+
+def test_a_closed_client_says_so(server_address: str) -> None:
+    kv = Client(server_address)
+    kv.close()
+    with pytest.raises(RuntimeError, match="this keyspan Client is closed"):
+        kv.get("k")  # was "Event loop is closed", and a coroutine never awaited
+
+
+def test_a_negative_scan_limit_is_named(client: Client) -> None:
+    with pytest.raises(ValueError, match="limit: must be 0 \\(no limit\\) or more, not -1"):
+        list(client.scan(limit=-1))
