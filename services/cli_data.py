@@ -347,7 +347,7 @@ def dump(conn: Conn, start: str | None, end: str | None) -> None:
 
 
 @cli.command()
-@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.argument("file", type=click.File("r", encoding="utf-8-sig"))  # a BOM (Excel) is not data
 @click.option(
     "--format",
     "fmt",
@@ -400,7 +400,8 @@ def load(conn: Conn, file: Any, fmt: str, chunk_entries: int, batch_bytes: int, 
     if conn.output == "json":
         click.echo(json.dumps({**summary, "entries_per_s": round(rate)}))
     else:
-        click.echo(f"loaded {result.entries} entries in {elapsed_s:.1f} s ({rate:,.0f} entries/s)", err=True)
+        what = "entry" if result.entries == 1 else "entries"
+        click.echo(f"loaded {result.entries:,} {what} in {elapsed_s:.1f} s ({rate:,.0f} entries/s)", err=True)
 
 
 def _bulk_load(

@@ -101,6 +101,20 @@ def test_load_reads_csv_and_stdin(server_address: str, tmp_path: Path) -> None:
     ]
 
 
+def test_load_reads_past_a_byte_order_mark(server_address: str, tmp_path: Path) -> None:
+    """Excel writes UTF-8 CSV with a BOM: it is not part of the first key (or of a JSON line)."""
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbfkey,value\r\na,1\r\n")
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"key": "b", "value": 2}\n')
+    for name in ("excel.csv", "bom.jsonl"):
+        loaded = run_cli(server_address, "load", str(tmp_path / name), "--no-progress")
+        assert loaded.returncode == 0, loaded.stderr
+        assert loaded.stderr.startswith(b"loaded 1 entry in ")
+    assert run_cli(server_address, "dump").stdout.decode().splitlines() == [
+        line({"key": "a", "value": "1"}),
+        line({"key": "b", "value": 2}),
+    ]
+
+
 def test_dump_keeps_the_ttl(server_address: str, tmp_path: Path) -> None:
     with Client(server_address) as kv:
         kv.put("t", b"v", ttl_s=600)
