@@ -224,16 +224,27 @@ def repair_round_trip(cluster: Cluster) -> Result:
     started = time.monotonic()
     stub = gateway_stub(cluster)
     key = b"z/repair/probe"
-    stub.Put(kv_pb2.PutRequest(key=key, value=b"on n1"), timeout=5)
     owner = next(
         line.split()[3] for line in cluster.admin("partitions").splitlines() if line.startswith("p0006")
     )
     other = "n2" if owner != "n2" else "n3"
+
+    def owner_entries() -> int:
+        rows = [line.split() for line in cluster.admin("nodes").splitlines()]
+        return next((int(r[4].replace(",", "")) for r in rows if r and r[0] == owner), 0)
+
+    before = owner_entries()
+    stub.Put(kv_pb2.PutRequest(key=key, value=b"on n1"), timeout=5)
+    # a heartbeat counts the node's partitions together: once its total grew, p0006 has 1
+    wait_until("a heartbeat to count the probe", lambda: owner_entries() > before)
+    refused = cluster.admin("repair", "p0006", "--to", other)  # its owner is up, with data
+    check("is up, with about" in refused and "--force" in refused, f"repair of a live partition: {refused}")
     check(
-        "now assigned to" in cluster.admin("repair", "p0006", "--to", other), "repair did not say what it did"
+        "now assigned to" in cluster.admin("repair", "p0006", "--to", other, "--force"),
+        "repair did not say what it did",
     )
     wait_until("the gateway to follow the repair", lambda: _get(stub, key) is False)
-    cluster.admin("repair", "p0006", "--to", owner)
+    cluster.admin("repair", "p0006", "--to", owner, "--force")
     wait_until("the data to come back with its owner", lambda: _get(stub, key) is True)
     return Result("repair to another node and back", 4, {}, time.monotonic() - started)
 

@@ -214,14 +214,24 @@ def remove(ctx: click.Context, node_id: str, force: bool) -> None:
 @admin.command()
 @click.argument("partition_id")
 @click.option("--to", "to_node_id", required=True, help="The node that takes the partition.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Reassign even if the owner is up and holds entries (the new owner serves its own disk).",
+)
 @click.pass_context
-def repair(ctx: click.Context, partition_id: str, to_node_id: str) -> None:
-    """Reassign PARTITION_ID to another node (data comes back by restore or the old disk)."""
+def repair(ctx: click.Context, partition_id: str, to_node_id: str, force: bool) -> None:
+    """Reassign PARTITION_ID to another node (data comes back by restore or the old disk).
+
+    For a partition whose node is lost. Refused while the owner is up and holds entries,
+    unless --force: moving data online is not built, so the new owner serves the range
+    from its own disk (empty if it never held it).
+    """
     from keyspan.v1 import control_pb2
 
     response = _call(
         ctx,
         "RepairPartition",
-        control_pb2.RepairPartitionRequest(partition_id=partition_id, to_node_id=to_node_id),
+        control_pb2.RepairPartitionRequest(partition_id=partition_id, to_node_id=to_node_id, force=force),
     )
     click.echo(f"partition {partition_id} now assigned to {to_node_id}; map version {response.version}")

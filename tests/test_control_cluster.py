@@ -187,6 +187,14 @@ def test_repair_moves_a_partition_to_a_schedulable_node(tmp_path: Path) -> None:
     victim = state.map.owned_by("a")[0].partition_id
     state.repair(victim, "b")
     assert state.map.by_id(victim).node_id == "b"
+    join(state, "a", now_ms=T0 + 7_000)  # a is back up
+    state.store.update_partition(victim, entries=12)  # b is up and holds entries now
+    with pytest.raises(NotAllowedError, match="is on node b, which is up, with about 12 entries") as refused:
+        state.repair(victim, "a")
+    assert refused.value.reason == "PARTITION_HAS_DATA" and state.map.by_id(victim).node_id == "b"
+    state.repair(victim, "a", force=True)
+    assert state.map.by_id(victim).node_id == "a"
+    state.repair(victim, "b")  # counts restart with each owner, and a has reported none
     state.set_flags("b", cordoned=1)
     with pytest.raises(NotAllowedError):
         state.repair(victim, "b")

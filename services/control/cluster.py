@@ -301,10 +301,28 @@ class ClusterState:
         self._settle()
         return owned
 
-    def repair(self, partition_id: str, to_node_id: str) -> None:
-        if self.map.by_id(partition_id) is None:
+    def repair(self, partition_id: str, to_node_id: str, force: bool = False) -> None:
+        entry = self.map.by_id(partition_id)
+        if entry is None:
             raise UnknownError("partition", partition_id)
         target = self._require_node(to_node_id)
+        row = self.partition_rows()[partition_id]
+        owner = self.store.node(entry.node_id) if entry.node_id else None
+        if (
+            not force
+            and owner is not None
+            and entry.node_id != to_node_id
+            and owner["status"] == UP
+            and row["entries"] > 0
+        ):
+            raise NotAllowedError(
+                "PARTITION_HAS_DATA",
+                f"partition {partition_id} is on node {entry.node_id}, which is up, with about "
+                f"{row['entries']:,} entries: {to_node_id} would serve it from its own disk (empty "
+                "if it never held it), since moving data online is not built, and what is written "
+                "there stays on its disk if you repair back. Repair is for a partition whose node "
+                "is lost; use --force to reassign anyway",
+            )
         if target["status"] != UP or target["cordoned"] or target["draining"]:
             raise NotAllowedError(
                 "NODE_NOT_SCHEDULABLE",
@@ -312,7 +330,8 @@ class ClusterState:
                 + (", cordoned" if target["cordoned"] else "")
                 + (", draining" if target["draining"] else ""),
             )
-        self.store.update_partition(partition_id, node_id=to_node_id, acked=0)
+        # the counts were the old owner's copy; the new owner's heartbeats report its own
+        self.store.update_partition(partition_id, node_id=to_node_id, acked=0, entries=0, bytes=0)
         self.store.log("repair", partition_id=partition_id, node_id=to_node_id)
         self._settle()
 

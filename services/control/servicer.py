@@ -221,5 +221,5 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         return control_pb2.RemoveNodeResponse(reassigned=moved, map_version=self._state.map.version)
 
     async def RepairPartition(self, request: control_pb2.RepairPartitionRequest, context: Any) -> Any:
-        await self._call(self._state.repair, request.partition_id, request.to_node_id)
+        await self._call(self._state.repair, request.partition_id, request.to_node_id, request.force)
         return to_message(self._state.map.version, self._state.map.entries)

@@ -129,12 +129,14 @@ class RemoveNodeResponse(_message.Message):
     def __init__(self, reassigned: _Optional[_Iterable[str]] = ..., map_version: _Optional[int] = ...) -> None: ...
 
 class RepairPartitionRequest(_message.Message):
-    __slots__ = ("partition_id", "to_node_id")
+    __slots__ = ("partition_id", "to_node_id", "force")
     PARTITION_ID_FIELD_NUMBER: _ClassVar[int]
     TO_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     partition_id: str
     to_node_id: str
-    def __init__(self, partition_id: _Optional[str] = ..., to_node_id: _Optional[str] = ...) -> None: ...
+    force: bool
+    def __init__(self, partition_id: _Optional[str] = ..., to_node_id: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class NodeMessage(_message.Message):
     __slots__ = ("register", "heartbeat", "ack")
