@@ -223,7 +223,7 @@ def repair_round_trip(cluster: Cluster) -> Result:
     """Repair a partition to another node and back: the data follows the owner's disk."""
     started = time.monotonic()
     stub = gateway_stub(cluster)
-    key = b"z/repair/probe"
+    key = b"z/repair/probe/%d" % time.time_ns()  # new each call: the entry count must grow
     owner = next(
         line.split()[3] for line in cluster.admin("partitions").splitlines() if line.startswith("p0006")
     )
