@@ -241,13 +241,7 @@ class ServeConfig(StorageConfig):
         return self
 
     def split_keys(self) -> list[bytes]:
-        keys = []
-        for part in filter(None, (p.strip() for p in self.split_points.split(","))):
-            try:
-                keys.append(bytes.fromhex(part[2:]) if part.startswith("0x") else part.encode())
-            except ValueError:
-                raise ConfigError(f"split_points: {part!r} is not valid hex") from None
-        return keys
+        return parse_split_points(self.split_points)
 
 
 def config_fields(cls: type) -> list[tuple[str, Any, dict[str, Any]]]:
