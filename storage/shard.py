@@ -149,6 +149,7 @@ class Shard:
             with self._db:
                 self._db.execute(_SCHEMA)
                 self._check_schema_version()
+                self._check_identity()
                 self._db.execute(
                     "INSERT OR IGNORE INTO meta VALUES('schema_version', ?), ('revision', 0)",
                     (SCHEMA_VERSION,),
@@ -177,6 +178,26 @@ class Shard:
             raise KeyspanError(
                 f"partition {self.partition_id}: {self.path} has schema version {row[0]}; this "
                 f"keyspan reads version {SCHEMA_VERSION}: run the keyspan release that wrote it"
+            )
+
+    def _check_identity(self) -> None:
+        """Refuse a shard that was made for another partition or range: a partition keeps
+        its id and range for life, so a difference means a data dir from another partition
+        map (a `keyspan serve` data dir given to a node, say), whose keys would be served
+        under ranges that do not hold them, out of sight."""
+        stored = dict(
+            self._db.execute("SELECT name, value FROM meta WHERE name IN ('partition_id', 'start', 'end')")
+        )
+        if not stored:
+            return  # a new shard
+        was = (stored.get("partition_id"), stored.get("start"), stored.get("end"))
+        if was != (self.partition_id, self.range.start, self.range.end):
+            held = KeyRange(was[1] or b"", was[2])
+            raise KeyspanError(
+                f"partition {self.partition_id}: {self.path} holds partition {was[0]} {held}, not "
+                f"{self.partition_id} {self.range}: it was made for another partition map (a "
+                "`keyspan serve` data dir given to a node, or a node's data dir to another "
+                "cluster); start on the data dir this map was made with"
             )
 
     def _connect(self) -> apsw.Connection:

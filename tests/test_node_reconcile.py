@@ -11,6 +11,7 @@ from keyspan.services.node.reconcile import missing_key_error, reconcile
 from keyspan.storage.errors import UnavailableError, WrongPartitionError
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.mutations import Put
+from keyspan.storage.shard import Shard
 from keyspan.storage.shardset import ShardSet
 from keyspan.streams.partition_map import SERVING, MapEntry, PartitionMap, to_message
 
@@ -80,3 +81,32 @@ async def test_keys_of_other_nodes_get_wrong_partition_with_the_owner(tmp_path: 
             await shards.get(b"z")
     finally:
         shards.close()
+
+
+async def test_a_shard_made_for_another_map_is_refused_and_its_keys_say_why(tmp_path: Path) -> None:
+    """A `keyspan serve` data dir (cut at g, n) given to a node of a map cut elsewhere: its
+    p1 would be served as [g, n) under another range, its keys out of sight."""
+    serve = ShardSet(tmp_path)
+    serve.open([("p1", KeyRange(b"a", b"h"))])
+    await serve.write(b"b", Put(b"b", b"kept"))
+    serve.close()
+
+    shards = ShardSet(tmp_path)
+    shards.open(())
+    m = cluster_map(4, ("me", "me", "me"))  # p1 is [g, n) here
+    failures: dict[str, str] = {}
+    shards.on_missing = functools.partial(missing_key_error, "me", m, failures=failures)
+    try:
+        hosted, failed = await reconcile(shards, "me", m, failures)
+        assert sorted(hosted) == ["p0", "p2"] and [f.split(":")[0] for f in failed] == ["p1"]
+        assert "holds partition p1 ['a', 'h'), not p1 ['g', 'n')" in failures["p1"]
+        with pytest.raises(UnavailableError, match=r"partition p1 failed to open on this node: .*holds"):
+            await shards.get(b"h")
+    finally:
+        shards.close()
+    kept = Shard(tmp_path / "p1.db", "p1", KeyRange(b"a", b"h"))  # the file is as it was
+    try:
+        row = Shard.get(kept.point_reader(wait=True), b"b", 0)
+        assert row is not None and row.value == b"kept"
+    finally:
+        kept.close()

@@ -86,7 +86,6 @@ class NodeProcess(StorageProcess):
     async def on_start(self) -> None:
         self.node_id, disk_id = await asyncio.to_thread(resolve_node_id, self.config)
         await asyncio.to_thread(self.shards.open, ())
-        self.shards.on_missing = functools.partial(missing_key_error, self.node_id, self.map)
         await self._start_probe()
         self.session = NodeSession(
             control_address=self.config.control,
@@ -98,6 +97,9 @@ class NodeProcess(StorageProcess):
             shards=self.shards,
             partition_map=self.map,
             on_synced=self._synced,
+        )
+        self.shards.on_missing = functools.partial(
+            missing_key_error, self.node_id, self.map, failures=self.session.failures
         )
         self.session.start()
         with contextlib.suppress(TimeoutError):

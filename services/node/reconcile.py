@@ -13,11 +13,12 @@ log = logging.getLogger(__name__)
 
 
 async def reconcile(
-    shards: ShardSet, node_id: str, partition_map: PartitionMap
+    shards: ShardSet, node_id: str, partition_map: PartitionMap, failures: dict[str, str] | None = None
 ) -> tuple[list[str], list[str]]:
     """Close partitions no longer ours (their files stay), open or create the ones assigned.
 
-    Answers (hosted partition ids, "id: reason" for each that failed to open).
+    Answers (hosted partition ids, "id: reason" for each that failed to open); `failures`,
+    when given, is set to {partition id: reason} of those, for missing_key_error.
     """
     wanted = {e.partition_id: e.range for e in partition_map.owned_by(node_id)}
     for p in shards.partitions:
@@ -26,6 +27,7 @@ async def reconcile(
             await asyncio.to_thread(shards.drop_partition, p.id)
     held = {p.id for p in shards.partitions}
     failed = []
+    reasons: dict[str, str] = {}
     for partition_id, key_range in wanted.items():
         if partition_id in held:
             continue
@@ -34,15 +36,25 @@ async def reconcile(
         except KeyspanError as err:
             log.error("cannot open partition", extra={"partition_id": partition_id, "error": str(err)})
             failed.append(f"{partition_id}: {err}")
+            reasons[partition_id] = str(err)
+    if failures is not None:
+        failures.clear()
+        failures.update(reasons)
     return [p.id for p in shards.partitions], failed
 
 
-def missing_key_error(node_id: str, partition_map: PartitionMap, key: bytes) -> WrongPartitionError:
+def missing_key_error(
+    node_id: str, partition_map: PartitionMap, key: bytes, failures: dict[str, str] | None = None
+) -> WrongPartitionError:
     """The error for a key this node does not host: the owner from the node's map, or
-    UNAVAILABLE when the map says this node owns it and it is still being opened."""
+    UNAVAILABLE when the map says this node owns it: still being opened, or failed to open
+    (`failures`, from reconcile: the reason goes to the client, as it stays until fixed)."""
     if not len(partition_map):
         return WrongPartitionError(key)
     entry = partition_map.locate(key)
     if entry.node_id == node_id:
+        why = (failures or {}).get(entry.partition_id)
+        if why is not None:
+            raise UnavailableError(f"partition {entry.partition_id} failed to open on this node: {why}", 5.0)
         raise UnavailableError(f"partition {entry.partition_id} is opening on this node")
     return entry.wrong_partition(key, partition_map.version)

@@ -46,6 +46,9 @@ class NodeSession:
         # has: that does not pass by retrying, so the node's start fails with it.
         self.refused: str | None = None
         self._refused = asyncio.Event()
+        # {partition id: why} for the assigned partitions that failed to open, as of the
+        # last reconciliation (the node's answers for their keys say why).
+        self.failures: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def settled(self) -> None:
@@ -114,7 +117,7 @@ class NodeSession:
 
     async def _apply(self, message: control_pb2.PartitionMap) -> control_pb2.NodeMessage:
         self.map.apply(message)
-        hosted, failed = await reconcile(self.shards, self.node_id, self.map)
+        hosted, failed = await reconcile(self.shards, self.node_id, self.map, self.failures)
         await self.on_synced(not failed)
         if not failed:
             self.synced.set()

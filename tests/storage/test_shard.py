@@ -298,6 +298,20 @@ async def test_an_unreadable_catalogue_is_refused_naming_it(tmp_path: Path, body
     refused_start(tmp_path / "d", r"^cannot read .*catalogue\.json \(\w+: .*\); it says which key range")
 
 
+@pytest.mark.parametrize(("partition_id", "key_range"), [("s", KeyRange(b"a", b"m")), ("t", KeyRange())])
+def test_a_shard_made_for_another_partition_is_refused_untouched(
+    tmp_path: Path, partition_id: str, key_range: KeyRange
+) -> None:
+    Shard(tmp_path / "s.db", "s", KeyRange()).close()
+    Shard(tmp_path / "s.db", "s", KeyRange()).close()  # the same partition opens again
+    with pytest.raises(KeyspanError, match=r"^partition \w: .*s\.db holds partition s \[-inf, \+inf\), not "):
+        Shard(tmp_path / "s.db", partition_id, key_range)
+    db = apsw.Connection(str(tmp_path / "s.db"), vfs="unix-excl")
+    assert db.execute("SELECT value FROM meta WHERE name = 'end'").fetchone() == (None,)
+    assert db.execute("SELECT value FROM meta WHERE name = 'partition_id'").fetchone() == ("s",)
+    db.close()
+
+
 def test_a_shard_of_another_schema_version_is_refused_untouched(tmp_path: Path) -> None:
     shard = Shard(tmp_path / "s.db", "s", KeyRange())
     with shard._db:
