@@ -70,6 +70,15 @@ def test_new_cluster_tiles_the_key_space_and_waits_for_min_nodes(tmp_path: Path)
     assert sorted(owners) == ["a", "a", "b", "b"]
 
 
+def test_a_partition_with_no_owner_goes_to_the_node_that_holds_it(tmp_path: Path) -> None:
+    """A control started afresh (its control.db lost) beside nodes that kept their disks."""
+    state = make_state(tmp_path, min_nodes=2)
+    join(state, "a", hosted=("p0003", "p0001"))
+    join(state, "b", hosted=("p0000", "p0002"))
+    owners = {e.partition_id: e.node_id for e in state.map.entries}
+    assert owners == {"p0000": "b", "p0001": "a", "p0002": "b", "p0003": "a"}
+
+
 def test_map_version_grows_on_every_change_and_only_then(tmp_path: Path) -> None:
     state = make_state(tmp_path)
     v0 = state.map.version

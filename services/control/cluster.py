@@ -66,6 +66,10 @@ def uniform_split_points(partitions: int) -> list[bytes]:
 class ClusterState:
     def __init__(self, store: ControlStore, liveness: Liveness, min_nodes: int = 1) -> None:
         self.store, self.liveness, self.min_nodes = store, liveness, min_nodes
+        # The partitions each node said it holds on its disk (its registration), so that
+        # a partition with no owner goes back to the node that has its data: after a
+        # control.db is lost, or a node forgotten with remove --force rejoins.
+        self._on_disk: dict[str, set[str]] = {}
         self.map = PartitionMap()
         self._rebuild_map(initial=True)
 
@@ -166,6 +170,7 @@ class ClusterState:
         }
         if disk_id:
             row["disk_id"] = disk_id
+        self._on_disk[node_id] = set(hosted)
         if known is None:
             row |= {
                 "cordoned": 0,
@@ -265,7 +270,8 @@ class ClusterState:
             if p["node_id"] in load:
                 load[p["node_id"]] += 1
         for p in orphans:
-            owner = min(load, key=lambda node_id: (load[node_id] / capacity[node_id], node_id))
+            holders = [n for n in load if p["partition_id"] in self._on_disk.get(n, ())]
+            owner = min(holders or load, key=lambda node_id: (load[node_id] / capacity[node_id], node_id))
             load[owner] += 1
             self.store.update_partition(p["partition_id"], node_id=owner, acked=0)
             self.store.log("assign", partition_id=p["partition_id"], node_id=owner)
