@@ -101,7 +101,10 @@ class Routed:
                     raise
                 with self.lock:
                     self.router.on_wrong_partition(detail)
-        raise RuntimeError(f"routing for {key!r} did not settle")
+        # Nodes whose maps disagree while control restarts: every one refused the call, so
+        # nothing was applied; take control's map and let the caller try again.
+        self.refresh()
+        raise Unavailable(f"routing for {key!r} did not settle")
 
 
 @dataclass
@@ -205,7 +208,7 @@ class CounterWorkload:
                 call(key, "Put", put)
                 return True
             except Unavailable as err:
-                self.tally.error(_name(err))  # raised before any call: this attempt sent nothing
+                self.tally.error(_name(err))  # no map, or every node refused it: nothing applied
             except grpc.RpcError as err:
                 self.tally.error(_name(err))
                 if err.code() == grpc.StatusCode.ABORTED:

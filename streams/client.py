@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from keyspan.storage.errors import key_text
 from keyspan.storage.keys import key_successor
 from keyspan.streams import bulk_sender, calls, retry
 from keyspan.streams.bulk_sender import BulkItem, BulkPutResult
@@ -147,22 +148,27 @@ class AsyncClient:
         return self.stream_timeout_s if stream else self.timeout_s
 
     async def _unary(self, method: str, key: bytes, request: Any, timeout_s: float | None) -> Any:
-        """Call `method` on the key's owner; follow WrongPartition when the router learns."""
-        for hop in range(MAX_ROUTING_HOPS):
+        """Call `method` on the key's owner; follow WrongPartition when the router learns.
+
+        Nodes whose maps disagree (control restarting, a partition reassigned) can send a
+        call from one to the other: after MAX_ROUTING_HOPS that is Unavailable (retry in a
+        moment), as a gateway answers, not a WrongPartition; no node took the call.
+        """
+        for _ in range(MAX_ROUTING_HOPS):
             stub = self.router.stub_for_key(key)
             try:
                 return await getattr(stub, method)(request, timeout=self._deadline(timeout_s))
             except grpc.RpcError as rpc_error:
                 err = from_rpc_error(rpc_error)
-            if not (
-                isinstance(err, WrongPartition)
-                and hop + 1 < MAX_ROUTING_HOPS
-                and self.router.on_wrong_partition(err)
-            ):
+            if not (isinstance(err, WrongPartition) and self.router.on_wrong_partition(err)):
                 raise err
             if self.metrics is not None:
                 self.metrics.redirected(err.partition_id)
-        raise AssertionError("unreachable")
+        raise Unavailable(
+            f"key {key_text(key)}: routing did not settle after {MAX_ROUTING_HOPS} redirections "
+            "(the nodes' maps disagree while they change); retry",
+            retry_after_s=0.5,
+        )
 
     async def get(
         self,

@@ -109,3 +109,33 @@ def test_a_full_disk_is_its_own_error_and_not_retried() -> None:
     err = e.from_rpc_error(failed(grpc.StatusCode.RESOURCE_EXHAUSTED, info, retry))
     assert isinstance(err, e.DiskFull) and not isinstance(err, e.InvalidArgument)
     assert (err.partition_id, err.retry_after_s, e.is_retryable(err)) == ("p0002", 5.0, False)
+
+
+class DisagreeingRouter(StaticRouter):
+    """Every node it asks says another one owns the key (maps that disagree), and it learns."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address)
+        self.hops = 0
+
+    def stub_for_key(self, key: bytes) -> object:
+        detail = errors_pb2.WrongPartition(key=key, address=self.address, map_version=2 + self.hops)
+
+        class Elsewhere:
+            async def Put(self, request: object, timeout: float | None = None) -> object:
+                raise failed(grpc.StatusCode.FAILED_PRECONDITION, detail)
+
+        return Elsewhere()
+
+    def on_wrong_partition(self, err: e.WrongPartition) -> bool:
+        self.hops += 1
+        return True
+
+
+@pytest.mark.asyncio
+async def test_routing_that_does_not_settle_is_unavailable_not_wrong_partition(server_address: str) -> None:
+    router = DisagreeingRouter(server_address)
+    async with AsyncClient(router=router) as kv:  # type: ignore[arg-type]
+        with pytest.raises(e.Unavailable, match="routing did not settle after 3 redirections") as caught:
+            await kv.put("k", b"v")
+    assert router.hops == 3 and not caught.value.may_have_applied and caught.value.retry_after_s == 0.5
