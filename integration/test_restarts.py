@@ -101,3 +101,27 @@ def test_update_never_applies_its_function_twice_across_kill_9(serve_process: Se
     assert kills == KILLS and result, "the counting thread did not finish"
     # Every increment either returned, or raised as one that may have applied.
     assert returned <= result[0] <= returned + raised, (returned, raised, result[0])
+
+
+@pytest.mark.quick
+def test_a_load_through_a_gateway_waits_for_a_node_that_is_down_when_it_starts(tmp_path: Path) -> None:
+    """The gateway answers (its node is away), so the load waits instead of failing fast."""
+    from integration.cluster import Cluster
+
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        "".join(json.dumps({"key": f"{c}/{i:05d}", "value": "v"}) + "\n" for c in "aku" for i in range(2000))
+    )
+    with Cluster() as cluster:
+        cluster.node(1).stop()
+        env = {**os.environ, "KEYSPAN_ADDRESS": cluster.gateway.address}
+        load = subprocess.Popen(
+            [KEYSPAN, "load", str(source), "--no-progress"], env=env, stderr=subprocess.PIPE
+        )
+        time.sleep(4.0)  # longer than the client's default retries
+        assert load.poll() is None, load.stderr.read().decode() if load.stderr else ""
+        cluster.node(1).start()
+        _, err = load.communicate(timeout=120)
+        assert load.returncode == 0, err.decode()
+        dumped = subprocess.run([KEYSPAN, "dump"], capture_output=True, env=env, timeout=60, check=True)
+        assert len(dumped.stdout.splitlines()) == 6000

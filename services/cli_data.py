@@ -274,11 +274,17 @@ def patch(
 def _ride_out(kv: Any) -> Any:
     """The retry policy of a long command, once the server has answered: a server that
     cannot be reached at all fails the command within the client's default few seconds;
-    one that goes away later is waited for up to RIDE_OUT_S without progress."""
-    from keyspan.streams import RetryPolicy
+    one that answers but has a partition away (a gateway whose node restarts), or goes
+    away later, is waited for up to RIDE_OUT_S without progress."""
+    from keyspan.streams import RetryPolicy, Unavailable
+    from keyspan.streams.errors import never_sent
 
-    for _ in kv.scan_ex(limit=1):  # default retries: a wrong address fails fast
-        break
+    try:
+        for _ in kv.scan_ex(limit=1):  # default retries: a wrong address fails fast
+            break
+    except Unavailable as err:
+        if never_sent(err.message):
+            raise
     return RetryPolicy(max_attempts=1_000_000, max_stall_s=RIDE_OUT_S)
 
 
