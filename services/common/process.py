@@ -130,6 +130,8 @@ class GrpcProcess:
             await self.server.stop(None)
             await asyncio.to_thread(self.observability.stop)
             raise
+        if self.stopping.is_set():  # told to stop while starting: never report SERVING
+            return self.port
         await self.set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving",
@@ -173,9 +175,14 @@ async def run_until_signal(make: Callable[[], GrpcProcess]) -> None:
     """
     process = make()
     stop = asyncio.Event()
+
+    def on_signal() -> None:
+        stop.set()
+        process.stopping.set()  # a start that waits on others (a gateway's first map) gives up
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await process.start()
     freeze_startup_objects()
     await stop.wait()

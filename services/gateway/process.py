@@ -41,8 +41,9 @@ class GatewayProcess(GrpcProcess):
 
     async def on_start(self) -> None:
         self.watcher.start()
-        # NOT_SERVING until the first map arrives, however long control takes.
-        while not await self.watcher.wait_for(1, timeout_s=3600):
+        # NOT_SERVING until the first map arrives, however long control takes, unless the
+        # gateway is told to stop meanwhile (SIGTERM with control away).
+        while not self.stopping.is_set() and not await self.watcher.wait_for(1, timeout_s=0.5):
             continue
 
     async def on_stop(self) -> None:

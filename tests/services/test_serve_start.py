@@ -36,3 +36,31 @@ def test_a_lost_shard_file_or_catalogue_stops_the_start_naming_it(tmp_path: Path
     started = serve(data)
     assert started.returncode == 4
     assert started.stderr.startswith("keyspan: cannot read ") and "Traceback" not in started.stderr
+
+
+def test_a_gateway_waiting_for_control_stops_on_sigterm() -> None:
+    """It waits NOT_SERVING for its first map, however long control takes, but not past a
+    SIGTERM (it used to ignore one until a map came)."""
+    import signal
+    import time
+
+    env = {**os.environ, "GRPC_VERBOSITY": "ERROR"}
+    args = [
+        KEYSPAN,
+        "gateway",
+        "--control",
+        f"127.0.0.1:{free_port()}",
+        "--address",
+        f"127.0.0.1:{free_port()}",
+    ]
+    gateway = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.0)
+        assert gateway.poll() is None
+        gateway.send_signal(signal.SIGTERM)
+        assert gateway.wait(10) == 0
+        assert '"serving"' not in (gateway.stderr.read() if gateway.stderr else "")
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.wait()
