@@ -148,8 +148,7 @@ class Shard:
         try:  # a file that is not a shard, a full disk: close the connection, then say so
             with self._db:
                 self._db.execute(_SCHEMA)
-                self._check_schema_version()
-                self._check_identity()
+                self._check_meta()
                 self._db.execute(
                     "INSERT OR IGNORE INTO meta VALUES('schema_version', ?), ('revision', 0)",
                     (SCHEMA_VERSION,),
@@ -170,27 +169,22 @@ class Shard:
         # time.time_ns() when the last batch's statements were done and COMMIT began.
         self.last_applied_ns = 0
 
-    def _check_schema_version(self) -> None:
-        """Refuse a shard written by a keyspan with another layout (a newer one, after a
-        downgrade) before anything here writes to it."""
-        row = self._db.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
-        if row is not None and row[0] != SCHEMA_VERSION:
+    def _check_meta(self) -> None:
+        """Refuse, before anything here writes to it, a shard written by a keyspan with
+        another layout (a newer one, after a downgrade), or made for another partition or
+        range: a partition keeps its id and range for life, so a difference means a data
+        dir from another partition map (a `keyspan serve` data dir given to a node, say),
+        whose keys would be served under ranges that do not hold them, out of sight."""
+        stored = dict(self._db.execute("SELECT name, value FROM meta"))
+        version = stored.get("schema_version")
+        if version is not None and version != SCHEMA_VERSION:
             raise KeyspanError(
-                f"partition {self.partition_id}: {self.path} has schema version {row[0]}; this "
+                f"partition {self.partition_id}: {self.path} has schema version {version}; this "
                 f"keyspan reads version {SCHEMA_VERSION}: run the keyspan release that wrote it"
             )
-
-    def _check_identity(self) -> None:
-        """Refuse a shard that was made for another partition or range: a partition keeps
-        its id and range for life, so a difference means a data dir from another partition
-        map (a `keyspan serve` data dir given to a node, say), whose keys would be served
-        under ranges that do not hold them, out of sight."""
-        stored = dict(
-            self._db.execute("SELECT name, value FROM meta WHERE name IN ('partition_id', 'start', 'end')")
-        )
-        if not stored:
+        if "partition_id" not in stored:
             return  # a new shard
-        was = (stored.get("partition_id"), stored.get("start"), stored.get("end"))
+        was = (stored["partition_id"], stored.get("start"), stored.get("end"))
         if was != (self.partition_id, self.range.start, self.range.end):
             held = KeyRange(was[1] or b"", was[2])
             raise KeyspanError(
@@ -199,6 +193,28 @@ class Shard:
                 "`keyspan serve` data dir given to a node, or a node's data dir to another "
                 "cluster); start on the data dir this map was made with"
             )
+
+    @staticmethod
+    def was_written(path: Path) -> bool:
+        """Whether a shard file ever took a write, or is something else than an empty
+        database (a first start that stopped before its catalogue leaves empty ones)."""
+        try:
+            db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE, vfs=SHARD_VFS)
+        except apsw.Error:
+            return True
+        try:
+            if db.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0] == 0:
+                return False  # created, never given its tables
+            revision = db.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()
+            return (
+                revision is None
+                or bool(revision[0])
+                or db.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is not None
+            )
+        except apsw.Error:  # not a database, not a shard
+            return True
+        finally:
+            db.close()
 
     def _connect(self) -> apsw.Connection:
         db = None

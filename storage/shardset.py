@@ -27,7 +27,7 @@ from keyspan.storage.mutations import Bulk, Mutation, SweepBatch
 from keyspan.storage.openfiles import RESERVED_FILES, files_per_partition, open_files_limit
 from keyspan.storage.readers import ReadPool
 from keyspan.storage.rowcache import ABSENT, MISSING, RowCache
-from keyspan.storage.shard import SHARD_VFS, Row, Shard
+from keyspan.storage.shard import Row, Shard
 from keyspan.storage.writer import PartitionWriter, WriteObserver
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class ShardSet:
         """A data dir with no catalogue is new, unless it holds shards that were written to:
         their ranges are in the lost catalogue, not here (shards created by a first start
         that stopped before it wrote the catalogue are empty, and are used again)."""
-        written = [path.name for path in sorted(self.data_dir.glob("*.db")) if _was_written(path)]
+        written = [path.name for path in sorted(self.data_dir.glob("*.db")) if Shard.was_written(path)]
         if written:
             raise KeyspanError(
                 f"{self.data_dir} holds shard files with data ({', '.join(written)}) but no "
@@ -419,27 +419,6 @@ def partition_stats(p: Partition) -> PartitionStats:
         oldest = Shard.oldest_expired_ms(db, now)
     shard = p.shard
     return PartitionStats(p.id, p.range, shard.entries, shard.size_bytes(), expired, shard.revision, oldest)
-
-
-def _was_written(path: Path) -> bool:
-    """Whether a shard file ever took a write, or is something else than an empty database."""
-    try:
-        db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE, vfs=SHARD_VFS)
-    except apsw.Error:
-        return True
-    try:
-        if db.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0] == 0:
-            return False  # created, never given its tables
-        revision = db.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()
-        return (
-            revision is None
-            or bool(revision[0])
-            or db.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is not None
-        )
-    except apsw.Error:  # not a database, not a shard
-        return True
-    finally:
-        db.close()
 
 
 def _range_from_json(p: dict[str, Any]) -> KeyRange:
