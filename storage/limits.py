@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from keyspan.storage.errors import InvalidArgumentError, ValueTooLargeError
+from keyspan.storage.errors import InvalidArgumentError, ValueTooLargeError, key_text
 from keyspan.storage.keys import MAX_KEY_BYTES, check_key
 
 MAX_TTL_S = 315_360_000.0  # ten years
@@ -17,7 +17,8 @@ MAX_CREDITS = 1_000_000
 MAX_BULK_ENTRIES = 100_000
 # SQLite's JSON path syntax: $ then .key, ."quoted key", [N], [#] or [#-N] steps. SQLite
 # parses a path only as far as the document goes, so it is checked here, up front.
-_JSON_PATH = re.compile(r'\$(?:\.(?:"[^"]*"|[^.\[\]"]+)|\[(?:\d+|#(?:-\d+)?)\])*')
+# A NUL is refused: SQLite reads a path only up to its first NUL.
+_JSON_PATH = re.compile(r'\$(?:\.(?:"[^"\x00]*"|[^.\[\]"\x00]+)|\[(?:\d+|#(?:-\d+)?)\])*')
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,16 +52,32 @@ def expiry_ms(ttl_s: float, now_ms: int, field: str = "ttl_s") -> int | None:
     return now_ms + max(1, round(ttl_s * 1000))
 
 
-def check_paths(paths: Sequence[str], field: str = "paths", suffix: str = "") -> tuple[str, ...]:
-    """The paths, when each is a JSON path in SQLite's syntax and there are few enough."""
+def check_paths(
+    paths: Sequence[str], field: str = "paths", suffix: str = "", *, distinct: bool = False
+) -> tuple[str, ...]:
+    """The paths, when each is a JSON path in SQLite's syntax and there are few enough.
+
+    distinct: refuse a path given twice (a projection names its members by path).
+    """
     if len(paths) > MAX_PATHS:
         raise InvalidArgumentError(field, f"has {len(paths)} paths; the limit is {MAX_PATHS}")
+    seen: dict[str, int] = {}
     for i, path in enumerate(paths):
         if not _JSON_PATH.fullmatch(path):
             raise InvalidArgumentError(
                 f"{field}[{i}]{suffix}", f"{path!r} is not a JSON path like $.a.b or $.items[0]"
             )
+        if distinct and seen.setdefault(path, i) != i:
+            raise InvalidArgumentError(f"{field}[{i}]{suffix}", f"repeats {field}[{seen[path]}] ({path!r})")
     return tuple(paths)
+
+
+def check_projection(value: bytes, max_value_bytes: int, key: bytes) -> bytes:
+    """A projection's JSON text, when it is within the value limit: overlapping paths can
+    build one many times the size of the document."""
+    if len(value) > max_value_bytes:
+        raise ValueTooLargeError(len(value), max_value_bytes, "paths", f" projected from {key_text(key)}")
+    return value
 
 
 def check_credits(credits: int, field: str = "credits") -> int:

@@ -483,14 +483,16 @@ class Shard:
         raise TypeError(f"not a mutation: {m!r}")
 
     def _put(self, m: Put) -> int:
-        found = self._db.execute(_CURRENT, (m.key,)).fetchone()  # also counts a new row
-        if m.if_etag or m.if_absent:
-            self._check_precondition(m.key, found, m.if_etag, m.if_absent)
+        # The value is checked first: a request that can never succeed is INVALID_ARGUMENT
+        # (do not retry) whatever the entry's state, not ABORTED (read again and retry).
         if m.json:
             value: Any = self._json_text(m.value, "value")
             sql = _UPSERT_JSON
         else:
             value, sql = m.value, _UPSERT
+        found = self._db.execute(_CURRENT, (m.key,)).fetchone()  # also counts a new row
+        if m.if_etag or m.if_absent:
+            self._check_precondition(m.key, found, m.if_etag, m.if_absent)
         etag = self.revision + 1
         self._db.execute(sql, (m.key, value, etag, m.expires_at_ms))
         self._db.execute(_LOG, (self._next_revision(), m.key))
@@ -510,10 +512,13 @@ class Shard:
             text = value.decode() if isinstance(value, bytes) else value
         except UnicodeDecodeError:
             raise InvalidArgumentError(field, "must be UTF-8 JSON text") from None
-        if self._db.execute("SELECT json_valid(?, 1)", (text,)).fetchone()[0]:
+        # SQLite's JSON functions read text only up to a NUL, so one would cut the text
+        # short unseen; JSON has no raw NUL anywhere (inside a string it is \u0000).
+        nul = text.find("\x00")
+        if nul < 0 and self._db.execute("SELECT json_valid(?, 1)", (text,)).fetchone()[0]:
             return text
         # json_error_position follows JSON5, so it finds no fault in NaN or {a: 1}
-        at = self._db.execute("SELECT json_error_position(?)", (text,)).fetchone()[0]
+        at = self._db.execute("SELECT json_error_position(?)", (text,)).fetchone()[0] or nul + 1
         where = f"; the first fault is at character {at}" if at else ""
         rule = f"must be valid JSON text (RFC 8259) nested at most {MAX_JSON_DEPTH} levels deep"
         raise InvalidArgumentError(field, rule + where)
@@ -532,17 +537,7 @@ class Shard:
         return expires is None or expires > _now_ms()
 
     def _patch(self, m: Patch) -> PatchResult:
-        found = self._db.execute(
-            "SELECT json, etag, expires_at_ms FROM entries WHERE key = ?", (m.key,)
-        ).fetchone()
-        if found is None or (found[2] is not None and found[2] <= _now_ms()):
-            if m.if_etag:
-                raise EtagMismatchError(m.key, m.if_etag, 0)
-            raise NotFoundError(m.key)
-        if not found[0]:
-            raise NotJsonError(m.key)
-        if m.if_etag and found[1] != m.if_etag:
-            raise EtagMismatchError(m.key, m.if_etag, found[1])
+        # The request is checked before the entry (as in _put): INVALID_ARGUMENT first.
         check_paths([p for p, _ in m.set], "set", suffix=".path")
         check_paths(m.remove, "remove")
         for i, path in enumerate(m.remove):
@@ -558,6 +553,17 @@ class Shard:
         for path in m.remove:
             expr = f"jsonb_remove({expr}, ?)"
             args.append(path)
+        found = self._db.execute(
+            "SELECT json, etag, expires_at_ms FROM entries WHERE key = ?", (m.key,)
+        ).fetchone()
+        if found is None or (found[2] is not None and found[2] <= _now_ms()):
+            if m.if_etag:
+                raise EtagMismatchError(m.key, m.if_etag, 0)
+            raise NotFoundError(m.key)
+        if not found[0]:
+            raise NotJsonError(m.key)
+        if m.if_etag and found[1] != m.if_etag:
+            raise EtagMismatchError(m.key, m.if_etag, found[1])
         etag = self.revision + 1
         # In a savepoint: a document the patch grew past the value limit is known only
         # once made, and must leave the row (and the rest of the batch) as it was.

@@ -8,7 +8,7 @@ import operator
 from collections.abc import AsyncIterator, Sequence
 from typing import NoReturn
 
-from keyspan.storage.errors import InvalidArgumentError, ValueTooLargeError
+from keyspan.storage.errors import InvalidArgumentError, KeyspanError
 from keyspan.storage.limits import MAX_BULK_ENTRIES, Limits, expiry_ms
 from keyspan.storage.mutations import Bulk
 from keyspan.storage.shardset import ShardSet, now_ms
@@ -103,12 +103,16 @@ async def serve_bulk_put(
     ends with UNAVAILABLE: the client sends what was not answered again.
     """
     stop = asyncio.ensure_future(stopping.wait())
-    incoming: asyncio.Queue[kv_pb2.BulkPutRequest | None] = asyncio.Queue(maxsize=1)
+    # None: the client closed its side; a KeyspanError: a request that did not parse
+    incoming: asyncio.Queue[kv_pb2.BulkPutRequest | KeyspanError | None] = asyncio.Queue(maxsize=1)
 
     async def pump() -> None:
         try:
             async for request in requests:
                 await incoming.put(request)
+        except KeyspanError as err:
+            await incoming.put(err)  # answered in order, after the batches before it
+            return
         except asyncio.CancelledError:
             # The stream is over and nobody reads `incoming` any more: waiting to put an
             # end marker in a full queue would keep this task, and its batch, forever.
@@ -120,7 +124,7 @@ async def serve_bulk_put(
 
     reader = asyncio.create_task(pump())
     commits: collections.deque[asyncio.Future[tuple[int, bytes | None]]] = collections.deque()
-    next_request: asyncio.Task[kv_pb2.BulkPutRequest | None] | None = None
+    next_request: asyncio.Task[kv_pb2.BulkPutRequest | KeyspanError | None] | None = None
     try:
         while True:
             if next_request is None and len(commits) < MAX_COMMITS_IN_FLIGHT:
@@ -139,8 +143,10 @@ async def serve_bulk_put(
             if request is None:
                 break
             try:
+                if isinstance(request, KeyspanError):
+                    raise request
                 batch = batch_of(request.entries, limits)
-            except (InvalidArgumentError, ValueTooLargeError):
+            except KeyspanError:
                 while commits:
                     yield _response(*await commits.popleft())
                 raise

@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from keyspan.storage.errors import InvalidArgumentError
+from keyspan.storage.errors import InvalidArgumentError, KeyspanError
 from keyspan.storage.keys import KeyRange, key_successor
-from keyspan.storage.limits import MAX_CREDITS, check_credits, check_paths
+from keyspan.storage.limits import MAX_CREDITS, Limits, check_credits, check_paths, check_projection
 from keyspan.storage.shard import Row
 from keyspan.storage.shardset import ShardSet
 from keyspan.streams.stopping import RESUME_SCAN, server_stopping, unless_stopping
@@ -64,6 +64,7 @@ class _Credits:
         self.left = first
         self._more = asyncio.Event()
         self.closed = False
+        self.error: KeyspanError | None = None  # a later request that did not parse
 
     async def pump(self, requests: AsyncIterator[kv_pb2.ScanRequest]) -> None:
         try:
@@ -72,6 +73,8 @@ class _Credits:
                     continue
                 self.left += request.credits
                 self._more.set()
+        except KeyspanError as err:
+            self.error = err
         finally:
             self.closed = True
             self._more.set()
@@ -79,7 +82,9 @@ class _Credits:
     async def wait(self, stopping: asyncio.Event) -> bool:
         """Wait for credits; False when the client closed its side with none left.
         Raises UnavailableError once the server is stopping."""
-        while self.left <= 0:
+        while self.left <= 0 or self.error is not None:
+            if self.error is not None:
+                raise self.error
             if self.closed:
                 return False
             self._more.clear()
@@ -99,10 +104,26 @@ def _rest(common: KeyRange, cursor: bytes | None, reverse: bool) -> KeyRange | N
     return None if common.end is not None and lower >= common.end else KeyRange(lower, common.end)
 
 
+def _after(row: Row, reverse: bool) -> bytes:
+    """The resume key right after `row` in the scan's direction."""
+    return row.key if reverse else key_successor(row.key)
+
+
+def _oversize(rows: list[Row], limit: int) -> int | None:
+    """The index of the first projected row (a JSON document) over `limit`, if any."""
+    return next((i for i, row in enumerate(rows) if row.json and len(row.value) > limit), None)
+
+
 async def serve_scan(
-    shards: ShardSet, requests: AsyncIterator[kv_pb2.ScanRequest], stopping: asyncio.Event
+    shards: ShardSet,
+    requests: AsyncIterator[kv_pb2.ScanRequest],
+    limits: Limits,
+    stopping: asyncio.Event,
 ) -> AsyncIterator[kv_pb2.ScanResponse]:
     """Stream the first request's range in batches, never past the credits granted.
+
+    A projection (paths) over the value limit ends the stream RESOURCE_EXHAUSTED, after
+    the entries before it.
 
     Once `stopping` is set, the stream ends before its next batch with UNAVAILABLE: the
     client resumes from the last resume_key it got.
@@ -111,7 +132,7 @@ async def serve_scan(
     if first is None:
         return
     key_range = range_of(first.start, first.end if first.HasField("end") else None)
-    paths = check_paths(list(first.paths))
+    paths = check_paths(list(first.paths), distinct=True)
     credits = _Credits(check_credits(first.credits))
     remaining = first.limit or None
     pump = asyncio.create_task(credits.pump(requests))
@@ -134,8 +155,12 @@ async def serve_scan(
                     max_rows=want,
                     max_bytes=BATCH_BYTES,
                 )
+                if paths and (big := _oversize(rows, limits.max_value_bytes)) is not None:
+                    if big:
+                        yield response_of(rows[:big], _after(rows[big - 1], first.reverse), False)
+                    check_projection(rows[big].value, limits.max_value_bytes, rows[big].key)
                 if rows:
-                    cursor = rows[-1].key if first.reverse else key_successor(rows[-1].key)
+                    cursor = _after(rows[-1], first.reverse)
                     credits.left -= len(rows)
                     if remaining is not None:
                         remaining -= len(rows)

@@ -1,5 +1,6 @@
 """Domain errors -> gRPC statuses, in exactly one place: `wrap_errors`, applied to every
-keyspan handler once, at registration (services/common/registrar.py).
+keyspan handler once, at registration (services/common/registrar.py). A request that does
+not parse is INVALID_ARGUMENT too (services/common/decoding.py).
 
 Every error a client can cause maps to a code with google.rpc details (field violations,
 ErrorInfo with a stable reason, RetryInfo, keyspan.v1.WrongPartition). Anything else is a
@@ -17,6 +18,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from keyspan.services.common.decoding import Undecodable, lenient
 from keyspan.storage.errors import (
     DiskFullError,
     EtagMismatchError,
@@ -140,6 +142,8 @@ async def _abort(context: grpc.aio.ServicerContext, err: BaseException, method: 
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if type(request) is Undecodable:
+                raise request.error
             return await behavior(request, context)
         except (KeyspanError, Exception) as err:
             if isinstance(err, grpc.aio.AbortError):
@@ -149,12 +153,21 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callabl
     return wrapped
 
 
+async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The requests of a stream; one that did not parse raises its InvalidArgumentError
+    where the handler reads it."""
+    async for request in requests:
+        if type(request) is Undecodable:
+            raise request.error
+        yield request
+
+
 def _wrap_stream(
     behavior: Callable[..., AsyncIterator[Any]], method: str
 ) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            async for response in behavior(requests, context):
+            async for response in behavior(_decoded(requests), context):
                 yield response
         except (KeyspanError, Exception) as err:
             if isinstance(err, grpc.aio.AbortError):
@@ -172,13 +185,13 @@ def wrap_errors(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHa
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
             _wrap_unary(handler.unary_unary, method),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     if handler.stream_stream:
         return grpc.stream_stream_rpc_method_handler(
             _wrap_stream(handler.stream_stream, method),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     return handler

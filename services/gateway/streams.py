@@ -28,6 +28,7 @@ from keyspan.services.gateway.routing import (
     relay,
     wrong_partition_of,
 )
+from keyspan.storage.errors import KeyspanError
 from keyspan.storage.keys import KeyRange, key_successor
 from keyspan.storage.limits import MAX_CREDITS, check_credits, check_paths
 from keyspan.streams.calls import write as write_request
@@ -47,6 +48,7 @@ class _Flow:
     def __init__(self, first: int) -> None:
         self.total, self.delivered = first, 0
         self.closed = False
+        self.error: KeyspanError | None = None  # a later request that did not parse
         self._more = asyncio.Event()
         self._forward = asyncio.Event()
 
@@ -61,13 +63,17 @@ class _Flow:
                     self.total += request.credits
                     self._more.set()
                     self._forward.set()
+        except KeyspanError as err:
+            self.error = err
         finally:
             self.closed = True
             self._more.set()
             self._forward.set()
 
     async def wait(self, stopping: asyncio.Event) -> bool:
-        while self.left <= 0:
+        while self.left <= 0 or self.error is not None:
+            if self.error is not None:
+                raise self.error
             if self.closed:
                 return False
             self._more.clear()
@@ -111,7 +117,7 @@ async def scan_through(
     if first is None:
         return
     whole = range_of(first.start, first.end if first.HasField("end") else None)
-    paths = check_paths(list(first.paths))
+    paths = check_paths(list(first.paths), distinct=True)
     flow = _Flow(check_credits(first.credits))
     pump = asyncio.create_task(flow.pump(requests))
     limit_left = first.limit or None

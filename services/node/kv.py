@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from keyspan.storage.errors import InvalidArgumentError
-from keyspan.storage.limits import Limits, check_paths, expiry_ms
+from keyspan.storage.limits import Limits, check_paths, check_projection, expiry_ms
 from keyspan.storage.mutations import Delete, Patch, Put
 from keyspan.storage.shardset import ShardSet, now_ms
 from keyspan.streams.bulk_put import serve_bulk_put
@@ -26,12 +26,13 @@ class KVServicer(kv_pb2_grpc.KVServicer):
 
     async def Get(self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext) -> kv_pb2.GetResponse:
         key = self._limits.key(request.key)
-        row = await self._shards.get(key, check_paths(request.paths) if request.paths else ())
+        paths = check_paths(request.paths, distinct=True) if request.paths else ()
+        row = await self._shards.get(key, paths)
         if row is None:
             return kv_pb2.GetResponse(found=False)
         return kv_pb2.GetResponse(
             found=True,
-            value=row.value,
+            value=check_projection(row.value, self._limits.max_value_bytes, key) if paths else row.value,
             etag=row.etag,
             expires_at_ms=row.expires_at_ms or 0,
             json=row.json,
@@ -97,7 +98,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
     def Scan(
         self, request_iterator: AsyncIterator[kv_pb2.ScanRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[kv_pb2.ScanResponse]:
-        return serve_scan(self._shards, request_iterator, self._stopping)
+        return serve_scan(self._shards, request_iterator, self._limits, self._stopping)
 
     def BulkPut(
         self,

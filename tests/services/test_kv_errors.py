@@ -186,6 +186,86 @@ UNARY_CASES = [
         "ETAG_MISMATCH",
     ),
     ("Delete", kv_pb2.DeleteRequest(key=b"doc", if_etag=999), grpc.StatusCode.ABORTED, None, "ETAG_MISMATCH"),
+    # SQLite reads JSON text and paths only up to a NUL: what follows one went unseen
+    (
+        "Put",
+        kv_pb2.PutRequest(key=b"k", value=b'{"a":1}\x00{"evil":true}', json=True),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "value",
+        "the first fault is at character 8",
+    ),
+    (
+        "Patch",
+        kv_pb2.PatchRequest(key=b"doc", merge_patch='{"k":1}\x00junk'),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "merge_patch",
+        "JSON",
+    ),
+    (
+        "Patch",
+        kv_pb2.PatchRequest(key=b"doc", set=[kv_pb2.PathValue(path="$.a", value="2\x00junk")]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "set[0].value",
+        "JSON",
+    ),
+    (
+        "Patch",  # would have removed all of $.a
+        kv_pb2.PatchRequest(key=b"doc", remove=["$.a\x00.b"]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "remove[0]",
+        "JSON path",
+    ),
+    (
+        "Get",
+        kv_pb2.GetRequest(key=b"doc", paths=["$.a\x00.b"]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "paths[0]",
+        "JSON path",
+    ),
+    (
+        "Get",  # a projection names its members by path
+        kv_pb2.GetRequest(key=b"doc", paths=["$.a", "$.b", "$.a"]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "paths[2]",
+        "repeats paths[0]",
+    ),
+    # A request that can never succeed is INVALID_ARGUMENT (do not retry), whatever the
+    # entry's state; not ABORTED (retry), NOT_FOUND or NOT_JSON first.
+    (
+        "Put",
+        kv_pb2.PutRequest(key=b"doc", value=b"{no", json=True, if_etag=999),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "value",
+        "JSON",
+    ),
+    (
+        "Put",
+        kv_pb2.PutRequest(key=b"doc", value=b"{no", json=True, if_absent=True),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "value",
+        "JSON",
+    ),
+    (
+        "Patch",
+        kv_pb2.PatchRequest(key=b"nope", remove=["a"]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "remove[0]",
+        "JSON path",
+    ),
+    (
+        "Patch",
+        kv_pb2.PatchRequest(key=b"raw", merge_patch="[1,"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "merge_patch",
+        "JSON",
+    ),
+    (
+        "Patch",
+        kv_pb2.PatchRequest(key=b"doc", set=[kv_pb2.PathValue(path="a", value="1")], if_etag=999),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "set[0].path",
+        "JSON path",
+    ),
 ]
 
 
@@ -269,6 +349,13 @@ STREAM_CASES = [
         "entries[0].ttl_s",
         "between",
     ),
+    (
+        "BulkPut",
+        kv_pb2.BulkPutRequest(entries=[kv_pb2.Entry(key=b"a", value=b"[1]\x00[2]", json=True)]),
+        "entries[0].value",
+        "the first fault is at character 4",
+    ),
+    ("Scan", kv_pb2.ScanRequest(credits=5, paths=["$.a", "$.a"]), "paths[1]", "repeats paths[0]"),
 ]
 
 
@@ -391,3 +478,107 @@ async def test_a_patch_that_would_grow_a_document_past_the_value_limit_changes_n
     short = kv_pb2.PathValue(path="$.a", value='"short"')
     shrink = await kv.Patch(kv_pb2.PatchRequest(key=b"doc", set=[short]))
     assert (shrink.etag, shrink.value) == (etag + 1, b'{"a":"short"}')
+
+
+def raw_method(server: KeyspanServer, channel: grpc.aio.Channel, method: str, response: type) -> object:
+    """A KV method whose requests are sent as the bytes given, unchecked by protobuf."""
+    path = f"/keyspan.v1.KV/{method}"
+    deserialize = response.FromString  # type: ignore[attr-defined]
+    if method in ("Scan", "BulkPut", "Sweep"):
+        return channel.stream_stream(path, request_serializer=bytes, response_deserializer=deserialize)
+    return channel.unary_unary(path, request_serializer=bytes, response_deserializer=deserialize)
+
+
+SET_A = b"\x1a\x07\x0a\x03$.a\x12\x00"  # set[0]: path $.a
+NOT_UTF8 = [  # raw protobuf with \xff in a string field, and the field it should name
+    ("Get", kv_pb2.GetResponse, b"\x0a\x01k\x12\x01\xff", "paths[0]"),
+    ("Patch", kv_pb2.PatchResponse, b"\x0a\x03doc\x12\x01\xff", "merge_patch"),
+    (
+        "Patch",
+        kv_pb2.PatchResponse,
+        b"\x0a\x03doc\x1a\x07\x0a\x03$.a\x12\x00\x1a\x03\x12\x01\xff",
+        "set[1].value",
+    ),
+    ("Patch", kv_pb2.PatchResponse, b"\x0a\x03doc\x22\x01\xff", "remove[0]"),
+    ("Get", kv_pb2.GetResponse, b"\x0a\x05k", "request"),  # the wire format itself is broken
+]
+
+
+@pytest.mark.parametrize(("method", "response", "raw", "field"), NOT_UTF8)
+async def test_a_request_that_does_not_parse_is_invalid_argument_naming_its_field(
+    server: KeyspanServer,
+    kv: kv_pb2_grpc.KVStub,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+    response: type,
+    raw: bytes,
+    field: str,
+) -> None:
+    await seed(kv)
+    before = await snapshot(kv)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await raw_method(server, channel, method, response)(raw)  # type: ignore[operator]
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    violation = details(caught.value)["BadRequest"].field_violations[0]  # type: ignore[attr-defined]
+    assert violation.field == field
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []  # the client's fault, not logged
+    assert await snapshot(kv) == before
+
+
+async def test_a_stream_request_that_does_not_parse_ends_the_stream_after_the_ones_before(
+    server: KeyspanServer, kv: kv_pb2_grpc.KVStub
+) -> None:
+    good = kv_pb2.BulkPutRequest(entries=[kv_pb2.Entry(key=b"a", value=b"1")]).SerializeToString()
+    bad = b"\x0a\x05\x0a\x01b\x12"  # an Entry cut short
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = raw_method(server, channel, "BulkPut", kv_pb2.BulkPutResponse)()  # type: ignore[operator]
+        await call.write(good)
+        await call.write(bad)
+        assert (await call.read()).accepted == 1  # the batch before is answered first
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert details(caught.value)["BadRequest"].field_violations[0].field == "request"  # type: ignore[attr-defined]
+
+        scan = raw_method(server, channel, "Scan", kv_pb2.ScanResponse)()  # type: ignore[operator]
+        await scan.write(kv_pb2.ScanRequest(credits=1).SerializeToString())
+        assert [e.key for e in (await scan.read()).entries] == [b"a"]
+        await scan.write(b"\x22\x01\xff")  # a later request: paths[0] is not UTF-8
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await scan.read()
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert details(caught.value)["BadRequest"].field_violations[0].field == "paths[0]"  # type: ignore[attr-defined]
+    assert (await kv.Get(kv_pb2.GetRequest(key=b"a"))).value == b"1"
+
+
+async def test_a_projection_over_the_value_limit_is_refused_and_a_scan_delivers_what_came_before(
+    kv: kv_pb2_grpc.KVStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    big = b'{"a": "' + b"x" * 600_000 + b'", "b": 1}'  # under the 1 MiB limit; $ and $.a: over
+    await kv.Put(kv_pb2.PutRequest(key=b"a1", value=b'{"a": 1}', json=True))
+    await kv.Put(kv_pb2.PutRequest(key=b"a2", value=big, json=True))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await kv.Get(kv_pb2.GetRequest(key=b"a2", paths=["$", "$.a"]))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert caught.value.details() == "paths: is 1200029 bytes projected from 'a2'; the limit is 1048576"
+    assert details(caught.value)["BadRequest"].field_violations[0].field == "paths"  # type: ignore[attr-defined]
+    assert (await kv.Get(kv_pb2.GetRequest(key=b"a2", paths=["$.b"]))).value == b'{"$.b":1}'
+
+    call = kv.Scan()
+    await call.write(kv_pb2.ScanRequest(start=b"a", end=b"b", paths=["$", "$.a"], credits=10))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for response in call:
+            assert [e.key for e in response.entries] == [b"a1"]
+            assert response.resume_key == b"a1\x00" and not response.done
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+
+
+async def test_set_creates_missing_parent_objects_as_documented(kv: kv_pb2_grpc.KVStub) -> None:
+    await kv.Put(kv_pb2.PutRequest(key=b"doc", value=b'{"a": 1, "l": [1]}', json=True))
+    sets = [("$.x.y", "1"), ("$.p.q[0]", "2"), ("$.l[1]", "3"), ("$.l[5]", "4"), ("$.a.b", "5")]
+    patched = await kv.Patch(
+        kv_pb2.PatchRequest(key=b"doc", set=[kv_pb2.PathValue(path=p, value=v) for p, v in sets])
+    )
+    assert patched.value == b'{"a":1,"l":[1,3],"x":{"y":1},"p":{"q":[2]}}'

@@ -88,8 +88,11 @@ class KVServicer:
 
         With `paths`, the value is a projection of a JSON document: a JSON object mapping
         each requested path to the value found there (null where nothing is).
-        Errors: INVALID_ARGUMENT (bad key or path); FAILED_PRECONDITION NOT_JSON (paths on a
-        bytes value). Deadline advice: 1 s.
+        Errors: INVALID_ARGUMENT (bad key or path, a path given twice, or a string field
+        that is not UTF-8); FAILED_PRECONDITION NOT_JSON (paths on a bytes value);
+        RESOURCE_EXHAUSTED (a projection over the server's value limit, which overlapping
+        paths can build from a smaller document: BadRequest field `paths`).
+        Deadline advice: 1 s.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,7 +122,9 @@ class KVServicer:
         """Patch changes part of a JSON document atomically and answers the new document.
 
         The operations apply in this order: merge_patch (RFC 7396), then every `set` in
-        order, then every `remove` in order. The entry keeps its TTL.
+        order, then every `remove` in order. The entry keeps its TTL. The request itself
+        (paths, JSON texts) is checked before the entry, so a patch that can never apply is
+        INVALID_ARGUMENT whatever the entry's state (as is a Put's invalid JSON value).
         Errors: NOT_FOUND (no such key); FAILED_PRECONDITION NOT_JSON (a bytes value);
         INVALID_ARGUMENT (malformed patch, path or value, or a result nested more than
         1000 levels deep); ABORTED ETAG_MISMATCH; RESOURCE_EXHAUSTED (the merge_patch, or the
