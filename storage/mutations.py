@@ -55,12 +55,14 @@ class Bulk:
     in an A/B where it reaches ~0.59 this way.
 
     `json` None: no entry is a JSON document; `expires_at_ms` None: no entry expires.
+    `json_checked`: every JSON document was found valid already (ShardSet.check_json).
     """
 
     keys: Sequence[bytes] = ()
     values: Sequence[bytes] = ()
     json: Sequence[bool] | None = None
     expires_at_ms: Sequence[int | None] | None = None
+    json_checked: bool = False
 
     @classmethod
     def of_rows(cls, rows: Sequence[BulkRow]) -> Bulk:
@@ -87,6 +89,7 @@ class Bulk:
             self.values[:n],
             None if json is None else json[:n],
             None if expires is None else expires[:n],
+            self.json_checked,
         )
 
     def rows(self) -> Iterator[BulkRow]:

@@ -116,6 +116,25 @@ def _projection(paths: Sequence[str]) -> tuple[str, list[str]]:
     return f"json_object({pairs})", [p for path in paths for p in (path, path)]
 
 
+def json_text(db: apsw.Connection, value: bytes | str, field: str) -> str:
+    """`value` as JSON text, when it is valid JSON (RFC 8259) SQLite can store; else
+    InvalidArgumentError on `field` naming the first fault. Any connection can judge."""
+    try:
+        text = value.decode() if isinstance(value, bytes) else value
+    except UnicodeDecodeError:
+        raise InvalidArgumentError(field, "must be UTF-8 JSON text") from None
+    # SQLite's JSON functions read text only up to a NUL, so one would cut the text
+    # short unseen; JSON has no raw NUL anywhere (inside a string it is \u0000).
+    nul = text.find("\x00")
+    if nul < 0 and db.execute("SELECT json_valid(?, 1)", (text,)).fetchone()[0]:
+        return text
+    # json_error_position follows JSON5, so it finds no fault in NaN or {a: 1}
+    at = db.execute("SELECT json_error_position(?)", (text,)).fetchone()[0] or nul + 1
+    where = f"; the first fault is at character {at}" if at else ""
+    rule = f"must be valid JSON text (RFC 8259) nested at most {MAX_JSON_DEPTH} levels deep"
+    raise InvalidArgumentError(field, rule + where)
+
+
 class Shard:
     """A partition's file: its schema, its write path and its read queries.
 
@@ -508,20 +527,7 @@ class Shard:
         self.revision += len(keys)
 
     def _json_text(self, value: bytes | str, field: str) -> str:
-        try:
-            text = value.decode() if isinstance(value, bytes) else value
-        except UnicodeDecodeError:
-            raise InvalidArgumentError(field, "must be UTF-8 JSON text") from None
-        # SQLite's JSON functions read text only up to a NUL, so one would cut the text
-        # short unseen; JSON has no raw NUL anywhere (inside a string it is \u0000).
-        nul = text.find("\x00")
-        if nul < 0 and self._db.execute("SELECT json_valid(?, 1)", (text,)).fetchone()[0]:
-            return text
-        # json_error_position follows JSON5, so it finds no fault in NaN or {a: 1}
-        at = self._db.execute("SELECT json_error_position(?)", (text,)).fetchone()[0] or nul + 1
-        where = f"; the first fault is at character {at}" if at else ""
-        rule = f"must be valid JSON text (RFC 8259) nested at most {MAX_JSON_DEPTH} levels deep"
-        raise InvalidArgumentError(field, rule + where)
+        return json_text(self._db, value, field)
 
     def _delete(self, m: Delete) -> bool:
         if m.if_etag:
@@ -605,7 +611,8 @@ class Shard:
         plain, docs = [], []
         for i, row in enumerate(m.rows()):
             if row.json:
-                text = self._json_text(row.value, f"entries[{i}].value")
+                field = f"entries[{i}].value"
+                text = row.value.decode() if m.json_checked else self._json_text(row.value, field)
                 docs.append((row.key, text, first + i, row.expires_at_ms))
             else:
                 plain.append((row.key, row.value, first + i, row.expires_at_ms))

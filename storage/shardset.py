@@ -8,6 +8,7 @@ exactly the partitions it had.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from keyspan.storage.mutations import Bulk, Mutation, SweepBatch
 from keyspan.storage.openfiles import RESERVED_FILES, files_per_partition, open_files_limit
 from keyspan.storage.readers import ReadPool
 from keyspan.storage.rowcache import ABSENT, MISSING, RowCache
-from keyspan.storage.shard import Row, Shard
+from keyspan.storage.shard import Row, Shard, json_text
 from keyspan.storage.writer import PartitionWriter, WriteObserver
 
 log = logging.getLogger(__name__)
@@ -374,6 +375,25 @@ class ShardSet:
         accepted = len(keys) if end is None or keys[-1] < end else bisect.bisect_left(keys, end)
         await partition.write(batch.prefix(accepted))
         return accepted, None if accepted == len(keys) else keys[accepted]
+
+    async def check_json(self, batch: Bulk) -> Bulk:
+        """`batch` marked json_checked once every JSON document in it is valid, also those
+        past the prefix its first key's partition takes: a batch with a bad one is refused
+        whole, before anything of it (or of a batch sent after it) commits. On a read
+        thread: SQLite judges, as it will store them."""
+        if batch.json is None:
+            return batch
+        shard = self.locate(batch.keys[0]).shard
+        values = batch.values
+        docs = [i for i, is_json in enumerate(batch.json) if is_json]
+
+        def check() -> None:
+            with shard.reader() as db:
+                for i in docs:
+                    json_text(db, values[i], f"entries[{i}].value")
+
+        await self.reads.run(check)
+        return dataclasses.replace(batch, json_checked=True)
 
     async def scan_batch(
         self,

@@ -97,7 +97,10 @@ async def serve_bulk_put(
     the GIL), the next is decoded and validated on the event loop, so a client that keeps
     batches in flight gets both cores. Each answer goes out as soon as its commit is done.
     At most MAX_COMMITS_IN_FLIGHT batches of one stream are committing; a refused batch is
-    answered with its error only after every batch before it was answered.
+    answered with its error only after every batch before it was answered. What is in a
+    batch (keys, TTLs, sizes, JSON documents, all of its entries) is checked before it is
+    queued to commit, so a batch refused for its content was never queued, nor was any
+    batch after it.
 
     Once `stopping` is set, the batches already committing are answered and the stream
     ends with UNAVAILABLE: the client sends what was not answered again.
@@ -145,7 +148,7 @@ async def serve_bulk_put(
             try:
                 if isinstance(request, KeyspanError):
                     raise request
-                batch = batch_of(request.entries, limits)
+                batch = await shards.check_json(batch_of(request.entries, limits))
             except KeyspanError:
                 while commits:
                     yield _response(*await commits.popleft())

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from keyspan.storage.errors import InvalidArgumentError, KeyspanError
 from keyspan.storage.keys import KeyRange, key_successor
-from keyspan.storage.limits import MAX_CREDITS, Limits, check_credits, check_paths, check_projection
+from keyspan.storage.limits import Limits, check_credits, check_paths, check_projection
 from keyspan.storage.shard import Row
 from keyspan.storage.shardset import ShardSet
 from keyspan.streams.stopping import RESUME_SCAN, server_stopping, unless_stopping
@@ -64,14 +64,12 @@ class _Credits:
         self.left = first
         self._more = asyncio.Event()
         self.closed = False
-        self.error: KeyspanError | None = None  # a later request that did not parse
+        self.error: KeyspanError | None = None  # a later request refused
 
     async def pump(self, requests: AsyncIterator[kv_pb2.ScanRequest]) -> None:
         try:
             async for request in requests:
-                if request.credits <= 0 or self.left + request.credits > MAX_CREDITS * 2:
-                    continue
-                self.left += request.credits
+                self.left += check_credits(request.credits)
                 self._more.set()
         except KeyspanError as err:
             self.error = err

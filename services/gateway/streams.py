@@ -48,7 +48,7 @@ class _Flow:
     def __init__(self, first: int) -> None:
         self.total, self.delivered = first, 0
         self.closed = False
-        self.error: KeyspanError | None = None  # a later request that did not parse
+        self.error: KeyspanError | None = None  # a later request refused
         self._more = asyncio.Event()
         self._forward = asyncio.Event()
 
@@ -59,10 +59,9 @@ class _Flow:
     async def pump(self, requests: AsyncIterator[kv_pb2.ScanRequest]) -> None:
         try:
             async for request in requests:
-                if request.credits > 0:
-                    self.total += request.credits
-                    self._more.set()
-                    self._forward.set()
+                self.total += check_credits(request.credits)
+                self._more.set()
+                self._forward.set()
         except KeyspanError as err:
             self.error = err
         finally:

@@ -243,8 +243,9 @@ async def test_streams_waiting_on_their_client_do_not_hold_the_shutdown(server: 
     [
         ([kv_pb2.Entry(key=b"q2"), kv_pb2.Entry(key=b"q1")], grpc.StatusCode.INVALID_ARGUMENT),
         ([kv_pb2.Entry(key=b"q1", value=b"x" * ((1 << 20) + 1))], grpc.StatusCode.RESOURCE_EXHAUSTED),
+        ([kv_pb2.Entry(key=b"q1", value=b"{", json=True)], grpc.StatusCode.INVALID_ARGUMENT),
     ],
-    ids=["unsorted", "value-too-large"],
+    ids=["unsorted", "value-too-large", "bad-json"],
 )
 async def test_pipelined_batches_are_answered_in_order_before_a_refused_one(
     kv: kv_pb2_grpc.KVStub, bad_entries: list[kv_pb2.Entry], code: grpc.StatusCode
@@ -288,3 +289,54 @@ async def test_a_bulk_put_cancelled_with_batches_queued_leaves_no_task_behind(
     await asyncio.sleep(0.2)
     left = [t for t in asyncio.all_tasks() if "serve_bulk_put" in t.get_coro().__qualname__]
     assert left == []
+
+
+def doc(key: bytes, text: bytes = b'{"a": 1}') -> kv_pb2.Entry:
+    return kv_pb2.Entry(key=key, value=text, json=True)
+
+
+async def test_a_bad_document_past_the_partition_prefix_refuses_the_whole_batch(
+    kv: kv_pb2_grpc.KVStub,
+) -> None:
+    call = kv.BulkPut()  # f1, f2 in [-inf, g); the bad one in [g, n)
+    await call.write(
+        kv_pb2.BulkPutRequest(entries=[doc(b"f1"), doc(b"f2"), doc(b"g1", b'{"bad":'), doc(b"g2")])
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call.read()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details().startswith("entries[2].value: must be valid JSON text")
+    assert not (await kv.Get(kv_pb2.GetRequest(key=b"f1"))).found
+
+
+async def test_no_batch_sent_after_one_refused_for_a_bad_document_is_written(kv: kv_pb2_grpc.KVStub) -> None:
+    call = kv.BulkPut()
+    many = [doc(b"j/%05d" % i) for i in range(20_000)]  # long enough to check that the next arrives
+    for request in [
+        kv_pb2.BulkPutRequest(entries=[doc(b"j/")]),
+        kv_pb2.BulkPutRequest(entries=[*many, doc(b"j/~", b"[1,")]),
+        kv_pb2.BulkPutRequest(entries=[doc(b"q/after")]),  # another partition, another writer
+    ]:
+        await call.write(request)
+    assert (await call.read()).accepted == 1
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call.read()
+    assert refused.value.details().startswith("entries[20000].value:")
+    await asyncio.sleep(0.3)  # a commit queued behind the refused batch would be done by now
+    assert not (await kv.Get(kv_pb2.GetRequest(key=b"q/after"))).found
+    assert not (await kv.Get(kv_pb2.GetRequest(key=b"j/00000"))).found
+
+
+@pytest.mark.parametrize("grant", [0, 1_000_001, 4_294_967_295])
+async def test_a_later_grant_outside_the_credit_range_ends_the_scan_with_invalid_argument(
+    kv: kv_pb2_grpc.KVStub, grant: int
+) -> None:
+    await load(kv, KEYS)
+    call = kv.Scan()
+    await call.write(kv_pb2.ScanRequest(credits=1))
+    assert len((await call.read()).entries) == 1
+    await call.write(kv_pb2.ScanRequest(credits=grant))  # was dropped unseen: the scan hung
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await asyncio.wait_for(call.read(), 5)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == f"credits: must be between 1 and 1000000, not {grant}"

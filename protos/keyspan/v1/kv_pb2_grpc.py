@@ -187,9 +187,13 @@ class KVServicer:
         carry ttl_s and json.
 
         Errors: INVALID_ARGUMENT (unsorted or duplicate keys, bad key, bad JSON, with the
-        index of the offending entry); nothing of that batch is written. UNAVAILABLE when
-        the server begins to stop: the batches already committing are answered first; send
-        the batches not answered again once it is back.
+        index of the offending entry, anywhere in the batch, also past the prefix that
+        would have gone in); nothing of that batch, nor of any batch sent after it, is
+        written. UNAVAILABLE when the server begins to stop: the batches already committing
+        are answered first; send the batches not answered again once it is back. A batch
+        that fails for the server's state rather than its content (DISK_FULL, UNAVAILABLE,
+        WrongPartition) ends the stream while the batch sent after it may be committing:
+        send every batch not answered again (BulkPut overwrites, so that is safe).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
