@@ -1,8 +1,10 @@
 """Streams end at a resumable point when their server begins to stop.
 
-Scan and BulkPut streams can be resumed by design (a scan from its last resume_key, a
-load by sending the batches not answered again), so a stopping server ends them with
-UNAVAILABLE instead of letting an idle one hold the shutdown for the whole grace period.
+Scan, BulkPut and Sweep streams can be resumed by design (a scan from its last
+resume_key, a load by sending the batches not answered again, a sweep by running it
+again), so a stopping server ends them with UNAVAILABLE instead of letting an idle or
+slow one hold the shutdown for the whole grace period. Health watches end too
+(services/common/process.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ T = TypeVar("T")
 STOPPING_RETRY_S = 1.0
 RESUME_SCAN = "resume the scan from the last resume_key"
 RESEND_BATCHES = "send the batches not answered again"
+RERUN_SWEEP = "run the sweep again (what it deleted stays deleted)"
 
 
 def server_stopping(what: str) -> UnavailableError:

@@ -12,6 +12,7 @@ from keyspan.storage.errors import DiskFullError, InvalidArgumentError, Unavaila
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.shardset import ShardSet
 from keyspan.streams.scan import range_of
+from keyspan.streams.stopping import RERUN_SWEEP, server_stopping, unless_stopping
 from keyspan.v1 import kv_pb2
 
 log = logging.getLogger(__name__)
@@ -21,14 +22,21 @@ MIN_DELETES_PER_S, MAX_DELETES_PER_S = 1.0, 1e9
 
 
 async def sweep_range(
-    shards: ShardSet, key_range: KeyRange, max_deletes_per_s: float = 0.0
+    shards: ShardSet,
+    key_range: KeyRange,
+    max_deletes_per_s: float = 0.0,
+    stopping: asyncio.Event | None = None,
 ) -> AsyncIterator[tuple[int, int]]:
-    """Delete the range's expired entries in batches; yield (scanned, deleted) so far."""
+    """Delete the range's expired entries in batches; yield (scanned, deleted) so far.
+
+    Once `stopping` is set, raises server_stopping before the next batch (or wait)."""
     scanned = deleted = 0
     started = time.monotonic()
     batch = SWEEP_BATCH if not max_deletes_per_s else max(1, min(SWEEP_BATCH, int(max_deletes_per_s)))
     for partition, common in shards.overlapping(key_range):
         while True:
+            if stopping is not None and stopping.is_set():
+                raise server_stopping(RERUN_SWEEP)
             found, gone = await shards.sweep_batch(partition, common, batch)
             scanned, deleted = scanned + found, deleted + gone
             if found:
@@ -38,12 +46,15 @@ async def sweep_range(
             if max_deletes_per_s:
                 ahead_s = deleted / max_deletes_per_s - (time.monotonic() - started)
                 if ahead_s > 0:
-                    await asyncio.sleep(ahead_s)
+                    pause = asyncio.sleep(ahead_s)
+                    await (pause if stopping is None else unless_stopping(pause, stopping, RERUN_SWEEP))
 
 
 async def serve_sweep(
-    shards: ShardSet, requests: AsyncIterator[kv_pb2.SweepRequest]
+    shards: ShardSet, requests: AsyncIterator[kv_pb2.SweepRequest], stopping: asyncio.Event
 ) -> AsyncIterator[kv_pb2.SweepResponse]:
+    """Sweep the first request's range, with progress after each batch. Once `stopping`
+    is set, the stream ends before its next batch with UNAVAILABLE."""
     first = await anext(requests, None)
     if first is None:
         return
@@ -55,7 +66,7 @@ async def serve_sweep(
         )
     key_range = range_of(first.start, first.end if first.HasField("end") else None)
     scanned = deleted = 0
-    async for scanned, deleted in sweep_range(shards, key_range, first.max_deletes_per_s):
+    async for scanned, deleted in sweep_range(shards, key_range, first.max_deletes_per_s, stopping):
         yield kv_pb2.SweepResponse(scanned=scanned, deleted=deleted)
     yield kv_pb2.SweepResponse(scanned=scanned, deleted=deleted, done=True)
 

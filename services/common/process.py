@@ -4,13 +4,15 @@ reflection, and an orderly start and stop.
 
 Health is NOT_SERVING from the moment the port is bound until `on_start` has finished
 (shards open and checked, map loaded), then SERVING. `stop` runs in order: health
-NOT_SERVING, the server stops taking calls and gives in-flight ones the grace period,
-then `on_stop` (writers drain, files close).
+NOT_SERVING (health watches and resumable streams end at once, UNAVAILABLE), the server
+stops taking calls and gives in-flight ones the grace period, then `on_stop` (writers
+drain, files close).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -63,6 +65,52 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 interceptor_factories: list[Callable[[ProcessConfig], grpc.aio.ServerInterceptor]] = []
 
 
+class _Health(health.aio.HealthServicer):
+    """grpc_health's servicer, whose Watch streams end once the process is stopping.
+
+    A watcher (a load balancer, control watching a node) keeps its stream open for good,
+    and the server's stop would wait the whole grace period for it. Instead it is sent
+    NOT_SERVING and the stream ends UNAVAILABLE: watch again, elsewhere or later.
+    """
+
+    def __init__(self, stopping: asyncio.Event) -> None:
+        super().__init__()
+        self._stopping = stopping
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        sent = _LastSent(context)
+        watch = asyncio.ensure_future(super().Watch(request, sent))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait((watch, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not watch.done():
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
+        if not watch.cancelled():
+            return watch.result()  # type: ignore[func-returns-value]
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        if sent.status != not_serving:
+            await context.write(health_pb2.HealthCheckResponse(status=not_serving))
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is stopping")
+
+
+class _LastSent:
+    """A Watch call's context that remembers the last status written to it."""
+
+    def __init__(self, context: Any) -> None:
+        self._context, self.status = context, None
+
+    async def write(self, message: health_pb2.HealthCheckResponse) -> None:
+        await self._context.write(message)
+        self.status = message.status
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
 class GrpcProcess:
     """Base of serve, node, control and gateway. Subclasses register their servicers in
     `register` and name them in `services`; they open what they serve in `on_start`."""
@@ -71,11 +119,11 @@ class GrpcProcess:
 
     def __init__(self, config: ProcessConfig) -> None:
         self.config = config.validate()
-        self.health = health.aio.HealthServicer()
-        self.observability = Observability(self.config, self.name)
         # Set when stop() begins: long-lived streams end at their next resumable point
         # with UNAVAILABLE instead of holding the shutdown for the whole grace period.
         self.stopping = asyncio.Event()
+        self.health = _Health(self.stopping)
+        self.observability = Observability(self.config, self.name)
         self.server = grpc.aio.server(
             interceptors=[make(config) for make in interceptor_factories] or None,
             options=server_options(self.config.max_pending_calls),

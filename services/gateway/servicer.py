@@ -74,4 +74,4 @@ class GatewayServicer(kv_pb2_grpc.KVServicer):
         return bulk_put_through(self._router, request_iterator, context, self._stopping)
 
     def Sweep(self, request_iterator: AsyncIterator[kv_pb2.SweepRequest], context: Any) -> Any:
-        return sweep_through(self._router, request_iterator, context)
+        return sweep_through(self._router, request_iterator, context, self._stopping)

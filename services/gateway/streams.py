@@ -34,7 +34,7 @@ from keyspan.storage.limits import MAX_CREDITS, check_credits, check_paths
 from keyspan.streams.calls import write as write_request
 from keyspan.streams.partition_map import MapEntry
 from keyspan.streams.scan import range_of
-from keyspan.streams.stopping import RESEND_BATCHES, RESUME_SCAN, unless_stopping
+from keyspan.streams.stopping import RERUN_SWEEP, RESEND_BATCHES, RESUME_SCAN, unless_stopping
 from keyspan.v1 import kv_pb2
 
 
@@ -241,7 +241,10 @@ async def _forward_batch(
 
 
 async def sweep_through(
-    router: Router, requests: AsyncIterator[kv_pb2.SweepRequest], context: grpc.aio.ServicerContext
+    router: Router,
+    requests: AsyncIterator[kv_pb2.SweepRequest],
+    context: grpc.aio.ServicerContext,
+    stopping: asyncio.Event,
 ) -> AsyncIterator[kv_pb2.SweepResponse]:
     first = await anext(requests, None)
     if first is None:
@@ -255,8 +258,9 @@ async def sweep_through(
         if piece.end is not None:
             request.end = piece.end
         base_scanned, base_deleted = scanned, deleted
+        call = router.channels.stub(entry.address).Sweep(iter([request]))
         try:
-            async for progress in router.channels.stub(entry.address).Sweep(iter([request])):
+            while (progress := await unless_stopping(call.read(), stopping, RERUN_SWEEP)) is not grpc.aio.EOF:
                 scanned, deleted = base_scanned + progress.scanned, base_deleted + progress.deleted
                 if not progress.done:
                     yield kv_pb2.SweepResponse(scanned=scanned, deleted=deleted)
@@ -264,4 +268,6 @@ async def sweep_through(
             if is_transport_failure(err):
                 raise node_unreachable(entry, err) from None
             await relay(context, err)
+        finally:
+            call.cancel()  # the node's sweep ends with ours (a no-op once it is over)
     yield kv_pb2.SweepResponse(scanned=scanned, deleted=deleted, done=True)

@@ -112,4 +112,4 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         request_iterator: AsyncIterator[kv_pb2.SweepRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[kv_pb2.SweepResponse]:
-        return serve_sweep(self._shards, request_iterator)
+        return serve_sweep(self._shards, request_iterator, self._stopping)

@@ -220,10 +220,19 @@ async def test_streams_waiting_on_their_client_do_not_hold_the_shutdown(server: 
         bulk_call = kv.BulkPut()  # a load that had a batch answered and waits for the next
         await bulk_call.write(kv_pb2.BulkPutRequest(entries=[kv_pb2.Entry(key=b"b1", value=b"v")]))
         assert (await bulk_call.read()).accepted == 1
+        for i in range(10):
+            await kv.Put(kv_pb2.PutRequest(key=b"t%d" % i, value=b"v", ttl_s=0.001))
+        await asyncio.sleep(0.01)
+        sweep_call = kv.Sweep()  # a sweep at one delete a second: 10 s to go
+        await sweep_call.write(kv_pb2.SweepRequest(start=b"t", end=b"u", max_deletes_per_s=1))
+        assert (await sweep_call.read()).deleted == 1
+        watch_call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        assert (await watch_call.read()).status == health_pb2.HealthCheckResponse.SERVING
         started = time.monotonic()
         await server.stop(10)  # the grace period is 10 s; nothing is in flight
         stopped_s = time.monotonic() - started
-        for call in (scan_call, bulk_call):
+        assert (await watch_call.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        for call in (scan_call, bulk_call, sweep_call, watch_call):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await call.read()
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
