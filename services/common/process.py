@@ -16,6 +16,7 @@ import contextlib
 import gc
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -63,6 +64,22 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Extra server interceptors (auth, ...), outermost first. Tracing, RPC metrics and error
 # mapping are not interceptors: they wrap each handler at registration (registrar.py).
 interceptor_factories: list[Callable[[ProcessConfig], grpc.aio.ServerInterceptor]] = []
+
+
+def _check_can_listen(address: str) -> None:
+    """Raise OSError when `address` is taken or not this host's, before gRPC tries it:
+    gRPC's own refusal also prints a line of its C core's log."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or int(port) == 0:
+        return  # gRPC judges, and picks a free port for 0
+    try:
+        found = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return  # gRPC judges
+    for family, kind, proto, _, where in found:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+            probe.bind(where)
 
 
 class _Health(health.aio.HealthServicer):
@@ -164,8 +181,9 @@ class GrpcProcess:
         open_files = raise_open_files_limit()
         await self.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
+            _check_can_listen(self.config.address)
             self.port = self.server.add_insecure_port(self.config.address)
-        except RuntimeError:
+        except (OSError, RuntimeError):
             await self.server.stop(None)
             raise OSError(
                 f"cannot listen on {self.config.address} (in use, or not an address of this host)"

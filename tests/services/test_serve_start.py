@@ -64,3 +64,16 @@ def test_a_gateway_waiting_for_control_stops_on_sigterm() -> None:
         if gateway.poll() is None:
             gateway.kill()
             gateway.wait()
+
+
+def test_a_port_in_use_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        args = [KEYSPAN, "serve", "--address", address, "--data", str(tmp_path / "data")]
+        started = subprocess.run(args, capture_output=True, text=True, timeout=60)  # gRPC's default log level
+    assert started.returncode == 4
+    assert started.stderr == f"keyspan: cannot listen on {address} (in use, or not an address of this host)\n"
