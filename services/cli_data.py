@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,63 @@ EXAMPLES_ADDRESS = "127.0.0.1:7420"
 # this long without progress, then go on where they were; the client's default gives up
 # after 8 failed attempts, a few seconds, which a restart of a big node outlasts.
 RIDE_OUT_S = 60.0
+MAX_UINT64 = (1 << 64) - 1  # etags and scan limits on the wire (keyspan.streams.client)
+MAX_BATCH_BYTES = 8 << 20  # keyspan.streams.bulk_sender; not imported, so Tab completion stays fast
+MAX_DELETES_PER_S = 1e9  # the server's bound on a sweep's rate
+
+
+class Etag(click.IntRange):
+    """An etag given as a precondition: 1 to 2**64-1. A 0 is refused, not sent: on the
+    wire it means "no precondition", so a 0 read back for an absent key would write
+    unconditionally."""
+
+    name = "etag"
+
+    def __init__(self, absent_hint: str = "") -> None:
+        super().__init__(min=1, max=MAX_UINT64)
+        self.absent_hint = absent_hint
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.INT.convert(value, param, ctx)
+        if number == 0:
+            self.fail(f"0 is no etag (etags start at 1){self.absent_hint}", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+class Seconds(click.FloatRange):
+    """A number of seconds above 0 and finite (click's FloatRange lets NaN through)."""
+
+    name = "seconds"
+
+    def __init__(self) -> None:
+        super().__init__(min=0, min_open=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a number of seconds above 0", param, ctx)
+        return number
+
+
+class Rate(click.FloatRange):
+    """A rate that is 0 (no limit) or between 1 and `high` per second."""
+
+    name = "rate"
+
+    def __init__(self, high: float) -> None:
+        super().__init__(min=0, max=high)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not (number == 0 or number >= 1):  # NaN fails too
+            self.fail(f"{number} is not 0 (no limit) or between 1 and {self.max:g}", param, ctx)
+        return number
+
+
+def _address(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not value.strip():
+        raise click.BadParameter("must be HOST:PORT, not empty", ctx, param)
+    return value
 
 
 @dataclass(frozen=True)
@@ -67,6 +125,7 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             envvar="KEYSPAN_ADDRESS",
             show_default=True,
             show_envvar=True,
+            callback=_address,
             help="HOST:PORT of the keyspan server or gateway.",
         ),
         click.option(
@@ -80,7 +139,12 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="text for people, json for scripts.",
         ),
         click.option(
-            "--timeout", "timeout_s", type=float, default=5.0, show_default=True, help="Seconds per call."
+            "--timeout",
+            "timeout_s",
+            type=Seconds(),
+            default=5.0,
+            show_default=True,
+            help="Seconds per call.",
         ),
     ]
 
@@ -158,11 +222,17 @@ def _print_entry(conn: Conn, entry: Any, with_key: bool) -> None:
 @click.argument("key")
 @click.argument("value")
 @click.option("--ttl", "ttl_s", type=float, default=0.0, help="Seconds until the entry expires (0: never).")
-@click.option("--if-etag", type=int, default=0, help="Write only if the current etag is this.")
+@click.option(
+    "--if-etag",
+    type=Etag("; to write only if the key does not exist, use --if-absent"),
+    help="Write only if the current etag is this.",
+)
 @click.option("--if-absent", is_flag=True, help="Write only if the key does not exist.")
 @click.option("--json", "as_json", is_flag=True, help="VALUE is JSON text, stored as a JSON document.")
 @client_options
-def put(conn: Conn, key: str, value: str, ttl_s: float, if_etag: int, if_absent: bool, as_json: bool) -> None:
+def put(
+    conn: Conn, key: str, value: str, ttl_s: float, if_etag: int | None, if_absent: bool, as_json: bool
+) -> None:
     """Write VALUE (or stdin when VALUE is -) under KEY and print the new etag.
 
     \b
@@ -173,7 +243,7 @@ def put(conn: Conn, key: str, value: str, ttl_s: float, if_etag: int, if_absent:
     """
     raw, data = conn.key(key), _value_of(value, as_json)
     with expected_errors(), conn.client() as kv:
-        etag = kv.put(raw, data, ttl_s=ttl_s, if_etag=if_etag, if_absent=if_absent, json=as_json)
+        etag = kv.put(raw, data, ttl_s=ttl_s, if_etag=if_etag or 0, if_absent=if_absent, json=as_json)
     click.echo(json.dumps({"etag": etag}) if conn.output == "json" else str(etag))
 
 
@@ -199,9 +269,9 @@ def get(conn: Conn, key: str, paths: tuple[str, ...]) -> None:
 
 @cli.command()
 @click.argument("key")
-@click.option("--if-etag", type=int, default=0, help="Delete only if the current etag is this.")
+@click.option("--if-etag", type=Etag(), help="Delete only if the current etag is this.")
 @client_options
-def delete(conn: Conn, key: str, if_etag: int) -> None:
+def delete(conn: Conn, key: str, if_etag: int | None) -> None:
     """Delete KEY; exit 1 when there was nothing to delete.
 
     \b
@@ -209,7 +279,7 @@ def delete(conn: Conn, key: str, if_etag: int) -> None:
       keyspan delete user/ann --if-etag 7
     """
     with expected_errors(), conn.client() as kv:
-        deleted = kv.delete(conn.key(key), if_etag=if_etag)
+        deleted = kv.delete(conn.key(key), if_etag=if_etag or 0)
     if not deleted:
         _fail(f"not found: {key}", EXIT_NOT_FOUND)
 
@@ -232,10 +302,15 @@ def _path_value(text: str) -> tuple[str, bytes]:
 @click.option("--merge", help="An RFC 7396 merge patch (JSON object).")
 @click.option("--set", "sets", multiple=True, help="PATH=JSON to set, like '$.a.b=42' (repeatable).")
 @click.option("--remove", multiple=True, help="A JSON path to remove (repeatable).")
-@click.option("--if-etag", type=int, default=0, help="Patch only if the current etag is this.")
+@click.option("--if-etag", type=Etag(), help="Patch only if the current etag is this.")
 @client_options
 def patch(
-    conn: Conn, key: str, merge: str | None, sets: tuple[str, ...], remove: tuple[str, ...], if_etag: int
+    conn: Conn,
+    key: str,
+    merge: str | None,
+    sets: tuple[str, ...],
+    remove: tuple[str, ...],
+    if_etag: int | None,
 ) -> None:
     """Change part of the JSON document at KEY atomically; print the new document.
 
@@ -261,7 +336,7 @@ def patch(
             merge=merge.encode() if merge else None,
             set=set_paths,
             remove=list(remove),
-            if_etag=if_etag,
+            if_etag=if_etag or 0,
             json=False,
         )
     document = jsontext.JsonText(entry.value.decode())  # the server's text: numbers as written
@@ -298,7 +373,12 @@ def _range(conn: Conn, start: str | None, end: str | None) -> tuple[bytes | None
 @cli.command()
 @click.argument("start", required=False)
 @click.argument("end", required=False)
-@click.option("--limit", type=int, default=0, help="Most entries to print (0: all).")
+@click.option(
+    "--limit",
+    type=click.IntRange(0, MAX_UINT64),
+    default=0,
+    help="Most entries to print (0: all).",
+)
 @click.option("--reverse", is_flag=True, help="Descending key order.")
 @click.option(
     "--paths",
@@ -353,7 +433,8 @@ def dump(conn: Conn, start: str | None, end: str | None) -> None:
 
 
 @cli.command()
-@click.argument("file", type=click.File("r", encoding="utf-8-sig"))  # a BOM (Excel) is not data
+# A BOM (Excel) is not data; bytes that are not UTF-8 are named by their line (cli_records).
+@click.argument("file", type=click.File("r", encoding="utf-8-sig", errors="surrogateescape"))
 @click.option(
     "--format",
     "fmt",
@@ -363,10 +444,18 @@ def dump(conn: Conn, start: str | None, end: str | None) -> None:
     help="auto: csv for *.csv, JSON lines otherwise.",
 )
 @click.option(
-    "--chunk-entries", type=int, default=200_000, show_default=True, help="Entries sorted in memory."
+    "--chunk-entries",
+    type=click.IntRange(min=1),
+    default=200_000,
+    show_default=True,
+    help="Entries sorted in memory.",
 )
 @click.option(
-    "--batch-bytes", type=int, default=1 << 20, show_default=True, help="Bytes per BulkPut message."
+    "--batch-bytes",
+    type=click.IntRange(1, MAX_BATCH_BYTES),
+    default=1 << 20,
+    show_default=True,
+    help="Bytes per BulkPut message.",
 )
 @click.option("--progress/--no-progress", default=True, help="A progress bar on stderr.")
 @client_options
@@ -392,14 +481,16 @@ def load(conn: Conn, file: Any, fmt: str, chunk_entries: int, batch_bytes: int, 
     name = getattr(file, "name", "-")
     fmt = ("csv" if str(name).endswith(".csv") else "jsonl") if fmt == "auto" else fmt
     started = time.monotonic()
+    # One client for the probe and the load: one event loop, one connection.
     with expected_errors(), conn.client() as kv:
         policy = _ride_out(kv)  # before the sort: an address that is wrong fails at once
-    try:
-        with sorted_records(read_records(file, fmt, conn.hex_keys, name), chunk_entries) as (count, records):
-            entries = (wire_entry(*record) for record in records)
-            result = _bulk_load(conn, entries, count, batch_bytes, progress, policy)
-    except RecordError as err:
-        _fail(str(err), EXIT_USAGE)
+        try:
+            records = read_records(file, fmt, conn.hex_keys, name)
+            with sorted_records(records, chunk_entries) as (count, merged):
+                entries = (wire_entry(*record) for record in merged)
+                result = _bulk_load(kv, entries, count, batch_bytes, progress, policy)
+        except RecordError as err:
+            _fail(str(err), EXIT_USAGE)
     elapsed_s = time.monotonic() - started
     rate = result.entries / elapsed_s if elapsed_s else 0.0
     summary = {"entries": result.entries, "bytes": result.bytes, "seconds": round(elapsed_s, 3)}
@@ -411,17 +502,13 @@ def load(conn: Conn, file: Any, fmt: str, chunk_entries: int, batch_bytes: int, 
 
 
 def _bulk_load(
-    conn: Conn, entries: Iterator[Any], total: int, batch_bytes: int, progress: bool, policy: Any
+    kv: Any, entries: Iterator[Any], total: int, batch_bytes: int, progress: bool, policy: Any
 ) -> Any:
     from tqdm import tqdm
 
-    with (
-        tqdm(
-            total=total, unit="entries", unit_scale=total >= 10_000, disable=not progress, file=sys.stderr
-        ) as bar,
-        expected_errors(),
-        conn.client() as kv,
-    ):
+    with tqdm(
+        total=total, unit="entries", unit_scale=total >= 10_000, disable=not progress, file=sys.stderr
+    ) as bar:
         done = 0
 
         def advance(result: Any) -> None:
@@ -435,7 +522,12 @@ def _bulk_load(
 @cli.command()
 @click.argument("start", required=False)
 @click.argument("end", required=False)
-@click.option("--rate", type=float, default=0.0, help="Most deletes per second, 1 to 1e9 (0: no limit).")
+@click.option(
+    "--rate",
+    type=Rate(MAX_DELETES_PER_S),
+    default=0.0,
+    help="Most deletes per second, 1 to 1e9 (0: no limit).",
+)
 @client_options
 def sweep(conn: Conn, start: str | None, end: str | None, rate: float) -> None:
     """Delete the expired entries of [START, END) now, showing progress.

@@ -10,6 +10,11 @@ document's numbers as written: see keyspan.streams.jsontext):
     {"key": "tmp", "value": "x", "ttl_s": 30.5}       seconds left to live
 
 CSV input is `key,value` rows (the value stored as bytes); a first row `key,value` is a header.
+
+Every line is checked as it is read, so a bad one stops a load before anything is written,
+named by its file and line: text that is not UTF-8, JSON that does not parse or nests
+deeper than the store's 1000 levels, a field of the wrong type, a key or TTL the server
+would refuse.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import csv
 import heapq
 import marshal
+import re
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -31,10 +37,17 @@ from keyspan.storage.keys import check_key
 from keyspan.storage.limits import check_ttl
 from keyspan.streams import jsontext
 from keyspan.streams.entry import Entry
+from keyspan.streams.router import MAX_MESSAGE_BYTES
 
 # (key, value, is_json, ttl_s): what a line becomes, and what the sort spills to disk.
 Record = tuple[bytes, bytes, bool, float]
 DEFAULT_CHUNK_ENTRIES = 200_000
+# A CSV field may be as long as a value can be: the csv module's default limit is 128 KiB.
+csv.field_size_limit(max(csv.field_size_limit(), MAX_MESSAGE_BYTES))
+# A line that is not UTF-8 reaches the reader with its bad bytes as lone surrogates
+# (errors="surrogateescape"), so it is named by its own line, not by where the decoder's
+# read-ahead happened to be.
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
 
 class RecordError(ValueError):
@@ -43,11 +56,27 @@ class RecordError(ValueError):
 
 def _key_of(obj: dict[str, Any], hex_keys: bool) -> bytes:
     if "key_hex" in obj:
-        return bytes.fromhex(obj["key_hex"])
+        return bytes.fromhex(_string(obj, "key_hex", "hex digits"))
     key = obj.get("key")
     if not isinstance(key, str):
         raise RecordError('key: must be a string ("key": "..." or "key_hex": "...")')
-    return bytes.fromhex(key) if hex_keys else key.encode()
+    return bytes.fromhex(key) if hex_keys else _utf8(key, "key", '"key_hex"')
+
+
+def _utf8(text: str, name: str, instead: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate escape, "\ud800": JSON takes it, UTF-8 cannot
+        raise RecordError(
+            f"{name}: has a lone surrogate (a \\u escape) UTF-8 cannot carry; use {instead}"
+        ) from None
+
+
+def _string(obj: dict[str, Any], name: str, what: str) -> str:
+    value = obj[name]
+    if not isinstance(value, str):
+        raise RecordError(f"{name}: must be a string of {what}, not {jsontext.dumps(value)[:40]}")
+    return value
 
 
 def _checked(key: bytes, ttl_s: float = 0.0) -> bytes:
@@ -62,11 +91,18 @@ def _checked(key: bytes, ttl_s: float = 0.0) -> bytes:
 
 
 def parse_json_line(line: str, hex_keys: bool = False) -> Record:
-    """One JSON-lines record; raises RecordError (or ValueError for bad hex/base64)."""
-    obj = jsontext.loads(line)
+    """One JSON-lines record; raises RecordError (or ValueError for bad JSON, hex or base64)."""
+    try:
+        obj = jsontext.loads(line, max_depth=jsontext.MAX_DEPTH + 1)  # the line's object is a level
+    except jsontext.TooDeepError:
+        raise RecordError(
+            f"value: nests deeper than {jsontext.MAX_DEPTH} levels, the store's limit"
+        ) from None
     if not isinstance(obj, dict):
         raise RecordError("must be a JSON object with key and value")
-    ttl_s = obj.get("ttl_s", 0) or 0
+    ttl_s = obj.get("ttl_s")
+    if ttl_s is None:
+        ttl_s = 0
     if isinstance(ttl_s, jsontext.JsonText):  # 1e5, 1.50: as written, still a number
         ttl_s = float(ttl_s.text)
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float):
@@ -74,36 +110,63 @@ def parse_json_line(line: str, hex_keys: bool = False) -> Record:
     ttl_s = float(ttl_s)
     key = _checked(_key_of(obj, hex_keys), ttl_s)
     if "value_b64" in obj:
-        return key, base64.b64decode(obj["value_b64"], validate=True), False, ttl_s
+        value_b64 = _string(obj, "value_b64", "base64")
+        return key, base64.b64decode(value_b64, validate=True), False, ttl_s
     if "value" not in obj:
         raise RecordError('value: missing ("value" or "value_b64")')
     value = obj["value"]
     if isinstance(value, str) and not obj.get("json"):
-        return key, value.encode(), False, ttl_s
+        return key, _utf8(value, "value", '"value_b64", or "json": true'), False, ttl_s
     return key, jsontext.to_utf8(jsontext.dumps(value)), True, ttl_s
 
 
 def read_records(stream: IO[str], fmt: str, hex_keys: bool = False, name: str = "-") -> Iterator[Record]:
-    """Records from a JSON-lines or CSV text stream, raising RecordError with `name:line:`."""
+    """Records from a JSON-lines or CSV text stream, raising RecordError with `name:line:`.
+
+    Open the stream with errors="surrogateescape" (or "strict") for UTF-8: a line that
+    is not UTF-8 is then a RecordError naming it.
+    """
+    lines = _utf8_lines(stream, name)
     if fmt == "csv":
-        for number, row in enumerate(csv.reader(stream), 1):
-            if number == 1 and row == ["key", "value"]:
-                continue
-            try:
-                if len(row) != 2:
-                    raise RecordError(f"a CSV row is key,value; got {len(row)} columns")
-                key = _checked(bytes.fromhex(row[0]) if hex_keys else row[0].encode())
-            except ValueError as err:  # RecordError, bad hex
-                raise RecordError(f"{name}:{number}: {err}") from None
-            yield key, row[1].encode(), False, 0.0
+        yield from _csv_records(lines, hex_keys, name)
         return
-    for number, line in enumerate(stream, 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             yield parse_json_line(line, hex_keys)
         except ValueError as err:  # RecordError, JSONDecodeError, bad hex or base64
             raise RecordError(f"{name}:{number}: {err}") from None
+
+
+def _utf8_lines(stream: IO[str], name: str) -> Iterator[str]:
+    number = 0
+    try:
+        for number, line in enumerate(stream, 1):
+            if not line.isascii() and (bad := _NOT_UTF8.search(line)):
+                raw = line[bad.start()].encode("utf-8", "surrogateescape")
+                column = bad.start() + 1
+                raise RecordError(f"{name}:{number}: is not UTF-8 (byte 0x{raw.hex()} at character {column})")
+            yield line
+    except UnicodeDecodeError as err:  # a stream opened with errors="strict"
+        raise RecordError(f"{name}:{number + 1}: is not UTF-8 ({err.reason})") from None
+
+
+def _csv_records(lines: Iterator[str], hex_keys: bool, name: str) -> Iterator[Record]:
+    reader = csv.reader(lines, strict=True)  # a quote left open is an error, not a newline
+    try:
+        for row in reader:
+            if reader.line_num == 1 and row == ["key", "value"]:
+                continue
+            try:
+                if len(row) != 2:
+                    raise RecordError(f"a CSV row is key,value; got {len(row)} columns")
+                key = _checked(bytes.fromhex(row[0]) if hex_keys else row[0].encode())
+            except ValueError as err:  # RecordError, bad hex
+                raise RecordError(f"{name}:{reader.line_num}: {err}") from None
+            yield key, row[1].encode(), False, 0.0
+    except csv.Error as err:  # a field over the limit, a quote left open
+        raise RecordError(f"{name}:{reader.line_num}: {err}") from None
 
 
 def _spill(chunk: list[Record], directory: str) -> Path:

@@ -29,12 +29,16 @@ from keyspan.streams import calls
 from keyspan.streams.entry import Entry, encode_value, key_bytes
 from keyspan.streams.errors import InvalidArgument, KeyspanClientError, Unavailable, from_rpc_error
 from keyspan.streams.retry import DEFAULT_POLICY, RetryPolicy, Stall, retrying
+from keyspan.streams.router import MAX_MESSAGE_BYTES
 from keyspan.v1 import kv_pb2
 
 if TYPE_CHECKING:
     from keyspan.streams.client import AsyncClient
 
 DEFAULT_BATCH_BYTES = 1 << 20
+# A batch is cut after the entry that reaches batch_bytes, and each entry adds a few bytes
+# of framing: half the 16 MiB message limit leaves room for both.
+MAX_BATCH_BYTES = MAX_MESSAGE_BYTES // 2
 MAX_BATCH_ENTRIES = 50_000  # the server takes up to 100,000
 BATCHES_IN_FLIGHT = 3
 ONE_ATTEMPT = RetryPolicy(max_attempts=1)
@@ -52,6 +56,14 @@ class BulkPutResult:
     batches: int = 0
     retries: int = 0
     elapsed_s: float = 0.0
+
+
+def check_batch_bytes(batch_bytes: int) -> int:
+    if isinstance(batch_bytes, bool) or not isinstance(batch_bytes, int):
+        raise ValueError(f"batch_bytes: must be a whole number of bytes, not {batch_bytes!r}")
+    if not 1 <= batch_bytes <= MAX_BATCH_BYTES:
+        raise ValueError(f"batch_bytes: must be between 1 and {MAX_BATCH_BYTES}, not {batch_bytes}")
+    return batch_bytes
 
 
 def wire_entry(key: bytes, value: bytes, is_json: bool = False, ttl_s: float = 0.0) -> kv_pb2.Entry:
@@ -222,7 +234,10 @@ async def send_all(
     on_progress: Callable[[BulkPutResult], None] | None = None,
     timeout_s: float | None = None,
 ) -> BulkPutResult:
-    """Load every item; with a policy, retry retryable failures until all are in."""
+    """Load every item; with a policy, retry retryable failures until all are in.
+
+    batch_bytes out of 1..MAX_BATCH_BYTES is a ValueError, raised before anything is read."""
+    check_batch_bytes(batch_bytes)
     stall = Stall(policy or ONE_ATTEMPT)
     sender = _Sender(client, _Source(items, batch_bytes), stall, timeout_s)
     sender.on_progress = on_progress

@@ -8,15 +8,19 @@
 
 Every call goes through a Router (streams/router.py) and has a deadline: `timeout_s`
 (default 5 s) for unary calls and `stream_timeout_s` (default 300 s) for streams, both
-overridable per call. Failed calls raise the exceptions of streams/errors.py. A call
+overridable per call; a timeout is a number of seconds above 0 (stream_timeout_s None: no
+deadline). Failed calls raise the exceptions of streams/errors.py. A call
 answered with WrongPartition is sent again when the router learned the owner from it.
-The plain methods do not retry otherwise; scan_ex, bulk_put_ex and update do.
+The plain methods do not retry otherwise; scan_ex, bulk_put_ex and update do. An argument
+out of its range (a timeout, an if_etag, a limit, batch_bytes) is a ValueError that names
+it, raised before anything is sent.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json as jsonlib
+import math
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -41,6 +45,27 @@ MAX_ROUTING_HOPS = 3
 SCAN_BATCH_BYTES = 256 * 1024  # the server packs responses to about this (streams/scan.py)
 SCAN_FIRST_CREDITS = 256
 SCAN_MIN_WINDOW, SCAN_MAX_WINDOW = 16, 10_000
+MAX_UINT64 = (1 << 64) - 1  # etags and scan limits are uint64 on the wire
+
+
+def check_uint64(value: int, name: str, zero: str) -> int:
+    """`value` when it is a uint64; else ValueError naming `name` (zero: what 0 means)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_UINT64:
+        raise ValueError(f"{name}: must be 0 ({zero}) or a whole number up to 2**64-1, not {value!r}")
+    return value
+
+
+def _if_etag(if_etag: int) -> int:
+    return check_uint64(if_etag, "if_etag", "no precondition")
+
+
+def check_timeout(value: float | None, name: str, none_ok: bool = False) -> float | None:
+    """`value` when it is a finite number of seconds above 0 (or None, when allowed)."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ValueError(f"{name}: must be a number of seconds above 0, not {value!r}")  # NaN too
+    return value
 
 
 def _json_arg(value: Any) -> str:
@@ -104,9 +129,12 @@ class AsyncClient:
         stream_timeout_s: float | None = DEFAULT_STREAM_TIMEOUT_S,
         metrics: ClientMetrics | None = None,
     ) -> None:
+        if router is None and not address.strip():
+            raise ValueError("address: must be HOST:PORT, not empty")
+        self.timeout_s = check_timeout(timeout_s, "timeout_s")
+        self.stream_timeout_s = check_timeout(stream_timeout_s, "stream_timeout_s", none_ok=True)
         self.router: Router = router if router is not None else StaticRouter(address)
         self.metrics = metrics  # retries, map refreshes, WrongPartition redirects
-        self.timeout_s, self.stream_timeout_s = timeout_s, stream_timeout_s
 
     @classmethod
     async def for_cluster(
@@ -144,7 +172,7 @@ class AsyncClient:
 
     def _deadline(self, timeout_s: float | None, stream: bool = False) -> float | None:
         if timeout_s is not None:
-            return timeout_s
+            return check_timeout(timeout_s, "timeout_s")
         return self.stream_timeout_s if stream else self.timeout_s
 
     async def _unary(self, method: str, key: bytes, request: Any, timeout_s: float | None) -> Any:
@@ -206,14 +234,14 @@ class AsyncClient:
         raw = key_bytes(key)
         data, is_json = encode_value(value, json)
         request = kv_pb2.PutRequest(
-            key=raw, value=data, ttl_s=ttl_s, if_etag=if_etag, if_absent=if_absent, json=is_json
+            key=raw, value=data, ttl_s=ttl_s, if_etag=_if_etag(if_etag), if_absent=if_absent, json=is_json
         )
         return (await self._unary("Put", raw, request, timeout_s)).etag
 
     async def delete(self, key: KeyLike, if_etag: int = 0, *, timeout_s: float | None = None) -> bool:
         """Delete the entry; False when there was none. Raises EtagMismatch on a stale if_etag."""
         raw = key_bytes(key)
-        request = kv_pb2.DeleteRequest(key=raw, if_etag=if_etag)
+        request = kv_pb2.DeleteRequest(key=raw, if_etag=_if_etag(if_etag))
         return (await self._unary("Delete", raw, request, timeout_s)).deleted
 
     async def patch(
@@ -237,7 +265,7 @@ class AsyncClient:
             merge_patch=_json_arg(merge) if merge is not None else "",
             set=[kv_pb2.PathValue(path=p, value=_json_arg(v)) for p, v in (set or {}).items()],
             remove=remove or [],
-            if_etag=if_etag,
+            if_etag=_if_etag(if_etag),
         )
         response = await self._unary("Patch", raw, request, timeout_s)
         value = jsonlib.loads(response.value) if json else response.value
@@ -267,8 +295,7 @@ class AsyncClient:
         """The range's entries as the server batches them, piece by piece of the router.
         Credits are granted as batches are consumed (never more than about two batches
         ahead). No retry: a broken stream raises; scan_ex resumes."""
-        if limit < 0:
-            raise ValueError(f"limit: must be 0 (no limit) or more, not {limit}")
+        check_uint64(limit, "limit", "no limit")
         pieces = self.router.pieces(start, end)
         remaining = limit
         for piece_start, piece_end, stub in reversed(pieces) if reverse else pieces:

@@ -6,6 +6,10 @@ too). Python's json turns such numbers into floats or ints that print differentl
 `Infinity`, which is not JSON), and such a string into one that cannot be encoded as
 UTF-8. The CLI's dump, load, get, scan and patch go through here so they carry a document
 through unchanged.
+
+Text nested deeper than the store takes (MAX_DEPTH, SQLite's limit) is refused before
+it is decoded: Python's decoder would spend a recursion level on each, and a line
+100,000 levels deep would end in a RecursionError.
 """
 
 from __future__ import annotations
@@ -14,6 +18,18 @@ import json
 import re
 from collections.abc import Iterator
 from typing import Any
+
+MAX_DEPTH = 1000  # the store's limit on nesting, SQLite's JSON_MAX_DEPTH
+_STRING = re.compile(r'"(?:[^"\\]+|\\.)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+class TooDeepError(ValueError):
+    """JSON text that nests arrays and objects deeper than `limit` levels."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"nests deeper than {limit} levels")
+        self.limit = limit
 
 
 class JsonText:
@@ -54,13 +70,34 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def loads(text: str | bytes) -> Any:
+def loads(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
     """Decode JSON text; numbers a float or int would change come back as JsonText.
 
-    Refuses NaN and Infinity (ValueError), as the server does. Nesting is bounded by
-    Python's recursion limit, which the CLI raises above the server's 1000 levels.
+    Refuses NaN and Infinity (ValueError), as the server does, and text nested deeper
+    than `max_depth` (TooDeepError, a ValueError) before decoding it. Decoding spends a
+    Python recursion level per level of nesting: the CLI raises the recursion limit above
+    MAX_DEPTH.
     """
-    return _DECODER.decode(text.decode() if isinstance(text, bytes) else text)
+    if isinstance(text, bytes):
+        text = text.decode()
+    check_depth(text, max_depth)
+    return _DECODER.decode(text)
+
+
+def check_depth(text: str, limit: int = MAX_DEPTH) -> None:
+    """Raise TooDeepError when JSON text nests arrays and objects deeper than `limit`.
+
+    Text with no more brackets than `limit` passes on a count (a few microseconds per
+    kilobyte); only text with more is walked bracket by bracket, skipping strings. Text
+    that is not JSON gets an answer too; decoding it then says what is wrong.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return
+    depth = 0
+    for bracket in _BRACKET.findall(_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > limit:
+            raise TooDeepError(limit)
 
 
 def dumps(value: Any) -> str:

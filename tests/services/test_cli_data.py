@@ -325,3 +325,114 @@ def test_a_nan_line_is_named_by_its_line(server_address: str, tmp_path: Path) ->
     result = run_cli(server_address, "load", str(tmp_path / "nan.jsonl"))
     assert result.returncode == 2
     assert b"nan.jsonl:2: NaN is not JSON" in result.stderr and b"Traceback" not in result.stderr
+
+
+def _stored_keys(address: str) -> list[str]:
+    with Client(address) as kv:
+        return [entry.key.decode() for entry in kv.scan()]
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (("--batch-bytes", "0"), "--batch-bytes"),
+        (("--batch-bytes", "-1"), "--batch-bytes"),
+        (("--batch-bytes", str(1 << 30)), "--batch-bytes"),
+        (("--chunk-entries", "0"), "--chunk-entries"),
+    ],
+)
+def test_a_load_with_a_size_out_of_range_is_a_usage_error_and_writes_nothing(
+    server_address: str, tmp_path: Path, args: tuple[str, ...], flag: str
+) -> None:
+    (tmp_path / "in.jsonl").write_text('{"key": "a", "value": 1}\n')
+    code, out = invoke(server_address, "load", str(tmp_path / "in.jsonl"), "--no-progress", *args)
+    assert code == 2 and f"Invalid value for '{flag}'" in out
+    assert _stored_keys(server_address) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("put", "k", "v", "--if-etag", "-5"), "'--if-etag': -5 is not in the range 1<=x<=1844674407370955"),
+        (("put", "k", "v", "--if-etag", "99999999999999999999"), "'--if-etag': 99999999999999999999 is not"),
+        (("put", "k", "v", "--if-etag", "0"), "'--if-etag': 0 is no etag (etags start at 1); to write only"),
+        (("delete", "k", "--if-etag", "-1"), "'--if-etag': -1 is not in the range"),
+        (("delete", "k", "--if-etag", "0"), "'--if-etag': 0 is no etag"),
+        (("patch", "k", "--merge", "{}", "--if-etag", "-1"), "'--if-etag': -1 is not in the range"),
+        (("scan", "--limit", "-1"), "'--limit': -1 is not in the range 0<=x<=18446744073709551615"),
+        (("scan", "a", "b", "--limit", "99999999999999999999"), "'--limit': 99999999999999999999 is not"),
+        (("sweep", "--rate", "0.5"), "'--rate': 0.5 is not 0 (no limit) or between 1 and 1e+09"),
+        (("sweep", "--rate", "nan"), "'--rate': nan is not 0 (no limit)"),
+        (("get", "k", "--timeout", "0"), "'--timeout': 0.0 is not in the range x>0"),
+        (("get", "k", "--timeout", "-1"), "'--timeout': -1.0 is not in the range x>0"),
+        (("get", "k", "--timeout", "nan"), "'--timeout': nan is not a number of seconds above 0"),
+        (("get", "k", "--address", ""), "'--address' (env var: 'KEYSPAN_ADDRESS'): must be HOST:PORT"),
+    ],
+)
+def test_an_option_out_of_its_range_is_a_usage_error(
+    server_address: str, args: tuple[str, ...], message: str
+) -> None:
+    invoke(server_address, "put", "k", "v")
+    exit_code, output = invoke(server_address, *args)
+    assert exit_code == 2 and message in output and "Traceback" not in output
+    with Client(server_address) as kv:
+        entry = kv.get("k")
+    assert entry is not None and entry.etag == 1  # nothing was written
+
+
+BAD_LOADS = {
+    "key_hex_null.jsonl": (b'{"key_hex": null, "value": "x"}\n', "key_hex_null.jsonl:2: key_hex: must be"),
+    "key_hex_number.jsonl": (b'{"key_hex": 12, "value": "x"}\n', "key_hex_number.jsonl:2: key_hex: must be"),
+    "b64_null.jsonl": (b'{"key": "b", "value_b64": null}\n', "b64_null.jsonl:2: value_b64: must be a string"),
+    "not_utf8.jsonl": (b'{"key": "b", "value": "\xff"}\n', "not_utf8.jsonl:2: is not UTF-8 (byte 0xff"),
+    "deep.jsonl": (
+        b'{"key": "b", "value": %s1%s}\n' % (b"[" * 100_000, b"]" * 100_000),
+        "deep.jsonl:2: value: nests deeper than 1000 levels",
+    ),
+    "open_quote.csv": (b'b,"no end\n', "open_quote.csv:2: unexpected end of data"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_LOADS)
+def test_a_malformed_line_stops_the_load_before_anything_is_written(
+    server_address: str, tmp_path: Path, name: str
+) -> None:
+    good = b"a,1\n" if name.endswith(".csv") else b'{"key": "a", "value": 1}\n'
+    text, message = BAD_LOADS[name]
+    (tmp_path / name).write_bytes(good + text)
+    result = run_cli(server_address, "load", str(tmp_path / name), "--no-progress")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.decode().startswith(f"keyspan: {tmp_path}/{message}")
+    assert result.stderr.count(b"\n") == 1  # one line, no traceback
+    assert _stored_keys(server_address) == []
+
+
+def test_a_document_too_deep_past_the_first_batch_is_named_by_its_line(
+    server_address: str, tmp_path: Path
+) -> None:
+    """It was found only by the server, after the batches sorted before it were written."""
+    lines = [line({"key": f"pm/{i:05d}", "value": "y" * 100}) for i in range(20_000)]
+    lines.insert(10, '{"key": "pm/99999", "value": ' + "[" * 1001 + "1" + "]" * 1001 + "}")
+    (tmp_path / "deep.jsonl").write_text("\n".join(lines) + "\n")
+    result = run_cli(server_address, "load", str(tmp_path / "deep.jsonl"), "--no-progress")
+    assert result.returncode == 2
+    assert b"deep.jsonl:11: value: nests deeper than 1000 levels" in result.stderr
+    assert _stored_keys(server_address) == []
+
+
+def test_a_csv_value_over_128_kib_loads(server_address: str, tmp_path: Path) -> None:
+    value = "x" * 200_000
+    (tmp_path / "big.csv").write_text(f"a,{value}\n")
+    result = run_cli(server_address, "load", str(tmp_path / "big.csv"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    with Client(server_address) as kv:
+        entry = kv.get("a")
+    assert entry is not None and entry.value == value.encode()
+
+
+def test_the_cli_bounds_are_the_clients() -> None:
+    from keyspan.services import cli_data
+    from keyspan.streams import bulk_sender, client
+
+    assert cli_data.MAX_BATCH_BYTES == bulk_sender.MAX_BATCH_BYTES
+    assert cli_data.MAX_UINT64 == client.MAX_UINT64

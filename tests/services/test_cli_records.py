@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -95,3 +96,61 @@ def test_sort_keeps_the_last_of_equal_keys_across_runs() -> None:
     records += [(b"c", b"1", False, 0.0), (b"b", b"3", False, 0.0)]
     with sorted_records(records, chunk_entries=2) as (_, merged):
         assert list(merged) == [(b"a", b"1", False, 0.0), (b"b", b"3", False, 0.0), (b"c", b"1", False, 0.0)]
+
+
+def _nested_line(depth: int) -> str:
+    return '{"key": "a", "value": ' + "[" * depth + "1" + "]" * depth + "}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"key_hex": null, "value": "x"}\n', "in:1: key_hex: must be a string of hex digits, not null"),
+        ('{"key_hex": 12, "value": "x"}\n', "in:1: key_hex: must be a string of hex digits, not 12"),
+        ('{"key": "a", "value_b64": null}\n', "in:1: value_b64: must be a string of base64, not null"),
+        ('{"key": "a", "value": 1, "ttl_s": false}\n', "in:1: ttl_s: must be a number of seconds"),
+        ('{"key": "\\ud800", "value": "x"}\n', 'in:1: key: has a lone surrogate .* use "key_hex"'),
+        ('{"key": "a", "value": "\\udfff"}\n', 'in:1: value: has a lone surrogate .* use "value_b64"'),
+        (_nested_line(100_000), "in:1: value: nests deeper than 1000 levels"),
+        (_nested_line(1001), "in:1: value: nests deeper than 1000 levels, the store's limit"),
+    ],
+)
+def test_a_field_of_the_wrong_type_or_shape_is_named_by_its_line(text: str, message: str) -> None:
+    with pytest.raises(RecordError, match=message):
+        list(read_records(io.StringIO(text), "jsonl", name="in"))
+
+
+def test_a_document_1000_levels_deep_is_read() -> None:
+    text = _nested_line(1000)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(5000)  # as the CLI does: Python's json spends a level per level
+    try:
+        ((key, value, is_json, _),) = list(read_records(io.StringIO(text), "jsonl"))
+    finally:
+        sys.setrecursionlimit(limit)
+    assert (key, is_json, value.count(b"[")) == (b"a", True, 1000)
+
+
+def test_a_line_that_is_not_utf8_is_named_by_its_own_line() -> None:
+    # Many good lines first: the decoder reads ahead, so a strict decode fails on line 1.
+    data = b'{"key": "a", "value": "x"}\n' * 500 + b'{"key": "b", "value": "\xff"}\n'
+    stream = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", errors="surrogateescape")
+    with pytest.raises(RecordError, match=r"in:501: is not UTF-8 \(byte 0xff at character 24\)"):
+        list(read_records(stream, "jsonl", name="in"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('a,1\nb,"open\n', "in:2: unexpected end of data"),
+        ('a,"q"x\n', "in:1: ',' expected after '\"'"),
+    ],
+)
+def test_a_csv_row_that_does_not_parse_is_named_by_its_line(text: str, message: str) -> None:
+    with pytest.raises(RecordError, match=message):
+        list(read_records(io.StringIO(text), "csv", name="in"))
+
+
+def test_a_csv_value_may_be_larger_than_the_csv_modules_128_kib() -> None:
+    value = "x" * (1 << 20)
+    assert list(read_records(io.StringIO(f"a,{value}\n"), "csv")) == [(b"a", value.encode(), False, 0.0)]

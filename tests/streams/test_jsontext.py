@@ -57,3 +57,27 @@ def test_deep_documents_come_back_as_written() -> None:
     depth = 400
     text = "[" * depth + "1e400" + "]" * depth
     assert jsontext.dumps(jsontext.loads(text)) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "deep"),
+    [
+        ("[" * 1000 + "]" * 1000, False),
+        ("[" * 1001 + "]" * 1001, True),
+        ('{"a":' * 1001 + "1" + "}" * 1001, True),
+        ('["' + "[" * 5000 + '"]', False),  # brackets in a string do not nest
+        ('["\\"' + "{" * 5000 + '"]', False),  # nor after an escaped quote
+        ("[" * 100_000, True),  # not JSON either: refused before the decoder recurses
+    ],
+)
+def test_check_depth_counts_nesting_outside_strings(text: str, deep: bool) -> None:
+    if deep:
+        with pytest.raises(jsontext.TooDeepError, match="nests deeper than 1000 levels"):
+            jsontext.check_depth(text)
+    else:
+        jsontext.check_depth(text)
+
+
+def test_loads_refuses_text_nested_past_the_limit_without_a_recursion_error() -> None:
+    with pytest.raises(ValueError, match="nests deeper than 1000 levels"):
+        jsontext.loads("[" * 100_000 + "]" * 100_000)
