@@ -1,8 +1,8 @@
 """The storage limit: what apsw alone does on the same disk with keyspan's table shape.
 
-Same schema as storage/shard.py's `entries` (WITHOUT ROWID, JSON flag, etag, expiry and
-its partial index), WAL mode, the same synchronous setting; sorted 16-byte keys, values
-of the run's size, 1000 rows per transaction.
+Same schema as storage/shard.py's `entries` (a rowid table with a unique key index, JSON
+flag, etag, expiry and its partial index), WAL mode, the same synchronous setting; sorted
+16-byte keys, values of the run's size, 1000 rows per transaction.
 """
 
 from __future__ import annotations
