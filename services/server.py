@@ -9,6 +9,7 @@ import grpc
 from keyspan.services.common.process import GrpcProcess
 from keyspan.services.config import ServeConfig, StorageConfig
 from keyspan.services.node.kv import KVServicer
+from keyspan.storage.errors import KeyspanError, UnavailableError
 from keyspan.storage.limits import Limits
 from keyspan.storage.shardset import ShardSet, ShardSetOptions, ranges_from_split_points
 from keyspan.streams.sweep import Sweeper
@@ -55,6 +56,17 @@ class KeyspanServer(StorageProcess):
 
     name = "serve"
     config: ServeConfig
+
+    def __init__(self, config: ServeConfig) -> None:
+        super().__init__(config)
+        self.shards.on_missing = self._not_open
+
+    def _not_open(self, key: bytes) -> KeyspanError:
+        """No partition holds `key`: serve's partitions tile the key space, so they are not
+        open yet (the port takes calls while health says NOT_SERVING) or no longer. A
+        WrongPartition here, which clients do not retry, stopped a load that met a restart."""
+        when = "stopping" if self.stopping.is_set() else "starting"
+        return UnavailableError(f"the server is {when}: its partitions are not open", retry_after_s=0.2)
 
     async def on_start(self) -> None:
         ranges = ranges_from_split_points(self.config.split_keys())

@@ -94,8 +94,9 @@ class ShardSetOptions:
 class ShardSet:
     """The node's partitions, in key order. Not thread-safe: use it from the event loop.
 
-    `on_missing` builds the WrongPartitionError for a key no local partition owns (the
-    cluster's node fills in the owner from its map); by default the error names no owner.
+    `on_missing` builds the error for a key no local partition owns: a WrongPartitionError
+    (the cluster's node fills in the owner from its map; by default it names no owner), or
+    UnavailableError while the partitions are not open (`keyspan serve`).
     """
 
     def __init__(self, data_dir: Path, options: ShardSetOptions | None = None) -> None:
@@ -105,7 +106,7 @@ class ShardSet:
         self.reads = ReadPool(self.options.read_threads, inline_budget_s=self.options.inline_read_budget_s)
         self._partitions: list[Partition] = []
         self._starts: list[bytes] = []
-        self.on_missing: Callable[[bytes], WrongPartitionError] = WrongPartitionError
+        self.on_missing: Callable[[bytes], KeyspanError] = WrongPartitionError
         # Timings of every writer opened after it is set (services/ turns them into metrics).
         self.write_observer: WriteObserver | None = None
         self._warned_open_files = False
@@ -337,6 +338,33 @@ class ShardSet:
             if common is not None:
                 out.append((p, common))
         return out
+
+    def held(
+        self, key_range: KeyRange, *, reverse: bool = False
+    ) -> tuple[list[tuple[Partition, KeyRange]], bytes | None]:
+        """The local partitions meeting key_range, each with the common part, in key order
+        (descending if reverse), up to the first part of the range no local partition
+        holds; and a key of that gap (None: they hold all of it). A scan over a range some
+        of which is not here (not open yet, moved away) must not read that part as empty."""
+        parts = self.overlapping(key_range)
+        if reverse:
+            parts.reverse()
+        edge = key_range.end if reverse else key_range.start
+        for i, (_, common) in enumerate(parts):
+            if (common.end if reverse else common.start) != edge:
+                return parts[:i], (common.end if reverse else edge)  # type: ignore[return-value]
+            edge = common.start if reverse else common.end
+        if edge != (key_range.start if reverse else key_range.end):
+            return parts, key_range.start if reverse else edge
+        return parts, None
+
+    def covering(self, key_range: KeyRange) -> list[tuple[Partition, KeyRange]]:
+        """held(key_range)'s partitions when they hold all of it; else the on_missing
+        error for the gap's key."""
+        parts, gap = self.held(key_range)
+        if gap is not None:
+            raise self.on_missing(gap)
+        return parts
 
     # -- operations ----------------------------------------------------------------------
 

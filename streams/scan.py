@@ -135,12 +135,12 @@ async def serve_scan(
     remaining = first.limit or None
     pump = asyncio.create_task(credits.pump(requests))
     try:
-        parts = shards.overlapping(key_range)
-        if first.reverse:
-            parts.reverse()
+        # Up to the first part of the range not held here: the stream ends there with
+        # the on_missing error (WrongPartition, or UNAVAILABLE while serve starts).
+        parts, gap = shards.held(key_range, reverse=first.reverse)
         cursor = key_range.end if first.reverse else key_range.start
         for index, (partition, common) in enumerate(parts):
-            last_part = index == len(parts) - 1
+            last_part = index == len(parts) - 1 and gap is None
             while (todo := _rest(common, cursor, first.reverse)) is not None:
                 if not await credits.wait(stopping):
                     return
@@ -169,6 +169,8 @@ async def serve_scan(
                     return
                 if exhausted:
                     break
+        if gap is not None:
+            raise shards.on_missing(gap)
         yield kv_pb2.ScanResponse(resume_key=cursor or b"", done=True)
     finally:
         pump.cancel()

@@ -162,6 +162,27 @@ async def test_a_node_answers_wrong_partition_with_the_owner(running: Running) -
     )
 
 
+async def test_a_node_scans_up_to_a_range_it_does_not_hold_then_names_it(running: Running) -> None:
+    """It used to skip the part held elsewhere and answer done, as if that part were empty."""
+    gateway = running.stub(running.gateway.address)
+    for k in KEYS:
+        await gateway.Put(kv_pb2.PutRequest(key=k, value=k))
+    router = running.gateway.router
+    mine = router.owner(b"").address
+    gap = next(start for start in (b"g", b"n") if router.owner(start).address != mine)
+    call = running.stub(mine).Scan()
+    await call.write(kv_pb2.ScanRequest(credits=1000))
+    got: list[bytes] = []
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for response in call:
+            got.extend(e.key for e in response.entries)
+            assert not response.done
+    assert got == [k for k in KEYS if k < gap]
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    detail = wrong_partition(refused.value)
+    assert detail is not None and detail.key == gap and detail.address == router.owner(gap).address
+
+
 async def test_map_router_watching_control_routes_straight_to_the_nodes(running: Running) -> None:
     router = MapRouter.watching(running.control.address)
     try:

@@ -77,3 +77,54 @@ def test_a_port_in_use_stops_the_start_with_one_line(tmp_path: Path) -> None:
         started = subprocess.run(args, capture_output=True, text=True, timeout=60)  # gRPC's default log level
     assert started.returncode == 4
     assert started.stderr == f"keyspan: cannot listen on {address} (in use, or not an address of this host)\n"
+
+
+async def scan(kv: object) -> list[object]:
+    from keyspan.v1 import kv_pb2
+
+    call = kv.Scan()  # type: ignore[attr-defined]
+    await call.write(kv_pb2.ScanRequest(credits=10))
+    return [response async for response in call]  # an empty range with done: "served"
+
+
+async def test_calls_while_the_partitions_open_are_unavailable_not_wrong_partition(tmp_path: Path) -> None:
+    """The port takes calls before the shards are open (health says NOT_SERVING): they are
+    retryable. A WrongPartition, which clients do not retry, stopped a load at a restart."""
+    import asyncio
+    import threading
+
+    import grpc
+
+    from keyspan.services.config import ServeConfig
+    from keyspan.services.server import KeyspanServer
+    from keyspan.v1 import kv_pb2, kv_pb2_grpc
+
+    server = KeyspanServer(ServeConfig(address="127.0.0.1:0", data=tmp_path / "data"))
+    opened, release = server.shards.open, threading.Event()
+
+    def slow_open(*args: object) -> None:
+        release.wait(10)
+        opened(*args)  # type: ignore[arg-type]
+
+    server.shards.open = slow_open  # type: ignore[method-assign]
+    starting = asyncio.create_task(server.start())
+    try:
+        while not server.port:
+            await asyncio.sleep(0.01)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            kv = kv_pb2_grpc.KVStub(channel)
+            for call in (kv.Get(kv_pb2.GetRequest(key=b"k")), kv.Put(kv_pb2.PutRequest(key=b"k")), scan(kv)):
+                try:
+                    await call
+                except grpc.aio.AioRpcError as err:
+                    assert err.code() == grpc.StatusCode.UNAVAILABLE
+                    assert err.details() == "the server is starting: its partitions are not open"
+                else:
+                    raise AssertionError("served before the partitions were open")
+            release.set()
+            await starting
+            assert (await kv.Put(kv_pb2.PutRequest(key=b"k", value=b"v"))).etag == 1
+    finally:
+        release.set()
+        await starting
+        await server.stop(0)

@@ -682,3 +682,35 @@ def test_a_value_takes_about_its_size_on_disk(tmp_path: Path, value_bytes: int) 
     finally:
         shard.close()
     assert pages * page_bytes / 2000 / (16 + value_bytes) < 1.5  # with the change log and indexes
+
+
+async def test_a_range_with_a_part_not_held_here_is_refused_not_read_as_empty(tmp_path: Path) -> None:
+    shards = ShardSet(tmp_path / "d")  # a node holding [-inf, g) and [n, u) only
+    held = [("p0", KeyRange(b"", b"g")), ("p2", KeyRange(b"n", b"u"))]
+    await asyncio.to_thread(shards.open, held)
+    try:
+        assert [p.id for p, _ in shards.covering(KeyRange(b"a", b"f"))] == ["p0"]
+        assert [p.id for p, _ in shards.covering(KeyRange(b"n", b"u"))] == ["p2"]
+
+        def held(start: bytes, end: bytes | None, reverse: bool = False) -> tuple[list[str], bytes | None]:
+            parts, gap = shards.held(KeyRange(start, end), reverse=reverse)
+            return [p.id for p, _ in parts], gap
+
+        # a scan reads up to the gap, then ends with the gap's key (WrongPartition)
+        assert held(b"a", b"p") == (["p0"], b"g")
+        assert held(b"a", b"p", reverse=True) == (["p2"], b"g")
+        assert held(b"h", None) == ([], b"h")
+        assert held(b"o", None) == (["p2"], b"u")
+        assert held(b"o", None, reverse=True) == ([], b"u")
+        assert held(b"", b"t", reverse=True) == (["p2"], b"g")
+        for key_range, gap in [
+            (KeyRange(b"a", b"h"), b"g"),
+            (KeyRange(b"h", b"i"), b"h"),
+            (KeyRange(b"o", None), b"u"),
+            (KeyRange(b"", None), b"g"),
+        ]:
+            with pytest.raises(WrongPartitionError) as missing:
+                shards.covering(key_range)
+            assert missing.value.key == gap
+    finally:
+        shards.close()
