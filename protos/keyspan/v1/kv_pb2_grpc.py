@@ -165,10 +165,13 @@ class KVServicer:
         A client that closes its side (it will grant no more) gets what its credits cover,
         then the stream ends with OK and no `done`: resume from resume_key to read on.
 
-        Errors: INVALID_ARGUMENT (start >= end, credits <= 0 on the first request, bad
-        path); FAILED_PRECONDITION with WrongPartition; UNAVAILABLE while the partition
-        moves, or when the server begins to stop (the stream ends before its next batch:
-        resume from the last resume_key, with backoff). Set a deadline that fits the range.
+        Errors: INVALID_ARGUMENT (start >= end, credits out of range, bad path);
+        FAILED_PRECONDITION with WrongPartition when the scan reaches a part of the range
+        this node does not hold (after the entries before it: resume from resume_key on
+        the owner it names; a part held elsewhere is never answered as empty); UNAVAILABLE
+        while the partition moves, while the server starts (its partitions not open yet),
+        or when it begins to stop (the stream ends before its next batch: resume from the
+        last resume_key, with backoff). Set a deadline that fits the range.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
