@@ -196,7 +196,10 @@ class KVServicer:
         are answered first; send the batches not answered again once it is back. A batch
         that fails for the server's state rather than its content (DISK_FULL, UNAVAILABLE,
         WrongPartition) ends the stream while the batch sent after it may be committing:
-        send every batch not answered again (BulkPut overwrites, so that is safe).
+        send every batch not answered again (BulkPut overwrites, so that is safe). A batch
+        written after the server ended the stream fails in the client, not on the wire
+        (grpc.aio: INTERNAL "Internal error from Core" or InvalidStateError); read the
+        stream's status to learn why it ended.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
