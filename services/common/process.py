@@ -12,7 +12,6 @@ drain, files close).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import signal
@@ -83,49 +82,58 @@ def _check_can_listen(address: str) -> None:
 
 
 class _Health(health.aio.HealthServicer):
-    """grpc_health's servicer, whose Watch streams end once the process is stopping.
+    """grpc_health's servicer, with a Watch that ends once the process is stopping.
 
     A watcher (a load balancer, control watching a node) keeps its stream open for good,
     and the server's stop would wait the whole grace period for it. Instead it is sent
-    NOT_SERVING and the stream ends UNAVAILABLE: watch again, elsewhere or later.
+    NOT_SERVING and the stream ends UNAVAILABLE: watch again, elsewhere or later. Watch
+    is written here in full: ending grpc_health's own by cancelling it raced with its
+    writes (a NOT_SERVING sent twice, or a call left open to the end of the grace).
     """
 
     def __init__(self, stopping: asyncio.Event) -> None:
         super().__init__()
         self._stopping = stopping
+        self._statuses: dict[str, int] = {"": health_pb2.HealthCheckResponse.SERVING}  # as the base
+        self._changed = asyncio.Event()  # set, and replaced, at every change
+        self._closing = False
+
+    async def set(self, service: str, status: int) -> None:  # type: ignore[override]
+        await super().set(service, status)  # type: ignore[arg-type]
+        if not self._closing:
+            self._statuses[service] = status
+            self._announce()
+
+    async def enter_graceful_shutdown(self) -> None:
+        await super().enter_graceful_shutdown()
+        self._closing = True
+        self._statuses = dict.fromkeys(self._statuses, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._announce()
+
+    def _announce(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
-        sent = _LastSent(context)
-        watch = asyncio.ensure_future(super().Watch(request, sent))
-        stop = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait((watch, stop), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            if not watch.done():
-                watch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watch
-        if not watch.cancelled():
-            return watch.result()  # type: ignore[func-returns-value]
-        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-        if sent.status != not_serving:
-            await context.write(health_pb2.HealthCheckResponse(status=not_serving))
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is stopping")
-
-
-class _LastSent:
-    """A Watch call's context that remembers the last status written to it."""
-
-    def __init__(self, context: Any) -> None:
-        self._context, self.status = context, None
-
-    async def write(self, message: health_pb2.HealthCheckResponse) -> None:
-        await self._context.write(message)
-        self.status = message.status
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._context, name)
+        unknown = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        last = None
+        while True:
+            changed = self._changed  # taken before the status is read: no change is missed
+            stopping = self._stopping.is_set()
+            status = self._statuses.get(request.service, unknown)
+            if stopping and status != unknown:
+                status = health_pb2.HealthCheckResponse.NOT_SERVING
+            if status != last:
+                await context.write(health_pb2.HealthCheckResponse(status=status))
+                last = status
+            if stopping:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is stopping")
+            waits = [asyncio.ensure_future(changed.wait()), asyncio.ensure_future(self._stopping.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
 
 
 class GrpcProcess:

@@ -349,3 +349,23 @@ async def test_a_later_grant_outside_the_credit_range_ends_the_scan_with_invalid
         await asyncio.wait_for(call.read(), 5)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details() == f"credits: must be between 1 and 1000000, not {grant}"
+
+
+async def test_a_health_watch_follows_every_change(server: KeyspanServer) -> None:
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service="keyspan.v1.KV"))
+        other = health.Watch(health_pb2.HealthCheckRequest(service="no.such.Service"))
+        assert (await watch.read()).status == serving
+        assert (await other.read()).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        await server.health.set("keyspan.v1.KV", not_serving)
+        assert (await watch.read()).status == not_serving
+        await server.health.set("keyspan.v1.KV", serving)
+        assert (await watch.read()).status == serving
+        await server.health.set("no.such.Service", serving)
+        assert (await other.read()).status == serving
+        check = await health.Check(health_pb2.HealthCheckRequest(service="keyspan.v1.KV"))
+        assert check.status == serving
+        watch.cancel()
+        other.cancel()
