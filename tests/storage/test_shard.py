@@ -714,3 +714,25 @@ async def test_a_range_with_a_part_not_held_here_is_refused_not_read_as_empty(tm
             assert missing.value.key == gap
     finally:
         shards.close()
+
+
+def test_a_wal_grown_under_overlapping_readers_is_cut_back_once_it_restarts(tmp_path: Path) -> None:
+    limit = 16 << 20  # storage.shard.WAL_SIZE_LIMIT_BYTES
+    shard = Shard(tmp_path / "s.db", "s", KeyRange())
+    wal = Path(f"{shard.path}-wal")
+    value = b"x" * 1000
+    try:
+        with shard.reader() as db:  # a read transaction held open: no checkpoint can restart the WAL
+            db.execute("BEGIN")
+            db.execute("SELECT count(*) FROM entries").fetchone()
+            for n in range(30):
+                rows = [BulkRow(b"k%02d%04d" % (n, i), value) for i in range(1000)]
+                shard.apply_batch([Bulk.of_rows(rows)])
+            assert wal.stat().st_size > 2 * limit
+            db.execute("COMMIT")
+        for n in range(3):  # the readers are gone: a checkpoint completes, the WAL restarts
+            shard.apply_batch([Bulk.of_rows([BulkRow(b"z%d" % n, value)])])
+            shard._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        assert wal.stat().st_size <= limit
+    finally:
+        shard.close()
