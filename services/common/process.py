@@ -12,6 +12,7 @@ drain, files close).
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import signal
@@ -75,10 +76,18 @@ def _check_can_listen(address: str) -> None:
         found = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM)
     except socket.gaierror:
         return  # gRPC judges
+    failures: list[OSError] = []
     for family, kind, proto, _, where in found:
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
-            probe.bind(where)
+            try:
+                probe.bind(where)
+            except OSError as err:
+                failures.append(err)
+    # gRPC serves a name (localhost) on the addresses it can bind, one at least: a port in
+    # use on any of them, or none bindable, is refused.
+    if any(err.errno == errno.EADDRINUSE for err in failures) or len(failures) == len(found):
+        raise failures[0]
 
 
 class _Health(health.aio.HealthServicer):

@@ -128,3 +128,31 @@ async def test_calls_while_the_partitions_open_are_unavailable_not_wrong_partiti
         release.set()
         await starting
         await server.stop(0)
+
+
+def test_a_name_gRPC_can_serve_on_one_of_its_addresses_is_not_refused(monkeypatch: object) -> None:
+    """localhost on a host without IPv6: gRPC binds 127.0.0.1 alone and serves."""
+    import socket
+
+    import pytest
+
+    from keyspan.services.common.process import _check_can_listen
+    from keyspan.services.testing import free_port
+
+    port = free_port()
+    real = socket.getaddrinfo
+
+    def v6_unbindable_then_v4(host: object, *args: object, **kwargs: object) -> list[object]:
+        stream = socket.SOCK_STREAM
+        return [
+            (socket.AF_INET6, stream, 6, "", ("2001:db8::1", port, 0, 0)),  # not this host's
+            *real("127.0.0.1", port, type=stream),
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", v6_unbindable_then_v4)  # type: ignore[attr-defined]
+    _check_can_listen(f"localhost:{port}")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        with pytest.raises(OSError):
+            _check_can_listen(f"localhost:{port}")
