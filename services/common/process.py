@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from keyspan.services.common.errors import wrap_errors
@@ -90,59 +90,56 @@ def _check_can_listen(address: str) -> None:
         raise failures[0]
 
 
-class _Health(health.aio.HealthServicer):
-    """grpc_health's servicer, with a Watch that ends once the process is stopping.
+class Health(health_pb2_grpc.HealthServicer):
+    """grpc.health.v1.Health (Check and Watch) over the statuses set here, for every
+    keyspan server and a node's probe port.
 
-    A watcher (a load balancer, control watching a node) keeps its stream open for good,
-    and the server's stop would wait the whole grace period for it. Instead it is sent
-    NOT_SERVING and the stream ends UNAVAILABLE: watch again, elsewhere or later. Watch
-    is written here in full: ending grpc_health's own by cancelling it raced with its
-    writes (a NOT_SERVING sent twice, or a call left open to the end of the grace).
+    Once `enter_graceful_shutdown` is called every status is NOT_SERVING for good, and a
+    Watch is sent NOT_SERVING and ends UNAVAILABLE: a watcher (a load balancer, control
+    watching a node) keeps its stream open for good, and the server's stop would wait the
+    whole grace period for it. grpc_health's own servicer kept those streams open, and
+    ending its Watch by cancelling it raced with its writes (a NOT_SERVING sent twice, or
+    a call left open to the end of the grace).
     """
 
-    def __init__(self, stopping: asyncio.Event) -> None:
-        super().__init__()
-        self._stopping = stopping
-        self._statuses: dict[str, int] = {"": health_pb2.HealthCheckResponse.SERVING}  # as the base
+    def __init__(self) -> None:
+        self._statuses: dict[str, int] = {"": health_pb2.HealthCheckResponse.SERVING}
         self._changed = asyncio.Event()  # set, and replaced, at every change
         self._closing = False
 
-    async def set(self, service: str, status: int) -> None:  # type: ignore[override]
-        await super().set(service, status)  # type: ignore[arg-type]
+    async def set(self, service: str, status: int) -> None:
         if not self._closing:
             self._statuses[service] = status
             self._announce()
 
     async def enter_graceful_shutdown(self) -> None:
-        await super().enter_graceful_shutdown()
-        self._closing = True
-        self._statuses = dict.fromkeys(self._statuses, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self._announce()
+        if not self._closing:
+            self._closing = True
+            self._statuses = dict.fromkeys(self._statuses, health_pb2.HealthCheckResponse.NOT_SERVING)
+            self._announce()
 
     def _announce(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> Any:
+        status = self._statuses.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
-        unknown = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
         last = None
         while True:
             changed = self._changed  # taken before the status is read: no change is missed
-            stopping = self._stopping.is_set()
-            status = self._statuses.get(request.service, unknown)
-            if stopping and status != unknown:
-                status = health_pb2.HealthCheckResponse.NOT_SERVING
+            closing = self._closing
+            status = self._statuses.get(request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
             if status != last:
                 await context.write(health_pb2.HealthCheckResponse(status=status))
                 last = status
-            if stopping:
+            if closing:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is stopping")
-            waits = [asyncio.ensure_future(changed.wait()), asyncio.ensure_future(self._stopping.wait())]
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for wait in waits:
-                    wait.cancel()
+            await changed.wait()
 
 
 class GrpcProcess:
@@ -156,7 +153,7 @@ class GrpcProcess:
         # Set when stop() begins: long-lived streams end at their next resumable point
         # with UNAVAILABLE instead of holding the shutdown for the whole grace period.
         self.stopping = asyncio.Event()
-        self.health = _Health(self.stopping)
+        self.health = Health()
         self.observability = Observability(self.config, self.name)
         self.server = grpc.aio.server(
             interceptors=[make(config) for make in interceptor_factories] or None,

@@ -16,9 +16,9 @@ import logging
 import uuid
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from keyspan.services.common.process import server_options
+from keyspan.services.common.process import Health, server_options
 from keyspan.services.config import NodeConfig
 from keyspan.services.node.reconcile import missing_key_error
 from keyspan.services.node.session import NodeSession
@@ -58,7 +58,7 @@ class NodeProcess(StorageProcess):
         self.map = PartitionMap()
         self.node_id = ""
         self.session: NodeSession | None = None
-        self.probe_health = health.aio.HealthServicer()
+        self.probe_health = Health()
         self.probe_server: grpc.aio.Server | None = None
         self.probe_port = 0
         super().__init__(config)  # the shard set, sweeper and KV servicer (StorageProcess)
