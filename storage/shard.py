@@ -12,6 +12,7 @@ log of (revision, key) for every write, from which an online move catches up;
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
@@ -31,6 +32,7 @@ from keyspan.storage.errors import (
     NotJsonError,
     OpenFilesLimitError,
     ValueTooLargeError,
+    key_text,
 )
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.limits import check_paths
@@ -119,10 +121,35 @@ def _as_bytes(value: Any) -> bytes:
     return value.encode() if isinstance(value, str) else bytes(value)
 
 
-def _projection(paths: Sequence[str]) -> tuple[str, list[str]]:
-    """SQL for a JSON object of path -> value, with its bindings."""
+def _projection(paths: Sequence[str], max_bytes: int | None = None) -> tuple[str, list[Any]]:
+    """SQL for a JSON object of path -> value, with its bindings.
+
+    With max_bytes and more than one path, the SQL first adds up the lengths of the
+    values the paths select, and when they pass max_bytes it yields that sum (an
+    integer) instead of building the object: overlapping paths over a big document
+    (`$`, `$.a`, `$.a.b`, ...) would otherwise build an object many times its size
+    before any check could see it. One path's object is about its document's size.
+    """
     pairs = ", ".join("?, value -> ?" for _ in paths)
-    return f"json_object({pairs})", [p for path in paths for p in (path, path)]
+    built = f"json_object({pairs})"
+    bindings: list[Any] = [p for path in paths for p in (path, path)]
+    if max_bytes is None or len(paths) < 2:
+        return built, bindings
+    # One path at a time (a row of json_each each), so only one value's text is held:
+    # a sum written out path by path held every one until the statement's step ended.
+    over = (
+        "(SELECT CASE WHEN total > ? THEN total END FROM "
+        "(SELECT sum(length(entries.value -> p.value)) AS total FROM json_each(?) AS p))"
+    )
+    return f"coalesce({over}, {built})", [max_bytes, json.dumps(list(paths)), *bindings]
+
+
+def _projected(value: Any, max_bytes: int | None, key: bytes) -> bytes:
+    """A projection's value as bytes; ValueTooLargeError when _projection's SQL found it
+    over max_bytes (it yields the size, an integer, in place of the object)."""
+    if isinstance(value, int) and max_bytes is not None:
+        raise ValueTooLargeError(value, max_bytes, "paths", f" or more, projected from {key_text(key)}")
+    return _as_bytes(value)
 
 
 def json_text(db: apsw.Connection, value: bytes | str, field: str) -> str:
@@ -337,16 +364,21 @@ class Shard:
 
     @staticmethod
     def get(
-        db: apsw.Connection | apsw.Cursor, key: bytes, now_ms: int, paths: Sequence[str] = ()
+        db: apsw.Connection | apsw.Cursor,
+        key: bytes,
+        now_ms: int,
+        paths: Sequence[str] = (),
+        max_projection_bytes: int | None = None,
     ) -> Row | None:
         """The live entry at `key`, or None when absent or expired.
 
         `db` is a read connection, or a cursor kept on one (`point_reader`). With paths, a
         JSON document's value is the projection; a bytes value raises NotJsonError; a
-        malformed path raises InvalidArgumentError.
+        malformed path raises InvalidArgumentError; ValueTooLargeError when the values the
+        paths select add up past max_projection_bytes (then the projection is not built).
         """
         if paths:
-            value_sql, bindings = _projection(paths)
+            value_sql, bindings = _projection(paths, max_projection_bytes)
             sql = _GET.replace(_VALUE, f"CASE json WHEN 1 THEN {value_sql} END")
             args: tuple[Any, ...] = (*bindings, key)
         else:
@@ -364,7 +396,7 @@ class Shard:
             return None
         if paths and not is_json:
             raise NotJsonError(key)
-        return Row(key, _as_bytes(value), bool(is_json), etag, expires)
+        return Row(key, _projected(value, max_projection_bytes, key), bool(is_json), etag, expires)
 
     @staticmethod
     def scan(
@@ -376,12 +408,15 @@ class Shard:
         paths: Sequence[str] = (),
         max_rows: int = 1000,
         max_bytes: int = 64 * 1024,
+        max_projection_bytes: int | None = None,
     ) -> tuple[list[Row], bool]:
         """Up to max_rows live entries of key_range in order, stopping past max_bytes.
 
-        The flag is True when the range holds nothing after the rows returned.
+        The flag is True when the range holds nothing after the rows returned. A row
+        whose projection would pass max_projection_bytes (see `get`) ends the rows before
+        it; ValueTooLargeError when it is the first.
         """
-        value_sql, bindings = (_VALUE, []) if not paths else _projection(paths)
+        value_sql, bindings = (_VALUE, []) if not paths else _projection(paths, max_projection_bytes)
         if paths:
             value_sql = f"CASE json WHEN 1 THEN {value_sql} ELSE value END"
         where = "key >= ?" + ("" if key_range.end is None else " AND key < ?")
@@ -397,7 +432,9 @@ class Shard:
         size = 0
         try:
             for key, value, is_json, etag, expires in db.execute(sql, (*args, now_ms, max_rows)):
-                value = _as_bytes(value)
+                if isinstance(value, int) and rows:
+                    return rows, False
+                value = _projected(value, max_projection_bytes, key)
                 rows.append(Row(key, value, bool(is_json), etag, expires))
                 size += len(key) + len(value) + 16
                 if size >= max_bytes:

@@ -368,7 +368,9 @@ class ShardSet:
 
     # -- operations ----------------------------------------------------------------------
 
-    async def get(self, key: bytes, paths: Sequence[str] = ()) -> Row | None:
+    async def get(
+        self, key: bytes, paths: Sequence[str] = (), max_projection_bytes: int | None = None
+    ) -> Row | None:
         partition = self.locate(key)
         partition.reads += 1
         shard = partition.shard
@@ -382,7 +384,7 @@ class ShardSet:
             generation = cache.generation  # before the read: see storage/rowcache.py
 
         def read(on_loop: bool) -> Row | None:
-            row = Shard.get(shard.point_reader(wait=not on_loop), key, now_ms(), paths)
+            row = Shard.get(shard.point_reader(wait=not on_loop), key, now_ms(), paths, max_projection_bytes)
             if cache is not None:
                 cache.fill(key, row, generation)
             return row
@@ -432,6 +434,7 @@ class ShardSet:
         paths: Sequence[str],
         max_rows: int,
         max_bytes: int,
+        max_projection_bytes: int | None = None,
     ) -> tuple[list[Row], bool]:
         def read() -> tuple[list[Row], bool]:
             with partition.shard.reader() as db:
@@ -443,6 +446,7 @@ class ShardSet:
                     paths=paths,
                     max_rows=max_rows,
                     max_bytes=max_bytes,
+                    max_projection_bytes=max_projection_bytes,
                 )
 
         if partition not in self._partitions:

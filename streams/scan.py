@@ -152,6 +152,7 @@ async def serve_scan(
                     paths=paths,
                     max_rows=want,
                     max_bytes=BATCH_BYTES,
+                    max_projection_bytes=limits.max_value_bytes,
                 )
                 if paths and (big := _oversize(rows, limits.max_value_bytes)) is not None:
                     if big:

@@ -27,7 +27,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
     async def Get(self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext) -> kv_pb2.GetResponse:
         key = self._limits.key(request.key)
         paths = check_paths(request.paths, distinct=True) if request.paths else ()
-        row = await self._shards.get(key, paths)
+        row = await self._shards.get(key, paths, self._limits.max_value_bytes)
         if row is None:
             return kv_pb2.GetResponse(found=False)
         return kv_pb2.GetResponse(

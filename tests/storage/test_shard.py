@@ -20,6 +20,7 @@ from keyspan.storage.errors import (
     KeyspanError,
     NotFoundError,
     NotJsonError,
+    ValueTooLargeError,
     WrongPartitionError,
 )
 from keyspan.storage.keys import KeyRange
@@ -458,6 +459,35 @@ def test_scan_reads_in_both_directions_within_a_byte_budget(tmp_path: Path) -> N
             assert [r.key for r in rows] == [b"k099", b"k098", b"k097"] and not done
             rows, done = Shard.scan(db, KeyRange(), now_ms(), max_rows=1000, max_bytes=1000)
             assert 5 <= len(rows) < 20 and not done
+    finally:
+        shard.close()
+
+
+def test_a_projection_over_its_limit_is_refused_before_it_is_built(tmp_path: Path) -> None:
+    """Overlapping paths over a big document would build an object several times its
+    size: the values the paths select are added up first, and past the limit nothing
+    is built (SQLite's peak memory stays near one document, not eight)."""
+    shard = Shard(tmp_path / "s.db", "s", KeyRange())
+    doc = b'{"a": "' + b"x" * 600_000 + b'", "b": 1}'
+    paths = ["$", "$.a", '$."a"', "$.b", "$[0]", "$.a", "$", '$."a"']  # ~3.6 MB projected
+    try:
+        shard.apply_batch([Put(b"k0", b'{"a": 1}', json=True), Put(b"k1", doc, json=True)])
+        reader = shard.point_reader(wait=False)
+        apsw.memory_high_water(True)
+        before = apsw.memory_used()
+        with pytest.raises(ValueTooLargeError) as refused:
+            Shard.get(reader, b"k1", now_ms(), paths, max_projection_bytes=1 << 20)
+        assert apsw.memory_high_water() - before < 3 << 20  # building it took ~10 MB
+        assert refused.value.field == "paths" and refused.value.size > 3_000_000
+        assert str(refused.value).endswith("or more, projected from 'k1'; the limit is 1048576")
+        with shard.reader() as db:  # a scan ends before such a row; then it is refused
+            rows, done = Shard.scan(db, KeyRange(), now_ms(), paths=paths, max_projection_bytes=1 << 20)
+            assert [r.key for r in rows] == [b"k0"] and not done
+            with pytest.raises(ValueTooLargeError):
+                Shard.scan(db, KeyRange(b"k1"), now_ms(), paths=paths, max_projection_bytes=1 << 20)
+        # Under the limit the projection is built as before.
+        small = Shard.get(reader, b"k1", now_ms(), ["$.b", "$"], max_projection_bytes=1 << 20)
+        assert small is not None and small.value == b'{"$.b":1,"$":{"a":"' + b"x" * 600_000 + b'","b":1}}'
     finally:
         shard.close()
 

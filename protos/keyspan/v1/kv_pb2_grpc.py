@@ -91,7 +91,9 @@ class KVServicer:
         Errors: INVALID_ARGUMENT (bad key or path, a path given twice, or a string field
         that is not UTF-8); FAILED_PRECONDITION NOT_JSON (paths on a bytes value);
         RESOURCE_EXHAUSTED (a projection over the server's value limit, which overlapping
-        paths can build from a smaller document: BadRequest field `paths`).
+        paths can build from a smaller document: BadRequest field `paths`; with several
+        paths the server adds up the sizes of the values they select first, and past the
+        limit it builds nothing and names that sum, "N bytes or more").
         Deadline advice: 1 s.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
