@@ -20,6 +20,8 @@ GRPC_MAX_MESSAGE_BYTES = 16 << 20
 # gRPC's own default is 1000: a burst of a few thousand concurrent calls from one client
 # then had hundreds cancelled before the event loop could start them.
 DEFAULT_MAX_PENDING_CALLS = 10_000
+# Open KV streams a process allows: ~1 MB each at worst keeps a full house near 256 MB.
+DEFAULT_MAX_STREAMS = 256
 
 
 def parse_address(address: str, name: str = "address") -> tuple[str, int]:
@@ -72,6 +74,14 @@ class ProcessConfig:
             "client sees CANCELLED. gRPC's own default is 1000."
         ),
     )
+    max_streams: int = field(
+        default=DEFAULT_MAX_STREAMS,
+        metadata=_help(
+            "Scan, BulkPut and Sweep streams the server keeps open at once. Past this a new "
+            "one is refused with UNAVAILABLE (ErrorInfo STREAM_LIMIT, RetryInfo 1 s) before "
+            "it runs; each open stream may hold ~1 MB of answers its client has not read."
+        ),
+    )
     log_level: str = field(
         default="INFO",
         metadata=_help("DEBUG, INFO, WARNING or ERROR.", choices=["DEBUG", "INFO", "WARNING", "ERROR"]),
@@ -114,6 +124,8 @@ class ProcessConfig:
             raise ConfigError(f"shutdown_grace_s: {self.shutdown_grace_s} must not be negative")
         if not 1 <= self.max_pending_calls <= 1_000_000:
             raise ConfigError(f"max_pending_calls: {self.max_pending_calls} must be between 1 and 1000000")
+        if not 1 <= self.max_streams <= 1_000_000:
+            raise ConfigError(f"max_streams: {self.max_streams} must be between 1 and 1000000")
         if self.metrics_address:
             parse_address(self.metrics_address, "metrics_address")
         if self.otlp_endpoint:

@@ -159,3 +159,17 @@ class OpenFilesLimitError(UnavailableError):
             retry_after_s=1.0,
         )
         self.partition_id, self.limit = partition_id, limit
+
+
+class StreamLimitError(UnavailableError):
+    """A new Scan, BulkPut or Sweep stream refused because the process already has its
+    most streams open (--max-streams): each open stream may hold up to ~1 MB of
+    messages queued for a client that does not read. Nothing of it ran; retry later."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the server has {limit} Scan, BulkPut and Sweep streams open, its limit "
+            "(--max-streams); retry when one ends",
+            retry_after_s=1.0,
+        )
+        self.limit = limit

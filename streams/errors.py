@@ -99,11 +99,11 @@ class Unavailable(KeyspanClientError):
     """The server is starting, draining or moving, or the connection failed. Retryable.
 
     `may_have_applied` is False when a write was refused by the server (it says so:
-    ErrorInfo reason UNAVAILABLE or OPEN_FILES_LIMIT) or never sent (no connection could
-    be made); the write was not applied. It is True when the connection was lost after
-    the write was sent (gRPC's "Socket closed", or a gateway's CONNECTION_LOST): the
-    write may have been committed, so retry it only with a precondition, as after
-    DEADLINE_EXCEEDED.
+    ErrorInfo reason UNAVAILABLE, OPEN_FILES_LIMIT or STREAM_LIMIT) or never sent (no
+    connection could be made); the write was not applied. It is True when the connection
+    was lost after the write was sent (gRPC's "Socket closed", or a gateway's
+    CONNECTION_LOST): the write may have been committed, so retry it only with a
+    precondition, as after DEADLINE_EXCEEDED.
     """
 
     retryable = True

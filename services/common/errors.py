@@ -28,6 +28,7 @@ from keyspan.storage.errors import (
     NotFoundError,
     NotJsonError,
     OpenFilesLimitError,
+    StreamLimitError,
     UnavailableError,
     ValueTooLargeError,
     WrongPartitionError,
@@ -114,6 +115,13 @@ def to_status(err: KeyspanError) -> grpc.Status | None:
                 code_pb2.UNAVAILABLE,
                 str(err),
                 _error_info("OPEN_FILES_LIMIT", partition_id=partition_id, limit=str(limit)),
+                _retry_info(after),
+            )
+        case StreamLimitError(limit=limit, retry_after_s=after):
+            return _status(
+                code_pb2.UNAVAILABLE,
+                str(err),
+                _error_info("STREAM_LIMIT", limit=str(limit)),
                 _retry_info(after),
             )
         case UnavailableError(retry_after_s=after, may_have_applied=may_have_applied):

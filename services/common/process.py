@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from keyspan.services.common.errors import wrap_errors
 from keyspan.services.common.observability import Observability
 from keyspan.services.common.registrar import Registrar, compose
+from keyspan.services.common.stream_slots import StreamSlots
 from keyspan.services.config import DEFAULT_MAX_PENDING_CALLS, GRPC_MAX_MESSAGE_BYTES, ProcessConfig
 from keyspan.storage.openfiles import raise_open_files_limit
 
@@ -161,7 +162,11 @@ class GrpcProcess:
         )
         # Telemetry (when on) outside error mapping, applied to each handler once at
         # registration: see registrar.py for why these are not interceptors.
-        registrar: Any = Registrar(self.server, compose(*self.observability.handler_wrappers(), wrap_errors))
+        # KV streams past --max-streams are refused (UNAVAILABLE, STREAM_LIMIT) inside the
+        # error mapping, before anything of them runs.
+        self.streams = StreamSlots(self.config.max_streams)
+        wraps = (*self.observability.handler_wrappers(), wrap_errors, self.streams.wrap)
+        registrar: Any = Registrar(self.server, compose(*wraps))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         services = self.register(registrar)
         reflection.enable_server_reflection([*services, HEALTH_SERVICE, reflection.SERVICE_NAME], registrar)

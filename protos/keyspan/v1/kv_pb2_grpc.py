@@ -173,7 +173,8 @@ class KVServicer:
         the owner it names; a part held elsewhere is never answered as empty); UNAVAILABLE
         while the partition moves, while the server starts (its partitions not open yet),
         or when it begins to stop (the stream ends before its next batch: resume from the
-        last resume_key, with backoff). Set a deadline that fits the range.
+        last resume_key, with backoff); UNAVAILABLE STREAM_LIMIT at once when the server
+        has its most streams open (see the header). Set a deadline that fits the range.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -201,7 +202,8 @@ class KVServicer:
         send every batch not answered again (BulkPut overwrites, so that is safe). A batch
         written after the server ended the stream fails in the client, not on the wire
         (grpc.aio: INTERNAL "Internal error from Core" or InvalidStateError); read the
-        stream's status to learn why it ended.
+        stream's status to learn why it ended. UNAVAILABLE STREAM_LIMIT before the first
+        batch when the server has its most streams open: nothing was written.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,6 +214,7 @@ class KVServicer:
         progress. The client sends one SweepRequest to start; the server answers with a
         SweepResponse after each batch and one with done = true at the end. Reads never
         return expired entries, so sweeping is about reclaiming space, not correctness.
+        UNAVAILABLE STREAM_LIMIT at once when the server has its most streams open.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
