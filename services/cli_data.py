@@ -506,6 +506,8 @@ def _bulk_load(
 ) -> Any:
     from tqdm import tqdm
 
+    from keyspan.streams.errors import InvalidArgument
+
     with tqdm(
         total=total, unit="entries", unit_scale=total >= 10_000, disable=not progress, file=sys.stderr
     ) as bar:
@@ -516,7 +518,11 @@ def _bulk_load(
             bar.update(result.entries - done)
             done = result.entries
 
-        return kv.bulk_put_ex(entries, batch_bytes=batch_bytes, on_progress=advance, policy=policy)
+        try:
+            return kv.bulk_put_ex(entries, batch_bytes=batch_bytes, on_progress=advance, policy=policy)
+        except InvalidArgument as err:  # an entry refused (RESOURCE_EXHAUSTED too), named by its key
+            what = "entry" if done == 1 else "entries"
+            _fail(f"{err.message}; {done:,} {what} before it in key order were loaded", EXIT_USAGE)
 
 
 @cli.command()

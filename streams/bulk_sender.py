@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from keyspan.storage.errors import key_text
 from keyspan.streams import calls
 from keyspan.streams.entry import Entry, encode_value, key_bytes
 from keyspan.streams.errors import InvalidArgument, KeyspanClientError, Unavailable, from_rpc_error
@@ -104,10 +105,13 @@ class _Batch:
 
     def in_load(self, err: KeyspanClientError) -> KeyspanClientError:
         """The server names a refused entry by its place in this batch (`entries[3].value`):
-        name it by its place in the whole load instead, as the order check does."""
+        name it by its place in the whole load instead, as the order check does, and by
+        its key (a load's input is often sorted first, so the place alone is not enough)."""
         if isinstance(err, InvalidArgument) and (found := _ENTRY_FIELD.fullmatch(err.field)):
-            field = f"entries[{self.first + int(found[1])}]{found[2]}"
-            return type(err)(f"{field}: {err.rule}", field, err.rule)
+            index = int(found[1])
+            field = f"entries[{self.first + index}]{found[2]}"
+            named = f" (key {key_text(self.entries[index].key)})" if index < len(self.entries) else ""
+            return type(err)(f"{field}{named}: {err.rule}", field, err.rule)
         return err
 
 
@@ -143,7 +147,7 @@ class _Source:
                 else:
                     rule = "sorts before the entry before; bulk_put needs sorted, unique keys"
                 field = f"entries[{self._index}].key"
-                raise InvalidArgument(f"{field}: {rule}", field, rule)
+                raise InvalidArgument(f"{field} (key {key_text(entry.key)}): {rule}", field, rule)
             self._previous, self._index = entry.key, self._index + 1
             entries.append(entry)
             nbytes += len(entry.key) + len(entry.value)

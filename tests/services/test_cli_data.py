@@ -420,6 +420,30 @@ def test_a_document_too_deep_past_the_first_batch_is_named_by_its_line(
     assert _stored_keys(server_address) == []
 
 
+def test_a_value_over_the_servers_limit_is_named_by_its_key_with_what_went_in(tmp_path: Path) -> None:
+    """The server's --max-value-bytes is not known to the client: the server refuses
+    the entry, after the batches sorted before it were written."""
+    server = ThreadedServer(tmp_path / "data", max_value_bytes=1000)
+    try:
+        lines = [line({"key": f"v/{i:05d}", "value": "y" * (2000 if i == 7000 else 50)}) for i in range(9000)]
+        random.Random(3).shuffle(lines)
+        (tmp_path / "big.jsonl").write_text("\n".join(lines) + "\n")
+        load = ("load", str(tmp_path / "big.jsonl"), "--no-progress", "--batch-bytes", "65536")
+        result = run_cli(server.address, *load)
+        assert result.returncode == 2, result.stderr
+        said = result.stderr.decode()
+        named = "keyspan: entries[7000].value (key 'v/07000'): is 2000 bytes; the limit is 1000; "
+        assert said.startswith(named)
+        loaded = int(said.rsplit("; ", 1)[1].split()[0].replace(",", ""))
+        assert 0 < loaded <= 7000
+        assert said.endswith(f"; {loaded:,} entries before it in key order were loaded\n")
+        assert said.count("\n") == 1  # one line, no traceback
+        with Client(server.address) as kv:
+            assert len(list(kv.scan(start="v/"))) == loaded
+    finally:
+        server.stop()
+
+
 def test_a_csv_value_over_128_kib_loads(server_address: str, tmp_path: Path) -> None:
     value = "x" * 200_000
     (tmp_path / "big.csv").write_text(f"a,{value}\n")

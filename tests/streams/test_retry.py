@@ -205,7 +205,7 @@ async def test_bulk_put_ex_names_a_refused_entry_by_its_place_in_the_load(
     with pytest.raises(error) as caught:
         await kv.bulk_put_ex(items, policy=FAST)
     assert caught.value.field == field  # type: ignore[attr-defined]
-    assert str(caught.value).startswith(f"{field}: ")
+    assert str(caught.value).startswith(f"{field} (key 'k02500'): ")
     assert await kv.get(b"k00000") is not None  # the batches before it went in
 
 
