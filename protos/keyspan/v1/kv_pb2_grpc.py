@@ -194,7 +194,7 @@ class KVServicer:
 
         Errors: INVALID_ARGUMENT (unsorted or duplicate keys, bad key, bad JSON, with the
         index of the offending entry, anywhere in the batch, also past the prefix that
-        would have gone in); nothing of that batch, nor of any batch sent after it, is
+        would have gone in; of several, the first in the batch, whatever its kind); nothing of that batch, nor of any batch sent after it, is
         written. UNAVAILABLE when the server begins to stop: the batches already committing
         are answered first; send the batches not answered again once it is back. A batch
         that fails for the server's state rather than its content (DISK_FULL, UNAVAILABLE,
