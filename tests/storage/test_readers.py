@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -86,3 +87,21 @@ def test_the_loops_connection_never_waits_on_a_lock(tmp_path: Path) -> None:
         assert row is not None and row.value == b"1"
     finally:
         shard.close()
+
+
+async def test_a_read_whose_caller_left_while_it_waited_is_not_run(pool: ReadPool) -> None:
+    """A Scan its client left must not keep the read threads busy ahead of live reads."""
+    release, ran = threading.Event(), []
+    blocker = asyncio.ensure_future(pool.run(release.wait))  # holds the pool's one thread
+    await asyncio.sleep(0.05)
+    left = [asyncio.ensure_future(pool.run(lambda i=i: ran.append(i))) for i in range(5)]
+    await asyncio.sleep(0)  # queued behind the blocker
+    for task in left:
+        task.cancel()
+    await asyncio.sleep(0)
+    live = asyncio.ensure_future(pool.run(lambda: ran.append("live") or "done"))
+    await asyncio.sleep(0)
+    release.set()
+    assert await asyncio.wait_for(live, 5) == "done"
+    assert await blocker
+    assert ran == ["live"]
