@@ -20,7 +20,7 @@ GRPC_MAX_MESSAGE_BYTES = 16 << 20
 # gRPC's own default is 1000: a burst of a few thousand concurrent calls from one client
 # then had hundreds cancelled before the event loop could start them.
 DEFAULT_MAX_PENDING_CALLS = 10_000
-# Open KV streams a process allows: ~1 MB each at worst keeps a full house near 256 MB.
+# Open KV streams a process allows: ~2 MB each at worst (answers a client has not read).
 DEFAULT_MAX_STREAMS = 256
 
 
@@ -79,7 +79,7 @@ class ProcessConfig:
         metadata=_help(
             "Scan, BulkPut and Sweep streams the server keeps open at once. Past this a new "
             "one is refused with UNAVAILABLE (ErrorInfo STREAM_LIMIT, RetryInfo 1 s) before "
-            "it runs; each open stream may hold ~1 MB of answers its client has not read."
+            "it runs; each open stream may hold ~2 MB of answers its client has not read."
         ),
     )
     log_level: str = field(

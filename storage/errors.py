@@ -163,7 +163,7 @@ class OpenFilesLimitError(UnavailableError):
 
 class StreamLimitError(UnavailableError):
     """A new Scan, BulkPut or Sweep stream refused because the process already has its
-    most streams open (--max-streams): each open stream may hold up to ~1 MB of
+    most streams open (--max-streams): each open stream may hold ~2 MB of
     messages queued for a client that does not read. Nothing of it ran; retry later."""
 
     def __init__(self, limit: int) -> None:

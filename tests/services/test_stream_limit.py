@@ -4,6 +4,7 @@ at once, before anything of it runs, and a retrying client gets in when one ends
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from keyspan.services.config import ServeConfig
 from keyspan.services.server import KeyspanServer
 from keyspan.streams import AsyncClient
 from keyspan.v1 import kv_pb2, kv_pb2_grpc
+from tests.conftest import ThreadedServer
 from tests.services.test_kv_errors import details
 
 
@@ -95,3 +97,26 @@ async def test_a_retrying_client_gets_in_once_a_stream_ends(server: KeyspanServe
             await asyncio.wait_for(loading, 10)
             assert [e.key async for e in client.scan(start=b"k")] == [b"k0", b"k1", b"k2"]
         held[1].cancel()
+
+
+async def test_a_refusal_reaches_a_client_that_opens_streams_at_once_with_its_details(tmp_path: Path) -> None:
+    """A stream refused before its first request arrived could fail the client's write in
+    its own gRPC (INTERNAL, no details: 36 of 400 in a probe); the server waits for that
+    request (up to 1 s) before it refuses."""
+    server = ThreadedServer(tmp_path / "data", max_streams=1)
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            kv = kv_pb2_grpc.KVStub(channel)
+            await kv.Put(kv_pb2.PutRequest(key=b"k0", value=b"v"))
+            held = await open_scan(kv)
+            for _ in range(5):  # a race: the old server lost it in some runs of 400
+                calls = [kv.Scan() for _ in range(400)]
+                writes = (c.write(kv_pb2.ScanRequest(credits=10)) for c in calls)
+                await asyncio.gather(*writes, return_exceptions=True)
+                codes = Counter([(await c.code()).name for c in calls])
+                assert codes == Counter({"UNAVAILABLE": 400})
+            silent = kv.Scan()  # writes nothing: refused all the same, after the wait
+            assert (await refusal(silent)).code() == grpc.StatusCode.UNAVAILABLE
+            held.cancel()
+    finally:
+        server.stop()
