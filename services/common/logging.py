@@ -72,6 +72,31 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+_GRPC_SEND_FAILED = "ExecuteBatchError raised in core by servicer method"
+
+
+class ClientGoneFilter(logging.Filter):
+    """gRPC logs an ERROR with a traceback when a stream's client goes away while the
+    server waits to send it an answer (a Scan it stopped reading, then cancelled): the
+    send fails before gRPC has marked the call cancelled. That is no server fault; the
+    record is turned into one DEBUG line, without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith(_GRPC_SEND_FAILED):
+            method = str(record.msg)[len(_GRPC_SEND_FAILED) :].strip(" []")
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.msg, record.args = "a stream's client went away while it was being sent to: %s", (method,)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_client_gone() -> None:
+    """Install ClientGoneFilter on gRPC's server logger (once)."""
+    grpc_logger = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(f, ClientGoneFilter) for f in grpc_logger.filters):
+        grpc_logger.addFilter(ClientGoneFilter())
+
+
 def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
     handler = logging.StreamHandler(sys.stderr)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())

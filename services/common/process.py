@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from keyspan.services.common.errors import wrap_errors
+from keyspan.services.common.logging import quiet_client_gone
 from keyspan.services.common.observability import Observability
 from keyspan.services.common.registrar import Registrar, compose
 from keyspan.services.common.stream_slots import StreamSlots
@@ -151,6 +152,7 @@ class GrpcProcess:
 
     def __init__(self, config: ProcessConfig) -> None:
         self.config = config.validate()
+        quiet_client_gone()
         # Set when stop() begins: long-lived streams end at their next resumable point
         # with UNAVAILABLE instead of holding the shutdown for the whole grace period.
         self.stopping = asyncio.Event()
