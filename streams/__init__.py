@@ -7,6 +7,7 @@ from keyspan.streams.bulk_sender import BulkPutResult
 from keyspan.streams.client import AsyncClient
 from keyspan.streams.entry import Entry, PartitionInfo, Stats, SweepProgress
 from keyspan.streams.errors import (
+    ClientClosed,
     DeadlineExceeded,
     DiskFull,
     EtagMismatch,
@@ -26,6 +27,7 @@ __all__ = [
     "AsyncClient",
     "BulkPutResult",
     "Client",
+    "ClientClosed",
     "DeadlineExceeded",
     "DiskFull",
     "Entry",

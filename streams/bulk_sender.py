@@ -16,6 +16,7 @@ place in the whole load, not in its batch.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import re
 import time
@@ -186,7 +187,7 @@ class _Sender:
         try:
             while True:
                 while len(in_flight) < BATCHES_IN_FLIGHT and (batch := await self._next()) is not None:
-                    stub = self.client.router.stub_for_key(batch.entries[0].key)
+                    stub = self.client.live_router().stub_for_key(batch.entries[0].key)
                     if call is not None and stub is not call_stub:
                         if in_flight:  # drain this server before switching to the next
                             self.pending.appendleft(batch)
@@ -245,9 +246,13 @@ async def send_all(
     stall = Stall(policy or ONE_ATTEMPT)
     sender = _Sender(client, _Source(items, batch_bytes), stall, timeout_s)
     sender.on_progress = on_progress
-    async for attempt in retrying(stall, client.router, metrics=client.metrics, method="BulkPut"):
-        with attempt:
-            await sender.pump()
+    try:
+        async for attempt in retrying(stall, client.router, metrics=client.metrics, method="BulkPut"):
+            with attempt:
+                await sender.pump()
+    except asyncio.CancelledError:
+        client.raise_if_closed()
+        raise
     sender.result.retries = stall.retries
     sender.result.elapsed_s = time.monotonic() - sender._started
     return sender.result

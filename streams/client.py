@@ -13,11 +13,13 @@ deadline). Failed calls raise the exceptions of streams/errors.py. A call
 answered with WrongPartition is sent again when the router learned the owner from it.
 The plain methods do not retry otherwise; scan_ex, bulk_put_ex and update do. An argument
 out of its range (a timeout, an if_etag, a limit, batch_bytes) is a ValueError that names
-it, raised before anything is sent.
+it, raised before anything is sent. After close(), calls raise ClientClosed, and so do the
+calls close() cut short (a scan's next read, a call in flight).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json as jsonlib
 import math
@@ -32,7 +34,13 @@ from keyspan.streams import bulk_sender, calls, retry
 from keyspan.streams.bulk_sender import BulkItem, BulkPutResult
 from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.entry import Entry, KeyLike, Stats, SweepProgress, encode_value, key_bytes
-from keyspan.streams.errors import KeyspanClientError, Unavailable, WrongPartition, from_rpc_error
+from keyspan.streams.errors import (
+    ClientClosed,
+    KeyspanClientError,
+    Unavailable,
+    WrongPartition,
+    from_rpc_error,
+)
 from keyspan.streams.retry import DEFAULT_POLICY, UPDATE_POLICY, RetryPolicy
 from keyspan.streams.router import Router, StaticRouter, open_channel
 from keyspan.v1 import kv_pb2
@@ -135,6 +143,7 @@ class AsyncClient:
         self.stream_timeout_s = check_timeout(stream_timeout_s, "stream_timeout_s", none_ok=True)
         self.router: Router = router if router is not None else StaticRouter(address)
         self.metrics = metrics  # retries, map refreshes, WrongPartition redirects
+        self._closed = False
 
     @classmethod
     async def for_cluster(
@@ -168,7 +177,26 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        """Close the router's channels; idempotent. Calls still open on them end with
+        ClientClosed, and calls made afterwards raise it."""
+        self._closed = True
         await self.router.close()
+
+    def live_router(self) -> Router:
+        """The router, for a call about to start; ClientClosed once the client is closed
+        (a router would otherwise open a new channel that nothing closes)."""
+        if self._closed:
+            raise ClientClosed("this keyspan AsyncClient is closed")
+        return self.router
+
+    def raise_if_closed(self) -> None:
+        """Raise ClientClosed in place of the CancelledError that grpc.aio raises in a call
+        whose channel close() closed. Left as it was, asyncio would take that error for the
+        calling task's own cancellation (a TaskGroup would swallow it); a task that is
+        really being cancelled keeps its CancelledError."""
+        task = asyncio.current_task()
+        if self._closed and (task is None or not task.cancelling()):
+            raise ClientClosed("this keyspan AsyncClient was closed during the call") from None
 
     def _deadline(self, timeout_s: float | None, stream: bool = False) -> float | None:
         if timeout_s is not None:
@@ -183,11 +211,14 @@ class AsyncClient:
         moment), as a gateway answers, not a WrongPartition; no node took the call.
         """
         for _ in range(MAX_ROUTING_HOPS):
-            stub = self.router.stub_for_key(key)
+            stub = self.live_router().stub_for_key(key)
             try:
                 return await getattr(stub, method)(request, timeout=self._deadline(timeout_s))
             except grpc.RpcError as rpc_error:
                 err = from_rpc_error(rpc_error)
+            except asyncio.CancelledError:
+                self.raise_if_closed()
+                raise
             if not (isinstance(err, WrongPartition) and self.router.on_wrong_partition(err)):
                 raise err
             if self.metrics is not None:
@@ -274,11 +305,14 @@ class AsyncClient:
     async def stats(self, *, timeout_s: float | None = None) -> Stats:
         """Every partition of every server the router knows, in key order."""
         responses = []
-        for stub in self.router.stubs():
+        for stub in self.live_router().stubs():
             try:
                 responses.append(await stub.Stats(kv_pb2.StatsRequest(), timeout=self._deadline(timeout_s)))
             except grpc.RpcError as err:
                 raise from_rpc_error(err) from None
+            except asyncio.CancelledError:
+                self.raise_if_closed()
+                raise
         return Stats.from_wire(responses)
 
     async def scan_batches(
@@ -296,7 +330,7 @@ class AsyncClient:
         Credits are granted as batches are consumed (never more than about two batches
         ahead). No retry: a broken stream raises; scan_ex resumes."""
         check_uint64(limit, "limit", "no limit")
-        pieces = self.router.pieces(start, end)
+        pieces = self.live_router().pieces(start, end)
         remaining = limit
         for piece_start, piece_end, stub in reversed(pieces) if reverse else pieces:
             piece = self._scan_piece(
@@ -354,6 +388,9 @@ class AsyncClient:
                     raise Unavailable("Scan stream ended before the range was done")
             except grpc.RpcError as err:
                 raise from_rpc_error(err) from None
+            except asyncio.CancelledError:
+                self.raise_if_closed()
+                raise
             finally:
                 call.cancel()
 
@@ -412,7 +449,7 @@ class AsyncClient:
         lower = key_bytes(start) if start is not None else b""
         upper = key_bytes(end) if end is not None else None
         scanned = deleted = 0
-        for piece_start, piece_end, stub in self.router.pieces(lower, upper):
+        for piece_start, piece_end, stub in self.live_router().pieces(lower, upper):
             base_scanned, base_deleted = scanned, deleted
             request = kv_pb2.SweepRequest(start=piece_start, max_deletes_per_s=max_deletes_per_s)
             if piece_end is not None:
@@ -426,6 +463,9 @@ class AsyncClient:
                         yield SweepProgress(scanned, deleted, False)
             except grpc.RpcError as err:
                 raise from_rpc_error(err) from None
+            except asyncio.CancelledError:
+                self.raise_if_closed()
+                raise
             finally:
                 call.cancel()
         yield SweepProgress(scanned, deleted, True)

@@ -125,6 +125,12 @@ class DeadlineExceeded(KeyspanClientError):
         super().__init__(message, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+class ClientClosed(RuntimeError):
+    """A call on a client after its close(), or one that close() cut short (a scan being
+    read, a call in flight). The program closed the client; no server said anything, so
+    this is not a KeyspanClientError and is never retried."""
+
+
 # gRPC's words for a call it never sent: no address of the target could be connected to.
 _NEVER_SENT = ("failed to connect to all addresses", "DNS resolution failed")
 

@@ -14,6 +14,7 @@ a server batch at a time, so the thread hop is paid per batch, not per entry.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ from keyspan.streams.bulk_sender import DEFAULT_BATCH_BYTES, BulkItem, BulkPutRe
 from keyspan.streams.client import DEFAULT_ADDRESS, DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S, AsyncClient
 from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.entry import Entry, KeyLike, Stats, SweepProgress, key_bytes
+from keyspan.streams.errors import ClientClosed
 from keyspan.streams.retry import DEFAULT_POLICY, UPDATE_POLICY, RetryPolicy
 from keyspan.streams.router import Router
 
@@ -100,8 +102,13 @@ class Client:
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._closed:
             coro.close()
-            raise RuntimeError("this keyspan Client is closed")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+            raise ClientClosed("this keyspan Client is closed")
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        except concurrent.futures.CancelledError:
+            if self._closed:  # close() from another thread cancelled this call
+                raise ClientClosed("this keyspan Client was closed during the call") from None
+            raise
 
     def __enter__(self) -> Client:
         return self
@@ -114,7 +121,7 @@ class Client:
 
         An iterator still held (a scan left part-way) is closed too, and its stream ends.
         A call in flight from another thread is cancelled; calls made after close() raise
-        RuntimeError.
+        ClientClosed (a RuntimeError).
         """
         if self._closed:
             return
@@ -155,16 +162,19 @@ class Client:
                     return
                 yield from batch
         finally:
-            if self._closed:
-                pass  # close() closed the async iterators left open
-            elif threading.current_thread() is self._thread:
-                # The garbage collector closed this iterator on the loop thread itself, where
-                # waiting for the loop would wait forever: the loop closes it next.
-                closing = asyncio.ensure_future(batches.aclose(), loop=self._loop)  # type: ignore[attr-defined]
-                self._closing.add(closing)  # the loop keeps only a weak reference to a task
-                closing.add_done_callback(self._closing.discard)
-            else:
-                self._run(batches.aclose())  # type: ignore[attr-defined]
+            # Once closed, close() has closed the async iterators left open.
+            if not self._closed:
+                self._close_batches(batches)
+
+    def _close_batches(self, batches: AsyncIterator[Any]) -> None:
+        if threading.current_thread() is self._thread:
+            # The garbage collector closed this iterator on the loop thread itself, where
+            # waiting for the loop would wait forever: the loop closes it next.
+            closing = asyncio.ensure_future(batches.aclose(), loop=self._loop)  # type: ignore[attr-defined]
+            self._closing.add(closing)  # the loop keeps only a weak reference to a task
+            closing.add_done_callback(self._closing.discard)
+        else:
+            self._run(batches.aclose())  # type: ignore[attr-defined]
 
     def get(
         self, key: KeyLike, paths: list[str] | None = None, json: bool = False, **kw: Any

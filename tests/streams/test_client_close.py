@@ -13,12 +13,15 @@ import itertools
 import logging
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 
+import grpc
 import pytest
 
-from keyspan.streams import AsyncClient, Client, Entry
+from keyspan.streams import AsyncClient, Client, ClientClosed, Entry
+from keyspan.v1 import kv_pb2, kv_pb2_grpc
 from tests.conftest import ThreadedServer
 
 ROUNDS = 80
@@ -205,3 +208,118 @@ def test_a_scan_whose_credit_grant_crosses_its_end_leaves_no_task_behind(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == b"0"  # tasks left waiting
+
+
+async def test_calls_on_a_closed_async_client_raise_client_closed_and_open_no_channel(
+    loaded: ThreadedServer,
+) -> None:
+    """A closed AsyncClient's router opened a new channel for the next call, which then
+    went through and left that channel open: a use after close looked like it worked."""
+    kv = AsyncClient(loaded.address)
+    assert (await kv.get("k00001")) is not None
+    await kv.close()
+    attempts = {
+        "get": lambda: kv.get("k00001"),
+        "put": lambda: kv.put("k", b"v"),
+        "delete": lambda: kv.delete("k"),
+        "patch": lambda: kv.patch("k", {"a": 1}),
+        "stats": lambda: kv.stats(),
+        "scan": lambda: anext(aiter(kv.scan())),
+        "scan_ex": lambda: anext(aiter(kv.scan_ex())),
+        "sweep": lambda: anext(aiter(kv.sweep())),
+        "bulk_put": lambda: kv.bulk_put([("z", b"v")]),
+        "bulk_put_ex": lambda: kv.bulk_put_ex([("z", b"v")]),
+    }
+    for name, attempt in attempts.items():
+        with pytest.raises(ClientClosed, match="AsyncClient is closed"):
+            await attempt()
+        assert kv.router._channel is None, name  # type: ignore[attr-defined]
+    await kv.close()  # idempotent
+    assert await until_open_streams(loaded, 0) == 0
+    with Client(loaded.address) as other:
+        assert other.get("z") is None and other.get("k") is None  # nothing was written
+
+
+async def test_an_async_scan_read_after_close_raises_client_closed(loaded: ThreadedServer) -> None:
+    """grpc.aio raises CancelledError in a call whose channel closed; a scan read on after
+    close() raised it bare, which asyncio takes for the task's own cancellation."""
+    kv = AsyncClient(loaded.address)
+    scan = aiter(kv.scan())
+    assert (await anext(scan)).key == b"k00000"
+    await kv.close()
+    delivered = 1
+    with pytest.raises(ClientClosed, match="closed during the call"):
+        async for _ in scan:
+            delivered += 1  # what had arrived before close() is still handed out
+    assert 1 <= delivered < 3_000
+    assert await until_open_streams(loaded, 0) == 0
+
+
+class SlowGet(kv_pb2_grpc.KVServicer):
+    """A KV server whose Get answers only when `release` is set."""
+
+    def __init__(self) -> None:
+        self.started, self.release = asyncio.Event(), asyncio.Event()
+
+    async def Get(self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext) -> kv_pb2.GetResponse:
+        self.started.set()
+        await self.release.wait()
+        return kv_pb2.GetResponse(found=False)
+
+
+async def test_a_call_in_flight_when_the_async_client_closes_raises_client_closed() -> None:
+    """Inside a TaskGroup a bare CancelledError from the call ended the task as cancelled
+    and the group as if nothing had failed; ClientClosed reaches the group."""
+    slow = SlowGet()
+    server = grpc.aio.server()
+    kv_pb2_grpc.add_KVServicer_to_server(slow, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        kv = AsyncClient(f"127.0.0.1:{port}")
+        with pytest.raises(ExceptionGroup) as group:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(kv.get("k"))
+                await asyncio.wait_for(slow.started.wait(), 5)
+                await kv.close()
+        assert [type(e) for e in group.value.exceptions] == [ClientClosed]
+
+        task = asyncio.create_task(AsyncClient(f"127.0.0.1:{port}").get("k"))
+        await asyncio.sleep(0.2)
+        task.cancel()  # a task really cancelled keeps its CancelledError
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        slow.release.set()
+        await server.stop(0)
+
+
+def test_a_blocking_call_in_flight_when_another_thread_closes_the_client_raises_client_closed() -> None:
+    slow = SlowGet()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server()
+        kv_pb2_grpc.add_KVServicer_to_server(slow, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server, port
+
+    server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    try:
+        kv = Client(f"127.0.0.1:{port}")
+        closer = threading.Timer(0.3, kv.close)
+        closer.start()
+        with pytest.raises(ClientClosed):
+            kv.get("k")
+        closer.join()
+        with pytest.raises(ClientClosed, match="Client is closed"):
+            kv.get("k")
+    finally:
+        loop.call_soon_threadsafe(slow.release.set)
+        asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
