@@ -186,9 +186,17 @@ class Shard:
         *,
         synchronous: str = "FULL",
         changelog_max: int = 100_000,
+        catalogued: bool = False,
     ) -> None:
+        """Open the partition's file, creating it unless it is `catalogued` (listed in the
+        data dir's catalogue, so made by an earlier start and expected as it was left)."""
         self.path, self.partition_id, self.range = path, partition_id, key_range
         self._synchronous, self._changelog_max = synchronous, changelog_max
+        if catalogued and path.exists() and path.stat().st_size == 0:
+            # Even setting WAL mode writes a header: refuse before opening.
+            raise self._damaged("it is empty (0 bytes)")
+        wal = Path(f"{path}-wal")
+        wal_existed = wal.exists()
         self._db = self._connect()
         # Called with the keys a batch wrote, after its COMMIT (None: keys unknown).
         self.on_commit: Callable[[list[bytes] | None], None] | None = None
@@ -201,9 +209,12 @@ class Shard:
         self._stats_db: apsw.Connection | None = None
         self._stats_lock = threading.Lock()
         try:  # a file that is not a shard, a full disk: close the connection, then say so
+            # Checked before anything here writes to the file: a damaged one is left as it
+            # was found, to be restored or looked at.
+            self.check()
+            new = self._check_meta(catalogued)
             with self._db:
                 self._db.execute(_SCHEMA)
-                self._check_meta()
                 self._db.execute(
                     "INSERT OR IGNORE INTO meta VALUES('schema_version', ?), ('revision', 0)",
                     (SCHEMA_VERSION,),
@@ -217,20 +228,39 @@ class Shard:
             # up to date by the writes, so Stats, heartbeats and scrapes never walk the
             # table (count(*) reads every page: ~30 ms a million rows even when cached).
             self.entries: int = self._db.execute("SELECT count(*) FROM entries").fetchone()[0]
+            if new:
+                # Its tables and range reach the disk before the catalogue lists it, even at
+                # synchronous=NORMAL (a checkpoint syncs the WAL first): a listed shard
+                # without them is then damaged, never a new one.
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except BaseException:
+            # Closing the last connection copies the WAL into the file: not on the way out.
+            self._db.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
             self._db.close()
+            with contextlib.suppress(OSError):
+                if not wal_existed and wal.stat().st_size == 0:
+                    wal.unlink()  # made by this open, and empty
             raise
         self._entries_delta = 0  # of the batch being applied; published when it commits
         # time.time_ns() when the last batch's statements were done and COMMIT began.
         self.last_applied_ns = 0
 
-    def _check_meta(self) -> None:
-        """Refuse, before anything here writes to it, a shard written by a keyspan with
-        another layout (a newer one, after a downgrade), or made for another partition or
-        range: a partition keeps its id and range for life, so a difference means a data
-        dir from another partition map (a `keyspan serve` data dir given to a node, say),
-        whose keys would be served under ranges that do not hold them, out of sight."""
-        stored = dict(self._db.execute("SELECT name, value FROM meta"))
+    def _check_meta(self, catalogued: bool) -> bool:
+        """Whether the shard is new. Refuse, before anything here writes to it, a shard
+        written by a keyspan with another layout (a newer one, after a downgrade), or made
+        for another partition or range: a partition keeps its id and range for life, so a
+        difference means a data dir from another partition map (a `keyspan serve` data dir
+        given to a node, say), whose keys would be served under ranges that do not hold
+        them, out of sight. A catalogued shard with no record of its partition has lost
+        what it held (its range would be served empty, its etags start again at 1)."""
+        has_meta = self._db.execute(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()
+        stored = dict(self._db.execute("SELECT name, value FROM meta")) if has_meta else {}
+        if catalogued and "partition_id" not in stored:
+            raise self._damaged(
+                "it holds no record of its partition (a file cut short, or replaced by a new one)"
+            )
         version = stored.get("schema_version")
         if version is not None and version != SCHEMA_VERSION:
             raise KeyspanError(
@@ -238,7 +268,7 @@ class Shard:
                 f"keyspan reads version {SCHEMA_VERSION}: run the keyspan release that wrote it"
             )
         if "partition_id" not in stored:
-            return  # a new shard
+            return True
         was = (stored["partition_id"], stored.get("start"), stored.get("end"))
         if was != (self.partition_id, self.range.start, self.range.end):
             held = KeyRange(was[1] or b"", was[2])
@@ -248,6 +278,13 @@ class Shard:
                 "`keyspan serve` data dir given to a node, or a node's data dir to another "
                 "cluster); start on the data dir this map was made with"
             )
+        return False
+
+    def _damaged(self, why: str) -> KeyspanError:
+        return KeyspanError(
+            f"partition {self.partition_id}: {self.path} is damaged: {why}; it was left as it "
+            "was found: restore it (or the whole data dir) from a copy"
+        )
 
     @staticmethod
     def was_written(path: Path) -> bool:
@@ -300,10 +337,17 @@ class Shard:
         return None if row is None else row[0]
 
     def check(self) -> None:
-        """Run SQLite's quick_check; raise KeyspanError when the file is damaged."""
-        result = [r[0] for r in self._db.execute("PRAGMA quick_check")]
+        """Run SQLite's quick_check (it reads every page); raise KeyspanError, naming the
+        file and the first faults on one line, when the file is damaged."""
+        try:
+            result = [str(r[0]) for r in self._db.execute("PRAGMA quick_check")]
+        except apsw.CorruptError as err:  # too damaged for quick_check to go on
+            result = [str(err)]
         if result != ["ok"]:
-            raise KeyspanError(f"{self.path}: quick_check failed: {result[:3]}")
+            faults = "; ".join(line for r in result for line in r.splitlines() if not line.startswith("***"))
+            if len(faults) > 300:
+                faults = faults[:300] + " ..."
+            raise self._damaged(f"SQLite's quick_check found: {faults}")
 
     def close(self) -> None:
         with self._readers_lock:

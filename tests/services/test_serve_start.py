@@ -38,6 +38,36 @@ def test_a_lost_shard_file_or_catalogue_stops_the_start_naming_it(tmp_path: Path
     assert started.stderr.startswith("keyspan: cannot read ") and "Traceback" not in started.stderr
 
 
+def test_a_damaged_shard_stops_the_start_with_one_line_naming_it(tmp_path: Path) -> None:
+    import apsw
+
+    from keyspan.storage.shardset import ShardSet, ranges_from_split_points
+
+    data = tmp_path / "data"
+    shards = ShardSet(data)
+    shards.open([(f"p{i}", r) for i, r in enumerate(ranges_from_split_points([b"n"]))])
+    shards.close()
+    db = apsw.Connection(str(data / "p0.db"))
+    with db:  # 75 pages of entries
+        db.execute(
+            "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 2000) "
+            "INSERT INTO entries(key, value, json, etag) "
+            "SELECT printf('a%06d', i), zeroblob(100), 0, i FROM c"
+        )
+    db.close()
+    raw = bytearray((data / "p0.db").read_bytes())
+    raw[40 * 4096 : 40 * 4096 + 64] = b"\xff" * 64
+    (data / "p0.db").write_bytes(raw)
+
+    started = serve(data)
+    assert started.returncode == 4
+    assert started.stderr.startswith(
+        f"keyspan: partition p0: {data / 'p0.db'} is damaged: SQLite's quick_check"
+    )
+    assert started.stderr.count("\n") == 1 and "Traceback" not in started.stderr
+    assert (data / "p0.db").read_bytes() == raw
+
+
 def test_a_gateway_waiting_for_control_stops_on_sigterm() -> None:
     """It waits NOT_SERVING for its first map, however long control takes, but not past a
     SIGTERM (it used to ignore one until a map came)."""

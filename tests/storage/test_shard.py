@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 import threading
 import time
@@ -325,6 +326,70 @@ def test_a_shard_of_another_schema_version_is_refused_untouched(tmp_path: Path) 
     db = apsw.Connection(str(tmp_path / "s.db"), vfs="unix-excl")
     assert db.execute("SELECT value FROM meta WHERE name = 'partition_id'").fetchone() == ("s",)
     db.close()
+
+
+def files_of(path: Path) -> dict[str, bytes]:
+    """The shard file and its WAL, byte for byte."""
+    return {f.name: f.read_bytes() for f in path.parent.glob(path.name + "*")}
+
+
+@pytest.mark.parametrize("loss", ["cut to 0 bytes", "replaced by a new database"])
+async def test_a_listed_shard_that_lost_its_contents_is_refused_not_served_empty(
+    tmp_path: Path, loss: str
+) -> None:
+    shards = await open_set(tmp_path / "d", [b"g"])
+    await shards.write(b"a", Put(b"a", b"1"))
+    shards.close()
+    path = tmp_path / "d" / "p0.db"
+    path.write_bytes(b"")
+    if loss == "replaced by a new database":
+        db = apsw.Connection(str(path))
+        db.execute("PRAGMA journal_mode=WAL")  # SQLite writes the header page, no tables
+        db.close()
+    before = files_of(path)
+    # Served, its range would read empty and its etags start again at 1.
+    refused_start(
+        tmp_path / "d", r"^partition p0: .*p0\.db is damaged: it (is empty|holds no record of its partition)"
+    )
+    assert files_of(path) == before
+
+
+@pytest.mark.parametrize(
+    ("fill", "at", "found"),
+    [
+        (b"\x00", 8, r"Tree \d+ page \d+ cell \d+: Offset 0 out of range"),  # quick_check lists faults
+        (b"\xff", 0, r"database disk image is malformed"),  # quick_check cannot go on
+    ],
+)
+async def test_a_damaged_shard_is_refused_on_one_line_naming_it_and_left_byte_for_byte(
+    tmp_path: Path, fill: bytes, at: int, found: str
+) -> None:
+    shards = await open_set(tmp_path / "d", [b"g"])
+    keys = [b"a%06d" % i for i in range(2000)]
+    await shards.bulk_put(Bulk(keys, [bytes(100)] * len(keys)))
+    shards.close()
+    path = tmp_path / "d" / "p0.db"
+    data = bytearray(path.read_bytes())
+    page = len(data) // 4096 // 2 * 4096
+    data[page + at : page + at + 64] = fill * 64
+    path.write_bytes(data)
+    db = apsw.Connection(str(path), vfs="unix-excl")  # a commit left in the WAL, as by a crash
+    with db:
+        db.execute("UPDATE entries SET value = x'01' WHERE key = ?", (keys[0],))
+    db.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+    db.close()
+    before = files_of(path)
+    assert sorted(before) == ["p0.db", "p0.db-wal"]
+    again = ShardSet(tmp_path / "d")
+    try:
+        with pytest.raises(KeyspanError) as refused:
+            again.open([])
+    finally:
+        again.close()
+    message = str(refused.value)
+    assert re.match(rf"^partition p0: .*p0\.db is damaged: SQLite's quick_check found: .*{found}", message)
+    assert "\n" not in message and message.endswith("restore it (or the whole data dir) from a copy")
+    assert files_of(path) == before  # not written, not checkpointed
 
 
 async def test_the_shards_are_opened_and_checked_in_parallel(
