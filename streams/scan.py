@@ -126,7 +126,8 @@ async def serve_scan(
     Once `stopping` is set, the stream ends before its next batch with UNAVAILABLE: the
     client resumes from the last resume_key it got.
     """
-    first = await anext(requests, None)
+    # A stream opened with no request in yet does not hold a shutdown either.
+    first = await unless_stopping(anext(requests, None), stopping, RESUME_SCAN)
     if first is None:
         return
     key_range = range_of(first.start, first.end if first.HasField("end") else None)

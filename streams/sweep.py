@@ -55,7 +55,8 @@ async def serve_sweep(
 ) -> AsyncIterator[kv_pb2.SweepResponse]:
     """Sweep the first request's range, with progress after each batch. Once `stopping`
     is set, the stream ends before its next batch with UNAVAILABLE."""
-    first = await anext(requests, None)
+    # A stream opened with no request in yet does not hold a shutdown either.
+    first = await unless_stopping(anext(requests, None), stopping, RERUN_SWEEP)
     if first is None:
         return
     rate = first.max_deletes_per_s

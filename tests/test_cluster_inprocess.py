@@ -257,10 +257,13 @@ async def test_a_stopping_gateway_ends_its_idle_streams_at_once(running: Running
         bulk_call = stub.BulkPut()  # had its batch answered; waits for the next one
         await bulk_call.write(kv_pb2.BulkPutRequest(entries=[kv_pb2.Entry(key=b"b4", value=b"v")]))
         assert (await bulk_call.read()).accepted == 1
+        silent_scan, silent_sweep = stub.Scan(), stub.Sweep()  # opened; their first request never comes
+        while gateway.streams.open < 4:
+            await asyncio.sleep(0.01)
         started = time.monotonic()
         await gateway.stop()  # a grace period of 10 s, and nothing in flight
         assert time.monotonic() - started < 3
-        for call in (scan_call, bulk_call):
+        for call in (scan_call, bulk_call, silent_scan, silent_sweep):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await call.read()
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE

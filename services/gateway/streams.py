@@ -112,7 +112,7 @@ async def scan_through(
     context: grpc.aio.ServicerContext,
     stopping: asyncio.Event,
 ) -> AsyncIterator[kv_pb2.ScanResponse]:
-    first = await anext(requests, None)
+    first = await unless_stopping(anext(requests, None), stopping, RESUME_SCAN)
     if first is None:
         return
     whole = range_of(first.start, first.end if first.HasField("end") else None)
@@ -246,7 +246,7 @@ async def sweep_through(
     context: grpc.aio.ServicerContext,
     stopping: asyncio.Event,
 ) -> AsyncIterator[kv_pb2.SweepResponse]:
-    first = await anext(requests, None)
+    first = await unless_stopping(anext(requests, None), stopping, RERUN_SWEEP)
     if first is None:
         return
     whole = range_of(first.start, first.end if first.HasField("end") else None)

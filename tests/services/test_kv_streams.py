@@ -228,11 +228,14 @@ async def test_streams_waiting_on_their_client_do_not_hold_the_shutdown(server: 
         assert (await sweep_call.read()).deleted == 1
         watch_call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
         assert (await watch_call.read()).status == health_pb2.HealthCheckResponse.SERVING
+        silent_scan, silent_sweep = kv.Scan(), kv.Sweep()  # opened; their first request never comes
+        while server.streams.open < 5:
+            await asyncio.sleep(0.01)
         started = time.monotonic()
         await server.stop(10)  # the grace period is 10 s; nothing is in flight
         stopped_s = time.monotonic() - started
         assert (await watch_call.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
-        for call in (scan_call, bulk_call, sweep_call, watch_call):
+        for call in (scan_call, bulk_call, sweep_call, watch_call, silent_scan, silent_sweep):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await call.read()
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
