@@ -125,8 +125,8 @@ async def _granted(call: Any, credits: int) -> bool:
 
 
 class AsyncClient:
-    """The asyncio client. Create and use it inside one event loop; close it (or use
-    `async with`) to close its channels."""
+    """The asyncio client. Create and use it inside one event loop (its gRPC channels
+    belong to it); close it (or use `async with`) to close its channels."""
 
     def __init__(
         self,
@@ -144,6 +144,10 @@ class AsyncClient:
         self.router: Router = router if router is not None else StaticRouter(address)
         self.metrics = metrics  # retries, map refreshes, WrongPartition redirects
         self._closed = False
+        # The loop it was made in, or else first used in: its channels belong to that one.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
 
     @classmethod
     async def for_cluster(
@@ -184,10 +188,27 @@ class AsyncClient:
 
     def live_router(self) -> Router:
         """The router, for a call about to start; ClientClosed once the client is closed
-        (a router would otherwise open a new channel that nothing closes)."""
+        (a router would otherwise open a new channel that nothing closes), RuntimeError in
+        another event loop than its own."""
         if self._closed:
             raise ClientClosed("this keyspan AsyncClient is closed")
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            if self._loop is not None:
+                raise self._other_loop()
+            self._loop = loop
         return self.router
+
+    def _other_loop(self) -> RuntimeError:
+        # Its channels would fail in this loop ("Event loop is closed", or a call that
+        # never completes while the first loop is not running).
+        first = "closed" if self._loop is None or self._loop.is_closed() else "still open"
+        return RuntimeError(
+            f"this keyspan AsyncClient belongs to the event loop it was first used in "
+            f"({first}), not to this one: its gRPC channels work in that loop only. Make an "
+            "AsyncClient in each loop (each asyncio.run() makes a new one), or use the "
+            "blocking Client, which runs its own"
+        )
 
     def raise_if_closed(self) -> None:
         """Raise ClientClosed in place of the CancelledError that grpc.aio raises in a call

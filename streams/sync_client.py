@@ -14,8 +14,13 @@ a server batch at a time, so the thread hop is paid per batch, not per entry.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
+import contextlib
+import sys
 import threading
+import warnings
+import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -74,7 +79,9 @@ class Client:
         metrics: ClientMetrics | None = None,
     ) -> None:
         self._loop = _ClientLoop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="keyspan-client", daemon=True)
+        self._thread = threading.Thread(
+            target=_run_loop, args=(self._loop,), name="keyspan-client", daemon=True
+        )
         self._thread.start()
 
         async def make() -> AsyncClient:
@@ -98,6 +105,12 @@ class Client:
         except BaseException:
             self._stop_loop()
             raise
+        # Dropped unclosed, it is closed when collected (with a ResourceWarning), and
+        # still open at exit, closed then: a scan iterator it held hung the exit.
+        target = address if control is None else f"control={control}"
+        self._finalizer = weakref.finalize(self, _abandoned, self._loop, self.aio, target)
+        self._finalizer.atexit = False
+        _open_clients.add(self)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._closed:
@@ -126,31 +139,17 @@ class Client:
         if self._closed:
             return
         self._closed = True  # no call starts from here on
+        self._finalizer.detach()
         try:
-            asyncio.run_coroutine_threadsafe(self._shut_down(), self._loop).result()
+            asyncio.run_coroutine_threadsafe(_shut_down(self.aio, self._loop), self._loop).result()
         finally:
             self._stop_loop()
 
-    async def _shut_down(self) -> None:
-        """End everything on the loop, as asyncio.run does before it closes its own.
-
-        A cancelled gRPC call ends in grpc's core a moment after cancel() returns, and a task
-        of grpc.aio (_AioCall._handle_status_once_received) waits for that end. A loop stopped
-        before that task ran logged asyncio's ERROR "Task was destroyed but it is pending!"
-        (about one Client in five closed with a scan iterator still held did).
-        """
-        try:
-            await self.aio.close()  # the channels cancel every call still open on them
-        finally:
-            await _cancel_tasks()  # grpc's watchers of the calls; calls from other threads
-            await self._loop.shutdown_asyncgens()  # iterators still held run their cleanup
-            await _cancel_tasks()
-
     def _stop_loop(self) -> None:
+        """Stop the loop; its thread closes it."""
         self._closed = True
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        self._loop.close()
+        self._thread.join(timeout=CLOSE_TIMEOUT_S)
 
     def _iterate(self, batches: AsyncIterator[list[T]]) -> Iterator[T]:
         """Pull an async iterator of batches from the loop thread, one batch per hop."""
@@ -167,6 +166,8 @@ class Client:
                 self._close_batches(batches)
 
     def _close_batches(self, batches: AsyncIterator[Any]) -> None:
+        if sys.is_finalizing() or not self._thread.is_alive():
+            return  # the interpreter is going: the loop thread runs no more
         if threading.current_thread() is self._thread:
             # The garbage collector closed this iterator on the loop thread itself, where
             # waiting for the loop would wait forever: the loop closes it next.
@@ -294,6 +295,64 @@ class Client:
 
 def _raw(key: KeyLike | None) -> bytes | None:
     return key_bytes(key) if key is not None else None
+
+
+def _run_loop(loop: _ClientLoop) -> None:
+    """The Client thread: its loop, until stopped, then closed."""
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+
+
+async def _shut_down(aio: AsyncClient, loop: asyncio.AbstractEventLoop) -> None:
+    """End everything on the loop, as asyncio.run does before it closes its own.
+
+    A cancelled gRPC call ends in grpc's core a moment after cancel() returns, and a task
+    of grpc.aio (_AioCall._handle_status_once_received) waits for that end. A loop stopped
+    before that task ran logged asyncio's ERROR "Task was destroyed but it is pending!"
+    (about one Client in five closed with a scan iterator still held did).
+    """
+    try:
+        await aio.close()  # the channels cancel every call still open on them
+    finally:
+        await _cancel_tasks()  # grpc's watchers of the calls; calls from other threads
+        await loop.shutdown_asyncgens()  # iterators still held run their cleanup
+        await _cancel_tasks()
+
+
+# The Clients not closed yet, closed at exit while their loop threads still run. Left to
+# the interpreter's shutdown, a scan iterator a Client held closed itself through a loop
+# thread that had stopped for good, and the process never exited.
+_open_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_clients() -> None:
+    for client in list(_open_clients):
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+def _abandoned(loop: _ClientLoop, aio: AsyncClient, target: str) -> None:
+    """A Client collected unclosed (any thread may run this): warn, as an unclosed file
+    does, then close its channels and stop its thread without waiting for them. Left open,
+    each one kept a thread and three file descriptors for the life of the process."""
+    warnings.warn(
+        f"unclosed keyspan Client({target!r}): close() it or use `with`; its thread and channel "
+        "are closed now",
+        ResourceWarning,
+        stacklevel=1,  # from the garbage collector: no caller's line to point at
+    )
+
+    async def shut_down_then_stop() -> None:
+        try:
+            await _shut_down(aio, loop)
+        finally:
+            loop.stop()
+
+    with contextlib.suppress(RuntimeError):  # the loop has closed already
+        asyncio.run_coroutine_threadsafe(shut_down_then_stop(), loop)
 
 
 async def _cancel_tasks() -> None:

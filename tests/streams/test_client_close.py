@@ -11,6 +11,7 @@ import asyncio
 import gc
 import itertools
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -322,4 +323,65 @@ def test_a_blocking_call_in_flight_when_another_thread_closes_the_client_raises_
         asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+        loop.close()
+
+
+HELD_AT_EXIT = """
+import sys
+from keyspan.streams import Client
+
+kv = Client(sys.argv[1])  # never closed
+rows = kv.scan()  # read part-way and held in a global
+print(next(rows).key.decode(), flush=True)
+if sys.argv[2] == "raise":
+    raise SystemExit("leaving on an error")
+"""
+
+
+@pytest.mark.parametrize("how", ["end of script", "raise"])
+def test_a_process_holding_an_unclosed_client_and_a_scan_part_way_exits(
+    loaded: ThreadedServer, how: str
+) -> None:
+    """The iterator closed itself at the interpreter's shutdown through the Client's loop
+    thread, which had stopped for good: the process never exited."""
+    result = subprocess.run(
+        [sys.executable, "-c", HELD_AT_EXIT, loaded.address, how], capture_output=True, text=True, timeout=30
+    )
+    assert result.stdout == "k00000\n"
+    assert result.returncode == (1 if how == "raise" else 0), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_client_dropped_unclosed_warns_and_gives_back_its_thread_and_files(loaded: ThreadedServer) -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    with Client(loaded.address) as kv:  # grpc's own files, opened once a process
+        kv.get("k00001")
+    threads, fds = threading.active_count(), open_fds()
+    with pytest.warns(ResourceWarning, match=r"unclosed keyspan Client\('127\.0\.0\.1:\d+'\): close\(\) it"):
+        for _ in range(5):
+            kv = Client(loaded.address)
+            assert kv.get("k00001") is not None
+            del kv
+            gc.collect()
+    deadline = time.monotonic() + 5
+    while (threading.active_count(), open_fds()) != (threads, fds) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (threading.active_count(), open_fds()) == (threads, fds)  # each kept 1 thread and 3 fds
+
+
+def test_an_async_client_used_in_a_second_event_loop_says_so(loaded: ThreadedServer) -> None:
+    kv = AsyncClient(loaded.address)
+
+    async def get() -> Entry | None:
+        return await kv.get("k00001")
+
+    assert asyncio.run(get()) is not None
+    with pytest.raises(RuntimeError, match=r"belongs to the event loop it was first used in \(closed\)"):
+        asyncio.run(get())  # was "Event loop is closed", and a coroutine never awaited
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(kv.router.close())  # nothing else opened a channel
+    finally:
         loop.close()
