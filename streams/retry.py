@@ -35,9 +35,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, bounded per stall (time without progress)."""
+    """Exponential backoff with full jitter, bounded per stall (time without progress).
 
-    max_attempts: int = 8
+    The defaults wait 10.6 s in all on average before giving up (the 15 waits' ceilings
+    add up to 21 s; over 6.4 s 99 times in 100): long enough to ride through a server
+    restarting on the same data dir (down 3-5 s here). With 8 attempts (2.6 s on average,
+    under 0.9 s 1 time in 100) scan_ex and bulk_put_ex gave up 1.4-2.2 s after its SIGTERM.
+    """
+
+    max_attempts: int = 16
     max_stall_s: float = 60.0
     initial_backoff_s: float = 0.05
     max_backoff_s: float = 2.0
