@@ -94,6 +94,8 @@ def test_a_gateway_waiting_for_control_stops_on_sigterm() -> None:
         if gateway.poll() is None:
             gateway.kill()
             gateway.wait()
+        if gateway.stderr is not None:
+            gateway.stderr.close()
 
 
 def test_a_port_in_use_stops_the_start_with_one_line(tmp_path: Path) -> None:
