@@ -31,7 +31,8 @@ EXAMPLES_ADDRESS = "127.0.0.1:7420"
 # this long without progress, then go on where they were; the client's default gives up
 # after 8 failed attempts, a few seconds, which a restart of a big node outlasts.
 RIDE_OUT_S = 60.0
-MAX_UINT64 = (1 << 64) - 1  # etags and scan limits on the wire (keyspan.streams.client)
+MAX_UINT64 = (1 << 64) - 1  # etags and scan limits on the wire (keyspan.streams.arguments)
+MAX_TIMEOUT_S = 365 * 24 * 3600  # a call's deadline at the most (keyspan.streams.arguments)
 MAX_BATCH_BYTES = 8 << 20  # keyspan.streams.bulk_sender; not imported, so Tab completion stays fast
 MAX_DELETES_PER_S = 1e9  # the server's bound on a sweep's rate
 
@@ -55,12 +56,13 @@ class Etag(click.IntRange):
 
 
 class Seconds(click.FloatRange):
-    """A number of seconds above 0 and finite (click's FloatRange lets NaN through)."""
+    """A number of seconds above 0 and at most a year, as the client takes (click's
+    FloatRange lets NaN through)."""
 
     name = "seconds"
 
     def __init__(self) -> None:
-        super().__init__(min=0, min_open=True)
+        super().__init__(min=0, min_open=True, max=MAX_TIMEOUT_S)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         number = super().convert(value, param, ctx)

@@ -11,7 +11,9 @@ never written with a value other than its own. Entries must be sorted by key wit
 duplicates; the sender checks this as it reads them and raises InvalidArgument
 (``entries[i].key``) at the first that is not, after committing what came before it. An
 entry the server refuses (a TTL or value out of bounds) is named the same way, by its
-place in the whole load, not in its batch.
+place in the whole load, not in its batch. An item that is no entry (None, a str, a
+tuple of 4) or has a field of the wrong type is a TypeError or ValueError named so too
+(``entries[i]``, ``entries[i].ttl_s``), raised as it is read.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import grpc
 
 from keyspan.storage.errors import key_text
 from keyspan.streams import calls
+from keyspan.streams.arguments import check_ttl
 from keyspan.streams.entry import Entry, encode_value, key_bytes
 from keyspan.streams.errors import InvalidArgument, KeyspanClientError, Unavailable, from_rpc_error
 from keyspan.streams.retry import DEFAULT_POLICY, RetryPolicy, Stall, retrying
@@ -47,6 +50,10 @@ ONE_ATTEMPT = RetryPolicy(max_attempts=1)
 _ENTRY_FIELD = re.compile(r"entries\[(\d+)\](.*)")
 
 BulkItem = tuple[Any, Any] | tuple[Any, Any, float] | Entry | kv_pb2.Entry
+ENTRY_SHAPES = "a (key, value) or (key, value, ttl_s) tuple, an Entry or a kv_pb2.Entry"
+_PAIR = (tuple, list)
+_FIELDS = ("key", "value", "ttl_s")
+_END = object()  # the end of the items (None is an item, and a wrong one)
 
 
 @dataclass
@@ -79,15 +86,42 @@ def wire_entry(key: bytes, value: bytes, is_json: bool = False, ttl_s: float = 0
 
 
 def to_wire(item: BulkItem) -> kv_pb2.Entry:
-    """A BulkPut entry from (key, value), (key, value, ttl_s), an Entry or a kv_pb2.Entry."""
-    if isinstance(item, kv_pb2.Entry):
+    """A BulkPut entry from (key, value), (key, value, ttl_s) (a tuple or a list), an Entry
+    or a kv_pb2.Entry.
+
+    Anything else is a TypeError. A field that is not what it should be is a TypeError or
+    a ValueError whose message starts with the field's name (`key: `, `value: `, `ttl_s: `).
+    """
+    if isinstance(item, _PAIR):  # the common case first: a load builds millions of these
+        if len(item) == 2:
+            key, value = item
+            raw, is_json = encode_value(value, False)
+            return wire_entry(key_bytes(key), raw, is_json)
+        if len(item) == 3:
+            key, value, ttl_s = item
+            raw, is_json = encode_value(value, False)
+            return wire_entry(key_bytes(key), raw, is_json, check_ttl(ttl_s))
+    elif isinstance(item, kv_pb2.Entry):
         return item
-    if isinstance(item, Entry):
+    elif isinstance(item, Entry):
         value, is_json = encode_value(item.value, item.is_json)
         return wire_entry(key_bytes(item.key), value, is_json, item.ttl_s)
-    key, value, *rest = item
-    raw, is_json = encode_value(value, False)
-    return wire_entry(key_bytes(key), raw, is_json, rest[0] if rest else 0.0)
+    raise TypeError(f"must be {ENTRY_SHAPES}, not {_shape(item)}")
+
+
+def _shape(item: object) -> str:
+    if item is None:
+        return "None"
+    if isinstance(item, _PAIR):
+        return f"a {type(item).__name__} of {len(item)}"
+    return type(item).__name__
+
+
+def _named(err: TypeError | ValueError, index: int) -> TypeError | ValueError:
+    """to_wire's error for the entry at `index` of the load: `entries[3].key: ...`."""
+    field, _, rule = str(err).partition(": ")
+    text = f"entries[{index}].{field}: {rule}" if field in _FIELDS else f"entries[{index}]: {err}"
+    return TypeError(text) if isinstance(err, TypeError) else ValueError(text)
 
 
 class _Batch:
@@ -125,10 +159,11 @@ class _Source:
         self._batch_bytes, self._index, self._previous = batch_bytes, 0, b""
         self.exhausted = False
 
-    async def _next_item(self) -> BulkItem | None:
+    async def _next_item(self) -> Any:
+        """The next item, or _END."""
         if self._sync is not None:
-            return next(self._sync, None)
-        return await anext(self._async, None)  # type: ignore[arg-type]
+            return next(self._sync, _END)
+        return await anext(self._async, _END)  # type: ignore[arg-type]
 
     async def next_batch(self) -> _Batch | None:
         entries: list[kv_pb2.Entry] = []
@@ -136,10 +171,13 @@ class _Source:
         first = self._index
         while not self.exhausted and nbytes < self._batch_bytes and len(entries) < MAX_BATCH_ENTRIES:
             item = await self._next_item()
-            if item is None:
+            if item is _END:
                 self.exhausted = True
                 break
-            entry = to_wire(item)
+            try:
+                entry = to_wire(item)
+            except (TypeError, ValueError) as err:
+                raise _named(err, self._index) from None
             if entry.key <= self._previous:
                 if not entry.key:
                     rule = "must not be empty"

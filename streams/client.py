@@ -8,13 +8,14 @@
 
 Every call goes through a Router (streams/router.py) and has a deadline: `timeout_s`
 (default 5 s) for unary calls and `stream_timeout_s` (default 300 s) for streams, both
-overridable per call; a timeout is a number of seconds above 0 (stream_timeout_s None: no
-deadline). Failed calls raise the exceptions of streams/errors.py. A call
-answered with WrongPartition is sent again when the router learned the owner from it.
-The plain methods do not retry otherwise; scan_ex, bulk_put_ex and update do. An argument
-out of its range (a timeout, an if_etag, a limit, batch_bytes) is a ValueError that names
-it, raised before anything is sent. After close(), calls raise ClientClosed, and so do the
-calls close() cut short (a scan's next read, a call in flight).
+overridable per call; a timeout is a number of seconds above 0 and at most a year
+(stream_timeout_s None: no deadline). Failed calls raise the exceptions of
+streams/errors.py. A call answered with WrongPartition is sent again when the router
+learned the owner from it. The plain methods do not retry otherwise; scan_ex, bulk_put_ex
+and update do. An argument of the wrong type is a TypeError, and one out of its range (a
+timeout, an if_etag, a limit, batch_bytes) a ValueError, each naming it and raised before
+anything is sent (streams/arguments.py). After close(), calls raise ClientClosed, and so
+do the calls close() cut short (a scan's next read, a call in flight).
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json as jsonlib
-import math
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -31,9 +31,29 @@ import grpc
 from keyspan.storage.errors import key_text
 from keyspan.storage.keys import key_successor
 from keyspan.streams import bulk_sender, calls, retry
+from keyspan.streams.arguments import (
+    check_address,
+    check_flag,
+    check_number,
+    check_path_values,
+    check_paths,
+    check_timeout,
+    check_ttl,
+    check_uint64,
+)
 from keyspan.streams.bulk_sender import BulkItem, BulkPutResult
 from keyspan.streams.client_metrics import ClientMetrics
-from keyspan.streams.entry import Entry, KeyLike, Stats, SweepProgress, encode_value, key_bytes
+from keyspan.streams.entry import (
+    Entry,
+    KeyLike,
+    Stats,
+    SweepProgress,
+    document,
+    encode_value,
+    json_text,
+    key_bytes,
+    key_range,
+)
 from keyspan.streams.errors import (
     ClientClosed,
     KeyspanClientError,
@@ -53,34 +73,17 @@ MAX_ROUTING_HOPS = 3
 SCAN_BATCH_BYTES = 256 * 1024  # the server packs responses to about this (streams/scan.py)
 SCAN_FIRST_CREDITS = 256
 SCAN_MIN_WINDOW, SCAN_MAX_WINDOW = 16, 10_000
-MAX_UINT64 = (1 << 64) - 1  # etags and scan limits are uint64 on the wire
-
-
-def check_uint64(value: int, name: str, zero: str) -> int:
-    """`value` when it is a uint64; else ValueError naming `name` (zero: what 0 means)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_UINT64:
-        raise ValueError(f"{name}: must be 0 ({zero}) or a whole number up to 2**64-1, not {value!r}")
-    return value
 
 
 def _if_etag(if_etag: int) -> int:
     return check_uint64(if_etag, "if_etag", "no precondition")
 
 
-def check_timeout(value: float | None, name: str, none_ok: bool = False) -> float | None:
-    """`value` when it is a finite number of seconds above 0 (or None, when allowed)."""
-    if value is None and none_ok:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-        raise ValueError(f"{name}: must be a number of seconds above 0, not {value!r}")  # NaN too
-    return value
-
-
-def _json_arg(value: Any) -> str:
+def _json_arg(value: Any, name: str) -> str:
     """A patch argument's JSON text: bytes are JSON text already, anything else is encoded."""
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).decode()
-    return jsonlib.dumps(value)
+    return json_text(jsonlib.dumps, value, name)
 
 
 class _CreditWindow:
@@ -137,8 +140,8 @@ class AsyncClient:
         stream_timeout_s: float | None = DEFAULT_STREAM_TIMEOUT_S,
         metrics: ClientMetrics | None = None,
     ) -> None:
-        if router is None and not address.strip():
-            raise ValueError("address: must be HOST:PORT, not empty")
+        if router is None:
+            check_address(address)
         self.timeout_s = check_timeout(timeout_s, "timeout_s")
         self.stream_timeout_s = check_timeout(stream_timeout_s, "stream_timeout_s", none_ok=True)
         self.router: Router = router if router is not None else StaticRouter(address)
@@ -253,20 +256,22 @@ class AsyncClient:
     async def get(
         self,
         key: KeyLike,
-        paths: list[str] | None = None,
+        paths: str | list[str] | None = None,
         json: bool = False,
         *,
         timeout_s: float | None = None,
     ) -> Entry | None:
         """The entry, or None when absent or expired. With json=True a JSON document's value
-        is decoded; with paths it is the projection {path: value} (decoded when json=True)."""
+        is decoded; with paths (a list of JSON paths, or one as a str) it is the projection
+        {path: value} (decoded when json=True)."""
         raw = key_bytes(key)
-        response = await self._unary("Get", raw, kv_pb2.GetRequest(key=raw, paths=paths or []), timeout_s)
+        paths = check_paths(paths, "paths")
+        response = await self._unary("Get", raw, kv_pb2.GetRequest(key=raw, paths=paths), timeout_s)
         if not response.found:
             return None
         entry = Entry.from_wire(response, decode_json=json, key=raw)
         if paths and json and not response.json:
-            return Entry(raw, jsonlib.loads(response.value), entry.etag, entry.expires_at, True)
+            return Entry(raw, document(response.value), entry.etag, entry.expires_at, True)
         return entry
 
     async def put(
@@ -286,7 +291,12 @@ class AsyncClient:
         raw = key_bytes(key)
         data, is_json = encode_value(value, json)
         request = kv_pb2.PutRequest(
-            key=raw, value=data, ttl_s=ttl_s, if_etag=_if_etag(if_etag), if_absent=if_absent, json=is_json
+            key=raw,
+            value=data,
+            ttl_s=check_ttl(ttl_s),
+            if_etag=_if_etag(if_etag),
+            if_absent=check_flag(if_absent, "if_absent"),
+            json=is_json,
         )
         return (await self._unary("Put", raw, request, timeout_s)).etag
 
@@ -300,27 +310,31 @@ class AsyncClient:
         self,
         key: KeyLike,
         merge: Any = None,
-        set: dict[str, Any] | None = None,
-        remove: list[str] | None = None,
+        set: Mapping[str, Any] | None = None,
+        remove: str | list[str] | None = None,
         if_etag: int = 0,
         *,
         json: bool = True,
         timeout_s: float | None = None,
     ) -> Entry:
         """Merge-patch (RFC 7396), then set paths to JSON values, then remove paths, atomically.
-        `merge` and the `set` values are JSON values, or bytes of JSON text sent as written.
+        `merge` and the `set` values are JSON values, or bytes of JSON text sent as written;
+        `set` maps JSON path to value, `remove` is a list of paths (or one as a str).
         Returns the whole new document, decoded; with json=False as the server's JSON text
         (bytes). Raises NotFound, NotJson, EtagMismatch."""
         raw = key_bytes(key)
         request = kv_pb2.PatchRequest(
             key=raw,
-            merge_patch=_json_arg(merge) if merge is not None else "",
-            set=[kv_pb2.PathValue(path=p, value=_json_arg(v)) for p, v in (set or {}).items()],
-            remove=remove or [],
+            merge_patch=_json_arg(merge, "merge") if merge is not None else "",
+            set=[
+                kv_pb2.PathValue(path=p, value=_json_arg(v, f"set[{p!r}]"))
+                for p, v in check_path_values(set, "set")
+            ],
+            remove=check_paths(remove, "remove"),
             if_etag=_if_etag(if_etag),
         )
         response = await self._unary("Patch", raw, request, timeout_s)
-        value = jsonlib.loads(response.value) if json else response.value
+        value = document(response.value) if json else response.value
         return Entry(raw, value, response.etag, None, True)
 
     async def stats(self, *, timeout_s: float | None = None) -> Stats:
@@ -342,7 +356,7 @@ class AsyncClient:
         end: bytes | None = None,
         *,
         limit: int = 0,
-        paths: list[str] | None = None,
+        paths: str | list[str] | None = None,
         reverse: bool = False,
         json: bool = False,
         timeout_s: float | None = None,
@@ -351,6 +365,8 @@ class AsyncClient:
         Credits are granted as batches are consumed (never more than about two batches
         ahead). No retry: a broken stream raises; scan_ex resumes."""
         check_uint64(limit, "limit", "no limit")
+        paths = check_paths(paths, "paths")
+        check_flag(reverse, "reverse")
         pieces = self.live_router().pieces(start, end)
         remaining = limit
         for piece_start, piece_end, stub in reversed(pieces) if reverse else pieces:
@@ -420,16 +436,16 @@ class AsyncClient:
         start: KeyLike | None = None,
         end: KeyLike | None = None,
         limit: int = 0,
-        paths: list[str] | None = None,
+        paths: str | list[str] | None = None,
         reverse: bool = False,
         json: bool = False,
         *,
         timeout_s: float | None = None,
     ) -> AsyncIterator[Entry]:
         """Entries of [start, end) in key order (descending with reverse), at most `limit`
-        (0: all). start None is the first key, end None +infinity. No retry; see scan_ex."""
-        lower = key_bytes(start) if start is not None else b""
-        upper = key_bytes(end) if end is not None else None
+        (0: all). start None is the first key, end None +infinity. `paths` projects each
+        JSON document, as in get. No retry; see scan_ex."""
+        lower, upper = key_range(start, end)
         batches = self.scan_batches(
             lower, upper, limit=limit, paths=paths, reverse=reverse, json=json, timeout_s=timeout_s
         )
@@ -466,9 +482,9 @@ class AsyncClient:
         timeout_s: float | None = None,
     ) -> AsyncIterator[SweepProgress]:
         """Delete the range's expired entries; yield the running totals after each batch,
-        and a last report with done=True."""
-        lower = key_bytes(start) if start is not None else b""
-        upper = key_bytes(end) if end is not None else None
+        and a last report with done=True. max_deletes_per_s 0 is no limit."""
+        lower, upper = key_range(start, end)
+        check_number(max_deletes_per_s, "max_deletes_per_s", "a number of deletes per second (0: no limit)")
         scanned = deleted = 0
         for piece_start, piece_end, stub in self.live_router().pieces(lower, upper):
             base_scanned, base_deleted = scanned, deleted
@@ -498,7 +514,7 @@ class AsyncClient:
         start: KeyLike | None = None,
         end: KeyLike | None = None,
         limit: int = 0,
-        paths: list[str] | None = None,
+        paths: str | list[str] | None = None,
         reverse: bool = False,
         json: bool = False,
         *,
@@ -546,7 +562,8 @@ class AsyncClient:
         ttl_s: float = 0,
         policy: RetryPolicy = UPDATE_POLICY,
     ) -> Entry:
-        """Read-modify-write under the etag, retried on ABORTED; see retry.update."""
+        """Read-modify-write under the etag, retried on ABORTED; see retry.update. `fn` may be
+        a plain function or an async one (its result is awaited)."""
         return await retry.update(self, key, fn, json=json, ttl_s=ttl_s, policy=policy)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -15,31 +16,73 @@ from keyspan.v1 import kv_pb2
 KeyLike = Key | bytes | str
 
 
-def key_bytes(key: KeyLike) -> bytes:
-    """The raw key: a Key's bytes, bytes as they are, str as UTF-8. The server checks length."""
+def key_bytes(key: KeyLike, name: str = "key") -> bytes:
+    """The raw key: a Key's bytes, bytes as they are, str as UTF-8. The server checks length.
+
+    Another type is a TypeError, and a str with a lone surrogate (no UTF-8 for it) a
+    ValueError, each naming `name`."""
     if isinstance(key, Key):
         return key.raw
     if isinstance(key, str):
-        return key.encode()
+        return utf8(key, name)
     if isinstance(key, bytes | bytearray | memoryview):
         return bytes(key)
-    raise TypeError(f"a key is a Key, bytes or str, not {type(key).__name__}")
+    raise TypeError(f"{name}: must be a Key, bytes or str, not {type(key).__name__}")
+
+
+def key_range(start: KeyLike | None, end: KeyLike | None) -> tuple[bytes, bytes | None]:
+    """A range's raw bounds: start None is b"" (the first key), end None +infinity."""
+    lower = key_bytes(start, "start") if start is not None else b""
+    return lower, key_bytes(end, "end") if end is not None else None
+
+
+def utf8(text: str, name: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"{name}: not valid UTF-8 text (a lone surrogate at index {err.start}); give it as bytes"
+        ) from None
 
 
 def encode_value(value: Any, as_json: bool) -> tuple[bytes, bool]:
     """(wire bytes, is_json). bytes stay bytes, str is UTF-8; dict/list/numbers/None are JSON.
 
-    With as_json=True every value (a str too) is stored as a JSON document.
+    With as_json=True every value (a str too) is stored as a JSON document. A value that
+    is not JSON, or nests far deeper than the store takes, is a TypeError or ValueError
+    naming `value`.
     """
     if isinstance(value, bytes | bytearray | memoryview) and not as_json:
         return bytes(value), False
     if isinstance(value, str) and not as_json:
-        return value.encode(), False
+        return utf8(value, "value"), False
     if isinstance(value, bytes | bytearray | memoryview):
         data = bytes(value)
         check_json_text(data)
         return data, True
-    return jsontext.to_utf8(jsontext.dumps(value)), True
+    return jsontext.to_utf8(json_text(jsontext.dumps, value, "value")), True
+
+
+def stored_as_json(value: Any, as_json: bool) -> bool:
+    """Whether encode_value(value, as_json) makes a JSON document of `value`."""
+    return as_json or not isinstance(value, bytes | bytearray | memoryview | str)
+
+
+def json_text(encode: Callable[[Any], str], value: Any, name: str) -> str:
+    """`encode(value)`, with room for the store's nesting; its errors name `name`."""
+    try:
+        return jsontext.room_to_nest(encode, value)
+    except jsontext.TooDeepError as err:
+        raise ValueError(f"{name}: {err}, the store's limit") from None
+    except TypeError as err:
+        raise TypeError(f"{name}: {err}") from None
+    except ValueError as err:  # NaN, Infinity
+        raise ValueError(f"{name}: {err}") from None
+
+
+def document(text: bytes | str) -> Any:
+    """The JSON text of a document the store holds, decoded (it nests up to 1000 levels)."""
+    return jsontext.room_to_nest(jsonlib.loads, text)
 
 
 def check_json_text(text: bytes | str) -> None:
@@ -79,7 +122,7 @@ class Entry:
     @classmethod
     def from_wire(cls, e: kv_pb2.Entry | kv_pb2.GetResponse, decode_json: bool, key: bytes = b"") -> Entry:
         raw_key = key or e.key  # type: ignore[union-attr]
-        value: Any = jsonlib.loads(e.value) if decode_json and e.json else e.value
+        value: Any = document(e.value) if decode_json and e.json else e.value
         return cls(raw_key, value, e.etag, expires_at_of(e.expires_at_ms), e.json)
 
 

@@ -131,8 +131,10 @@ class ClientClosed(RuntimeError):
     this is not a KeyspanClientError and is never retried."""
 
 
-# gRPC's words for a call it never sent: no address of the target could be connected to.
-_NEVER_SENT = ("failed to connect to all addresses", "DNS resolution failed")
+# gRPC's words for a call it never sent: no address of the target could be connected to,
+# or its name resolved to no address: "errors resolving HOST: ..." (the resolver grpcio
+# 1.85 uses by default) or "DNS resolution failed ..." (the c-ares resolver).
+_NEVER_SENT = ("failed to connect to all addresses", "DNS resolution failed", "errors resolving ")
 
 
 def never_sent(details: str) -> bool:

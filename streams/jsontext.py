@@ -10,16 +10,26 @@ through unchanged.
 Text nested deeper than the store takes (MAX_DEPTH, SQLite's limit) is refused before
 it is decoded: Python's decoder would spend a recursion level on each, and a line
 100,000 levels deep would end in a RecursionError.
+
+Python's json encoder and decoder spend a recursion level per level of nesting, and the
+default recursion limit is 1000, so a document the store takes could be neither written
+nor read (a RecursionError). `room_to_nest` raises the limit to RECURSION_LIMIT the first
+time a document needs it, and leaves it there: lowering it again afterwards would race
+with another thread that needs it raised. The CLI sets the same limit at start.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from typing import Any
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 MAX_DEPTH = 1000  # the store's limit on nesting, SQLite's JSON_MAX_DEPTH
+RECURSION_LIMIT = 5000  # MAX_DEPTH levels of json, and the frames of the program around them
 _STRING = re.compile(r'"(?:[^"\\]+|\\.)*"')
 _BRACKET = re.compile(r"[\[\]{}]")
 
@@ -82,6 +92,25 @@ def loads(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
         text = text.decode()
     check_depth(text, max_depth)
     return _DECODER.decode(text)
+
+
+def room_to_nest(code: Callable[[Any], T], arg: Any) -> T:
+    """`code(arg)` (a json encode or decode) with the recursion room for MAX_DEPTH levels.
+
+    On a RecursionError the limit is raised to RECURSION_LIMIT, once for the process, and
+    `code` runs again. A value that runs out of recursion even so nests far deeper than
+    the store takes: TooDeepError(MAX_DEPTH), a ValueError.
+    """
+    try:
+        return code(arg)
+    except RecursionError:
+        if sys.getrecursionlimit() >= RECURSION_LIMIT:
+            raise TooDeepError(MAX_DEPTH) from None
+        sys.setrecursionlimit(RECURSION_LIMIT)
+    try:
+        return code(arg)
+    except RecursionError:
+        raise TooDeepError(MAX_DEPTH) from None
 
 
 def check_depth(text: str, limit: int = MAX_DEPTH) -> None:

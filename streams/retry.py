@@ -14,6 +14,7 @@ iteration), so the stream helpers loop over `AsyncRetrying` with a resume cursor
 from __future__ import annotations
 
 import contextlib
+import inspect
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from keyspan.storage.keys import key_successor
+from keyspan.streams.arguments import check_ttl
 from keyspan.streams.client_metrics import ClientMetrics
-from keyspan.streams.entry import Entry, KeyLike, key_bytes
+from keyspan.streams.entry import Entry, KeyLike, key_bytes, key_range, stored_as_json
 from keyspan.streams.errors import DeadlineExceeded, EtagMismatch, Unavailable, WrongPartition, is_retryable
 
 if TYPE_CHECKING:
@@ -121,15 +123,14 @@ async def scan_ex_batches(
     end: KeyLike | None = None,
     *,
     limit: int = 0,
-    paths: list[str] | None = None,
+    paths: str | list[str] | None = None,
     reverse: bool = False,
     json: bool = False,
     policy: RetryPolicy = DEFAULT_POLICY,
     timeout_s: float | None = None,
 ) -> AsyncIterator[list[Entry]]:
     """scan_ex, a server batch at a time (what the blocking Client pulls across threads)."""
-    lower = key_bytes(start) if start is not None else b""
-    upper = key_bytes(end) if end is not None else None
+    lower, upper = key_range(start, end)
     remaining = limit
     stall = Stall(policy)
     async for attempt in retrying(stall, client.router, metrics=client.metrics, method="Scan"):
@@ -158,7 +159,7 @@ async def scan_ex(
     end: KeyLike | None = None,
     *,
     limit: int = 0,
-    paths: list[str] | None = None,
+    paths: str | list[str] | None = None,
     reverse: bool = False,
     json: bool = False,
     policy: RetryPolicy = DEFAULT_POLICY,
@@ -198,16 +199,20 @@ async def update(
 ) -> Entry:
     """Read-modify-write one entry: store fn(current value) under the etag that was read.
 
-    `fn` gets the current value (decoded JSON when json=True), or None when the key is
-    absent, in which case the write is a must-not-exist create. On ABORTED (someone wrote
-    in between) the whole read-fn-write turn repeats, so `fn` must be free of side
-    effects. UNAVAILABLE is retried when the write was not applied (the server refused it,
-    or it was never sent). A write that may have applied is raised instead, because
-    repeating it could apply `fn` twice: DEADLINE_EXCEEDED, and UNAVAILABLE with
-    `may_have_applied` (the connection was lost after the write went out, as when a node
-    is killed). Reads are always retried. Returns the entry as written.
+    `fn` gets the current value (decoded JSON when json=True, else bytes), or None when
+    the key is absent, in which case the write is a must-not-exist create; what it returns
+    (awaited, when it is awaitable: `fn` may be an async function) is stored as put stores
+    it, so a dict, list or number is a JSON document even with json=False, and the entry
+    returned says so (`is_json`). On ABORTED (someone wrote in between) the whole
+    read-fn-write turn repeats, so `fn` must be free of side effects. UNAVAILABLE is
+    retried when the write was not applied (the server refused it, or it was never sent).
+    A write that may have applied is raised instead, because repeating it could apply
+    `fn` twice: DEADLINE_EXCEEDED, and UNAVAILABLE with `may_have_applied` (the connection
+    was lost after the write went out, as when a node is killed). Reads are always
+    retried. Returns the entry as written.
     """
     raw = key_bytes(key)
+    check_ttl(ttl_s)
     stall = Stall(policy)
     phase = "read"
 
@@ -228,11 +233,13 @@ async def update(
             phase = "read"
             current = await client.get(raw, json=json)
             value = fn(current.value if current is not None else None)
+            if inspect.isawaitable(value):
+                value = await value
             phase = "write"
             if current is None:
                 etag = await client.put(raw, value, ttl_s=ttl_s, if_absent=True, json=json)
             else:
                 etag = await client.put(raw, value, ttl_s=ttl_s, if_etag=current.etag, json=json)
             expires_at = datetime.now(UTC) + timedelta(seconds=ttl_s) if ttl_s else None
-            return Entry(raw, value, etag, expires_at, json)
+            return Entry(raw, value, etag, expires_at, stored_as_json(value, json))
     raise AssertionError("unreachable: AsyncRetrying re-raises the last error")

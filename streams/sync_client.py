@@ -17,18 +17,19 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import inspect
 import sys
 import threading
 import warnings
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from keyspan.streams import retry
 from keyspan.streams.bulk_sender import DEFAULT_BATCH_BYTES, BulkItem, BulkPutResult
 from keyspan.streams.client import DEFAULT_ADDRESS, DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S, AsyncClient
 from keyspan.streams.client_metrics import ClientMetrics
-from keyspan.streams.entry import Entry, KeyLike, Stats, SweepProgress, key_bytes
+from keyspan.streams.entry import Entry, KeyLike, Stats, SweepProgress, key_range
 from keyspan.streams.errors import ClientClosed
 from keyspan.streams.retry import DEFAULT_POLICY, UPDATE_POLICY, RetryPolicy
 from keyspan.streams.router import Router
@@ -178,7 +179,7 @@ class Client:
             self._run(batches.aclose())  # type: ignore[attr-defined]
 
     def get(
-        self, key: KeyLike, paths: list[str] | None = None, json: bool = False, **kw: Any
+        self, key: KeyLike, paths: str | list[str] | None = None, json: bool = False, **kw: Any
     ) -> Entry | None:
         return self._run(self.aio.get(key, paths, json, **kw))
 
@@ -201,8 +202,8 @@ class Client:
         self,
         key: KeyLike,
         merge: Any = None,
-        set: dict[str, Any] | None = None,
-        remove: list[str] | None = None,
+        set: Mapping[str, Any] | None = None,
+        remove: str | list[str] | None = None,
         if_etag: int = 0,
         **kw: Any,
     ) -> Entry:
@@ -216,17 +217,15 @@ class Client:
         start: KeyLike | None = None,
         end: KeyLike | None = None,
         limit: int = 0,
-        paths: list[str] | None = None,
+        paths: str | list[str] | None = None,
         reverse: bool = False,
         json: bool = False,
         **kw: Any,
     ) -> Iterator[Entry]:
         """As AsyncClient.scan; credits follow what this iterator has handed out."""
-        lower = _raw(start) or b""
+        lower, upper = key_range(start, end)
         return self._iterate(
-            self.aio.scan_batches(
-                lower, _raw(end), limit=limit, paths=paths, reverse=reverse, json=json, **kw
-            )
+            self.aio.scan_batches(lower, upper, limit=limit, paths=paths, reverse=reverse, json=json, **kw)
         )
 
     def scan_ex(
@@ -234,7 +233,7 @@ class Client:
         start: KeyLike | None = None,
         end: KeyLike | None = None,
         limit: int = 0,
-        paths: list[str] | None = None,
+        paths: str | list[str] | None = None,
         reverse: bool = False,
         json: bool = False,
         *,
@@ -289,12 +288,30 @@ class Client:
         ttl_s: float = 0,
         policy: RetryPolicy = UPDATE_POLICY,
     ) -> Entry:
-        """As AsyncClient.update; `fn` runs on the client's thread."""
-        return self._run(self.aio.update(key, fn, json=json, ttl_s=ttl_s, policy=policy))
+        """As AsyncClient.update; `fn` runs on the client's thread, and must be a plain
+        function (TypeError for an async one: nothing here would await it)."""
+        return self._run(self.aio.update(key, _plain(fn), json=json, ttl_s=ttl_s, policy=policy))
 
 
-def _raw(key: KeyLike | None) -> bytes | None:
-    return key_bytes(key) if key is not None else None
+def _plain(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`fn`, refused when it is async: its coroutine would be stored as a value (or fail to
+    encode) and was never awaited."""
+    if inspect.iscoroutinefunction(fn):
+        name = getattr(fn, "__name__", repr(fn))
+        raise TypeError(
+            f"fn: must be a plain function returning the new value (the blocking Client does "
+            f"not await); {name} is a coroutine function (AsyncClient.update awaits one)"
+        )
+
+    def plain(value: Any) -> Any:
+        result = fn(value)
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()  # never awaited, and no warning that it was not
+            raise TypeError("fn: returned an awaitable; the blocking Client's update takes a plain function")
+        return result
+
+    return plain
 
 
 def _run_loop(loop: _ClientLoop) -> None:

@@ -363,8 +363,9 @@ def test_a_load_with_a_size_out_of_range_is_a_usage_error_and_writes_nothing(
         (("scan", "a", "b", "--limit", "99999999999999999999"), "'--limit': 99999999999999999999 is not"),
         (("sweep", "--rate", "0.5"), "'--rate': 0.5 is not 0 (no limit) or between 1 and 1e+09"),
         (("sweep", "--rate", "nan"), "'--rate': nan is not 0 (no limit)"),
-        (("get", "k", "--timeout", "0"), "'--timeout': 0.0 is not in the range x>0"),
-        (("get", "k", "--timeout", "-1"), "'--timeout': -1.0 is not in the range x>0"),
+        (("get", "k", "--timeout", "0"), "'--timeout': 0.0 is not in the range 0<x<=31536000"),
+        (("get", "k", "--timeout", "-1"), "'--timeout': -1.0 is not in the range 0<x<=31536000"),
+        (("get", "k", "--timeout", "1e10"), "'--timeout': 10000000000.0 is not in the range 0<x<=31536000"),
         (("get", "k", "--timeout", "nan"), "'--timeout': nan is not a number of seconds above 0"),
         (("get", "k", "--address", ""), "'--address' (env var: 'KEYSPAN_ADDRESS'): must be HOST:PORT"),
     ],
@@ -456,7 +457,8 @@ def test_a_csv_value_over_128_kib_loads(server_address: str, tmp_path: Path) -> 
 
 def test_the_cli_bounds_are_the_clients() -> None:
     from keyspan.services import cli_data
-    from keyspan.streams import bulk_sender, client
+    from keyspan.streams import arguments, bulk_sender
 
     assert cli_data.MAX_BATCH_BYTES == bulk_sender.MAX_BATCH_BYTES
-    assert cli_data.MAX_UINT64 == client.MAX_UINT64
+    assert cli_data.MAX_UINT64 == arguments.MAX_UINT64
+    assert cli_data.MAX_TIMEOUT_S == arguments.MAX_TIMEOUT_S

@@ -48,6 +48,8 @@ def test_unavailable_carries_retry_info() -> None:
         ((error_details_pb2.ErrorInfo(reason="CONNECTION_LOST"),), "lost the connection", True),
         # gRPC's own failures carry no details; only its words tell a call never sent
         ((), "failed to connect to all addresses; last error: Connection refused", False),
+        ((), "errors resolving no-such-host.invalid:1: [...]: Domain name not found", False),
+        ((), "DNS resolution failed for no-such-host.invalid:1: C-ares status is not ARES_SUCCESS", False),
         ((), "Stream removed (Socket closed)", True),
         ((), "recvmsg:Connection reset by peer", True),
     ],

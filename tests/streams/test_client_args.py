@@ -1,0 +1,305 @@
+"""Client arguments of the wrong shape are a TypeError or ValueError naming the argument and
+the rule, raised before anything is sent; documents as deep as the store takes go both ways."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from keyspan.streams import AsyncClient, Client, InvalidArgument, Unavailable
+from keyspan.streams.jsontext import MAX_DEPTH
+
+# -- bulk_put entries ---------------------------------------------------------------------
+
+BULK_SHAPES = "must be a \\(key, value\\) or \\(key, value, ttl_s\\) tuple, an Entry or a kv_pb2.Entry"
+
+
+@pytest.mark.parametrize(
+    ("entry", "error", "message"),
+    [
+        (None, TypeError, f"entries\\[1\\]: {BULK_SHAPES}, not None"),
+        ("zq", TypeError, f"entries\\[1\\]: {BULK_SHAPES}, not str"),
+        (b"zq", TypeError, f"entries\\[1\\]: {BULK_SHAPES}, not bytes"),
+        (("b",), TypeError, f"entries\\[1\\]: {BULK_SHAPES}, not a tuple of 1"),
+        (("b", b"v", 5, "x"), TypeError, f"entries\\[1\\]: {BULK_SHAPES}, not a tuple of 4"),
+        (("b", b"v", "5"), TypeError, "entries\\[1\\].ttl_s: must be a number of seconds .*, not '5'"),
+        (("b", b"v", True), TypeError, "entries\\[1\\].ttl_s: must be a number of seconds .*, not True"),
+        ((None, b"v"), TypeError, "entries\\[1\\].key: must be a Key, bytes or str, not NoneType"),
+        (("\ud800", b"v"), ValueError, "entries\\[1\\].key: not valid UTF-8 text"),
+        (("b", "\udc80"), ValueError, "entries\\[1\\].value: not valid UTF-8 text"),
+    ],
+)
+@pytest.mark.parametrize("method", ["bulk_put", "bulk_put_ex"])
+def test_a_bulk_entry_of_the_wrong_shape_is_named_by_its_place(
+    client: Client, method: str, entry: Any, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        getattr(client, method)([("a", b"1"), entry, ("c", b"3")])
+    assert client.get("c") is None  # the rest of the input is not taken for the end
+
+
+async def test_a_none_from_an_async_source_is_not_the_end_of_it(server_address: str) -> None:
+    async def entries() -> AsyncIterator[Any]:
+        for entry in [("a", b"1"), None, ("c", b"3")]:
+            yield entry
+
+    async with AsyncClient(server_address) as kv:
+        with pytest.raises(TypeError, match=f"entries\\[1\\]: {BULK_SHAPES}, not None"):
+            await kv.bulk_put(entries())
+        assert await kv.get("c") is None
+
+
+def test_bulk_entries_may_be_pairs_triples_and_lists(client: Client) -> None:
+    result = client.bulk_put([("a", b"1"), ["b", b"2"], ("c", {"n": 3}, 60), ["d", "4", 60.0]])
+    assert result.entries == 4
+    entry = client.get("c", json=True)
+    assert entry is not None and entry.value == {"n": 3} and entry.expires_at is not None
+
+
+# -- timeouts -----------------------------------------------------------------------------
+
+TIMEOUT_RULE = "must be a number of seconds above 0 and at most 31536000 \\(a year\\)"
+
+
+@pytest.mark.parametrize("timeout_s", [1e10, 31_536_001, float("inf")])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda kv, t: kv.get("k", timeout_s=t),
+        lambda kv, t: kv.put("k", b"w", timeout_s=t),
+        lambda kv, t: list(kv.scan(timeout_s=t)),
+        lambda kv, t: kv.bulk_put([("k", b"w")], timeout_s=t),
+    ],
+    ids=["get", "put", "scan", "bulk_put"],
+)
+def test_a_timeout_beyond_a_year_is_a_value_error(
+    client: Client, call: Callable[[Client, float], object], timeout_s: float
+) -> None:
+    client.put("k", b"v")
+    with pytest.raises(ValueError, match=f"timeout_s: {TIMEOUT_RULE}, not {timeout_s}"):
+        call(client, timeout_s)
+    entry = client.get("k")
+    assert entry is not None and entry.value == b"v"
+
+
+@pytest.mark.parametrize("name", ["timeout_s", "stream_timeout_s"])
+def test_a_client_timeout_beyond_a_year_is_a_value_error(name: str) -> None:
+    with pytest.raises(ValueError, match=f"{name}: {TIMEOUT_RULE}, not 10000000000.0"):
+        Client("127.0.0.1:1", **{name: 1e10})
+
+
+def test_a_timeout_of_a_year_is_taken(client: Client) -> None:
+    client.put("k", b"v", timeout_s=31_536_000)
+    assert [e.key for e in client.scan(timeout_s=31_536_000)] == [b"k"]
+
+
+# -- JSON documents as deep as the store takes --------------------------------------------
+
+
+@pytest.fixture
+def default_recursion_limit() -> Iterator[None]:
+    """Python's default recursion limit, whatever an earlier test (the CLI's) set."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    yield
+    sys.setrecursionlimit(limit)
+
+
+def nested(depth: int) -> Any:
+    """A list `depth` levels deep (comparing or printing one recurses: use depth_of)."""
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def depth_of(value: Any) -> int:
+    depth = 0
+    while isinstance(value, list):
+        depth, value = depth + 1, value[0] if value else None
+    return depth
+
+
+@pytest.mark.usefixtures("default_recursion_limit")
+def test_a_document_as_deep_as_the_store_takes_is_written_and_read(client: Client) -> None:
+    client.put("deep", nested(MAX_DEPTH), json=True)
+    entry = client.get("deep", json=True)
+    assert entry is not None and depth_of(entry.value) == MAX_DEPTH
+    assert [depth_of(e.value) for e in client.scan("deep", "deep0", json=True)] == [MAX_DEPTH]
+    assert [depth_of(e.value) for e in client.scan_ex("deep", "deep0", json=True)] == [MAX_DEPTH]
+    assert depth_of(client.patch("deep", remove=["$[1]"]).value) == MAX_DEPTH
+    assert depth_of(client.update("deep", lambda v: v, json=True).value) == MAX_DEPTH
+
+
+@pytest.mark.usefixtures("default_recursion_limit")
+async def test_the_async_client_reads_a_document_as_deep_as_the_store_takes(server_address: str) -> None:
+    async with AsyncClient(server_address) as kv:
+        await kv.put("deep", b"[" * MAX_DEPTH + b"]" * MAX_DEPTH, json=True)
+        entry = await kv.get("deep", json=True)
+        assert entry is not None and depth_of(entry.value) == MAX_DEPTH
+        assert [depth_of(e.value) async for e in kv.scan(json=True)] == [MAX_DEPTH]
+
+
+@pytest.mark.usefixtures("default_recursion_limit")
+def test_a_document_deeper_than_the_store_takes_is_refused_with_its_limit(client: Client) -> None:
+    with pytest.raises(InvalidArgument, match="nested at most 1000 levels deep"):
+        client.put("deep", nested(MAX_DEPTH + 1), json=True)
+    with pytest.raises(ValueError, match="value: nests deeper than 1000 levels, the store's limit"):
+        client.put("deep", nested(100_000), json=True)
+    with pytest.raises(ValueError, match=r"entries\[0\]\.value: nests deeper than 1000 levels"):
+        client.bulk_put([("deep", nested(100_000))])
+    assert client.get("deep") is None
+
+
+# -- paths, set, remove -------------------------------------------------------------------
+
+
+def test_a_single_path_may_be_given_as_a_str(client: Client) -> None:
+    client.put("doc", {"a": 1, "b": 2})
+    entry = client.get("doc", paths="$.a", json=True)
+    assert entry is not None and entry.value == {"$.a": 1}
+    assert [e.value for e in client.scan("doc", "doc0", paths="$.b", json=True)] == [{"$.b": 2}]
+    assert [e.value for e in client.scan_ex("doc", "doc0", paths="$.b", json=True)] == [{"$.b": 2}]
+    assert client.patch("doc", remove="$.a").value == {"b": 2}
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda kv: kv.get("doc", paths=[1]),
+            "paths\\[0\\]: must be a str \\(a JSON path like \\$.a.b\\), not int",
+        ),
+        (lambda kv: kv.get("doc", paths=b"$.a"), "paths: must be a str or a list of str, not bytes"),
+        (lambda kv: list(kv.scan(paths=["$.a", None])), "paths\\[1\\]: must be a str .*, not NoneType"),
+        (lambda kv: list(kv.scan_ex(paths=[1])), "paths\\[0\\]: must be a str"),
+        (lambda kv: kv.patch("doc", remove=[1]), "remove\\[0\\]: must be a str"),
+        (lambda kv: kv.patch("doc", remove=5), "remove: must be a str or a list of str, not int"),
+        (
+            lambda kv: kv.patch("doc", set=["$.a", 1]),
+            "set: must be a mapping of JSON path to value, not list",
+        ),
+        (lambda kv: kv.patch("doc", set={1: 2}), "set: a path must be a str .*, not int"),
+    ],
+)
+def test_paths_of_the_wrong_type_are_a_type_error_naming_them(
+    client: Client, call: Callable[[Client], object], message: str
+) -> None:
+    client.put("doc", {"a": 1})
+    with pytest.raises(TypeError, match=message):
+        call(client)
+    assert client.get("doc", json=True).value == {"a": 1}  # type: ignore[union-attr]
+
+
+# -- numbers and flags --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda kv: kv.put("k", b"v", ttl_s="5"),
+            "ttl_s: must be a number of seconds \\(0: no TTL\\), not '5'",
+        ),
+        (
+            lambda kv: kv.put("k", b"v", ttl_s=True),
+            "ttl_s: must be a number of seconds \\(0: no TTL\\), not True",
+        ),
+        (lambda kv: kv.update("k", lambda v: v, ttl_s="5"), "ttl_s: must be a number of seconds"),
+        (lambda kv: kv.put("k", b"v", if_absent="yes"), "if_absent: must be True or False, not 'yes'"),
+        (
+            lambda kv: list(kv.sweep(max_deletes_per_s=True)),
+            "max_deletes_per_s: must be a number .*, not True",
+        ),
+        (lambda kv: list(kv.sweep(max_deletes_per_s="5")), "max_deletes_per_s: must be a number .*, not '5'"),
+    ],
+)
+def test_a_number_or_flag_of_the_wrong_type_is_a_type_error_naming_it(
+    client: Client, call: Callable[[Client], object], message: str
+) -> None:
+    with pytest.raises(TypeError, match=message):
+        call(client)
+    assert client.get("k") is None
+
+
+@pytest.mark.parametrize("address", [None, 7420])
+def test_an_address_that_is_not_text_is_a_type_error(address: Any) -> None:
+    with pytest.raises(TypeError, match=f"address: must be a str HOST:PORT, not {type(address).__name__}"):
+        Client(address)
+    with pytest.raises(TypeError, match="address: must be a str HOST:PORT"):
+        AsyncClient(address)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda kv: kv.put("\ud800", b"v"),
+        lambda kv: kv.get("a\udfffb"),
+        lambda kv: kv.delete("\ud800"),
+        lambda kv: kv.patch("\ud800", merge={}),
+    ],
+)
+def test_a_key_that_is_not_utf8_text_is_a_value_error(
+    client: Client, call: Callable[[Client], object]
+) -> None:
+    with pytest.raises(ValueError, match=r"key: not valid UTF-8 text \(a lone surrogate at index \d\)"):
+        call(client)
+
+
+def test_a_scan_bound_that_is_not_utf8_text_is_named(client: Client) -> None:
+    with pytest.raises(ValueError, match="end: not valid UTF-8 text"):
+        list(client.scan("a", "\ud800"))
+    with pytest.raises(TypeError, match="start: must be a Key, bytes or str, not int"):
+        list(client.scan_ex(5))
+
+
+# -- update -------------------------------------------------------------------------------
+
+
+def test_update_under_the_blocking_client_refuses_an_async_function(client: Client) -> None:
+    async def bump(value: Any) -> Any:
+        return (value or 0) + 1
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(TypeError, match=r"fn: must be a plain function .*; bump is a coroutine function"):
+            client.update("n", bump, json=True)
+        with pytest.raises(TypeError, match="fn: returned an awaitable"):
+            client.update("n", lambda v: bump(v), json=True)
+        gc.collect()
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
+    assert client.get("n") is None
+
+
+async def test_update_under_the_async_client_awaits_an_async_function(server_address: str) -> None:
+    async def bump(value: Any) -> Any:
+        return (value or 0) + 1
+
+    async with AsyncClient(server_address) as kv:
+        assert (await kv.update("n", bump, json=True)).value == 1
+        assert (await kv.update("n", lambda v: bump(v), json=True)).value == 2
+        entry = await kv.get("n", json=True)
+        assert entry is not None and entry.value == 2
+
+
+def test_update_says_what_it_stored(client: Client) -> None:
+    entry = client.update("u", lambda v: {"a": 1})  # json=False: a dict is stored as JSON, as by put
+    stored = client.get("u")
+    assert stored is not None and entry.is_json is stored.is_json is True
+    entry = client.update("u", lambda v: b"raw")
+    stored = client.get("u")
+    assert stored is not None and entry.is_json is stored.is_json is False
+
+
+# -- a name that does not resolve ---------------------------------------------------------
+
+
+def test_a_name_that_does_not_resolve_was_never_sent() -> None:
+    with Client("no-such-host.invalid:1") as kv, pytest.raises(Unavailable) as caught:
+        kv.put("k", b"v")
+    assert caught.value.may_have_applied is False, caught.value.message
