@@ -8,6 +8,7 @@ process shares; each process's config extends it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -119,9 +120,13 @@ class ProcessConfig:
     )
 
     def validate(self) -> Any:
+        for f in fields(self):  # NaN passes every range check below, and inf most
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name}: {value} must be a finite number")
         parse_address(self.address)
-        if self.shutdown_grace_s < 0:
-            raise ConfigError(f"shutdown_grace_s: {self.shutdown_grace_s} must not be negative")
+        if not 0 <= self.shutdown_grace_s <= 3600:
+            raise ConfigError(f"shutdown_grace_s: {self.shutdown_grace_s} must be between 0 and 3600")
         if not 1 <= self.max_pending_calls <= 1_000_000:
             raise ConfigError(f"max_pending_calls: {self.max_pending_calls} must be between 1 and 1000000")
         if not 1 <= self.max_streams <= 1_000_000:
@@ -226,8 +231,10 @@ class StorageConfig(ProcessConfig):
             raise ConfigError(f"sqlite_memory_mb: {self.sqlite_memory_mb} must be between 0 and {1 << 20}")
         if not 1 <= self.max_write_batch <= 10_000:
             raise ConfigError(f"max_write_batch: {self.max_write_batch} must be between 1 and 10000")
-        if self.sweep_interval_s <= 0:
-            raise ConfigError(f"sweep_interval_s: {self.sweep_interval_s} must be positive")
+        if not 0 < self.sweep_interval_s <= 86400:
+            raise ConfigError(
+                f"sweep_interval_s: {self.sweep_interval_s} must be above 0 and at most 86400 (a day)"
+            )
         if not 0 <= self.max_partition_series <= 100_000:
             raise ConfigError(
                 f"max_partition_series: {self.max_partition_series} must be between 0 and 100000"
@@ -334,6 +341,8 @@ class NodeConfig(StorageConfig):
             parse_address(self.probe_address, "probe_address")
         if not 1 <= self.capacity <= 1000:
             raise ConfigError(f"capacity: {self.capacity} must be between 1 and 1000")
+        if not 0 <= self.sync_timeout_s <= 3600:
+            raise ConfigError(f"sync_timeout_s: {self.sync_timeout_s} must be between 0 and 3600")
         return self
 
 
@@ -347,6 +356,8 @@ class GatewayConfig(ProcessConfig):
     def validate(self) -> Any:
         super().validate()
         parse_address(self.control, "control")
+        if not 0 < self.call_timeout_s <= 3600:
+            raise ConfigError(f"call_timeout_s: {self.call_timeout_s} must be above 0 and at most 3600")
         return self
 
 

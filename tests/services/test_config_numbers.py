@@ -1,0 +1,57 @@
+"""Number settings of every process: NaN and infinity are refused, and so are values past a
+sane bound, naming the setting (exit 2 at start-up)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+
+import pytest
+from click.testing import CliRunner
+
+from keyspan.services.cli import cli
+from keyspan.services.config import ControlConfig, GatewayConfig, NodeConfig, ServeConfig
+from keyspan.storage.errors import ConfigError
+
+CONFIGS = [ServeConfig, NodeConfig, GatewayConfig, ControlConfig]
+FLOAT_SETTINGS = sorted(
+    {(cls, f.name) for cls in CONFIGS for f in fields(cls) if isinstance(f.default, float)},
+    key=lambda c: (c[0].__name__, c[1]),
+)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize(
+    ("cls", "name"), FLOAT_SETTINGS, ids=[f"{c.__name__}.{n}" for c, n in FLOAT_SETTINGS]
+)
+def test_a_number_setting_that_is_not_finite_is_refused_naming_it(cls: type, name: str, bad: float) -> None:
+    # NaN passed `sweep_interval_s <= 0`, and asyncio.sleep(nan) returns at once: the
+    # sweeper then spun at ~94% CPU. inf and 1e300 turned background sweeps off.
+    with pytest.raises(ConfigError, match=rf"^{name}: {bad} must be a finite number$"):
+        cls(**{name: bad}).validate()
+
+
+@pytest.mark.parametrize(
+    ("cls", "settings", "message"),
+    [
+        (
+            ServeConfig,
+            {"sweep_interval_s": 1e300},
+            r"sweep_interval_s: 1e\+300 must be above 0 and at most 86400",
+        ),
+        (ServeConfig, {"sweep_interval_s": 0.0}, "sweep_interval_s: 0.0 must be above 0"),
+        (ServeConfig, {"shutdown_grace_s": 1e9}, "shutdown_grace_s: 1000000000.0 must be between 0 and 3600"),
+        (NodeConfig, {"sync_timeout_s": -1.0}, "sync_timeout_s: -1.0 must be between 0 and 3600"),
+        (GatewayConfig, {"call_timeout_s": 0.0}, "call_timeout_s: 0.0 must be above 0 and at most 3600"),
+    ],
+)
+def test_a_number_setting_past_its_bound_is_refused_naming_it(
+    cls: type, settings: dict, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        cls(**settings).validate()
+
+
+def test_serve_refuses_a_nan_setting_with_exit_2() -> None:
+    result = CliRunner().invoke(cli, ["serve", "--sweep-interval-s", "nan"])
+    assert result.exit_code == 2 and "sweep_interval_s: nan must be a finite number" in result.output
