@@ -87,9 +87,12 @@ class Rate(click.FloatRange):
 
 
 def _address(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    if not value.strip():
-        raise click.BadParameter("must be HOST:PORT, not empty", ctx, param)
-    return value
+    from keyspan.streams.arguments import check_address
+
+    try:
+        return check_address(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err).removeprefix("address: "), ctx, param) from None
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,11 @@ string taken as a list of one-character paths.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+_PORT = re.compile(r":(\d+)$")  # HOST:PORT, [IPv6]:PORT, dns:///HOST:PORT
 MAX_UINT64 = (1 << 64) - 1  # etags and scan limits are uint64 on the wire
 # gRPC turns a timeout into an absolute deadline in int64 nanoseconds since 1970: past
 # 2**63 ns (the year 2262, so about 7.4e9 s from 2026, and less each year) it wraps, and the
@@ -90,4 +92,8 @@ def check_address(address: str) -> str:
         raise TypeError(f"address: must be a str HOST:PORT, not {type(address).__name__}")
     if not address.strip():
         raise ValueError("address: must be HOST:PORT, not empty")
+    port = _PORT.search(address)
+    if port is not None and not 1 <= int(port.group(1)) <= 65535:
+        # gRPC takes the port modulo 65536: 127.0.0.1:94847 reached the server on 29311.
+        raise ValueError(f"address: the port of {address!r} must be between 1 and 65535")
     return address

@@ -202,6 +202,11 @@ def test_expected_errors_exit_with_their_code_and_one_line(
     assert exit_code == code and message in output and "Traceback" not in output
 
 
+def test_an_address_whose_port_is_out_of_range_is_a_usage_error() -> None:
+    code, output = invoke("127.0.0.1:94847", "put", "k", "v")  # gRPC took the port modulo 65536
+    assert code == 2 and "the port of '127.0.0.1:94847' must be between 1 and 65535" in output
+
+
 def test_unavailable_exits_4(server_address: str) -> None:
     code, output = invoke("127.0.0.1:1", "get", "k", "--timeout", "0.5")
     assert code == 4 and output.startswith("keyspan: unavailable:")

@@ -235,6 +235,15 @@ def test_an_address_that_is_not_text_is_a_type_error(address: Any) -> None:
         AsyncClient(address)
 
 
+@pytest.mark.parametrize("address", ["127.0.0.1:94847", "[::1]:65536", "dns:///localhost:0"])
+def test_an_address_whose_port_is_out_of_range_is_a_value_error(address: str) -> None:
+    # gRPC took the port modulo 65536: 127.0.0.1:94847 reached a server on port 29311.
+    with pytest.raises(ValueError, match=r"address: the port of .* must be between 1 and 65535"):
+        Client(address)
+    with pytest.raises(ValueError, match=r"address: the port of .* must be between 1 and 65535"):
+        AsyncClient(address)
+
+
 @pytest.mark.parametrize(
     "call",
     [
