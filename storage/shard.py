@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import threading
 import time
 import weakref
@@ -161,14 +162,44 @@ def json_text(db: apsw.Connection, value: bytes | str, field: str) -> str:
         raise InvalidArgumentError(field, "must be UTF-8 JSON text") from None
     # SQLite's JSON functions read text only up to a NUL, so one would cut the text
     # short unseen; JSON has no raw NUL anywhere (inside a string it is \u0000).
-    nul = text.find("\x00")
-    if nul < 0 and db.execute("SELECT json_valid(?, 1)", (text,)).fetchone()[0]:
+    if "\x00" not in text and db.execute("SELECT json_valid(?, 1)", (text,)).fetchone()[0]:
         return text
-    # json_error_position follows JSON5, so it finds no fault in NaN or {a: 1}
-    at = db.execute("SELECT json_error_position(?)", (text,)).fetchone()[0] or nul + 1
+    at = _first_json_fault(text)
     where = f"; the first fault is at character {at}" if at else ""
     rule = f"must be valid JSON text (RFC 8259) nested at most {MAX_JSON_DEPTH} levels deep"
     raise InvalidArgumentError(field, rule + where)
+
+
+class _NotJsonConstant(Exception):
+    pass
+
+
+def _not_json_constant(name: str) -> Any:
+    raise _NotJsonConstant(name)
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_CONSTANT = re.compile(r"-?(?:NaN|Infinity)")
+
+
+def _first_json_fault(text: str) -> int | None:
+    """The 1-based character of the first fault in JSON text SQLite refused, or None when
+    it is none of the text's characters (it nests too deep). Only on the way to an error.
+
+    Python's strict decoder places the fault (SQLite's json_error_position follows JSON5:
+    it placed `{"a":1} x` at character 1, and found none in a trailing comma or NaN), but
+    takes NaN and Infinity, which are found outside strings here."""
+    try:
+        json.loads(text, parse_constant=_not_json_constant)
+    except json.JSONDecodeError as err:
+        return err.pos + 1
+    except _NotJsonConstant:
+        blanked = _STRING.sub(lambda m: "_" * len(m.group()), text)
+        constant = _CONSTANT.search(blanked)
+        return None if constant is None else constant.start() + 1
+    except RecursionError:
+        return None
+    return None
 
 
 class Shard:

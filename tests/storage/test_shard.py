@@ -26,7 +26,7 @@ from keyspan.storage.errors import (
 )
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.mutations import Bulk, BulkRow, Delete, Patch, Put, SweepBatch
-from keyspan.storage.shard import Shard
+from keyspan.storage.shard import Shard, json_text
 from keyspan.storage.shardset import (
     ShardSet,
     ShardSetOptions,
@@ -831,3 +831,35 @@ def test_a_wal_grown_under_overlapping_readers_is_cut_back_once_it_restarts(tmp_
         assert wal.stat().st_size <= limit
     finally:
         shard.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "at"),
+    [
+        ('{"a":1} x', 9),  # trailing content: SQLite's json_error_position said 1
+        ('{"a":1}}', 8),
+        ("[1,2] [3]", 7),
+        ("123abc", 4),
+        ("[1,2,]", 6),  # JSON5 forms: SQLite placed no fault in them
+        ('{"a":1,}', 8),
+        ("NaN", 1),
+        ('{"s": "NaN", "b": -Infinity}', 19),
+        ("0x10", 2),
+        ("{'a': 1}", 2),
+        ("[1] // note", 5),
+        ("[1,,2]", 4),
+        ('{"a":1}\x00{"evil":true}', 8),
+    ],
+)
+def test_refused_json_names_its_first_fault_by_character(text: str, at: int) -> None:
+    db = apsw.Connection(":memory:")
+    with pytest.raises(
+        InvalidArgumentError,
+        match=rf"^value: must be valid JSON text .*; the first fault is at character {at}$",
+    ):
+        json_text(db, text, "value")
+
+
+def test_json_nested_too_deep_is_refused_without_a_character() -> None:
+    with pytest.raises(InvalidArgumentError, match=r"nested at most 1000 levels deep$"):
+        json_text(apsw.Connection(":memory:"), "[" * 1001 + "]" * 1001, "value")
