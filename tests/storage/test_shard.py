@@ -863,3 +863,22 @@ def test_refused_json_names_its_first_fault_by_character(text: str, at: int) -> 
 def test_json_nested_too_deep_is_refused_without_a_character() -> None:
     with pytest.raises(InvalidArgumentError, match=r"nested at most 1000 levels deep$"):
         json_text(apsw.Connection(":memory:"), "[" * 1001 + "]" * 1001, "value")
+
+
+async def test_a_paced_sweep_keeps_its_rate_across_partition_boundaries(tmp_path: Path) -> None:
+    from keyspan.streams.sweep import sweep_range
+
+    shards = await open_set(tmp_path / "d", [b"g", b"n"])
+    try:
+        gone = now_ms() - 1
+        for prefix in (b"a", b"h", b"p"):  # 250 expired entries in each of three partitions
+            keys = [prefix + b"%03d" % i for i in range(250)]
+            await shards.bulk_put(Bulk(keys, [b"v"] * 250, expires_at_ms=[gone] * 250))
+        rate, started, reports = 200, time.monotonic(), []
+        async for _, deleted in sweep_range(shards, KeyRange(), max_deletes_per_s=rate):
+            reports.append((time.monotonic() - started, deleted))
+        assert reports[-1][1] == 750
+        # One batch (rate entries) may go at once; after that, no more than the rate allows.
+        assert all(deleted <= rate * at + rate + 5 for at, deleted in reports), reports
+    finally:
+        shards.close()
