@@ -58,6 +58,13 @@ UNARY_CASES = [
     ("Put", kv_pb2.PutRequest(key=b"k" * 1025), grpc.StatusCode.INVALID_ARGUMENT, "key", "limit is 1024"),
     ("Get", kv_pb2.GetRequest(key=b"k" * 1025), grpc.StatusCode.INVALID_ARGUMENT, "key", "limit is 1024"),
     ("Put", kv_pb2.PutRequest(key=b"k", value=BIG), grpc.StatusCode.RESOURCE_EXHAUSTED, "value", "limit is"),
+    (  # the proto says which field: merge_patch itself, or the patched document's `value`
+        "Patch",
+        kv_pb2.PatchRequest(key=b"doc", merge_patch='{"b": "%s"}' % ("x" * len(BIG))),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "merge_patch",
+        "limit is",
+    ),
     (
         "Put",
         kv_pb2.PutRequest(key=b"k", value=b"{no", json=True),

@@ -129,9 +129,9 @@ class KVServicer:
         INVALID_ARGUMENT whatever the entry's state (as is a Put's invalid JSON value).
         Errors: NOT_FOUND (no such key); FAILED_PRECONDITION NOT_JSON (a bytes value);
         INVALID_ARGUMENT (malformed patch, path or value, or a result nested more than
-        1000 levels deep); ABORTED ETAG_MISMATCH; RESOURCE_EXHAUSTED (the merge_patch, or the
-        patched document as JSON text, over the server's value limit: BadRequest field
-        `value`; the document is left as it was).
+        1000 levels deep); ABORTED ETAG_MISMATCH; RESOURCE_EXHAUSTED (over the server's
+        value limit: the merge_patch, BadRequest field `merge_patch`, or the patched document
+        as JSON text, field `value`; the document is left as it was).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
