@@ -9,12 +9,14 @@ document's numbers as written: see keyspan.streams.jsontext):
     {"key_hex": "00ff", "value_b64": "AAE="}          binary key (or --hex: "key" is hex), binary value
     {"key": "tmp", "value": "x", "ttl_s": 30.5}       seconds left to live
 
-CSV input is `key,value` rows (the value stored as bytes); a first row `key,value` is a header.
+Those fields, and only those (what dump writes), make a record: key or key_hex, value or
+value_b64, and json (true or false), ttl_s if wanted. CSV input is `key,value` rows (the
+value stored as bytes); a first row `key,value` is a header.
 
 Every line is checked as it is read, so a bad one stops a load before anything is written,
 named by its file and line: text that is not UTF-8, JSON that does not parse or nests
-deeper than the store's 1000 levels, a field of the wrong type, a key or TTL the server
-would refuse.
+deeper than the store's 1000 levels, a field that is unknown, doubled (key and key_hex)
+or of the wrong type, a key or TTL the server would refuse.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import base64
 import contextlib
 import csv
 import heapq
+import json
 import marshal
 import re
 import tempfile
@@ -48,6 +51,9 @@ csv.field_size_limit(max(csv.field_size_limit(), MAX_MESSAGE_BYTES))
 # (errors="surrogateescape"), so it is named by its own line, not by where the decoder's
 # read-ahead happened to be.
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")
+# A field load does not know is refused, not dropped: a typo ("ttl") would lose its data.
+_FIELDS = frozenset(("key", "key_hex", "value", "value_b64", "json", "ttl_s"))
+_FIELDS_ARE = "the fields are key or key_hex, value or value_b64, json, ttl_s"
 
 
 class RecordError(ValueError):
@@ -56,11 +62,46 @@ class RecordError(ValueError):
 
 def _key_of(obj: dict[str, Any], hex_keys: bool) -> bytes:
     if "key_hex" in obj:
-        return bytes.fromhex(_string(obj, "key_hex", "hex digits"))
+        if "key" in obj:
+            raise RecordError("key: give key or key_hex, not both")
+        return _hex(_string(obj, "key_hex", "hex digits"), "key_hex")
     key = obj.get("key")
     if not isinstance(key, str):
         raise RecordError('key: must be a string ("key": "..." or "key_hex": "...")')
-    return bytes.fromhex(key) if hex_keys else _utf8(key, "key", '"key_hex"')
+    return _hex(key, "key") if hex_keys else _utf8(key, "key", '"key_hex"')
+
+
+def _value_of(obj: dict[str, Any]) -> tuple[bytes, bool]:
+    """(value, is_json) of a record: bytes from value_b64 or a string, else a JSON document."""
+    is_json = obj.get("json", False)
+    if is_json is not True and is_json is not False:
+        raise RecordError(f"json: must be true or false, not {jsontext.dumps(is_json)[:40]}")
+    if "value_b64" in obj:
+        if "value" in obj:
+            raise RecordError("value: give value or value_b64, not both")
+        if is_json:
+            raise RecordError("json: true goes with value, not value_b64")
+        return _b64(_string(obj, "value_b64", "base64")), False
+    if "value" not in obj:
+        raise RecordError('value: missing ("value" or "value_b64")')
+    value = obj["value"]
+    if isinstance(value, str) and not is_json:
+        return _utf8(value, "value", '"value_b64", or "json": true'), False
+    return jsontext.to_utf8(jsontext.dumps(value)), True
+
+
+def _hex(text: str, name: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise RecordError(f"{name}: must be hex digits (0-9, a-f) in pairs") from None
+
+
+def _b64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error: a character outside the alphabet, or padding
+        raise RecordError("value_b64: must be base64 (RFC 4648)") from None
 
 
 def _utf8(text: str, name: str, instead: str) -> bytes:
@@ -90,34 +131,44 @@ def _checked(key: bytes, ttl_s: float = 0.0) -> bytes:
     return key
 
 
-def parse_json_line(line: str, hex_keys: bool = False) -> Record:
-    """One JSON-lines record; raises RecordError (or ValueError for bad JSON, hex or base64)."""
+def _object_of(line: str) -> dict[str, Any]:
+    """The line's JSON object, holding record fields only."""
     try:
         obj = jsontext.loads(line, max_depth=jsontext.MAX_DEPTH + 1)  # the line's object is a level
     except jsontext.TooDeepError:
         raise RecordError(
             f"value: nests deeper than {jsontext.MAX_DEPTH} levels, the store's limit"
         ) from None
+    except json.JSONDecodeError as err:
+        raise RecordError(f"not a JSON object: {err.msg} at column {err.colno}") from None
     if not isinstance(obj, dict):
         raise RecordError("must be a JSON object with key and value")
+    if not _FIELDS.issuperset(obj):
+        unknown = [jsontext.dumps(name)[:40] for name in obj if name not in _FIELDS]
+        what = "a record field" if len(unknown) == 1 else "record fields"
+        raise RecordError(f"{', '.join(unknown)}: not {what}; {_FIELDS_ARE}")
+    return obj
+
+
+def _ttl_of(obj: dict[str, Any]) -> float:
     ttl_s = obj.get("ttl_s")
     if ttl_s is None:
-        ttl_s = 0
+        return 0.0
     if isinstance(ttl_s, jsontext.JsonText):  # 1e5, 1.50: as written, still a number
         ttl_s = float(ttl_s.text)
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float):
         raise RecordError("ttl_s: must be a number of seconds")
-    ttl_s = float(ttl_s)
+    return float(ttl_s)
+
+
+def parse_json_line(line: str, hex_keys: bool = False) -> Record:
+    """One JSON-lines record; raises RecordError naming the field and the rule (a plain
+    ValueError only for a number Python cannot hold, from jsontext)."""
+    obj = _object_of(line)
+    ttl_s = _ttl_of(obj)
     key = _checked(_key_of(obj, hex_keys), ttl_s)
-    if "value_b64" in obj:
-        value_b64 = _string(obj, "value_b64", "base64")
-        return key, base64.b64decode(value_b64, validate=True), False, ttl_s
-    if "value" not in obj:
-        raise RecordError('value: missing ("value" or "value_b64")')
-    value = obj["value"]
-    if isinstance(value, str) and not obj.get("json"):
-        return key, _utf8(value, "value", '"value_b64", or "json": true'), False, ttl_s
-    return key, jsontext.to_utf8(jsontext.dumps(value)), True, ttl_s
+    value, is_json = _value_of(obj)
+    return key, value, is_json, ttl_s
 
 
 def read_records(stream: IO[str], fmt: str, hex_keys: bool = False, name: str = "-") -> Iterator[Record]:
@@ -135,7 +186,7 @@ def read_records(stream: IO[str], fmt: str, hex_keys: bool = False, name: str = 
             continue
         try:
             yield parse_json_line(line, hex_keys)
-        except ValueError as err:  # RecordError, JSONDecodeError, bad hex or base64
+        except ValueError as err:  # RecordError; NaN, or an int over Python's digit limit
             raise RecordError(f"{name}:{number}: {err}") from None
 
 
@@ -154,19 +205,26 @@ def _utf8_lines(stream: IO[str], name: str) -> Iterator[str]:
 
 def _csv_records(lines: Iterator[str], hex_keys: bool, name: str) -> Iterator[Record]:
     reader = csv.reader(lines, strict=True)  # a quote left open is an error, not a newline
+    # A quote left open runs to the end of the input: it is named by the line it opened
+    # on, the one after the last row read.
+    last_row_end = 0
     try:
         for row in reader:
-            if reader.line_num == 1 and row == ["key", "value"]:
+            last_row_end = reader.line_num
+            if last_row_end == 1 and row == ["key", "value"]:
                 continue
             try:
                 if len(row) != 2:
                     raise RecordError(f"a CSV row is key,value; got {len(row)} columns")
-                key = _checked(bytes.fromhex(row[0]) if hex_keys else row[0].encode())
-            except ValueError as err:  # RecordError, bad hex
-                raise RecordError(f"{name}:{reader.line_num}: {err}") from None
+                key = _checked(_hex(row[0], "key") if hex_keys else row[0].encode())
+            except ValueError as err:  # RecordError
+                raise RecordError(f"{name}:{last_row_end}: {err}") from None
             yield key, row[1].encode(), False, 0.0
-    except csv.Error as err:  # a field over the limit, a quote left open
-        raise RecordError(f"{name}:{reader.line_num}: {err}") from None
+    except csv.Error as err:  # a field over the limit, a quote left open, text after a quote
+        # csv tells an open quote at the end of the input only by these words.
+        if str(err) == "unexpected end of data":
+            raise RecordError(f"{name}:{last_row_end + 1}: CSV: a quoted field is not closed") from None
+        raise RecordError(f"{name}:{reader.line_num}: CSV: {err}") from None
 
 
 def _spill(chunk: list[Record], directory: str) -> Path:

@@ -395,7 +395,24 @@ BAD_LOADS = {
         b'{"key": "b", "value": %s1%s}\n' % (b"[" * 100_000, b"]" * 100_000),
         "deep.jsonl:2: value: nests deeper than 1000 levels",
     ),
-    "open_quote.csv": (b'b,"no end\n', "open_quote.csv:2: unexpected end of data"),
+    "open_quote.csv": (b'b,"no end\n', "open_quote.csv:2: CSV: a quoted field is not closed\n"),
+    "json_text.jsonl": (
+        b'{"key": "b", "value": "x", "json": "false"}\n',
+        'json_text.jsonl:2: json: must be true or false, not "false"\n',
+    ),
+    "both_keys.jsonl": (
+        b'{"key": "b", "key_hex": "63", "value": "x"}\n',
+        "both_keys.jsonl:2: key: give key or key_hex, not both\n",
+    ),
+    "typo.jsonl": (
+        b'{"key": "b", "value": "x", "ttl": 5}\n',
+        'typo.jsonl:2: "ttl": not a record field; the fields are',
+    ),
+    "bad_b64.jsonl": (
+        b'{"key": "b", "value_b64": "!!!"}\n',
+        "bad_b64.jsonl:2: value_b64: must be base64 (RFC 4648)\n",
+    ),
+    "not_json.jsonl": (b"not json\n", "not_json.jsonl:2: not a JSON object: Expecting value at column 1\n"),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
 import sys
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +21,7 @@ from keyspan.streams import Entry
         ('{"key": "a", "value": "text"}', (b"a", b"text", False, 0.0)),
         ('{"key": "a", "value": {"x": 1}}', (b"a", b'{"x":1}', True, 0.0)),
         ('{"key": "a", "value": "s", "json": true}', (b"a", b'"s"', True, 0.0)),
+        ('{"key": "a", "value": "s", "json": false}', (b"a", b"s", False, 0.0)),
         ('{"key_hex": "00ff", "value_b64": "AAE="}', (b"\x00\xff", b"\x00\x01", False, 0.0)),
         ('{"key": "a", "value": null, "ttl_s": 2.5}', (b"a", b"null", True, 2.5)),
     ],
@@ -120,6 +122,53 @@ def test_a_field_of_the_wrong_type_or_shape_is_named_by_its_line(text: str, mess
         list(read_records(io.StringIO(text), "jsonl", name="in"))
 
 
+FIELDS = "the fields are key or key_hex, value or value_b64, json, ttl_s"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"key": "a", "value": "x", "json": "false"}', 'json: must be true or false, not "false"'),
+        ('{"key": "a", "value": "x", "json": 1}', "json: must be true or false, not 1"),
+        ('{"key": "a", "value": "x", "json": 0}', "json: must be true or false, not 0"),
+        ('{"key": "a", "value": "x", "json": null}', "json: must be true or false, not null"),
+        ('{"key": "a", "value_b64": "eA==", "json": true}', "json: true goes with value, not value_b64"),
+        ('{"key": "a", "key_hex": "62", "value": "x"}', "key: give key or key_hex, not both"),
+        ('{"key": "a", "value": "x", "value_b64": "eQ=="}', "value: give value or value_b64, not both"),
+        ('{"key": "a", "value": "x", "ttl": 30}', f'"ttl": not a record field; {FIELDS}'),
+        (
+            '{"key": "a", "value": 1, "etag": 3, "expires_at": null}',
+            f'"etag", "expires_at": not record fields; {FIELDS}',
+        ),
+        ('{"key_hex": "zz", "value": "x"}', "key_hex: must be hex digits (0-9, a-f) in pairs"),
+        ('{"key_hex": "abc", "value": "x"}', "key_hex: must be hex digits (0-9, a-f) in pairs"),
+        ('{"key": "a", "value_b64": "!!!"}', "value_b64: must be base64 (RFC 4648)"),
+        ('{"key": "a", "value_b64": "YQ"}', "value_b64: must be base64 (RFC 4648)"),
+        ("not json", "not a JSON object: Expecting value at column 1"),
+        (
+            '{"key": "a", "value": "x",}',
+            "not a JSON object: Expecting property name enclosed in double quotes at column 27",
+        ),
+    ],
+)
+def test_a_line_the_format_does_not_allow_is_refused_naming_the_field_and_rule(
+    text: str, message: str
+) -> None:
+    # Each was taken before: "json": "false" as true, key_hex over key, a typo'd field
+    # dropped; or refused with a message that named no field (Python's hex or base64 text).
+    with pytest.raises(RecordError, match=f"^{re.escape('in:2: ' + message)}$"):
+        list(read_records(io.StringIO('{"key": "ok", "value": 1}\n' + text + "\n"), "jsonl", name="in"))
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text"),
+    [("jsonl", '{"key": "6c31", "value": "x"}\n{"key": "l2", "value": "x"}\n'), ("csv", "6c31,x\nl2,x\n")],
+)
+def test_with_hex_keys_a_key_that_is_not_hex_is_named_by_its_line(fmt: str, text: str) -> None:
+    with pytest.raises(RecordError, match=r"^in:2: key: must be hex digits \(0-9, a-f\) in pairs$"):
+        list(read_records(io.StringIO(text), fmt, hex_keys=True, name="in"))
+
+
 def test_a_document_1000_levels_deep_is_read() -> None:
     text = _nested_line(1000)
     limit = sys.getrecursionlimit()
@@ -142,8 +191,9 @@ def test_a_line_that_is_not_utf8_is_named_by_its_own_line() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('a,1\nb,"open\n', "in:2: unexpected end of data"),
-        ('a,"q"x\n', "in:1: ',' expected after '\"'"),
+        ('a,1\nb,"open\n', "in:2: CSV: a quoted field is not closed"),
+        ('a,1\nb,"open\nc,3\nd,4\n', "in:2: CSV: a quoted field is not closed"),  # where it opened
+        ('a,"q"x\n', "in:1: CSV: ',' expected after '\"'"),
     ],
 )
 def test_a_csv_row_that_does_not_parse_is_named_by_its_line(text: str, message: str) -> None:
