@@ -66,7 +66,14 @@ def _float_as_written(text: str) -> float | JsonText:
 
 
 def _int_as_written(text: str) -> int | JsonText:
-    return JsonText(text) if text == "-0" else int(text)
+    # Past Python's limit on int digits (4300 by default) int() raises: such a number
+    # stays text, as the store keeps it.
+    if text == "-0" or len(text) > _INT_DIGITS:
+        return JsonText(text)
+    return int(text)
+
+
+_INT_DIGITS = 4000
 
 
 def _refuse_constant(name: str) -> None:

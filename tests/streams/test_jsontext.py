@@ -19,6 +19,8 @@ from keyspan.streams.jsontext import JsonText
         '"just a string"',
         "[]",
         '{"nested":{"deeper":[{"x":0.30000000000000000004}]}}',
+        '{"big":' + "9" * 5000 + "}",  # past Python's int digits limit: was a ValueError
+        "-" + "1" * 4301,
     ],
 )
 def test_numbers_come_back_as_written(text: str) -> None:
