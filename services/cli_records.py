@@ -211,8 +211,8 @@ def _csv_records(lines: Iterator[str], hex_keys: bool, name: str) -> Iterator[Re
     try:
         for row in reader:
             last_row_end = reader.line_num
-            if last_row_end == 1 and row == ["key", "value"]:
-                continue
+            if not row or (last_row_end == 1 and row == ["key", "value"]):
+                continue  # a blank line is skipped, as in JSON lines
             try:
                 if len(row) != 2:
                     raise RecordError(f"a CSV row is key,value; got {len(row)} columns")

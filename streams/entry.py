@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from keyspan.storage.keys import Key
@@ -81,8 +82,24 @@ def json_text(encode: Callable[[Any], str], value: Any, name: str) -> str:
 
 
 def document(text: bytes | str) -> Any:
-    """The JSON text of a document the store holds, decoded (it nests up to 1000 levels)."""
-    return jsontext.room_to_nest(jsonlib.loads, text)
+    """The JSON text of a document the store holds, decoded (it nests up to 1000 levels).
+
+    An integer past Python's limit on int digits (4300 by default; the store keeps numbers
+    as written) comes back as a Decimal, exact; int() of it raised ValueError."""
+    try:
+        return jsontext.room_to_nest(jsonlib.loads, text)
+    except ValueError as err:
+        if "integer string conversion" not in str(err):
+            raise
+    return jsontext.room_to_nest(_loads_big_ints, text)
+
+
+def _loads_big_ints(text: bytes | str) -> Any:
+    return jsonlib.loads(text, parse_int=_big_int)
+
+
+def _big_int(text: str) -> int | Decimal:
+    return int(text) if len(text) <= 4000 else Decimal(text)
 
 
 def check_json_text(text: bytes | str) -> None:
@@ -92,6 +109,10 @@ def check_json_text(text: bytes | str) -> None:
         jsonlib.loads(text)
     except RecursionError:
         return
+    except ValueError as err:
+        if "integer string conversion" not in str(err):
+            raise
+        jsonlib.loads(text, parse_int=str)  # a long integer is JSON: check the rest
 
 
 def expires_at_of(expires_at_ms: int) -> datetime | None:

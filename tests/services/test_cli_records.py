@@ -83,6 +83,11 @@ def test_csv_rows_are_key_value_with_an_optional_header() -> None:
     assert list(read_records(text, "csv")) == [(b"b", b"2", False, 0.0), (b"a", b"1", False, 0.0)]
 
 
+def test_a_blank_csv_line_is_skipped_as_in_json_lines() -> None:
+    text = io.StringIO("key,value\nb,2\n\na,1\n\n")  # it stopped the load: 0 columns
+    assert list(read_records(text, "csv")) == [(b"b", b"2", False, 0.0), (b"a", b"1", False, 0.0)]
+
+
 def test_sort_spills_runs_and_merges_them_in_key_order() -> None:
     keys = [f"k{i:05d}".encode() for i in range(5_000)]
     shuffled = keys[:]

@@ -7,6 +7,7 @@ import gc
 import sys
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -134,6 +135,15 @@ def test_a_document_as_deep_as_the_store_takes_is_written_and_read(client: Clien
     assert [depth_of(e.value) for e in client.scan_ex("deep", "deep0", json=True)] == [MAX_DEPTH]
     assert depth_of(client.patch("deep", remove=["$[1]"]).value) == MAX_DEPTH
     assert depth_of(client.update("deep", lambda v: v, json=True).value) == MAX_DEPTH
+
+
+def test_an_integer_past_pythons_digit_limit_is_read_back_exactly(client: Client) -> None:
+    # The store keeps numbers as written; int() of one over 4300 digits raised ValueError.
+    big = "9" * 5000
+    client.put("big", f'{{"n": {big}, "m": 7}}'.encode(), json=True)
+    entry = client.get("big", json=True)
+    assert entry is not None and entry.value == {"n": Decimal(big), "m": 7}
+    assert [e.value["n"] for e in client.scan("big", "big0", json=True)] == [Decimal(big)]
 
 
 @pytest.mark.usefixtures("default_recursion_limit")
