@@ -71,6 +71,23 @@ class Seconds(click.FloatRange):
         return number
 
 
+class Ttl(click.ParamType):
+    """A TTL in seconds, checked as the server checks it, before anything is sent: 0
+    (never), or MIN_TTL_S up to MAX_TTL_S."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from keyspan.storage.errors import InvalidArgumentError
+        from keyspan.storage.limits import check_ttl
+
+        number = click.FLOAT.convert(value, param, ctx)
+        try:
+            return check_ttl(number)
+        except InvalidArgumentError as err:
+            self.fail(err.rule, param, ctx)
+
+
 class Rate(click.FloatRange):
     """A rate that is 0 (no limit) or between 1 and `high` per second."""
 
@@ -226,7 +243,13 @@ def _print_entry(conn: Conn, entry: Any, with_key: bool) -> None:
 @cli.command()
 @click.argument("key")
 @click.argument("value")
-@click.option("--ttl", "ttl_s", type=float, default=0.0, help="Seconds until the entry expires (0: never).")
+@click.option(
+    "--ttl",
+    "ttl_s",
+    type=Ttl(),
+    default=0.0,
+    help="Seconds until the entry expires: 0 (never), or 0.001 to 315360000 (ten years).",
+)
 @click.option(
     "--if-etag",
     type=Etag("; to write only if the key does not exist, use --if-absent"),

@@ -207,6 +207,13 @@ def test_an_address_whose_port_is_out_of_range_is_a_usage_error() -> None:
     assert code == 2 and "the port of '127.0.0.1:94847' must be between 1 and 65535" in output
 
 
+@pytest.mark.parametrize("ttl", ["-1", "nan", "inf", "0.0001", "1e12"])
+def test_a_ttl_out_of_range_is_a_usage_error_before_anything_is_sent(ttl: str) -> None:
+    # Checked by the server only, it was exit 4 (unavailable) with the server down.
+    code, output = invoke("127.0.0.1:1", "put", "k", "v", "--ttl", ttl)
+    assert code == 2 and "must be 0 (no TTL) or between 0.001 and 315360000 seconds" in output
+
+
 def test_unavailable_exits_4(server_address: str) -> None:
     code, output = invoke("127.0.0.1:1", "get", "k", "--timeout", "0.5")
     assert code == 4 and output.startswith("keyspan: unavailable:")
