@@ -188,7 +188,7 @@ def test_hex_keys(server_address: str) -> None:
         (("delete", "missing"), 1, "not found: missing"),
         (("put", "k", "v", "--if-etag", "99"), 3, "precondition failed"),
         (("put", "x" * 1100, "v"), 2, "key: is 1100 bytes; the limit is 1024"),
-        (("put", "k", "v", "--ttl", "-1"), 2, "ttl_s: must be 0 (no TTL) or between"),
+        (("put", "k", "v", "--ttl", "-1"), 2, "'--ttl': must be 0 (no TTL) or between"),
         (("patch", "k", "--merge", "{}"), 3, "not a JSON document"),
         (("patch", "k"), 2, "give at least one of"),
         (("put", "k"), 2, "Missing argument"),
