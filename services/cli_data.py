@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -234,10 +235,26 @@ def _print_entry(conn: Conn, entry: Any, with_key: bool) -> None:
         click.echo(jsontext.dumps(_entry_json(conn, entry)))
         return
     out = sys.stdout.buffer
-    if with_key:
-        out.write(conn.show_key(entry.key).encode() + b"\t")
-    out.write(entry.value + b"\n")
+    if with_key:  # a line an entry: the value may not break it
+        out.write(conn.show_key(entry.key).encode() + b"\t" + _one_line(entry.value) + b"\n")
+    else:
+        out.write(entry.value + b"\n")  # get: the value's bytes as they are
     out.flush()
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _one_line(value: bytes) -> bytes:
+    """The value for a KEY<TAB>VALUE line: as it is when it is UTF-8 text with no control
+    character (a tab or newline would break the line, an escape sequence drive the
+    terminal), else 0x and its hex, as a key."""
+    try:
+        if not _CONTROL.search(value.decode()):
+            return value
+    except UnicodeDecodeError:
+        pass
+    return b"0x" + value.hex().encode()
 
 
 @cli.command()

@@ -149,6 +149,27 @@ def test_scan_prints_key_tab_value_in_order(server_address: str) -> None:
     assert invoke(server_address, "scan", "a", "c", "--reverse", "--limit", "1") == (0, "b\tB\n")
 
 
+def test_a_scan_line_is_one_entry_whatever_its_value_holds(server_address: str) -> None:
+    from keyspan.streams import Client
+
+    with Client(server_address) as kv:
+        kv.put("o/1", b"two\nlines\tand a tab")  # split the line in two
+        kv.put("o/2", b"\x1b[31mred")  # drove the terminal
+        kv.put("o/3", b"\xff\xfe")  # not UTF-8
+        kv.put("o/4", "caf\u00e9 \u00a0ok".encode())  # text: as it is
+        kv.put("o/5", {"a": "x\ny"}, json=True)  # a document's text has no raw newline
+    code, out = invoke(server_address, "scan", "o/", "o0")
+    assert code == 0 and out.splitlines() == [
+        "o/1\t0x" + b"two\nlines\tand a tab".hex(),
+        "o/2\t0x" + b"\x1b[31mred".hex(),
+        "o/3\t0xfffe",
+        "o/4\tcaf\u00e9 \u00a0ok",
+        'o/5\t{"a":"x\\ny"}',
+    ]
+    code, out = invoke(server_address, "get", "o/1")  # get gives the bytes as they are
+    assert (code, out) == (0, "two\nlines\tand a tab\n")
+
+
 def test_scan_projects_each_json_document_by_paths(server_address: str) -> None:
     invoke(server_address, "put", "doc/1", '{"name": "ann", "age": 41}', "--json")
     invoke(server_address, "put", "doc/2", '{"name": "bob"}', "--json")
