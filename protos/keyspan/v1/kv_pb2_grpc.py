@@ -211,9 +211,10 @@ class KVServicer:
 
     def Sweep(self, request_iterator, context):
         """Sweep deletes expired entries in a key range, in bounded batches, and streams its
-        progress. The client sends one SweepRequest to start; the server answers with a
-        SweepResponse after each batch and one with done = true at the end. Reads never
-        return expired entries, so sweeping is about reclaiming space, not correctness.
+        progress. The client sends one SweepRequest to start (any later one is not read);
+        the server answers with a SweepResponse after each batch and one with done = true at
+        the end. Reads never return expired entries, so sweeping is about reclaiming space,
+        not correctness.
         UNAVAILABLE STREAM_LIMIT at once when the server has its most streams open.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
