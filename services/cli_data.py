@@ -249,11 +249,9 @@ def _one_line(value: bytes) -> bytes:
     """The value for a KEY<TAB>VALUE line: as it is when it is UTF-8 text with no control
     character (a tab or newline would break the line, an escape sequence drive the
     terminal), else 0x and its hex, as a key."""
-    try:
+    with contextlib.suppress(UnicodeDecodeError):
         if not _CONTROL.search(value.decode()):
             return value
-    except UnicodeDecodeError:
-        pass
     return b"0x" + value.hex().encode()
 
 

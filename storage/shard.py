@@ -171,7 +171,7 @@ def json_text(db: apsw.Connection, value: bytes | str, field: str) -> str:
 
 
 class _NotJsonConstant(Exception):
-    pass
+    """NaN or Infinity met by Python's decoder, which would take them."""
 
 
 def _not_json_constant(name: str) -> Any:

@@ -89,7 +89,7 @@ def document(text: bytes | str) -> Any:
     try:
         return jsontext.room_to_nest(jsonlib.loads, text)
     except ValueError as err:
-        if "integer string conversion" not in str(err):
+        if not jsontext.too_many_digits(err):
             raise
     return jsontext.room_to_nest(_loads_big_ints, text)
 
@@ -99,7 +99,7 @@ def _loads_big_ints(text: bytes | str) -> Any:
 
 
 def _big_int(text: str) -> int | Decimal:
-    return int(text) if len(text) <= 4000 else Decimal(text)
+    return int(text) if len(text) <= jsontext.MAX_INT_DIGITS else Decimal(text)
 
 
 def check_json_text(text: bytes | str) -> None:
@@ -110,7 +110,7 @@ def check_json_text(text: bytes | str) -> None:
     except RecursionError:
         return
     except ValueError as err:
-        if "integer string conversion" not in str(err):
+        if not jsontext.too_many_digits(err):
             raise
         jsonlib.loads(text, parse_int=str)  # a long integer is JSON: check the rest
 

@@ -68,12 +68,18 @@ def _float_as_written(text: str) -> float | JsonText:
 def _int_as_written(text: str) -> int | JsonText:
     # Past Python's limit on int digits (4300 by default) int() raises: such a number
     # stays text, as the store keeps it.
-    if text == "-0" or len(text) > _INT_DIGITS:
+    if text == "-0" or len(text) > MAX_INT_DIGITS:
         return JsonText(text)
     return int(text)
 
 
-_INT_DIGITS = 4000
+# Under Python's limit on int digits (4300 by default, sys.set_int_max_str_digits).
+MAX_INT_DIGITS = 4000
+
+
+def too_many_digits(err: ValueError) -> bool:
+    """Whether `err` is int()'s refusal of a number past Python's digit limit."""
+    return "integer string conversion" in str(err)
 
 
 def _refuse_constant(name: str) -> None:
