@@ -407,10 +407,12 @@ def _ride_out(kv: Any) -> Any:
 
 
 def _range(conn: Conn, start: str | None, end: str | None) -> tuple[bytes | None, bytes | None]:
-    return (
-        conn.key(start, "START") if start else None,
-        conn.key(end, "END") if end else None,
-    )
+    from keyspan.streams.entry import key_range
+
+    lower, upper = conn.key(start, "START") if start else None, conn.key(end, "END") if end else None
+    with expected_errors():
+        key_range(lower, upper)  # END above START: a usage error before the first contact
+    return lower, upper
 
 
 @cli.command()

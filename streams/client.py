@@ -51,11 +51,12 @@ from keyspan.streams.entry import (
     document,
     encode_value,
     json_text,
-    key_bytes,
     key_range,
+    point_key,
 )
 from keyspan.streams.errors import (
     ClientClosed,
+    InvalidArgument,
     KeyspanClientError,
     Unavailable,
     WrongPartition,
@@ -264,7 +265,7 @@ class AsyncClient:
         """The entry, or None when absent or expired. With json=True a JSON document's value
         is decoded; with paths (a list of JSON paths, or one as a str) it is the projection
         {path: value} (decoded when json=True)."""
-        raw = key_bytes(key)
+        raw = point_key(key)
         paths = check_paths(paths, "paths")
         response = await self._unary("Get", raw, kv_pb2.GetRequest(key=raw, paths=paths), timeout_s)
         if not response.found:
@@ -288,7 +289,7 @@ class AsyncClient:
         """Write the value and return its new etag. bytes and str are stored as bytes unless
         json=True; dict, list, numbers, bool and None are always stored as JSON documents.
         Raises EtagMismatch when if_etag / if_absent does not hold."""
-        raw = key_bytes(key)
+        raw = point_key(key)
         data, is_json = encode_value(value, json)
         request = kv_pb2.PutRequest(
             key=raw,
@@ -298,11 +299,15 @@ class AsyncClient:
             if_absent=check_flag(if_absent, "if_absent"),
             json=is_json,
         )
+        if request.if_absent and request.if_etag:  # as the server would refuse it
+            raise InvalidArgument(
+                "if_absent: cannot be combined with if_etag", "if_absent", "cannot be combined with if_etag"
+            )
         return (await self._unary("Put", raw, request, timeout_s)).etag
 
     async def delete(self, key: KeyLike, if_etag: int = 0, *, timeout_s: float | None = None) -> bool:
         """Delete the entry; False when there was none. Raises EtagMismatch on a stale if_etag."""
-        raw = key_bytes(key)
+        raw = point_key(key)
         request = kv_pb2.DeleteRequest(key=raw, if_etag=_if_etag(if_etag))
         return (await self._unary("Delete", raw, request, timeout_s)).deleted
 
@@ -322,7 +327,7 @@ class AsyncClient:
         `set` maps JSON path to value, `remove` is a list of paths (or one as a str).
         Returns the whole new document, decoded; with json=False as the server's JSON text
         (bytes). Raises NotFound, NotJson, EtagMismatch."""
-        raw = key_bytes(key)
+        raw = point_key(key)
         request = kv_pb2.PatchRequest(
             key=raw,
             merge_patch=_json_arg(merge, "merge") if merge is not None else "",

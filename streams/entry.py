@@ -10,8 +10,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from keyspan.storage.keys import Key
+from keyspan.storage.errors import InvalidArgumentError
+from keyspan.storage.keys import Key, check_key
 from keyspan.streams import jsontext
+from keyspan.streams.errors import InvalidArgument
 from keyspan.v1 import kv_pb2
 
 KeyLike = Key | bytes | str
@@ -31,10 +33,33 @@ def key_bytes(key: KeyLike, name: str = "key") -> bytes:
     raise TypeError(f"{name}: must be a Key, bytes or str, not {type(key).__name__}")
 
 
+def point_key(key: KeyLike) -> bytes:
+    """key_bytes(key), checked as the server checks an entry's key: 1 to 1024 bytes. A key
+    that breaks it is the server's InvalidArgument (field "key"), raised before anything is
+    sent, so that it is still a usage error when no server answers."""
+    return _checked(check_key, key_bytes(key))
+
+
 def key_range(start: KeyLike | None, end: KeyLike | None) -> tuple[bytes, bytes | None]:
-    """A range's raw bounds: start None is b"" (the first key), end None +infinity."""
+    """A range's raw bounds: start None is b"" (the first key), end None +infinity. An end
+    not above start is the server's InvalidArgument (field "end"), raised before sending."""
     lower = key_bytes(start, "start") if start is not None else b""
-    return lower, key_bytes(end, "end") if end is not None else None
+    upper = key_bytes(end, "end") if end is not None else None
+    if upper is not None and upper <= lower:
+        raise _invalid(InvalidArgumentError("end", "must be greater than start (the range is [start, end))"))
+    return lower, upper
+
+
+def _checked(check: Callable[[bytes], bytes], raw: bytes) -> bytes:
+    try:
+        return check(raw)
+    except InvalidArgumentError as err:
+        raise _invalid(err) from None
+
+
+def _invalid(err: InvalidArgumentError) -> InvalidArgument:
+    """The client's form of a rule the server would enforce, with the same field and rule."""
+    return InvalidArgument(str(err), err.field, err.rule)
 
 
 def utf8(text: str, name: str) -> bytes:

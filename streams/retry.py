@@ -27,7 +27,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from keyspan.storage.keys import key_successor
 from keyspan.streams.arguments import check_ttl
 from keyspan.streams.client_metrics import ClientMetrics
-from keyspan.streams.entry import Entry, KeyLike, key_bytes, key_range, stored_as_json
+from keyspan.streams.entry import Entry, KeyLike, key_range, point_key, stored_as_json
 from keyspan.streams.errors import DeadlineExceeded, EtagMismatch, Unavailable, WrongPartition, is_retryable
 
 if TYPE_CHECKING:
@@ -211,7 +211,7 @@ async def update(
     was lost after the write went out, as when a node is killed). Reads are always
     retried. Returns the entry as written.
     """
-    raw = key_bytes(key)
+    raw = point_key(key)
     check_ttl(ttl_s)
     stall = Stall(policy)
     phase = "read"

@@ -235,6 +235,26 @@ def test_a_ttl_out_of_range_is_a_usage_error_before_anything_is_sent(ttl: str) -
     assert code == 2 and "must be 0 (no TTL) or between 0.001 and 315360000 seconds" in output
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("put", "", "v"), "key: must not be empty (1..1024 bytes)"),
+        (("get", ""), "key: must not be empty (1..1024 bytes)"),
+        (("delete", "x" * 1025), "key: is 1025 bytes; the limit is 1024"),
+        (("patch", "", "--merge", "{}"), "key: must not be empty (1..1024 bytes)"),
+        (("put", "k", "v", "--if-absent", "--if-etag", "3"), "if_absent: cannot be combined with if_etag"),
+        (("scan", "b", "a"), "end: must be greater than start (the range is [start, end))"),
+        (("sweep", "b", "a"), "end: must be greater than start (the range is [start, end))"),
+    ],
+)
+def test_a_request_the_server_would_refuse_is_a_usage_error_with_no_server(
+    args: tuple[str, ...], message: str
+) -> None:
+    # Checked by the server only, these were exit 4 (unavailable) with the server down.
+    code, output = invoke("127.0.0.1:1", *args, "--timeout", "0.5")
+    assert (code, output) == (2, f"keyspan: {message}\n")
+
+
 def test_unavailable_exits_4(server_address: str) -> None:
     code, output = invoke("127.0.0.1:1", "get", "k", "--timeout", "0.5")
     assert code == 4 and output.startswith("keyspan: unavailable:")

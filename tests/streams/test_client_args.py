@@ -4,6 +4,7 @@ the rule, raised before anything is sent; documents as deep as the store takes g
 from __future__ import annotations
 
 import gc
+import socket
 import sys
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -322,3 +323,40 @@ def test_a_name_that_does_not_resolve_was_never_sent() -> None:
     with Client("no-such-host.invalid:1") as kv, pytest.raises(Unavailable) as caught:
         kv.put("k", b"v")
     assert caught.value.may_have_applied is False, caught.value.message
+
+
+# -- rules the server enforces, checked before sending -------------------------------------
+
+SERVER_RULES = [
+    (lambda kv: kv.put("", b"v"), "key", "must not be empty (1..1024 bytes)"),
+    (lambda kv: kv.get(b""), "key", "must not be empty (1..1024 bytes)"),
+    (lambda kv: kv.delete("k" * 1025), "key", "is 1025 bytes; the limit is 1024"),
+    (lambda kv: kv.patch("", merge={}), "key", "must not be empty (1..1024 bytes)"),
+    (lambda kv: kv.update("", lambda v: 1), "key", "must not be empty (1..1024 bytes)"),
+    (lambda kv: kv.put("k", b"v", if_etag=3, if_absent=True), "if_absent", "cannot be combined with if_etag"),
+    (lambda kv: list(kv.scan("b", "a")), "end", "must be greater than start (the range is [start, end))"),
+    (lambda kv: list(kv.scan_ex("b", "b")), "end", "must be greater than start (the range is [start, end))"),
+    (lambda kv: list(kv.sweep("b", "a")), "end", "must be greater than start (the range is [start, end))"),
+]
+
+
+@pytest.mark.parametrize(("call", "field", "rule"), SERVER_RULES)
+def test_a_request_the_server_would_refuse_is_refused_unsent_with_its_rule(
+    call: Callable[[Client], object], field: str, rule: str
+) -> None:
+    # No server listens there: the server's own InvalidArgument comes back before any
+    # connection is tried. Sent, it was Unavailable (the CLI's exit 4, not a usage error).
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{unused.getsockname()[1]}"
+    with Client(address, timeout_s=5) as kv, pytest.raises(InvalidArgument) as caught:
+        call(kv)
+    assert (caught.value.field, caught.value.rule) == (field, rule)
+    assert caught.value.message == f"{field}: {rule}"
+
+
+def test_what_those_rules_allow_still_goes_through(client: Client) -> None:
+    assert client.put("k" * 1024, b"v") > 0 and client.delete("k" * 1024) is True
+    etag = client.put("k", b"v", if_absent=True)
+    assert client.put("k", b"w", if_etag=etag, if_absent=False) > etag
+    assert [e.key for e in client.scan("k", "k\x00")] == [b"k"]

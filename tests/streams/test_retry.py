@@ -110,8 +110,8 @@ async def test_scan_ex_gives_up_after_the_policy_attempts(kv: AsyncClient, plan:
 
 async def test_scan_ex_raises_a_non_retryable_error_at_once(kv: AsyncClient, plan: Plan) -> None:
     with pytest.raises(InvalidArgument) as caught:
-        _ = [e async for e in kv.scan_ex("b", "a", policy=FAST)]
-    assert caught.value.field == "end"
+        _ = [e async for e in kv.scan_ex("a", "b", paths=["$.a[", "$.b"], policy=FAST)]
+    assert caught.value.field.startswith("paths"), caught.value.message
     assert plan.calls["Scan"] == 1
 
 
@@ -288,9 +288,10 @@ async def test_update_raises_a_deadline_on_the_write_at_once(kv: AsyncClient, pl
 
 
 async def test_update_raises_a_non_retryable_error_at_once(kv: AsyncClient, plan: Plan) -> None:
-    with pytest.raises(KeyspanClientError):
-        await kv.update("x" * 2000, lambda n: 1, json=True)
-    assert plan.calls["Get"] == 1
+    with pytest.raises(KeyspanClientError) as caught:  # the server refuses the value
+        await kv.update("x", lambda n: b"v" * ((1 << 20) + 1))
+    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value.message
+    assert plan.calls["Get"] == 1 and plan.calls["Put"] == 1
 
 
 async def test_retries_are_counted_in_the_client_metrics(kv: AsyncClient, plan: Plan) -> None:
