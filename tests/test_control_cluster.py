@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,22 @@ from keyspan.storage.errors import KeyspanError
 from keyspan.streams.partition_map import SERVING, UNASSIGNED, UNAVAILABLE, TilingError
 
 T0 = 1_000_000
+
+
+@pytest.fixture(autouse=True)
+def _stores_closed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every ControlStore a test opens is closed after it (each holds its dir's lock file)."""
+    opened: list[ControlStore] = []
+    init = ControlStore.__init__
+
+    def tracked(self: ControlStore, path: Path) -> None:
+        init(self, path)
+        opened.append(self)
+
+    monkeypatch.setattr(ControlStore, "__init__", tracked)
+    yield
+    for store in opened:
+        store.close()
 
 
 def make_state(tmp_path: Path, min_nodes: int = 1, partitions: int = 4) -> ClusterState:
