@@ -365,10 +365,12 @@ def test_a_client_dropped_unclosed_warns_and_gives_back_its_thread_and_files(loa
             assert kv.get("k00001") is not None
             del kv
             gc.collect()
+    # Not more than before: the in-process server may still have been closing the first
+    # client's connection when they were counted (on a busy machine, one fd fewer after).
     deadline = time.monotonic() + 5
-    while (threading.active_count(), open_fds()) != (threads, fds) and time.monotonic() < deadline:
+    while (threading.active_count() > threads or open_fds() > fds) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert (threading.active_count(), open_fds()) == (threads, fds)  # each kept 1 thread and 3 fds
+    assert threading.active_count() <= threads and open_fds() <= fds  # each kept 1 thread and 3 fds
 
 
 def test_an_async_client_used_in_a_second_event_loop_says_so(loaded: ThreadedServer) -> None:
