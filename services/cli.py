@@ -97,7 +97,8 @@ def serve(**settings: Any) -> None:
 
     Data lives in --data (created on first start, cut into partitions at
     --split-points). SIGTERM or Ctrl-C shuts down cleanly: in-flight writes
-    finish and are committed before the process exits.
+    finish and are committed before the process exits. SIGUSR1 logs what each
+    asyncio task and stream is waiting on, and the server goes on.
 
     While it runs, --data is this process's alone: a second server on it is
     refused, and no other process can open its shard files, not even the sqlite3

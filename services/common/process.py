@@ -30,6 +30,7 @@ from keyspan.services.common.logging import quiet_client_gone
 from keyspan.services.common.observability import Observability
 from keyspan.services.common.registrar import Registrar, compose
 from keyspan.services.common.stream_slots import StreamSlots
+from keyspan.services.common.taskdump import describe_tasks
 from keyspan.services.config import DEFAULT_MAX_PENDING_CALLS, GRPC_MAX_MESSAGE_BYTES, ProcessConfig
 from keyspan.storage.openfiles import raise_open_files_limit
 
@@ -257,6 +258,7 @@ def freeze_startup_objects() -> None:
 
 async def run_until_signal(make: Callable[[], GrpcProcess]) -> None:
     """Create and start the process, wait for SIGTERM or SIGINT, then stop it cleanly.
+    SIGUSR1 logs every asyncio task and what it is waiting on (services/common/taskdump.py).
 
     The process is made inside the running loop: grpc.aio binds its server to it.
     """
@@ -267,9 +269,16 @@ async def run_until_signal(make: Callable[[], GrpcProcess]) -> None:
         stop.set()
         process.stopping.set()  # a start that waits on others (a gateway's first map) gives up
 
+    def on_usr1() -> None:  # an operator's look inside a stalled process, which runs on
+        log.warning(
+            "asyncio tasks",
+            extra={"component": process.name, "tasks": describe_tasks(loop)},
+        )
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(signal.SIGUSR1, on_usr1)
     await process.start()
     freeze_startup_objects()
     await stop.wait()

@@ -188,3 +188,51 @@ def test_a_name_gRPC_can_serve_on_one_of_its_addresses_is_not_refused(monkeypatc
         taken.listen()
         with pytest.raises(OSError):
             _check_can_listen(f"localhost:{port}")
+
+
+def test_sigusr1_logs_each_task_and_what_it_waits_on(tmp_path: Path) -> None:
+    """A stalled stream leaves every thread idle; the tasks show where it waits."""
+    import json
+    import signal
+    import threading
+    import time
+    from collections.abc import Iterator
+
+    import grpc
+
+    from keyspan.services.testing import ServerProcess
+    from keyspan.streams import Client
+    from keyspan.v1 import kv_pb2, kv_pb2_grpc
+
+    server = ServerProcess(tmp_path / "data", "--log-format", "json")
+    address = server.start()
+    try:
+        with Client(address) as kv:
+            kv.put("a", b"1")
+            kv.put("b", b"2")
+        done = threading.Event()
+
+        def requests() -> Iterator[kv_pb2.ScanRequest]:
+            yield kv_pb2.ScanRequest(start=b"a", credits=1)
+            done.wait(30)  # no more credits, no half-close: the server's stream waits
+
+        with grpc.insecure_channel(address) as channel:
+            scan = kv_pb2_grpc.KVStub(channel).Scan(requests())
+            assert next(scan).entries[0].key == b"a"
+            assert server.process is not None
+            server.process.send_signal(signal.SIGUSR1)
+            deadline, found = time.monotonic() + 10, None
+            while found is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+                for line in server.log_path.read_text().splitlines():
+                    event = json.loads(line)
+                    if event.get("msg") == "asyncio tasks":
+                        found = event
+            scan.cancel()
+            done.set()
+        assert server.process.poll() is None  # it goes on serving
+    finally:
+        server.stop()
+    assert found is not None and found["component"] == "serve", server.log_tail()
+    assert "task 'sweeper':" in found["tasks"]
+    assert "streams/scan.py" in found["tasks"] and "serve_scan" in found["tasks"], found["tasks"]
