@@ -142,3 +142,11 @@ def bound_text(raw: bytes | None) -> str:
     if raw is None:
         return "+inf"
     return key_text(raw) if raw else "-inf"
+
+
+def range_of(start: bytes, end: bytes | None, field: str = "end") -> KeyRange:
+    """KeyRange(start, end), or the InvalidArgumentError that names `field` when end is not
+    above start (the servers' streams and the client's argument checks say it alike)."""
+    if end is not None and end <= start:
+        raise InvalidArgumentError(field, "must be greater than start (the range is [start, end))")
+    return KeyRange(start, end)

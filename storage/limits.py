@@ -35,6 +35,12 @@ class Limits:
         return raw
 
 
+def check_conditions(if_etag: int, if_absent: bool) -> None:
+    """A write's preconditions: if_absent and an if_etag cannot both hold."""
+    if if_absent and if_etag:
+        raise InvalidArgumentError("if_absent", "cannot be combined with if_etag")
+
+
 def check_ttl(ttl_s: float, field: str = "ttl_s") -> float:
     """The TTL in seconds, when it is 0 (no TTL) or within MIN_TTL_S..MAX_TTL_S."""
     if ttl_s != 0 and (not math.isfinite(ttl_s) or not MIN_TTL_S <= ttl_s <= MAX_TTL_S):

@@ -30,6 +30,7 @@ import grpc
 
 from keyspan.storage.errors import key_text
 from keyspan.storage.keys import key_successor
+from keyspan.storage.limits import check_conditions
 from keyspan.streams import bulk_sender, calls, retry
 from keyspan.streams.arguments import (
     check_address,
@@ -53,10 +54,10 @@ from keyspan.streams.entry import (
     json_text,
     key_range,
     point_key,
+    server_rule,
 )
 from keyspan.streams.errors import (
     ClientClosed,
-    InvalidArgument,
     KeyspanClientError,
     Unavailable,
     WrongPartition,
@@ -299,10 +300,7 @@ class AsyncClient:
             if_absent=check_flag(if_absent, "if_absent"),
             json=is_json,
         )
-        if request.if_absent and request.if_etag:  # as the server would refuse it
-            raise InvalidArgument(
-                "if_absent: cannot be combined with if_etag", "if_absent", "cannot be combined with if_etag"
-            )
+        server_rule(check_conditions, request.if_etag, request.if_absent)
         return (await self._unary("Put", raw, request, timeout_s)).etag
 
     async def delete(self, key: KeyLike, if_etag: int = 0, *, timeout_s: float | None = None) -> bool:

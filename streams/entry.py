@@ -8,15 +8,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from keyspan.storage.errors import InvalidArgumentError
-from keyspan.storage.keys import Key, check_key
+from keyspan.storage.keys import Key, check_key, range_of
 from keyspan.streams import jsontext
 from keyspan.streams.errors import InvalidArgument
 from keyspan.v1 import kv_pb2
 
 KeyLike = Key | bytes | str
+T = TypeVar("T")
 
 
 def key_bytes(key: KeyLike, name: str = "key") -> bytes:
@@ -37,7 +38,7 @@ def point_key(key: KeyLike) -> bytes:
     """key_bytes(key), checked as the server checks an entry's key: 1 to 1024 bytes. A key
     that breaks it is the server's InvalidArgument (field "key"), raised before anything is
     sent, so that it is still a usage error when no server answers."""
-    return _checked(check_key, key_bytes(key))
+    return server_rule(check_key, key_bytes(key))
 
 
 def key_range(start: KeyLike | None, end: KeyLike | None) -> tuple[bytes, bytes | None]:
@@ -45,21 +46,18 @@ def key_range(start: KeyLike | None, end: KeyLike | None) -> tuple[bytes, bytes 
     not above start is the server's InvalidArgument (field "end"), raised before sending."""
     lower = key_bytes(start, "start") if start is not None else b""
     upper = key_bytes(end, "end") if end is not None else None
-    if upper is not None and upper <= lower:
-        raise _invalid(InvalidArgumentError("end", "must be greater than start (the range is [start, end))"))
+    server_rule(range_of, lower, upper)
     return lower, upper
 
 
-def _checked(check: Callable[[bytes], bytes], raw: bytes) -> bytes:
+def server_rule(check: Callable[..., T], *args: Any) -> T:
+    """check(*args), one of the server's own argument checks (keyspan.storage), run by the
+    client: its InvalidArgumentError becomes the InvalidArgument the server would send,
+    with the same field and rule."""
     try:
-        return check(raw)
+        return check(*args)
     except InvalidArgumentError as err:
-        raise _invalid(err) from None
-
-
-def _invalid(err: InvalidArgumentError) -> InvalidArgument:
-    """The client's form of a rule the server would enforce, with the same field and rule."""
-    return InvalidArgument(str(err), err.field, err.rule)
+        raise InvalidArgument(str(err), err.field, err.rule) from None
 
 
 def utf8(text: str, name: str) -> bytes:

@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from keyspan.storage.errors import InvalidArgumentError, KeyspanError
-from keyspan.storage.keys import KeyRange, key_successor
+from keyspan.storage.errors import KeyspanError
+from keyspan.storage.keys import KeyRange, key_successor, range_of
 from keyspan.storage.limits import Limits, check_credits, check_paths, check_projection
 from keyspan.storage.shard import Row
 from keyspan.storage.shardset import ShardSet
@@ -49,12 +49,6 @@ def response_of(rows: list[Row], resume_key: bytes, done: bool) -> kv_pb2.ScanRe
         else:
             add(key=row.key, value=row.value, etag=row.etag)
     return response
-
-
-def range_of(start: bytes, end: bytes | None, field: str = "end") -> KeyRange:
-    if end is not None and end <= start:
-        raise InvalidArgumentError(field, "must be greater than start (the range is [start, end))")
-    return KeyRange(start, end)
 
 
 class _Credits:

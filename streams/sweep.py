@@ -9,9 +9,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from keyspan.storage.errors import DiskFullError, InvalidArgumentError, UnavailableError, WrongPartitionError
-from keyspan.storage.keys import KeyRange
+from keyspan.storage.keys import KeyRange, range_of
 from keyspan.storage.shardset import ShardSet
-from keyspan.streams.scan import range_of
 from keyspan.streams.stopping import RERUN_SWEEP, server_stopping, unless_stopping
 from keyspan.v1 import kv_pb2
 

@@ -29,11 +29,10 @@ from keyspan.services.gateway.routing import (
     wrong_partition_of,
 )
 from keyspan.storage.errors import KeyspanError
-from keyspan.storage.keys import KeyRange, key_successor
+from keyspan.storage.keys import KeyRange, key_successor, range_of
 from keyspan.storage.limits import MAX_CREDITS, check_credits, check_paths
 from keyspan.streams.calls import write as write_request
 from keyspan.streams.partition_map import MapEntry
-from keyspan.streams.scan import range_of
 from keyspan.streams.stopping import RERUN_SWEEP, RESEND_BATCHES, RESUME_SCAN, unless_stopping
 from keyspan.v1 import kv_pb2
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from keyspan.storage.errors import InvalidArgumentError
-from keyspan.storage.limits import Limits, check_paths, check_projection, expiry_ms
+from keyspan.storage.limits import Limits, check_conditions, check_paths, check_projection, expiry_ms
 from keyspan.storage.mutations import Delete, Patch, Put
 from keyspan.storage.shardset import ShardSet, now_ms
 from keyspan.streams.bulk_put import serve_bulk_put
@@ -40,8 +40,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
 
     async def Put(self, request: kv_pb2.PutRequest, context: grpc.aio.ServicerContext) -> kv_pb2.PutResponse:
         key = self._limits.key(request.key)
-        if request.if_absent and request.if_etag:
-            raise InvalidArgumentError("if_absent", "cannot be combined with if_etag")
+        check_conditions(request.if_etag, request.if_absent)
         put = Put(
             key,
             self._limits.value(request.value),
