@@ -16,6 +16,8 @@ from keyspan.v1 import kv_pb2
 
 BATCH_BYTES = 256 * 1024  # per response: a message costs ~75 us of Python CPU at any size
 BATCH_ROWS = 10_000
+# After `done`, how long a stream waits for the close its client promised (close_after_done).
+LINGER_S = 10.0
 
 
 def entry_of(row: Row) -> kv_pb2.Entry:
@@ -86,6 +88,22 @@ class _Credits:
         return True
 
 
+async def linger(pump: asyncio.Task[None], stopping: asyncio.Event) -> None:
+    """After `done`, for a client that set close_after_done: wait until it closes its side
+    (the `pump` reading its requests ends), LINGER_S passes or the server begins to stop.
+
+    The client grants ahead of what it reads, so a grant can be on its way when `done`
+    is sent. Ended at once, the stream would refuse that grant, and grpc.aio then fails
+    the client's call and drops the responses it has not read (grpc/grpc#36066); held
+    open, the pump reads the grant and it is ignored.
+    """
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait((pump, stop), timeout=LINGER_S, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+
+
 def _rest(common: KeyRange, cursor: bytes | None, reverse: bool) -> KeyRange | None:
     """What is left to read of `common` when the scan has reached `cursor`."""
     if reverse:
@@ -115,7 +133,8 @@ async def serve_scan(
     """Stream the first request's range in batches, never past the credits granted.
 
     A projection (paths) over the value limit ends the stream RESOURCE_EXHAUSTED, after
-    the entries before it.
+    the entries before it. After `done`, a client that set close_after_done keeps the
+    stream until it closes its side (`linger`).
 
     Once `stopping` is set, the stream ends before its next batch with UNAVAILABLE: the
     client resumes from the last resume_key it got.
@@ -162,12 +181,16 @@ async def serve_scan(
                 if rows or done:
                     yield response_of(rows, cursor or b"", done)
                 if done:
+                    if first.close_after_done:
+                        await linger(pump, stopping)
                     return
                 if exhausted:
                     break
         if gap is not None:
             raise shards.on_missing(gap)
         yield kv_pb2.ScanResponse(resume_key=cursor or b"", done=True)
+        if first.close_after_done:
+            await linger(pump, stopping)
     finally:
         pump.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -372,3 +372,55 @@ async def test_a_health_watch_follows_every_change(server: KeyspanServer) -> Non
         assert check.status == serving
         watch.cancel()
         other.cancel()
+
+
+async def test_a_scan_asked_to_close_after_done_takes_a_late_grant_and_ends_ok_on_the_close(
+    kv: kv_pb2_grpc.KVStub,
+) -> None:
+    """Without close_after_done the stream ends right after done, and a grant still on its
+    way fails on the client (grpc.aio then drops the responses not read yet)."""
+    await load(kv, KEYS)
+    call = kv.Scan()
+    await call.write(kv_pb2.ScanRequest(start=b"a", end=b"b", credits=60, close_after_done=True))
+    async with asyncio.timeout(5):
+        responses = [await call.read()]
+        while not responses[-1].done:
+            responses.append(await call.read())
+    await asyncio.sleep(0.05)  # the server has long sent done
+    await call.write(kv_pb2.ScanRequest(credits=100))  # a grant sent before done was seen
+    assert not call.done()  # held open for the close
+    await call.done_writing()
+    assert await call.code() == grpc.StatusCode.OK
+    assert [e.key for r in responses for e in r.entries] == KEYS[:50]
+
+    plain = kv.Scan()  # not asked: ended at done, no close needed
+    await plain.write(kv_pb2.ScanRequest(start=b"a", end=b"b", credits=60))
+    async with asyncio.timeout(5):
+        assert [r.done async for r in plain][-1]
+        assert await plain.code() == grpc.StatusCode.OK
+
+
+async def test_a_scan_whose_client_never_closes_after_done_ends_ok_after_the_linger(
+    kv: kv_pb2_grpc.KVStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keyspan.streams import scan as scan_module
+
+    monkeypatch.setattr(scan_module, "LINGER_S", 0.3)
+    call = kv.Scan()
+    await call.write(kv_pb2.ScanRequest(credits=5, close_after_done=True))
+    assert (await call.read()).done  # an empty store
+    started = time.monotonic()
+    async with asyncio.timeout(5):
+        assert await call.code() == grpc.StatusCode.OK
+    assert 0.2 < time.monotonic() - started < 3
+
+
+async def test_a_scan_held_after_done_does_not_hold_the_shutdown(server: KeyspanServer) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = kv_pb2_grpc.KVStub(channel).Scan()
+        await call.write(kv_pb2.ScanRequest(credits=5, close_after_done=True))
+        assert (await call.read()).done
+        started = time.monotonic()
+        await server.stop(10)
+        assert time.monotonic() - started < 2
+        assert await call.code() == grpc.StatusCode.OK  # done was sent: nothing to resume

@@ -143,20 +143,22 @@ class StatsResponse(_message.Message):
     def __init__(self, partitions: _Optional[_Iterable[_Union[PartitionStats, _Mapping]]] = ..., approximate_entries: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class ScanRequest(_message.Message):
-    __slots__ = ("start", "end", "limit", "paths", "reverse", "credits")
+    __slots__ = ("start", "end", "limit", "paths", "reverse", "credits", "close_after_done")
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
     REVERSE_FIELD_NUMBER: _ClassVar[int]
     CREDITS_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_AFTER_DONE_FIELD_NUMBER: _ClassVar[int]
     start: bytes
     end: bytes
     limit: int
     paths: _containers.RepeatedScalarFieldContainer[str]
     reverse: bool
     credits: int
-    def __init__(self, start: _Optional[bytes] = ..., end: _Optional[bytes] = ..., limit: _Optional[int] = ..., paths: _Optional[_Iterable[str]] = ..., reverse: _Optional[bool] = ..., credits: _Optional[int] = ...) -> None: ...
+    close_after_done: bool
+    def __init__(self, start: _Optional[bytes] = ..., end: _Optional[bytes] = ..., limit: _Optional[int] = ..., paths: _Optional[_Iterable[str]] = ..., reverse: _Optional[bool] = ..., credits: _Optional[int] = ..., close_after_done: _Optional[bool] = ...) -> None: ...
 
 class ScanResponse(_message.Message):
     __slots__ = ("entries", "resume_key", "done")

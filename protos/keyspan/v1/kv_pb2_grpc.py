@@ -159,11 +159,14 @@ class KVServicer:
         hundreds of small entries. Expired entries are never returned.
 
         A grant sent while the server still holds credits can arrive after the server has
-        sent `done` and ended the stream: the client's write then fails locally (grpc.aio
-        reports it as INTERNAL "Internal error from Core"), while the responses already sent
-        can still be read. A client that grants more only once its credits are used up
-        never meets this (the server is then waiting for the grant); one that grants ahead
-        should treat a failed grant as "read on to `done`", or resume from the last entry.
+        sent `done`. A client that grants ahead should set `close_after_done` on its first
+        request and close its side once it reads `done`: the server then keeps the stream
+        open until that close (reading and ignoring late credits) and only then ends it
+        with OK, so no grant meets an ended stream. Without it the server ends the stream
+        right after `done`, and a grant still on its way fails locally (grpc.aio reports it
+        as INTERNAL "Internal error from Core" and drops the responses not read yet): such
+        a client should resume from the last entry it read, or grant only once its
+        credits are used up (the server is then waiting for the grant).
         A client that closes its side (it will grant no more) gets what its credits cover,
         then the stream ends with OK and no `done`: resume from resume_key to read on.
 
