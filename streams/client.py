@@ -113,7 +113,12 @@ def _scan_request(
     start: bytes, end: bytes | None, limit: int, paths: list[str] | None, reverse: bool, credits: int
 ) -> kv_pb2.ScanRequest:
     request = kv_pb2.ScanRequest(
-        start=start, limit=limit, paths=paths or [], reverse=reverse, credits=credits
+        start=start,
+        limit=limit,
+        paths=paths or [],
+        reverse=reverse,
+        credits=credits,
+        close_after_done=True,
     )
     if end is not None:
         request.end = end
@@ -397,10 +402,13 @@ class AsyncClient:
     ) -> AsyncIterator[list[Entry]]:
         """One server's part of a scan, a batch at a time, with credits as batches are taken.
 
-        The server ends the call right after its last response, so a credit grant can race
-        with the end; grpc then fails the whole call locally and drops responses not read
-        yet. The piece then opens a new stream right after the last entry it delivered.
-        That is flow-control bookkeeping, not a retry: errors from the server raise.
+        Credits are granted ahead, so a grant can be on its way when the server sends
+        `done`. The scan asks the server to hold the stream until the client closes its
+        side (close_after_done), and closes it after `done`. A server that ends the
+        stream at once anyway (one from before close_after_done) makes grpc fail the
+        whole call locally and drop the responses not read yet: the piece then opens a
+        new stream right after the last entry it delivered. That is flow-control
+        bookkeeping, not a retry: errors from the server raise.
         """
         while True:
             call = stub.Scan(timeout=timeout_s)
@@ -408,6 +416,8 @@ class AsyncClient:
             try:
                 await calls.write(call, _scan_request(start, end, limit, paths, reverse, window.outstanding))
                 while (response := await call.read()) is not grpc.aio.EOF:
+                    if response.done:  # closed before the last batch is handed out, as a
+                        await calls.finish(call)  # consumer may stop right after it
                     if response.entries:
                         batch = [Entry.from_wire(e, json) for e in response.entries]
                         if reverse:

@@ -147,6 +147,30 @@ async def test_a_scan_whose_client_stops_granting_ends_via_the_gateway_as_direct
         assert got == KEYS[:2] and await call.code() == grpc.StatusCode.OK
 
 
+async def test_a_scan_through_the_gateway_asked_to_close_after_done_takes_a_late_grant(
+    running: Running,
+) -> None:
+    """The gateway closes each node piece once its done is read (a piece left open would
+    hold the scan for the node's linger, 10 s a piece), and holds the client's stream."""
+    gateway = running.stub(running.gateway.address)
+    for k in KEYS:
+        await gateway.Put(kv_pb2.PutRequest(key=k, value=k))
+    started = time.monotonic()
+    call = gateway.Scan()
+    await call.write(kv_pb2.ScanRequest(credits=len(KEYS) + 1, close_after_done=True))
+    got: list[bytes] = []
+    async with asyncio.timeout(5):
+        while not (response := await call.read()).done:
+            got.extend(e.key for e in response.entries)
+    got.extend(e.key for e in response.entries)
+    await asyncio.sleep(0.05)  # the gateway has long sent done
+    await call.write(kv_pb2.ScanRequest(credits=10))  # a grant sent before done was seen
+    await call.done_writing()
+    assert await call.code() == grpc.StatusCode.OK
+    assert got == KEYS
+    assert time.monotonic() - started < 3
+
+
 async def test_a_node_answers_wrong_partition_with_the_owner(running: Running) -> None:
     node_a = running.nodes["a"]
     foreign = next(e for e in node_a.map.entries if e.node_id == "b")

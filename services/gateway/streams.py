@@ -3,7 +3,9 @@
 - Scan: the range is read piece by piece (one piece per partition, in key order or
   reverse), each from its owner through a node Scan stream opened with the credits the
   client has left; the client's later credits are forwarded to the open piece. A piece
-  that answers WrongPartition is re-cut from the cursor with the fresher map.
+  that answers WrongPartition is re-cut from the cursor with the fresher map. Each piece
+  asks its node to hold the stream after done (close_after_done) and is closed once its
+  done is read; a client that asked the same is held for after the scan's done.
 - BulkPut: each batch goes to the owner of its first key, on one stream per node; the
   node's answer (accepted, next_key) goes back unchanged.
 - Sweep: each piece is swept by its owner; progress is summed.
@@ -31,8 +33,10 @@ from keyspan.services.gateway.routing import (
 from keyspan.storage.errors import KeyspanError
 from keyspan.storage.keys import KeyRange, key_successor, range_of
 from keyspan.storage.limits import MAX_CREDITS, check_credits, check_paths
+from keyspan.streams.calls import FINISH_S, finish
 from keyspan.streams.calls import write as write_request
 from keyspan.streams.partition_map import MapEntry
+from keyspan.streams.scan import linger
 from keyspan.streams.stopping import RERUN_SWEEP, RESEND_BATCHES, RESUME_SCAN, unless_stopping
 from keyspan.v1 import kv_pb2
 
@@ -78,13 +82,14 @@ class _Flow:
             await unless_stopping(self._more.wait(), stopping, RESUME_SCAN)
         return True
 
-    async def forward(self, call: Any, total_at_open: int) -> None:
+    async def forward(self, call: Any, total_at_open: int, piece_over: asyncio.Event) -> None:
         """Pass the credits granted after the piece opened on to its node stream, and the
         client's half-close too: a node left waiting for credits nobody will send would
-        hold the scan open for ever, where a direct one ends it once the credits run out."""
+        hold the scan open for ever, where a direct one ends it once the credits run out.
+        Returns once `piece_over` is set (and `wake` called), after any write under way."""
         seen = total_at_open
-        while True:
-            while self.total > seen:
+        while not piece_over.is_set():
+            while self.total > seen and not piece_over.is_set():
                 delta = min(self.total - seen, MAX_CREDITS)
                 await write_request(call, kv_pb2.ScanRequest(credits=delta))
                 seen += delta
@@ -93,6 +98,9 @@ class _Flow:
                 return
             await self._forward.wait()
             self._forward.clear()
+
+    def wake(self) -> None:
+        self._forward.set()
 
 
 def _next_piece(
@@ -103,6 +111,21 @@ def _next_piece(
     if not entry.routable:
         raise entry.unavailable()
     return piece, entry, len(pieces) == 1
+
+
+async def _close_piece(
+    call: Any, forwarder: asyncio.Task[None] | None, piece_over: asyncio.Event, flow: _Flow
+) -> None:
+    """A piece's node stream after its done: let the forwarder finish the grant it may be
+    sending, then close our side, so the node (asked to hold the stream for this) ends it
+    with OK instead of seeing a cancel."""
+    piece_over.set()
+    flow.wake()
+    if forwarder is not None:
+        with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError, TimeoutError):
+            async with asyncio.timeout(FINISH_S):
+                await forwarder
+    await finish(call)
 
 
 async def scan_through(
@@ -130,17 +153,19 @@ async def scan_through(
                 limit=limit_left or 0,
                 paths=paths,
                 reverse=first.reverse,
+                close_after_done=True,  # the piece is closed below once its done is read
             )
             if piece.end is not None:
                 request.end = piece.end
             call = router.channels.stub(entry.address).Scan()
             piece_done = False
+            piece_over = asyncio.Event()
             forwarder: asyncio.Task[None] | None = None
             try:
                 request.credits = min(flow.left, MAX_CREDITS)
                 total_at_open = flow.total - (flow.left - request.credits)
                 await write_request(call, request)  # the range first; more credits only after it
-                forwarder = asyncio.create_task(flow.forward(call, total_at_open))
+                forwarder = asyncio.create_task(flow.forward(call, total_at_open, piece_over))
                 while (
                     response := await unless_stopping(call.read(), stopping, RESUME_SCAN)
                 ) is not grpc.aio.EOF:
@@ -159,7 +184,11 @@ async def scan_through(
                             resume_key=lo if not first.reverse else hi or b"",
                             done=done,
                         )
+                    if piece_done:
+                        await _close_piece(call, forwarder, piece_over, flow)
                     if done:
+                        if first.close_after_done:
+                            await linger(pump, stopping)
                         return
                     if piece_done:
                         break

@@ -91,6 +91,9 @@ class FlakyCall:
     async def done_writing(self) -> None:
         await self._call.done_writing()
 
+    async def code(self) -> Any:
+        return await self._call.code()
+
     def done(self) -> bool:
         return bool(self._call.done())
 
