@@ -127,8 +127,8 @@ def test_a_load_through_a_gateway_waits_for_a_node_that_is_down_when_it_starts(t
         # Past dump's own 60 s ride-out, so a dump that gives up says why (on stderr) instead
         # of being killed silently. About one run in 25-160 used to stall here after 4,000 of
         # the 6,000 entries: the gateway had sent them all and ended the stream while the
-        # dump's credit grant was on its way, and the grant's write never returned. Scans
-        # now ask for close_after_done, so a grant never meets an ended stream.
+        # dump's credit grant was on its way, and the dump's next read never returned.
+        # Scans now ask for close_after_done, so a grant never meets an ended stream.
         dumped = subprocess.run([KEYSPAN, "dump"], capture_output=True, env=env, timeout=120)
         assert dumped.returncode == 0, dumped.stderr.decode()
         assert len(dumped.stdout.splitlines()) == 6000

@@ -10,7 +10,6 @@ Every request sent is recorded.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,14 +42,12 @@ class Lost:
 @dataclass
 class StreamFault:
     """Break a stream: after `after_reads` responses read, the next read raises `code`.
-    With `on_write`, the write of request number `after_writes` raises instead, or, with
-    `hang` too, never returns (until cancelled, which cancels the call, as in grpc.aio)."""
+    With `on_write`, the write of request number `after_writes` raises instead."""
 
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     after_reads: int = 0
     on_write: bool = False
     after_writes: int = 0
-    hang: bool = False
 
 
 @dataclass
@@ -77,11 +74,6 @@ class FlakyCall:
     async def write(self, request: Any) -> None:
         fault = self._fault
         if fault is not None and fault.on_write and self.writes == fault.after_writes:
-            if fault.hang:
-                try:
-                    await asyncio.Event().wait()
-                finally:
-                    self._call.cancel()
             self._call.cancel()
             raise rpc_error(fault.code)
         self.writes += 1

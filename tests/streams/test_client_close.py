@@ -229,10 +229,10 @@ def test_a_scan_whose_credit_grant_crosses_its_done_is_read_on_one_stream_that_e
 ) -> None:
     """A grant still on its way when the server sent done failed on the client (grpc.aio
     then drops the responses not read yet), so a scan read faster by the server than by
-    its consumer read its end again on a second stream; once in about a hundred `keyspan
-    dump`s through a gateway the grant's write never returned and the dump hung. The
-    client now asks the server to hold the stream after done (close_after_done) and
-    closes it itself."""
+    its consumer read its end again on a second stream; once in 25-160 `keyspan dump`s
+    through a gateway the client's next read never returned (neither the last batch nor
+    the status arrived) and the dump hung. The client now asks the server to hold the
+    stream after done (close_after_done) and closes it itself."""
     server = ThreadedServer(tmp_path / "kv", synchronous="NORMAL", metrics_address="127.0.0.1:0")
     try:
         with Client(server.address) as kv:

@@ -25,7 +25,6 @@ from keyspan.streams import (
     RetryPolicy,
     Unavailable,
 )
-from keyspan.streams import client as client_module
 from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.errors import KeyspanClientError
 from tests.streams.fakes import FlakyRouter, Lost, Plan, StreamFault
@@ -88,22 +87,6 @@ async def test_scan_ex_resumes_a_reverse_scan_below_the_last_delivered_key(
 
     assert got == wanted[::-1]
     assert plan.calls["Scan"] == 3
-
-
-async def test_a_credit_grant_that_never_goes_through_reopens_the_scan_after_its_cursor(
-    kv: AsyncClient, plan: Plan, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Seen once in ~100 gateway dumps before close_after_done: the grant's write never
-    returned, so the scan read nothing more and waited for ever."""
-    monkeypatch.setattr(client_module, "GRANT_WRITE_S", 0.2)
-    wanted = await load(kv, 20_000)
-    plan.fail_stream("Scan", StreamFault(on_write=True, after_writes=1, hang=True))
-
-    async with asyncio.timeout(10):
-        got = [e.key async for e in kv.scan()]  # no retry policy: this is flow control
-
-    assert got == wanted
-    assert plan.calls["Scan"] == 2
 
 
 async def test_scan_ex_keeps_the_limit_across_resumes(kv: AsyncClient, plan: Plan) -> None:
