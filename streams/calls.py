@@ -15,6 +15,10 @@ stays pending with the call and its unread responses until the event loop ends. 
 whose credit grant crossed the end of its stream left one behind (`keyspan dump` of three
 entries did in 14 runs of 20). `write` ends such a call in core.
 
+Either way `write` raises `StreamEnded` (an UNAVAILABLE AioRpcError) when the stream had
+ended with OK, or with a status grpc.aio lost: a caller that granted credits ahead may then
+reopen after its cursor. A stream that ended with an error raises that error instead.
+
 Keyspan's own scans avoid the race: they ask the server to hold the stream after `done`
 (close_after_done) and `finish` it themselves, so their grants never meet an ended stream.
 The handling above stays for servers that end at once, and for streams ended by an error.
@@ -33,22 +37,27 @@ _CORE_WRITE_FAILURE = "Internal error from Core"
 FINISH_S = 10.0
 
 
+class StreamEnded(grpc.aio.AioRpcError):
+    """A request could not be sent because the stream had ended with OK, or with a
+    status grpc.aio lost (see above). Its code is UNAVAILABLE, so callers that only know
+    AioRpcError treat it as a broken stream."""
+
+
 async def write(call: Any, request: Any) -> None:
     """`call.write(request)`; raises an AioRpcError when the call has ended meanwhile."""
     try:
         await call.write(request)
     except asyncio.InvalidStateError:  # the end was seen first: its status says why
         code = await call.code()
+        initial, trailing = await call.initial_metadata(), await call.trailing_metadata()
         if code == grpc.StatusCode.OK:
-            code, details = grpc.StatusCode.UNAVAILABLE, "the stream ended before this request was sent"
-        else:
-            details = await call.details()
-        trailing = await call.trailing_metadata()
-        raise grpc.aio.AioRpcError(code, await call.initial_metadata(), trailing, details) from None
+            details = "the stream ended before this request was sent"
+            raise StreamEnded(grpc.StatusCode.UNAVAILABLE, initial, trailing, details) from None
+        raise grpc.aio.AioRpcError(code, initial, trailing, await call.details()) from None
     except grpc.aio.AioRpcError as err:
         if err.code() == grpc.StatusCode.INTERNAL and err.details() == _CORE_WRITE_FAILURE:
             _end_in_core(call)
-            raise grpc.aio.AioRpcError(
+            raise StreamEnded(
                 grpc.StatusCode.UNAVAILABLE,
                 err.initial_metadata(),
                 err.trailing_metadata(),

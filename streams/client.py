@@ -126,10 +126,11 @@ def _scan_request(
 
 
 async def _granted(call: Any, credits: int) -> bool:
-    """Send credits; False when the call had already ended (the server finished first)."""
+    """Send credits; False when the call had already ended with OK (the server finished
+    first). A stream that ended with an error raises it, as a read would have."""
     try:
         await calls.write(call, kv_pb2.ScanRequest(credits=credits))
-    except grpc.RpcError:
+    except calls.StreamEnded:
         return False
     return True
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from keyspan.streams.calls import StreamEnded
 from keyspan.streams.errors import WrongPartition
 from keyspan.streams.router import StaticRouter
 
@@ -42,12 +43,15 @@ class Lost:
 @dataclass
 class StreamFault:
     """Break a stream: after `after_reads` responses read, the next read raises `code`.
-    With `on_write`, the write of request number `after_writes` raises instead."""
+    With `on_write`, the write of request number `after_writes` raises instead: `code`,
+    as for a stream the server ended with that error, or with `ended` what
+    `calls.write` raises for a stream that had ended with OK."""
 
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     after_reads: int = 0
     on_write: bool = False
     after_writes: int = 0
+    ended: bool = False
 
 
 @dataclass
@@ -75,6 +79,8 @@ class FlakyCall:
         fault = self._fault
         if fault is not None and fault.on_write and self.writes == fault.after_writes:
             self._call.cancel()
+            if fault.ended:
+                raise StreamEnded(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
             raise rpc_error(fault.code)
         self.writes += 1
         self._plan.requests.append((self.method, request))

@@ -47,10 +47,11 @@ async def test_an_end_seen_first_raises_the_stream_status() -> None:
         await calls.write(EndedCall(asyncio.InvalidStateError("RPC already finished.")), object())
     assert (ended.value.code(), ended.value.details()) == (grpc.StatusCode.UNAVAILABLE, "Socket closed")
     assert ended.value.trailing_metadata() == TRAILING  # rich details stay readable
+    assert not isinstance(ended.value, calls.StreamEnded)  # an error end: not to reopen after
 
 
 async def test_an_end_that_was_ok_is_unavailable_for_the_unsent_request() -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as ended:
+    with pytest.raises(calls.StreamEnded) as ended:
         await calls.write(EndedCall(asyncio.InvalidStateError(), grpc.StatusCode.OK), object())
     assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
 
@@ -59,7 +60,7 @@ async def test_grpc_internal_error_from_core_is_unavailable() -> None:
     core = grpc.aio.AioRpcError(
         grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata(), "Internal error from Core"
     )
-    with pytest.raises(grpc.aio.AioRpcError) as ended:
+    with pytest.raises(calls.StreamEnded) as ended:  # the status is lost: reopening is safe
         await calls.write(EndedCall(core), object())
     assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "Internal error from Core" in (ended.value.details() or "")

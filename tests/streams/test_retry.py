@@ -122,6 +122,29 @@ async def test_plain_scan_does_not_retry(kv: AsyncClient, plan: Plan) -> None:
     assert plan.calls["Scan"] == 1
 
 
+async def test_plain_scan_raises_the_error_that_ended_its_stream_under_a_credit_grant(
+    kv: AsyncClient, plan: Plan
+) -> None:
+    # The server ended the stream with an error while a grant was on its way: the grant's
+    # write meets the error, which must raise as a read of it would, not reopen the stream.
+    await load(kv, 5_000)
+    plan.fail_stream("Scan", StreamFault(on_write=True, after_writes=1, code=DEADLINE))
+    with pytest.raises(DeadlineExceeded):
+        _ = [e async for e in kv.scan()]
+    assert plan.calls["Scan"] == 1
+
+
+async def test_plain_scan_reopens_after_its_cursor_when_a_grant_meets_a_finished_stream(
+    kv: AsyncClient, plan: Plan
+) -> None:
+    # A server that ends the stream with OK at once after done (no close_after_done) can
+    # finish under a grant: flow-control bookkeeping, so the scan goes on, nothing repeated.
+    wanted = await load(kv, 5_000)
+    plan.fail_stream("Scan", StreamFault(on_write=True, after_writes=1, ended=True))
+    assert [e.key async for e in kv.scan()] == wanted
+    assert plan.calls["Scan"] == 2
+
+
 def sent_values(plan: Plan) -> dict[bytes, set[bytes]]:
     sent: dict[bytes, set[bytes]] = {}
     for method, request in plan.requests:
