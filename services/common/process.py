@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from keyspan.services.common.errors import wrap_errors
 from keyspan.services.common.logging import quiet_client_gone
@@ -94,7 +94,7 @@ def _check_can_listen(address: str) -> None:
 
 
 class Health(health_pb2_grpc.HealthServicer):
-    """grpc.health.v1.Health (Check and Watch) over the statuses set here, for every
+    """grpc.health.v1.Health (Check, Watch and List) over the statuses set here, for every
     keyspan server and a node's probe port.
 
     Once `enter_graceful_shutdown` is called every status is NOT_SERVING for good, and a
@@ -130,6 +130,11 @@ class Health(health_pb2_grpc.HealthServicer):
         if status is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
         return health_pb2.HealthCheckResponse(status=status)
+
+    async def List(self, request: health_pb2.HealthListRequest, context: Any) -> Any:
+        """Every service's status, "" (the whole server) among them."""
+        statuses = {name: health_pb2.HealthCheckResponse(status=s) for name, s in self._statuses.items()}
+        return health_pb2.HealthListResponse(statuses=statuses)
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
         last = None
@@ -172,7 +177,12 @@ class GrpcProcess:
         registrar: Any = Registrar(self.server, compose(*wraps))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         services = self.register(registrar)
-        reflection.enable_server_reflection([*services, HEALTH_SERVICE, reflection.SERVICE_NAME], registrar)
+        # The asyncio servicer, named: enable_server_reflection would pick the sync one for
+        # the registrar, which is not a grpc.aio.Server, and the wrappers serve only async.
+        reflected = [*services, HEALTH_SERVICE, reflection.SERVICE_NAME]
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(reflected), registrar
+        )
         self.services = services
         self.port = 0
         self._stopped = False

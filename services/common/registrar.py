@@ -8,11 +8,13 @@ same wrappers are applied once, when a servicer is registered, to every method h
 
 `Registrar` stands in for the server in the generated `add_*Servicer_to_server`
 functions (and for health and reflection): it wraps every handler they register and
-passes the rest through to the real server.
+passes the rest through to the real server. The wrappers serve asyncio handlers only, so
+a sync servicer is refused when it is registered, not on its first call.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -62,9 +64,23 @@ class Registrar:
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
     ) -> None:
+        for name, handler in handlers.items():
+            _check_async(f"/{service}/{name}", handler)
         self._server.add_registered_method_handlers(
             service, {name: self._wrap(f"/{service}/{name}", h) for name, h in handlers.items()}
         )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._server, name)
+
+
+def _check_async(name: str, handler: grpc.RpcMethodHandler) -> None:
+    """Refuse a handler the wrappers cannot serve: a unary answer that is not a coroutine,
+    or a sync generator of responses (a stream may also be a plain function returning an
+    async iterator)."""
+    answer = handler.unary_unary or handler.stream_unary
+    if answer is not None and not inspect.iscoroutinefunction(answer):
+        raise TypeError(f"{name}: not a coroutine function ({answer!r}); register its grpc.aio servicer")
+    stream = handler.unary_stream or handler.stream_stream
+    if stream is not None and inspect.isgeneratorfunction(stream):
+        raise TypeError(f"{name}: a sync generator ({stream!r}); register its grpc.aio servicer")

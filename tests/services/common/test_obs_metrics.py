@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from obs_helpers import FakeControl, sample, scrape
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -313,3 +317,41 @@ def test_the_lock_free_rpc_series_expose_what_prometheus_client_would() -> None:
         return sorted(lines)  # prometheus_client orders a family's children by first use
 
     assert exposed(ours) == exposed(reference)
+
+
+@pytest.mark.asyncio
+async def test_reflection_and_health_list_work_with_telemetry_on(start_server, channel_to) -> None:
+    # Reflection's sync servicer, registered through the telemetry wrappers, failed every
+    # call with UNKNOWN ("'async for' requires an object with __aiter__"); Health's List,
+    # left to the generated sync stub, did too.
+    server = await start_server(metrics_address="127.0.0.1:0")
+
+    def reflect() -> list[str]:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            return list(ProtoReflectionDescriptorDatabase(channel).get_services())
+
+    assert "keyspan.v1.KV" in await asyncio.to_thread(reflect)
+    listed = await health_pb2_grpc.HealthStub(channel_to(server)).List(health_pb2.HealthListRequest())
+    assert {name: s.status for name, s in listed.statuses.items()} == {
+        "": health_pb2.HealthCheckResponse.SERVING,
+        KV: health_pb2.HealthCheckResponse.SERVING,
+    }
+    # counted under the code each call ended with: never UNKNOWN (the client may end a
+    # call itself once it has read its answer, which the server counts as CANCELLED)
+    m = await scrape(server)
+    codes = {
+        s.labels["grpc_code"]
+        for s in m["keyspan_rpc_handled"].samples
+        if s.labels.get("grpc_method") == "ServerReflectionInfo"
+    }
+    assert "UNKNOWN" not in codes, codes
+
+
+@pytest.mark.asyncio
+async def test_the_registrar_refuses_a_sync_servicer_when_it_is_registered() -> None:
+    server = grpc.aio.server()
+    registrar = Registrar(server, lambda name, handler: handler)
+    with pytest.raises(TypeError, match="ServerReflectionInfo"):
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.ReflectionServicer([KV]), registrar
+        )
