@@ -153,17 +153,31 @@ def _projected(value: Any, max_bytes: int | None, key: bytes) -> bytes:
     return _as_bytes(value)
 
 
+# NULL: not JSON SQLite takes; '': valid; else the path of a member whose object names it
+# twice. SQLite stores such a member twice, and its JSON functions then read the first
+# copy while a patch (set, remove, a merge's null) changes one, and most JSON readers
+# keep the last: the same document would read differently from one tool to the next.
+_JSON_CHECK = """SELECT CASE WHEN json_valid(?1, 1) THEN coalesce(
+    (SELECT fullkey FROM json_tree(?1) WHERE typeof(key) = 'text' GROUP BY parent, key HAVING count(*) > 1),
+    '') END"""
+
+
 def json_text(db: apsw.Connection, value: bytes | str, field: str) -> str:
-    """`value` as JSON text, when it is valid JSON (RFC 8259) SQLite can store; else
-    InvalidArgumentError on `field` naming the first fault. Any connection can judge."""
+    """`value` as JSON text, when it is valid JSON (RFC 8259) SQLite can store, with no
+    object naming a member twice; else InvalidArgumentError on `field` naming the first
+    fault. Any connection can judge."""
     try:
         text = value.decode() if isinstance(value, bytes) else value
     except UnicodeDecodeError:
         raise InvalidArgumentError(field, "must be UTF-8 JSON text") from None
     # SQLite's JSON functions read text only up to a NUL, so one would cut the text
     # short unseen; JSON has no raw NUL anywhere (inside a string it is \u0000).
-    if "\x00" not in text and db.execute("SELECT json_valid(?, 1)", (text,)).fetchone()[0]:
+    repeated = db.execute(_JSON_CHECK, (text,)).fetchone()[0] if "\x00" not in text else None
+    if repeated == "":
         return text
+    if repeated is not None:
+        rule = "must name each member of an object once (RFC 8259 leaves repeated names undefined)"
+        raise InvalidArgumentError(field, f"{rule}; {repeated} is repeated")
     at = _first_json_fault(text)
     where = f"; the first fault is at character {at}" if at else ""
     rule = f"must be valid JSON text (RFC 8259) nested at most {MAX_JSON_DEPTH} levels deep"

@@ -79,6 +79,28 @@ UNARY_CASES = [
         "value",
         "the first fault is at character 4",
     ),
+    (  # stored twice, the member read differently by SQLite's paths, patches and readers
+        "Put",
+        kv_pb2.PutRequest(key=b"k", value=b'{"a": {"b": 1, "b": 2}}', json=True),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "value",
+        "must name each member of an object once (RFC 8259 leaves repeated names undefined);"
+        " $.a.b is repeated",
+    ),
+    (
+        "Patch",
+        kv_pb2.PatchRequest(key=b"doc", merge_patch='{"n": 5, "n": null}'),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "merge_patch",
+        "$.n is repeated",
+    ),
+    (
+        "Patch",
+        kv_pb2.PatchRequest(key=b"doc", set=[kv_pb2.PathValue(path="$.a", value='[{"x": 1, "x": 1}]')]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "set[0].value",
+        "$[0].x is repeated",
+    ),
     (
         "Put",
         kv_pb2.PutRequest(key=b"k", value=f"[[{DEEP}]]".encode(), json=True),
@@ -361,6 +383,12 @@ STREAM_CASES = [
         kv_pb2.BulkPutRequest(entries=[kv_pb2.Entry(key=b"a", value=b"[1]\x00[2]", json=True)]),
         "entries[0].value",
         "the first fault is at character 4",
+    ),
+    (
+        "BulkPut",
+        kv_pb2.BulkPutRequest(entries=[kv_pb2.Entry(key=b"a", value=b'{"k": 1, "k": 2}', json=True)]),
+        "entries[0].value",
+        "$.k is repeated",
     ),
     ("Scan", kv_pb2.ScanRequest(credits=5, paths=["$.a", "$.a"]), "paths[1]", "repeats paths[0]"),
 ]
