@@ -501,9 +501,10 @@ class Shard:
     ) -> tuple[list[Row], bool]:
         """Up to max_rows live entries of key_range in order, stopping past max_bytes.
 
-        The flag is True when the range holds nothing after the rows returned. A row
-        whose projection would pass max_projection_bytes (see `get`) ends the rows before
-        it; ValueTooLargeError when it is the first.
+        The flag is True when the range holds nothing after the rows returned: the query
+        reads one row past the batch to know (max_rows 0 only asks whether the range is
+        empty). A row whose projection would pass max_projection_bytes (see `get`) ends
+        the rows before it; ValueTooLargeError when it is the first.
         """
         value_sql, bindings = (_VALUE, []) if not paths else _projection(paths, max_projection_bytes)
         if paths:
@@ -519,18 +520,18 @@ class Shard:
         )
         rows: list[Row] = []
         size = 0
+        full = max_rows <= 0
         try:
-            for key, value, is_json, etag, expires in db.execute(sql, (*args, now_ms, max_rows)):
-                if isinstance(value, int) and rows:
-                    return rows, False
+            for key, value, is_json, etag, expires in db.execute(sql, (*args, now_ms, max_rows + 1)):
+                if full or (isinstance(value, int) and rows):
+                    return rows, False  # a row after the batch: the range goes on
                 value = _projected(value, max_projection_bytes, key)
                 rows.append(Row(key, value, bool(is_json), etag, expires))
                 size += len(key) + len(value) + 16
-                if size >= max_bytes:
-                    return rows, False
+                full = len(rows) >= max_rows or size >= max_bytes
         except apsw.SQLError as err:
             raise _path_error(db, paths, "paths", err) from err
-        return rows, len(rows) < max_rows
+        return rows, True
 
     @staticmethod
     def count_expired(db: apsw.Connection, now_ms: int) -> int:

@@ -10,7 +10,7 @@ from keyspan.storage.errors import KeyspanError
 from keyspan.storage.keys import KeyRange, key_successor, range_of
 from keyspan.storage.limits import Limits, check_credits, check_paths, check_projection
 from keyspan.storage.shard import Row
-from keyspan.storage.shardset import ShardSet
+from keyspan.storage.shardset import Partition, ShardSet
 from keyspan.streams.stopping import RESUME_SCAN, server_stopping, unless_stopping
 from keyspan.v1 import kv_pb2
 
@@ -148,6 +148,18 @@ async def serve_scan(
     credits = _Credits(check_credits(first.credits))
     remaining = first.limit or None
     pump = asyncio.create_task(credits.pump(requests))
+
+    async def read(partition: Partition, todo: KeyRange, want: int) -> tuple[list[Row], bool]:
+        return await shards.scan_batch(
+            partition,
+            todo,
+            reverse=first.reverse,
+            paths=paths,
+            max_rows=want,
+            max_bytes=BATCH_BYTES,
+            max_projection_bytes=limits.max_value_bytes,
+        )
+
     try:
         # Up to the first part of the range not held here: the stream ends there with
         # the on_missing error (WrongPartition, or UNAVAILABLE while serve starts).
@@ -155,19 +167,17 @@ async def serve_scan(
         cursor = key_range.end if first.reverse else key_range.start
         for index, (partition, common) in enumerate(parts):
             last_part = index == len(parts) - 1 and gap is None
+            more_here = False  # known to hold a row past the cursor (from the last batch)
             while (todo := _rest(common, cursor, first.reverse)) is not None:
+                # `done` carries no entry, so it needs no credit: out of credits where the
+                # rest may be empty (a new part), ask before waiting for more.
+                if credits.left <= 0 and not more_here and (await read(partition, todo, 0))[1]:
+                    break
                 if not await credits.wait(stopping):
                     return
                 want = min(credits.left, BATCH_ROWS, remaining or BATCH_ROWS)
-                rows, exhausted = await shards.scan_batch(
-                    partition,
-                    todo,
-                    reverse=first.reverse,
-                    paths=paths,
-                    max_rows=want,
-                    max_bytes=BATCH_BYTES,
-                    max_projection_bytes=limits.max_value_bytes,
-                )
+                rows, exhausted = await read(partition, todo, want)
+                more_here = not exhausted
                 if paths and (big := _oversize(rows, limits.max_value_bytes)) is not None:
                     if big:
                         yield response_of(rows[:big], _after(rows[big - 1], first.reverse), False)

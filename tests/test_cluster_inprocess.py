@@ -25,6 +25,7 @@ from keyspan.streams import AsyncClient
 from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.map_router import MapRouter
 from keyspan.v1 import control_pb2, control_pb2_grpc, errors_pb2, kv_pb2, kv_pb2_grpc
+from tests.services.test_kv_streams import exactly_credited
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -131,6 +132,38 @@ async def test_gateway_writes_and_scans_across_nodes_in_key_order(running: Runni
     assert await scan(gateway, credits=1000, reverse=True) == KEYS[::-1]
     stats = await gateway.Stats(kv_pb2.StatsRequest())
     assert stats.approximate_entries == len(KEYS) and len(stats.partitions) == 3
+
+
+async def test_a_gateway_scan_credited_exactly_ends_with_done_past_empty_pieces(running: Running) -> None:
+    # Out of credits at a piece boundary, the gateway opens the next piece with a credit
+    # of its own: `done` needs none, and the pieces left here are empty.
+    gateway = running.stub(running.gateway.address)
+    for k in KEYS:
+        await gateway.Put(kv_pb2.PutRequest(key=k, value=k))
+    ds, hs = [k for k in KEYS if k.startswith(b"d")], [k for k in KEYS if k.startswith(b"h")]
+    forward = await exactly_credited(gateway, kv_pb2.ScanRequest(start=b"d", end=b"h", credits=len(ds)))
+    assert [e.key for r in forward for e in r.entries] == ds and forward[-1].done
+    first = kv_pb2.ScanRequest(start=b"f", end=b"k", reverse=True, credits=len(hs))
+    backward = await exactly_credited(gateway, first)
+    assert [e.key for r in backward for e in r.entries] == hs[::-1] and backward[-1].done
+
+
+async def test_a_gateway_scan_holds_the_entry_of_its_own_credit_until_the_client_grants(
+    running: Running,
+) -> None:
+    gateway = running.stub(running.gateway.address)
+    for k in (b"d9", b"h0"):
+        await gateway.Put(kv_pb2.PutRequest(key=k, value=k))
+    call = gateway.Scan()  # d9 is the last key of its piece, h0 the only one of the next
+    await call.write(kv_pb2.ScanRequest(start=b"d9", end=b"h00", credits=1))
+    assert [e.key for e in (await call.read()).entries] == [b"d9"]
+    reading = asyncio.ensure_future(call.read())  # a cancelled read would cancel the call
+    finished, _ = await asyncio.wait({reading}, timeout=0.3)
+    assert not finished  # h0 is there, and the client has granted no credit for it
+    await call.write(kv_pb2.ScanRequest(credits=1))
+    last = await reading
+    assert [e.key for e in last.entries] == [b"h0"] and last.done
+    call.cancel()
 
 
 async def test_a_scan_whose_client_stops_granting_ends_via_the_gateway_as_direct(running: Running) -> None:

@@ -146,7 +146,11 @@ async def scan_through(
     try:
         while True:
             piece, entry, last_piece = _next_piece(router, lo, hi, first.reverse)
-            if not await flow.wait(stopping):
+            # Out of credits at a piece's start, the piece may still be empty, and `done`
+            # needs no credit: it is opened with one credit of ours (`borrowed`), and an
+            # entry it sends waits here for the client's next grant.
+            borrowed = flow.left <= 0 and not flow.closed and flow.error is None
+            if not borrowed and not await flow.wait(stopping):
                 return
             request = kv_pb2.ScanRequest(
                 start=piece.start,
@@ -162,7 +166,7 @@ async def scan_through(
             piece_over = asyncio.Event()
             forwarder: asyncio.Task[None] | None = None
             try:
-                request.credits = min(flow.left, MAX_CREDITS)
+                request.credits = 1 if borrowed else min(flow.left, MAX_CREDITS)
                 total_at_open = flow.total - (flow.left - request.credits)
                 await write_request(call, request)  # the range first; more credits only after it
                 forwarder = asyncio.create_task(flow.forward(call, total_at_open, piece_over))
@@ -170,6 +174,8 @@ async def scan_through(
                     response := await unless_stopping(call.read(), stopping, RESUME_SCAN)
                 ) is not grpc.aio.EOF:
                     n = len(response.entries)
+                    if n > flow.left and not await flow.wait(stopping):  # the borrowed credit's entry
+                        return
                     if n:
                         flow.delivered += n
                         last_key = response.entries[-1].key

@@ -576,6 +576,7 @@ async def test_a_stream_request_that_does_not_parse_ends_the_stream_after_the_on
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert details(caught.value)["BadRequest"].field_violations[0].field == "request"  # type: ignore[attr-defined]
 
+        await kv.Put(kv_pb2.PutRequest(key=b"b", value=b"2"))  # the scan waits for credits after a
         scan = raw_method(server, channel, "Scan", kv_pb2.ScanResponse)()  # type: ignore[operator]
         await scan.write(kv_pb2.ScanRequest(credits=1).SerializeToString())
         assert [e.key for e in (await scan.read()).entries] == [b"a"]

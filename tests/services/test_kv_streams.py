@@ -72,6 +72,60 @@ async def test_scan_never_sends_more_entries_than_credited(kv: kv_pb2_grpc.KVStu
     call.cancel()
 
 
+async def exactly_credited(kv: kv_pb2_grpc.KVStub, first: kv_pb2.ScanRequest) -> list[kv_pb2.ScanResponse]:
+    """The responses to `first` while the client grants nothing more (its side open)."""
+    call = kv.Scan()
+    await call.write(first)
+    out: list[kv_pb2.ScanResponse] = []
+    try:
+        while not (out and out[-1].done):
+            out.append(await asyncio.wait_for(call.read(), 2))
+    finally:
+        call.cancel()
+    return out
+
+
+EXACT = [b"a000", b"a001", b"a002", b"a049", b"g000", b"g001"]  # partitions cut at g, n, u
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "reverse", "expected"),
+    [
+        (b"a", b"a003", False, EXACT[:3]),  # inside one partition, which holds more after
+        (b"a", b"a003", True, EXACT[2::-1]),
+        (b"a040", None, False, EXACT[3:]),  # across a boundary; the partitions after are empty
+        (b"a040", b"g001", False, EXACT[3:5]),  # a partition's last entry, the next one's first
+        (b"f", None, True, EXACT[:3:-1]),  # from the end, then an empty part of a partition
+    ],
+)
+async def test_a_scan_credited_exactly_the_entries_left_ends_with_done_without_more_credits(
+    kv: kv_pb2_grpc.KVStub, start: bytes, end: bytes | None, reverse: bool, expected: list[bytes]
+) -> None:
+    # `done` carries no entry, so it needs no credit: a client that grants exactly what
+    # the range holds gets it without granting more (a forward scan used to wait).
+    await load(kv, EXACT)
+    first = kv_pb2.ScanRequest(start=start, end=end, reverse=reverse, credits=len(expected))
+    responses = await exactly_credited(kv, first)
+    assert [e.key for r in responses for e in r.entries] == expected
+    assert responses[-1].done
+
+
+async def test_a_scan_out_of_credits_waits_when_the_next_partition_holds_more(kv: kv_pb2_grpc.KVStub) -> None:
+    await load(kv, [b"a000", b"a001", b"h000"])
+    call = kv.Scan()
+    await call.write(kv_pb2.ScanRequest(start=b"a", credits=2))
+    first = await call.read()
+    assert [e.key for e in first.entries] == [b"a000", b"a001"] and not first.done
+    reading = asyncio.ensure_future(call.read())  # a cancelled read would cancel the call
+    finished, _ = await asyncio.wait({reading}, timeout=0.3)
+    assert not finished  # h000 is there: the scan waits for a credit
+    await call.write(kv_pb2.ScanRequest(credits=1))
+    assert [e.key for e in (await reading).entries] == [b"h000"]
+    last = await call.read()  # then, the partitions after it empty: done, with no credit
+    assert not last.entries and last.done
+    call.cancel()
+
+
 async def test_scan_with_small_credits_streams_everything_in_order(kv: kv_pb2_grpc.KVStub) -> None:
     await load(kv, KEYS)
     call = kv.Scan()
@@ -82,9 +136,9 @@ async def test_scan_with_small_credits_streams_everything_in_order(kv: kv_pb2_gr
         assert len(got) <= granted
         if response.done:
             break
-        # Grant more only when the credits are used up: the server is then waiting. (A
-        # grant sent while it still holds credits may cross its final `done`, and the
-        # write then fails locally: see the Scan comment in kv.proto.)
+        # Grant more only when the credits are used up. (A grant can cross the final
+        # `done`, and the write then fails locally: see the Scan comment in kv.proto.
+        # Not here: 450 entries, never used up where the range ends.)
         if len(got) == granted:
             await call.write(kv_pb2.ScanRequest(credits=40))
             granted += 40

@@ -34,7 +34,8 @@ async def server(tmp_path: Path) -> AsyncIterator[KeyspanServer]:
 
 
 async def open_scan(kv: kv_pb2_grpc.KVStub) -> grpc.aio.StreamStreamCall:
-    """A Scan granted one entry and left open, waiting for more credits."""
+    """A Scan granted one entry and left open, waiting for more credits (the range must
+    hold two at least: a scan whose credits reach the range's end is done)."""
     call = kv.Scan()
     await call.write(kv_pb2.ScanRequest(start=b"k", credits=1))
     response = await call.read()
@@ -87,7 +88,8 @@ async def test_past_the_limit_a_new_stream_is_refused_and_runs_nothing(server: K
 async def test_a_retrying_client_gets_in_once_a_stream_ends(server: KeyspanServer) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         kv = kv_pb2_grpc.KVStub(channel)
-        await kv.Put(kv_pb2.PutRequest(key=b"k0", value=b"v"))
+        for key in (b"k0", b"k9"):
+            await kv.Put(kv_pb2.PutRequest(key=key, value=b"v"))
         held = [await open_scan(kv), await open_scan(kv)]
         async with AsyncClient(f"127.0.0.1:{server.port}") as client:
             loading = asyncio.ensure_future(client.bulk_put_ex([(b"k1", b"v"), (b"k2", b"v")]))
@@ -95,7 +97,7 @@ async def test_a_retrying_client_gets_in_once_a_stream_ends(server: KeyspanServe
             assert not loading.done()  # refused, waiting to retry (RetryInfo: 1 s)
             held[0].cancel()
             await asyncio.wait_for(loading, 10)
-            assert [e.key async for e in client.scan(start=b"k")] == [b"k0", b"k1", b"k2"]
+            assert [e.key async for e in client.scan(start=b"k")] == [b"k0", b"k1", b"k2", b"k9"]
         held[1].cancel()
 
 
@@ -107,7 +109,8 @@ async def test_a_refusal_reaches_a_client_that_opens_streams_at_once_with_its_de
     try:
         async with grpc.aio.insecure_channel(server.address) as channel:
             kv = kv_pb2_grpc.KVStub(channel)
-            await kv.Put(kv_pb2.PutRequest(key=b"k0", value=b"v"))
+            for key in (b"k0", b"k9"):
+                await kv.Put(kv_pb2.PutRequest(key=key, value=b"v"))
             held = await open_scan(kv)
             for _ in range(5):  # a race: the old server lost it in some runs of 400
                 calls = [kv.Scan() for _ in range(400)]

@@ -150,7 +150,9 @@ class KVServicer:
 
         The client's first ScanRequest opens the range and grants the first credits; later
         requests carry only `credits`. Credits count entries: the server never sends more
-        entries than were credited, and waits when credits run out. Every ScanResponse
+        entries than were credited, and waits when credits run out while the range holds
+        more. `done` carries no entry and needs no credit: credits that cover exactly the
+        entries left are answered with them and `done`. Every ScanResponse
         carries `resume_key`: to resume a broken forward stream, open a new one with
         `start = resume_key` (a reverse one with `end = resume_key`) and it continues right
         after the last delivered entry. The server sends `done = true` after the range's
@@ -165,8 +167,8 @@ class KVServicer:
         with OK, so no grant meets an ended stream. Without it the server ends the stream
         right after `done`, and a grant still on its way fails locally (grpc.aio reports it
         as INTERNAL "Internal error from Core" and drops the responses not read yet): such
-        a client should resume from the last entry it read, or grant only once its
-        credits are used up (the server is then waiting for the grant).
+        a client should resume from the last entry it read. Granting only once the credits
+        are used up does not avoid this, as the range may have ended there.
         A client that closes its side (it will grant no more) gets what its credits cover,
         then the stream ends with OK and no `done`: resume from resume_key to read on.
 
