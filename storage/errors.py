@@ -19,6 +19,15 @@ def key_text(raw: bytes, *, quoted: bool = True) -> str:
     return repr(text) if quoted else text
 
 
+def text_excerpt(text: str, limit: int = 80) -> str:
+    """Text a client sent, quoted for a message, cut to `limit` characters: an error must
+    not grow with its input, as a status travels in gRPC's trailers, which clients cap
+    (grpc at 8 KiB and 16 KiB: past them the status arrives as RESOURCE_EXHAUSTED)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 class KeyspanError(Exception):
     """Base of every error keyspan raises on purpose."""
 

@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from keyspan.storage.errors import InvalidArgumentError, ValueTooLargeError, key_text
+from keyspan.storage.errors import InvalidArgumentError, ValueTooLargeError, key_text, text_excerpt
 from keyspan.storage.keys import MAX_KEY_BYTES, check_key
 
 MAX_TTL_S = 315_360_000.0  # ten years
@@ -71,10 +71,12 @@ def check_paths(
     for i, path in enumerate(paths):
         if not _JSON_PATH.fullmatch(path):
             raise InvalidArgumentError(
-                f"{field}[{i}]{suffix}", f"{path!r} is not a JSON path like $.a.b or $.items[0]"
+                f"{field}[{i}]{suffix}", f"{text_excerpt(path)} is not a JSON path like $.a.b or $.items[0]"
             )
         if distinct and seen.setdefault(path, i) != i:
-            raise InvalidArgumentError(f"{field}[{i}]{suffix}", f"repeats {field}[{seen[path]}] ({path!r})")
+            raise InvalidArgumentError(
+                f"{field}[{i}]{suffix}", f"repeats {field}[{seen[path]}] ({text_excerpt(path)})"
+            )
     return tuple(paths)
 
 

@@ -34,6 +34,7 @@ from keyspan.storage.errors import (
     OpenFilesLimitError,
     ValueTooLargeError,
     key_text,
+    text_excerpt,
 )
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.limits import check_paths
@@ -835,7 +836,9 @@ def _path_error(
             db.execute("SELECT json_extract('{}', ?)", (path,)).fetchone()
         except apsw.SQLError:
             field = f"{fields}[{i}]" if isinstance(fields, str) else fields[i]
-            return InvalidArgumentError(field, f"{path!r} is not a JSON path like $.a.b or $.items[0]")
+            return InvalidArgumentError(
+                field, f"{text_excerpt(path)} is not a JSON path like $.a.b or $.items[0]"
+            )
     if "nested too deep" in str(err):
         return InvalidArgumentError(whole, f"the result would nest deeper than {MAX_JSON_DEPTH} levels")
     return InvalidArgumentError(whole, f"rejected by SQLite's JSON functions: {err}")

@@ -50,16 +50,29 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
+# A status travels in gRPC's trailers, which clients cap (grpc: 8 KiB, then 16 KiB, and
+# a message is sent twice, as text and in the details): messages quote what the client
+# sent in excerpts (text_excerpt), and this bounds whatever else a message holds.
+MAX_MESSAGE_CHARS = 1000
+
+
+def _bounded(text: str) -> str:
+    if len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    return f"{text[: MAX_MESSAGE_CHARS - 40]}... (cut from {len(text)} characters)"
+
+
 def _status(code: int, message: str, *details: Any) -> grpc.Status:
     return rpc_status.to_status(
-        status_pb2.Status(code=code, message=message, details=[_pack(d) for d in details])
+        status_pb2.Status(code=code, message=_bounded(message), details=[_pack(d) for d in details])
     )
 
 
 def _field_violation(field: str, description: str) -> error_details_pb2.BadRequest:
-    return error_details_pb2.BadRequest(
-        field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=description)]
+    violation = error_details_pb2.BadRequest.FieldViolation(
+        field=_bounded(field), description=_bounded(description)
     )
+    return error_details_pb2.BadRequest(field_violations=[violation])
 
 
 def _error_info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:

@@ -12,7 +12,9 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from keyspan.services.common.errors import MAX_MESSAGE_CHARS, to_status
 from keyspan.services.server import KeyspanServer
+from keyspan.storage.errors import InvalidArgumentError
 from keyspan.v1 import errors_pb2, kv_pb2, kv_pb2_grpc
 
 BIG = b"x" * (1 << 20 + 1)
@@ -620,3 +622,43 @@ async def test_set_creates_missing_parent_objects_as_documented(kv: kv_pb2_grpc.
         kv_pb2.PatchRequest(key=b"doc", set=[kv_pb2.PathValue(path=p, value=v) for p, v in sets])
     )
     assert patched.value == b'{"a":1,"l":[1,3],"x":{"y":1},"p":{"q":[2]}}'
+
+
+@pytest.mark.parametrize(
+    ("method", "request_", "field"),
+    [
+        ("Get", kv_pb2.GetRequest(key=b"doc", paths=["x" * 10_000]), "paths[0]"),
+        ("Get", kv_pb2.GetRequest(key=b"doc", paths=["$.a", "é" * 3_000, "é" * 3_000]), "paths[1]"),
+        ("Patch", kv_pb2.PatchRequest(key=b"doc", remove=["x" * 100_000]), "remove[0]"),
+        (
+            "Patch",
+            kv_pb2.PatchRequest(key=b"doc", set=[kv_pb2.PathValue(path="y" * 50_000, value="1")]),
+            "set[0].path",
+        ),
+    ],
+    ids=["ascii", "non-ascii", "remove", "set"],
+)
+async def test_a_long_bad_path_is_quoted_in_part_so_the_error_reaches_the_client(
+    kv: kv_pb2_grpc.KVStub, method: str, request_: object, field: str
+) -> None:
+    # Quoted whole, it went twice into gRPC's trailers, past the client's 16 KiB cap: the
+    # client got RESOURCE_EXHAUSTED "received metadata size exceeds hard limit" instead.
+    await seed(kv)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await getattr(kv, method)(request_)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert details(caught.value)["BadRequest"].field_violations[0].field == field  # type: ignore[attr-defined]
+    message = caught.value.details() or ""
+    assert len(message) < 300 and "characters)" in message and "is not a JSON path" in message
+
+
+async def test_a_long_path_in_a_scan_is_quoted_in_part(kv: kv_pb2_grpc.KVStub) -> None:
+    err = await stream_error(kv.Scan(), kv_pb2.ScanRequest(credits=5, paths=["z" * 40_000]))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(err.details() or "") < 300
+
+
+def test_any_status_message_is_bounded_whatever_an_error_quotes() -> None:
+    status = to_status(InvalidArgumentError("value", "x" * 50_000))
+    assert status is not None
+    assert len(status.details) <= MAX_MESSAGE_CHARS and status.details.endswith("(cut from 50007 characters)")
