@@ -64,6 +64,8 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         if not (request.merge_patch or request.set or request.remove):
             raise InvalidArgumentError("merge_patch", "a patch needs merge_patch, set or remove")
         self._limits.value(request.merge_patch.encode(), "merge_patch")
+        for i, step in enumerate(request.set):  # can never apply: refused whatever the entry
+            self._limits.value(step.value.encode(), f"set[{i}].value")
         patch = Patch(
             key,
             request.merge_patch,

@@ -67,6 +67,15 @@ UNARY_CASES = [
         "merge_patch",
         "limit is",
     ),
+    (  # as merge_patch: refused before the entry is read, so not NOT_FOUND here
+        "Patch",
+        kv_pb2.PatchRequest(
+            key=b"missing", set=[kv_pb2.PathValue(path="$.b", value='"%s"' % ("x" * len(BIG)))]
+        ),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "set[0].value",
+        "limit is",
+    ),
     (
         "Put",
         kv_pb2.PutRequest(key=b"k", value=b"{no", json=True),
