@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -104,6 +105,20 @@ class Rate(click.FloatRange):
         return number
 
 
+class Utf8Text(click.ParamType):
+    """Text that must be UTF-8 (JSON text, a JSON path): an argument of other bytes is a
+    usage error, where encoding it later raised."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            self.fail(f"{value!r} is not UTF-8 text", param, ctx)
+        return value
+
+
 def _address(ctx: click.Context, param: click.Parameter, value: str) -> str:
     from keyspan.streams.arguments import check_address
 
@@ -129,7 +144,7 @@ class Conn:
 
     def key(self, text: str, name: str = "KEY") -> bytes:
         if not self.hex_keys:
-            return text.encode()
+            return os.fsencode(text)  # the argument's bytes as given, UTF-8 or not
         try:
             return bytes.fromhex(text)
         except ValueError:
@@ -209,7 +224,7 @@ def expected_errors() -> Iterator[None]:
 def _value_of(text: str, as_json: bool) -> bytes:
     from keyspan.streams import jsontext
 
-    data = sys.stdin.buffer.read() if text == "-" else text.encode()
+    data = sys.stdin.buffer.read() if text == "-" else os.fsencode(text)  # the bytes as given
     if as_json:
         try:
             jsontext.loads(data)
@@ -237,8 +252,8 @@ def _print_entry(conn: Conn, entry: Any, with_key: bool) -> None:
     out = sys.stdout.buffer
     if with_key:  # a line an entry: the value may not break it
         out.write(conn.show_key(entry.key).encode() + b"\t" + _one_line(entry.value) + b"\n")
-    else:
-        out.write(entry.value + b"\n")  # get: the value's bytes as they are
+    else:  # get: the value's bytes as they are, and a newline only for a terminal's prompt
+        out.write(entry.value + (b"\n" if sys.stdout.isatty() and not entry.value.endswith(b"\n") else b""))
     out.flush()
 
 
@@ -292,7 +307,9 @@ def put(
 
 @cli.command()
 @click.argument("key")
-@click.option("--paths", multiple=True, help="JSON paths to project, like $.a.b (repeatable).")
+@click.option(
+    "--paths", multiple=True, type=Utf8Text(), help="JSON paths to project, like $.a.b (repeatable)."
+)
 @client_options
 def get(conn: Conn, key: str, paths: tuple[str, ...]) -> None:
     """Print the value of KEY; exit 1 when it does not exist.
@@ -342,9 +359,11 @@ def _path_value(text: str) -> tuple[str, bytes]:
 
 @cli.command()
 @click.argument("key")
-@click.option("--merge", help="An RFC 7396 merge patch (JSON object).")
-@click.option("--set", "sets", multiple=True, help="PATH=JSON to set, like '$.a.b=42' (repeatable).")
-@click.option("--remove", multiple=True, help="A JSON path to remove (repeatable).")
+@click.option("--merge", type=Utf8Text(), help="An RFC 7396 merge patch (JSON object).")
+@click.option(
+    "--set", "sets", multiple=True, type=Utf8Text(), help="PATH=JSON to set, like '$.a.b=42' (repeatable)."
+)
+@click.option("--remove", multiple=True, type=Utf8Text(), help="A JSON path to remove (repeatable).")
 @click.option("--if-etag", type=Etag(), help="Patch only if the current etag is this.")
 @client_options
 def patch(

@@ -6,7 +6,7 @@ document's numbers as written: see keyspan.streams.jsontext):
     {"key": "user/ann", "value": "text"}              value stored as bytes (UTF-8)
     {"key": "doc/1", "value": {"a": 1}}               any non-string JSON: a JSON document
     {"key": "doc/2", "value": "text", "json": true}   a JSON document that is a string
-    {"key_hex": "00ff", "value_b64": "AAE="}          binary key (or --hex: "key" is hex), binary value
+    {"key_hex": "00ff", "value_b64": "AAE="}          binary key (every key with --hex), binary value
     {"key": "tmp", "value": "x", "ttl_s": 30.5}       seconds left to live
 
 Those fields, and only those (what dump writes), make a record: key or key_hex, value or
@@ -288,8 +288,8 @@ def dump_object(entry: Entry, hex_keys: bool = False, now_s: float | None = None
     """The JSON-lines object of an entry read raw (bytes value, is_json set); a JSON
     document's value is its text, for `jsontext.dumps`."""
     obj: dict[str, Any] = {}
-    if hex_keys:
-        obj["key"] = entry.key.hex()
+    if hex_keys:  # key_hex, not key: a line reads the same to `load` with or without --hex
+        obj["key_hex"] = entry.key.hex()
     else:
         try:
             obj["key"] = entry.key.decode()

@@ -131,7 +131,7 @@ def test_a_bad_input_line_exits_2_naming_the_line(server_address: str, tmp_path:
 
 def test_put_get_patch_delete(server_address: str) -> None:
     assert invoke(server_address, "put", "user/ann", "hello") == (0, "1\n")
-    assert invoke(server_address, "get", "user/ann") == (0, "hello\n")
+    assert invoke(server_address, "get", "user/ann") == (0, "hello")  # not a terminal: no newline added
     assert invoke(server_address, "put", "doc", '{"a": 1}', "--json")[0] == 0
     code, out = invoke(
         server_address, "patch", "doc", "--merge", '{"b": 2}', "--set", "$.a=[1]", "--remove", "$.b"
@@ -167,7 +167,38 @@ def test_a_scan_line_is_one_entry_whatever_its_value_holds(server_address: str) 
         'o/5\t{"a":"x\\ny"}',
     ]
     code, out = invoke(server_address, "get", "o/1")  # get gives the bytes as they are
-    assert (code, out) == (0, "two\nlines\tand a tab\n")
+    assert (code, out) == (0, "two\nlines\tand a tab")
+
+
+def test_get_writes_a_binary_value_exactly_and_arguments_go_as_their_bytes(server_address: str) -> None:
+    data = bytes(range(256)) * 3  # every byte, ending without a newline
+    runner = CliRunner()
+    env = {"KEYSPAN_ADDRESS": server_address}
+    assert runner.invoke(cli, ["put", "bin/1", "-"], input=data, env=env).exit_code == 0
+    got = runner.invoke(cli, ["get", "bin/1"], env=env)
+    assert got.exit_code == 0 and got.stdout_bytes == data  # was data + b"\n"
+    # An argument that is not UTF-8 reaches Python with surrogates: its bytes are sent
+    # as given (a traceback, exit 1, before), and shown as hex where they are not text.
+    assert invoke(server_address, "put", "bin/\udcff", "v\udcfe")[0] == 0
+    assert runner.invoke(cli, ["get", "--hex", b"bin/\xff".hex()], env=env).stdout_bytes == b"v\xfe"
+    code, out = invoke(server_address, "patch", "doc", "--set", '$.a="\udcff"')
+    assert code == 2 and "is not UTF-8 text" in out
+
+
+def test_dump_hex_lines_load_the_same_with_or_without_hex(server_address: str, tmp_path: Path) -> None:
+    invoke(server_address, "put", "--hex", "00ff", "bin")
+    invoke(server_address, "put", "h/1", "text")
+    code, out = invoke(server_address, "dump", "--hex")
+    assert code == 0 and out.splitlines() == [
+        '{"key_hex":"00ff","value":"bin"}',
+        '{"key_hex":"682f31","value":"text"}',
+    ]
+    dumped = tmp_path / "hex.jsonl"
+    dumped.write_text(out)
+    for flags in ((), ("--hex",)):
+        assert invoke(server_address, "delete", "h/1")[0] == 0
+        assert invoke(server_address, "load", str(dumped), "--no-progress", *flags)[0] == 0
+        assert invoke(server_address, "get", "h/1") == (0, "text")  # not a key 682f31
 
 
 def test_scan_projects_each_json_document_by_paths(server_address: str) -> None:
