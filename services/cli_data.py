@@ -123,9 +123,12 @@ def _address(ctx: click.Context, param: click.Parameter, value: str) -> str:
     from keyspan.streams.arguments import check_address
 
     try:
-        return check_address(value)
+        check_address(value)
     except ValueError as err:
         raise click.BadParameter(str(err).removeprefix("address: "), ctx, param) from None
+    if not re.search(r":\d+$", value) and not value.startswith("unix:"):  # gRPC would take 443
+        raise click.BadParameter(f"{value!r} is not HOST:PORT (no port)", ctx, param)
+    return value
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,10 @@ class Conn:
     def client(self) -> Any:
         from keyspan.streams import Client  # imported late: Tab completion stays fast
 
-        return Client(self.address, timeout_s=self.timeout_s)
+        # A stream runs as long as its work takes (a sweep at --rate, a scan read by a pager);
+        # --timeout bounds each unary call and a stream command's first answer (`_reach`).
+        # A server that goes away is seen by the channel's keepalive, within ~40 s.
+        return Client(self.address, timeout_s=self.timeout_s, stream_timeout_s=None)
 
     def key(self, text: str, name: str = "KEY") -> bytes:
         if not self.hex_keys:
@@ -182,7 +188,8 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             type=Seconds(),
             default=5.0,
             show_default=True,
-            help="Seconds per call.",
+            help="Seconds per call; for scan, dump, load and sweep, for the server's first answer "
+            "(their streams then run as long as the work takes).",
         ),
     ]
 
@@ -408,20 +415,29 @@ def patch(
         click.echo(document.text)
 
 
-def _ride_out(kv: Any) -> Any:
-    """The retry policy of a long command, once the server has answered: a server that
-    cannot be reached at all fails the command within a few seconds (2.6 s of waits on
-    average); one that answers but has a partition away (a gateway whose node restarts),
-    or goes away later, is waited for up to RIDE_OUT_S without progress."""
+def _reach(kv: Any, timeout_s: float) -> None:
+    """Fail a stream command at once, within --timeout, when nothing answers at the
+    address (refused: 8 attempts, 2.6 s of waits on average; silent: the deadline). A
+    server that answers but has a partition away (a gateway whose node restarts) passes."""
     from keyspan.streams import RetryPolicy, Unavailable
     from keyspan.streams.errors import never_sent
 
     try:
-        for _ in kv.scan_ex(limit=1, policy=RetryPolicy(max_attempts=8)):  # a wrong address fails fast
+        for _ in kv.scan_ex(
+            limit=1, policy=RetryPolicy(max_attempts=8, max_stall_s=timeout_s), timeout_s=timeout_s
+        ):
             break
     except Unavailable as err:
         if never_sent(err.message):
             raise
+
+
+def _ride_out(kv: Any, timeout_s: float) -> Any:
+    """The retry policy of a long command, once the server has answered (`_reach`): one
+    that goes away later is waited for up to RIDE_OUT_S without progress."""
+    from keyspan.streams import RetryPolicy
+
+    _reach(kv, timeout_s)
     return RetryPolicy(max_attempts=1_000_000, max_stall_s=RIDE_OUT_S)
 
 
@@ -466,7 +482,12 @@ def scan(
     lower, upper = _range(conn, start, end)
     with expected_errors(), conn.client() as kv:
         entries = kv.scan_ex(
-            lower, upper, limit=limit, reverse=reverse, paths=list(paths), policy=_ride_out(kv)
+            lower,
+            upper,
+            limit=limit,
+            reverse=reverse,
+            paths=list(paths),
+            policy=_ride_out(kv, conn.timeout_s),
         )
         for entry in entries:
             _print_entry(conn, entry, with_key=True)
@@ -491,7 +512,7 @@ def dump(conn: Conn, start: str | None, end: str | None) -> None:
     lower, upper = _range(conn, start, end)
     out = sys.stdout
     with expected_errors(), conn.client() as kv:
-        for entry in kv.scan_ex(lower, upper, policy=_ride_out(kv)):
+        for entry in kv.scan_ex(lower, upper, policy=_ride_out(kv, conn.timeout_s)):
             out.write(dump_line(entry, conn.hex_keys) + "\n")
     out.flush()
 
@@ -547,7 +568,7 @@ def load(conn: Conn, file: Any, fmt: str, chunk_entries: int, batch_bytes: int, 
     started = time.monotonic()
     # One client for the probe and the load: one event loop, one connection.
     with expected_errors(), conn.client() as kv:
-        policy = _ride_out(kv)  # before the sort: an address that is wrong fails at once
+        policy = _ride_out(kv, conn.timeout_s)  # before the sort: an address that is wrong fails at once
         try:
             records = read_records(file, fmt, conn.hex_keys, name)
             with sorted_records(records, chunk_entries) as (count, merged):
@@ -608,6 +629,7 @@ def sweep(conn: Conn, start: str | None, end: str | None, rate: float) -> None:
     """
     lower, upper = _range(conn, start, end)
     with expected_errors(), conn.client() as kv:
+        _reach(kv, conn.timeout_s)
         for report in kv.sweep(lower, upper, max_deletes_per_s=rate):
             if not report.done:
                 click.echo(f"scanned {report.scanned}, deleted {report.deleted}", err=True)

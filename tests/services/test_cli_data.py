@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -563,3 +564,36 @@ def test_the_cli_bounds_are_the_clients() -> None:
     assert cli_data.MAX_BATCH_BYTES == bulk_sender.MAX_BATCH_BYTES
     assert cli_data.MAX_UINT64 == arguments.MAX_UINT64
     assert cli_data.MAX_TIMEOUT_S == arguments.MAX_TIMEOUT_S
+
+
+def test_an_address_without_a_port_is_a_usage_error() -> None:
+    # gRPC would take port 443 and fail as unavailable (exit 4)
+    for command in (["get", "k"], ["scan"]):
+        result = CliRunner().invoke(cli, [*command, "--address", "127.0.0.1"])
+        assert result.exit_code == 2 and "'127.0.0.1' is not HOST:PORT (no port)" in result.output
+
+
+@pytest.mark.parametrize("command", [["scan"], ["dump"], ["sweep"], ["get", "k"]])
+def test_timeout_bounds_a_stream_commands_wait_for_a_server_that_never_answers(command: list[str]) -> None:
+    # A port that takes connections and never speaks HTTP/2: the stream commands waited
+    # for gRPC's own 20 s handshake limit whatever --timeout said.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        result = CliRunner().invoke(cli, [*command, "--timeout", "1", "--address", address])
+        assert result.exit_code == 4, result.output
+        assert time.monotonic() - started < 6
+    finally:
+        silent.close()
+
+
+def test_stream_commands_set_no_deadline_on_their_streams() -> None:
+    # A sweep at --rate, or a scan read by a pager, takes as long as it takes: with the
+    # client's 300 s stream deadline such a sweep was cut off, DEADLINE_EXCEEDED, exit 4.
+    from keyspan.services.cli_data import Conn
+
+    with Conn("127.0.0.1:1", False, "text", 5.0).client() as kv:
+        assert (kv.aio.timeout_s, kv.aio.stream_timeout_s) == (5.0, None)
