@@ -1,13 +1,14 @@
 """The `keyspan` command line.
 
 Every setting of a process is a flag, with `KEYSPAN_<NAME>` as its environment variable
-(flags win). Exit codes: 0 ok, 1 not found, 2 usage, 3 precondition failed, 4 unavailable.
+(flags win). Exit codes: see the group's epilog below (`keyspan --help`).
 Each group of commands lives in its own module and is added to `cli` at the bottom.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -77,7 +78,34 @@ def run_process(make: Callable[[], GrpcProcess], log_level: str, log_format: str
         sys.exit(EXIT_UNAVAILABLE)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# The shell's codes for a process ended by SIGINT (128 + 2) and by SIGPIPE (128 + 13).
+EXIT_INTERRUPTED, EXIT_OUTPUT_CLOSED = 130, 141
+
+
+class _Group(click.Group):
+    """click's group, with the shell's exit codes for Ctrl-C and a closed output pipe,
+    where click gives 1 (which is "not found" here) for both."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\nAborted!", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:  # `keyspan scan | head`: the reader is gone; end quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # the flush at exit has nowhere to fail
+            sys.exit(EXIT_OUTPUT_CLOSED)
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="Exit codes: 0 ok; 1 not found; 2 usage or invalid argument; 3 precondition failed "
+    "(etag mismatch, not a JSON document); 4 unavailable or deadline exceeded, or a server that "
+    "cannot start (port in use, data dir locked or damaged); 5 other server errors; 130 "
+    "interrupted (Ctrl-C); 141 output closed (`keyspan scan | head`).",
+)
 @click.version_option(__version__, prog_name="keyspan")
 def cli() -> None:
     """keyspan: a range-partitioned key-value and JSON-document store over gRPC.

@@ -117,11 +117,15 @@ class Client:
         if self._closed:
             coro.close()
             raise ClientClosed("this keyspan Client is closed")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+            return future.result()
         except concurrent.futures.CancelledError:
             if self._closed:  # close() from another thread cancelled this call
                 raise ClientClosed("this keyspan Client was closed during the call") from None
+            raise
+        except KeyboardInterrupt:  # Ctrl-C while waiting: the call stops on the loop too
+            future.cancel()
             raise
 
     def __enter__(self) -> Client:
@@ -176,7 +180,7 @@ class Client:
             self._closing.add(closing)  # the loop keeps only a weak reference to a task
             closing.add_done_callback(self._closing.discard)
         else:
-            self._run(batches.aclose())  # type: ignore[attr-defined]
+            self._run(_aclose(batches))
 
     def get(
         self, key: KeyLike, paths: str | list[str] | None = None, json: bool = False, **kw: Any
@@ -320,6 +324,21 @@ def _run_loop(loop: _ClientLoop) -> None:
         loop.run_forever()
     finally:
         loop.close()
+
+
+async def _aclose(batches: AsyncIterator[Any]) -> None:
+    """Close an async iterator whose last step may still be ending: one cancelled by
+    Ctrl-C in the calling thread runs its cleanup on the loop, and aclose() meanwhile
+    raised "asynchronous generator is already running" (a traceback in place of the
+    KeyboardInterrupt)."""
+    for attempt in range(1000):  # 5 s
+        try:
+            await batches.aclose()  # type: ignore[attr-defined]
+            return
+        except RuntimeError as err:
+            if "already running" not in str(err) or attempt == 999:
+                raise
+            await asyncio.sleep(0.005)
 
 
 async def _shut_down(aio: AsyncClient, loop: asyncio.AbstractEventLoop) -> None:

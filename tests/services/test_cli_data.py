@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -597,3 +598,31 @@ def test_stream_commands_set_no_deadline_on_their_streams() -> None:
 
     with Conn("127.0.0.1:1", False, "text", 5.0).client() as kv:
         assert (kv.aio.timeout_s, kv.aio.stream_timeout_s) == (5.0, None)
+
+
+def test_a_scan_whose_reader_goes_away_exits_141_quietly(server_address: str) -> None:
+    with Client(server_address) as kv:
+        kv.bulk_put((f"p/{i:06d}".encode(), b"x" * 100) for i in range(50_000))
+    env = {**os.environ, "KEYSPAN_ADDRESS": server_address}
+    scan = subprocess.Popen([KEYSPAN, "scan"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert scan.stdout is not None and scan.stdout.readline().startswith(b"p/000000\t")
+    scan.stdout.close()  # `| head -1`: the reader is gone
+    _, err = scan.communicate(timeout=60)
+    assert (scan.returncode, err) == (141, b"")  # was 1, the code for "not found"
+
+
+def test_ctrl_c_exits_130(tmp_path: Path) -> None:
+    silent = socket.socket()  # a server that never answers: the scan waits for --timeout
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        scan = subprocess.Popen(
+            [KEYSPAN, "scan", "--timeout", "60", "--address", address], stderr=subprocess.PIPE
+        )
+        time.sleep(1.5)
+        scan.send_signal(signal.SIGINT)
+        _, err = scan.communicate(timeout=30)
+        assert scan.returncode == 130 and err.decode().strip() == "Aborted!"
+    finally:
+        silent.close()
