@@ -43,7 +43,7 @@ def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., An
                 default=default,
                 show_default=True,
                 type=kind,
-                help=meta.get("help", ""),
+                help=meta.get("help", "") + (f" Range: {meta['bounds'].says()}." if "bounds" in meta else ""),
                 envvar=f"KEYSPAN_{name.upper()}",
                 show_envvar=True,
             )(fn)
@@ -56,6 +56,8 @@ def build_config(cls: type[C], settings: dict[str, Any]) -> C:
     """The config from parsed flags, validated; a bad setting is a usage error (exit 2)."""
     for name, default, meta in config_fields(cls):
         if isinstance(default, Path):
+            if not str(settings[name]).strip():  # Path("") is the current directory
+                raise click.UsageError(f"{name}: must name a directory, not be empty")
             settings[name] = Path(settings[name])
         elif "choices" in meta and isinstance(default, str) and default.isupper():
             settings[name] = settings[name].upper()
@@ -74,7 +76,10 @@ def run_process(make: Callable[[], GrpcProcess], log_level: str, log_format: str
     try:
         asyncio.run(run_until_signal(make))
     except (OSError, KeyspanError) as err:
-        click.echo(f"keyspan: {err}", err=True)
+        if isinstance(err, OSError) and err.filename:  # the data dir: a file, not writable...
+            click.echo(f"keyspan: cannot use {err.filename}: {err.strerror}", err=True)
+        else:
+            click.echo(f"keyspan: {err}", err=True)
         sys.exit(EXIT_UNAVAILABLE)
 
 
@@ -131,6 +136,11 @@ def serve(**settings: Any) -> None:
     While it runs, --data is this process's alone: a second server on it is
     refused, and no other process can open its shard files, not even the sqlite3
     shell; read through the RPCs or `keyspan dump`.
+
+    Flags win over the KEYSPAN_* environment variables, which win over the
+    defaults. Exit codes: 0 after SIGTERM or Ctrl-C; 2 for a bad setting (named,
+    with its range); 4 when it cannot start (the address, the data dir, a
+    damaged or missing shard; one line says which).
     """
     from keyspan.services.server import KeyspanServer
 

@@ -542,7 +542,7 @@ def dump(conn: Conn, start: str | None, end: str | None) -> None:
     show_default=True,
     help="Bytes per BulkPut message.",
 )
-@click.option("--progress/--no-progress", default=True, help="A progress bar on stderr.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="A progress bar on stderr.")
 @client_options
 def load(conn: Conn, file: Any, fmt: str, chunk_entries: int, batch_bytes: int, progress: bool) -> None:
     """Load FILE (- for stdin) of JSON lines or CSV key,value rows, sorted or not.

@@ -27,7 +27,7 @@ DEFAULT_MAX_STREAMS = 256
 
 def parse_address(address: str, name: str = "address") -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536 or host != host.strip():
         raise ConfigError(f"{name}: {address!r} is not HOST:PORT")
     return host, int(port)
 
@@ -51,6 +51,28 @@ def check_sentry_dsn(dsn: str) -> None:
         raise ConfigError(f"sentry_dsn: the project id {project!r} must be a number")
 
 
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A number setting's range: validate() refuses a value outside it, --help shows it."""
+
+    low: float
+    high: float
+    above: bool = False  # low itself is out of range
+    why: str = ""  # said after the range, e.g. " (a day)"
+
+    def holds(self, value: float) -> bool:
+        return (self.low < value if self.above else self.low <= value) and value <= self.high
+
+    def says(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        span = f"above {low} and at most {high}" if self.above else f"between {low} and {high}"
+        return span + self.why
+
+
 def _help(text: str, **more: Any) -> dict[str, Any]:
     return {"help": text, **more}
 
@@ -64,7 +86,8 @@ class ProcessConfig:
         default=10.0,
         metadata=_help(
             "Seconds in-flight calls get to finish on SIGTERM (a Scan or BulkPut stream ends at "
-            "once at its next resumable point, with UNAVAILABLE)."
+            "once at its next resumable point, with UNAVAILABLE).",
+            bounds=Bounds(0, 3600),
         ),
     )
     max_pending_calls: int = field(
@@ -72,7 +95,8 @@ class ProcessConfig:
         metadata=_help(
             "Calls that may wait for the server to start them (a burst of concurrent calls). "
             "Past this gRPC cancels new calls at random, and all of them past 3x this; the "
-            "client sees CANCELLED. gRPC's own default is 1000."
+            "client sees CANCELLED. gRPC's own default is 1000.",
+            bounds=Bounds(1, 1_000_000),
         ),
     )
     max_streams: int = field(
@@ -80,7 +104,8 @@ class ProcessConfig:
         metadata=_help(
             "Scan, BulkPut and Sweep streams the server keeps open at once. Past this a new "
             "one is refused with UNAVAILABLE (ErrorInfo STREAM_LIMIT, RetryInfo 1 s) before "
-            "it runs; each open stream may hold ~2 MB of answers its client has not read."
+            "it runs; each open stream may hold ~2 MB of answers its client has not read.",
+            bounds=Bounds(1, 1_000_000),
         ),
     )
     log_level: str = field(
@@ -109,7 +134,8 @@ class ProcessConfig:
         default=1.0,
         metadata=_help(
             "Share of new traces recorded, 0..1, when --otlp-endpoint is set; a caller's sampled "
-            "decision is always followed. Lower it (0.01) on busy production nodes."
+            "decision is always followed. Lower it (0.01) on busy production nodes.",
+            bounds=Bounds(0, 1),
         ),
     )
     sentry_dsn: str = field(
@@ -124,19 +150,14 @@ class ProcessConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name}: {value} must be a finite number")
+            bounds = f.metadata.get("bounds")
+            if bounds is not None and not bounds.holds(value):
+                raise ConfigError(f"{f.name}: {value} must be {bounds.says()}")
         parse_address(self.address)
-        if not 0 <= self.shutdown_grace_s <= 3600:
-            raise ConfigError(f"shutdown_grace_s: {self.shutdown_grace_s} must be between 0 and 3600")
-        if not 1 <= self.max_pending_calls <= 1_000_000:
-            raise ConfigError(f"max_pending_calls: {self.max_pending_calls} must be between 1 and 1000000")
-        if not 1 <= self.max_streams <= 1_000_000:
-            raise ConfigError(f"max_streams: {self.max_streams} must be between 1 and 1000000")
         if self.metrics_address:
             parse_address(self.metrics_address, "metrics_address")
         if self.otlp_endpoint:
             parse_address(otlp_target(self.otlp_endpoint), "otlp_endpoint")
-        if not 0.0 <= self.trace_sample_ratio <= 1.0:
-            raise ConfigError(f"trace_sample_ratio: {self.trace_sample_ratio} must be between 0 and 1")
         if self.sentry_dsn:
             check_sentry_dsn(self.sentry_dsn)
         if not self.sentry_environment.strip():
@@ -160,35 +181,43 @@ class StorageConfig(ProcessConfig):
         ),
     )
     max_value_bytes: int = field(
-        default=1 << 20, metadata=_help("Largest value accepted; larger gets RESOURCE_EXHAUSTED.")
+        default=1 << 20,
+        metadata=_help(
+            "Largest value accepted; larger gets RESOURCE_EXHAUSTED.",
+            bounds=Bounds(1, GRPC_MAX_MESSAGE_BYTES - 64 * 1024, why=" (the gRPC message limit less 64 KiB)"),
+        ),
     )
     read_threads: int = field(
-        default=2, metadata=_help("Threads that run SQLite scans and slow point reads.")
+        default=2, metadata=_help("Threads that run SQLite scans and slow point reads.", bounds=Bounds(1, 64))
     )
     inline_read_budget_ms: float = field(
         default=1.0,
         metadata=_help(
             "A Get runs on the event loop while such reads take under this many ms (a hand-off "
             "to a read thread costs ~0.1-0.3 ms of CPU); two slower ones in a row send Gets to "
-            "the read threads for a second. 0: every read on the read threads."
+            "the read threads for a second. 0: every read on the read threads.",
+            bounds=Bounds(0, 1000),
         ),
     )
     row_cache_mb: int = field(
         default=64,
         metadata=_help(
             "MiB of recently read rows kept in memory, so a repeated Get makes no SQLite call "
-            "(a write evicts its keys when it commits). 0: no row cache."
+            "(a write evicts its keys when it commits). 0: no row cache.",
+            bounds=Bounds(0, 1 << 20),
         ),
     )
     max_write_batch: int = field(
-        default=256, metadata=_help("Most writes committed in one group-commit transaction.")
+        default=256,
+        metadata=_help("Most writes committed in one group-commit transaction.", bounds=Bounds(1, 10_000)),
     )
     sqlite_memory_mb: int = field(
         default=256,
         metadata=_help(
             "MiB SQLite may hold across all partitions, its page caches mostly: a soft limit, "
             "past which it reuses cache pages instead of growing (each partition has several "
-            "connections of up to 16 MiB of cache). 0: no limit."
+            "connections of up to 16 MiB of cache). 0: no limit.",
+            bounds=Bounds(0, 1 << 20),
         ),
     )
     group_commit_wait_ms: float = field(
@@ -196,49 +225,28 @@ class StorageConfig(ProcessConfig):
         metadata=_help(
             "When a partition's last group commit held 4 or more writes, its writer waits "
             "this long once for more before committing: fewer fsyncs and thread wake-ups "
-            "per write under load, at most this much added latency. 0: commit at once."
+            "per write under load, at most this much added latency. 0: commit at once.",
+            bounds=Bounds(0, 100),
         ),
     )
     sweep_interval_s: float = field(
-        default=30.0, metadata=_help("Seconds between background sweeps of expired entries.")
+        default=30.0,
+        metadata=_help(
+            "Seconds between background sweeps of expired entries.",
+            bounds=Bounds(0, 86400, above=True, why=" (a day)"),
+        ),
     )
     max_partition_series: int = field(
         default=100,
         metadata=_help(
             "Most partitions with metric series of their own; beyond it only the busiest "
-            "(reads + writes since the last scrape) get them."
+            "(reads + writes since the last scrape) get them.",
+            bounds=Bounds(0, 100_000),
         ),
     )
 
     def validate(self) -> Any:
         super().validate()
-        if not 1 <= self.max_value_bytes <= GRPC_MAX_MESSAGE_BYTES - 64 * 1024:
-            raise ConfigError(
-                f"max_value_bytes: {self.max_value_bytes} must be between 1 and the gRPC message "
-                f"limit {GRPC_MAX_MESSAGE_BYTES} less 64 KiB"
-            )
-        if not 1 <= self.read_threads <= 64:
-            raise ConfigError(f"read_threads: {self.read_threads} must be between 1 and 64")
-        if not 0 <= self.inline_read_budget_ms <= 1000:
-            raise ConfigError(
-                f"inline_read_budget_ms: {self.inline_read_budget_ms} must be between 0 and 1000"
-            )
-        if not 0 <= self.row_cache_mb <= 1 << 20:
-            raise ConfigError(f"row_cache_mb: {self.row_cache_mb} must be between 0 and {1 << 20}")
-        if not 0 <= self.group_commit_wait_ms <= 100:
-            raise ConfigError(f"group_commit_wait_ms: {self.group_commit_wait_ms} must be between 0 and 100")
-        if not 0 <= self.sqlite_memory_mb <= 1 << 20:
-            raise ConfigError(f"sqlite_memory_mb: {self.sqlite_memory_mb} must be between 0 and {1 << 20}")
-        if not 1 <= self.max_write_batch <= 10_000:
-            raise ConfigError(f"max_write_batch: {self.max_write_batch} must be between 1 and 10000")
-        if not 0 < self.sweep_interval_s <= 86400:
-            raise ConfigError(
-                f"sweep_interval_s: {self.sweep_interval_s} must be above 0 and at most 86400 (a day)"
-            )
-        if not 0 <= self.max_partition_series <= 100_000:
-            raise ConfigError(
-                f"max_partition_series: {self.max_partition_series} must be between 0 and 100000"
-            )
         return self
 
 
@@ -277,7 +285,9 @@ class ControlConfig(ProcessConfig):
     data: Path = field(default=Path("keyspan-control"), metadata=_help("Directory of control.db."))
     partitions: int = field(
         default=8,
-        metadata=_help("Partitions of a new cluster, cut evenly by the first key byte (1..256)."),
+        metadata=_help(
+            "Partitions of a new cluster, cut evenly by the first key byte (1..256).", bounds=Bounds(1, 256)
+        ),
     )
     split_points: str = field(
         default="",
@@ -287,23 +297,34 @@ class ControlConfig(ProcessConfig):
         ),
     )
     min_nodes: int = field(
-        default=1, metadata=_help("Nodes that must be up before a new cluster's partitions are assigned.")
+        default=1,
+        metadata=_help(
+            "Nodes that must be up before a new cluster's partitions are assigned.", bounds=Bounds(1, 10_000)
+        ),
     )
-    heartbeat_interval_s: float = field(default=1.0, metadata=_help("Seconds between node heartbeats."))
+    heartbeat_interval_s: float = field(
+        default=1.0,
+        metadata=_help(
+            "Seconds between node heartbeats (below --suspect-after-s).", bounds=Bounds(0, 3600, above=True)
+        ),
+    )
     suspect_after_s: float = field(
-        default=3.0, metadata=_help("Seconds without a heartbeat before a node is SUSPECT.")
+        default=3.0,
+        metadata=_help(
+            "Seconds without a heartbeat before a node is SUSPECT (below --down-after-s).",
+            bounds=Bounds(0, 3600, above=True),
+        ),
     )
     down_after_s: float = field(
         default=6.0,
-        metadata=_help("Seconds without a heartbeat before a node is DOWN (its partitions UNAVAILABLE)."),
+        metadata=_help(
+            "Seconds without a heartbeat before a node is DOWN (its partitions UNAVAILABLE).",
+            bounds=Bounds(0, 3600, above=True),
+        ),
     )
 
     def validate(self) -> Any:
         super().validate()
-        if not 1 <= self.partitions <= 256:
-            raise ConfigError(f"partitions: {self.partitions} must be between 1 and 256")
-        if self.min_nodes < 1:
-            raise ConfigError(f"min_nodes: {self.min_nodes} must be at least 1")
         if not 0 < self.heartbeat_interval_s < self.suspect_after_s < self.down_after_s:
             raise ConfigError("need 0 < heartbeat_interval_s < suspect_after_s < down_after_s")
         self.split_keys()
@@ -328,10 +349,15 @@ class NodeConfig(StorageConfig):
         default="",
         metadata=_help("HOST:PORT of a plain grpc.health.v1 probe port (empty: none)."),
     )
-    capacity: int = field(default=1, metadata=_help("Relative weight when partitions are assigned."))
+    capacity: int = field(
+        default=1, metadata=_help("Relative weight when partitions are assigned.", bounds=Bounds(1, 1000))
+    )
     sync_timeout_s: float = field(
         default=5.0,
-        metadata=_help("Seconds a starting node waits to reconcile with control before serving its disk."),
+        metadata=_help(
+            "Seconds a starting node waits to reconcile with control before serving its disk.",
+            bounds=Bounds(0, 3600),
+        ),
     )
 
     def validate(self) -> Any:
@@ -339,10 +365,6 @@ class NodeConfig(StorageConfig):
         parse_address(self.control, "control")
         if self.probe_address:
             parse_address(self.probe_address, "probe_address")
-        if not 1 <= self.capacity <= 1000:
-            raise ConfigError(f"capacity: {self.capacity} must be between 1 and 1000")
-        if not 0 <= self.sync_timeout_s <= 3600:
-            raise ConfigError(f"sync_timeout_s: {self.sync_timeout_s} must be between 0 and 3600")
         return self
 
 
@@ -351,13 +373,14 @@ class GatewayConfig(ProcessConfig):
     """`keyspan gateway`: keyspan.v1.KV routed to the nodes by the watched map."""
 
     control: str = field(default="127.0.0.1:7400", metadata=_help("HOST:PORT of keyspan control."))
-    call_timeout_s: float = field(default=10.0, metadata=_help("Deadline of each unary call to a node."))
+    call_timeout_s: float = field(
+        default=10.0,
+        metadata=_help("Deadline of each unary call to a node.", bounds=Bounds(0, 3600, above=True)),
+    )
 
     def validate(self) -> Any:
         super().validate()
         parse_address(self.control, "control")
-        if not 0 < self.call_timeout_s <= 3600:
-            raise ConfigError(f"call_timeout_s: {self.call_timeout_s} must be above 0 and at most 3600")
         return self
 
 

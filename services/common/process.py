@@ -70,15 +70,18 @@ interceptor_factories: list[Callable[[ProcessConfig], grpc.aio.ServerInterceptor
 
 
 def _check_can_listen(address: str) -> None:
-    """Raise OSError when `address` is taken or not this host's, before gRPC tries it:
-    gRPC's own refusal also prints a line of its C core's log."""
+    """Raise OSError saying why `address` cannot be listened on (a host that does not
+    resolve, a port in use, an address not this host's), before gRPC tries it: gRPC's
+    own refusal says less, and prints a line of its C core's log."""
     host, _, port = address.rpartition(":")
-    if not port.isdigit() or int(port) == 0:
-        return  # gRPC judges, and picks a free port for 0
+    if not port.isdigit():
+        return  # gRPC judges
     try:
         found = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM)
-    except socket.gaierror:
-        return  # gRPC judges
+    except socket.gaierror as err:
+        raise OSError(f"the host {host!r} does not resolve ({err.strerror})") from None
+    if int(port) == 0:
+        return  # gRPC picks a free port
     failures: list[OSError] = []
     for family, kind, proto, _, where in found:
         with socket.socket(family, kind, proto) as probe:
@@ -89,7 +92,11 @@ def _check_can_listen(address: str) -> None:
                 failures.append(err)
     # gRPC serves a name (localhost) on the addresses it can bind, one at least: a port in
     # use on any of them, or none bindable, is refused.
-    if any(err.errno == errno.EADDRINUSE for err in failures) or len(failures) == len(found):
+    if any(err.errno == errno.EADDRINUSE for err in failures):
+        raise OSError(errno.EADDRINUSE, "the port is in use")
+    if len(failures) == len(found):
+        if failures[0].errno == errno.EADDRNOTAVAIL:
+            raise OSError(errno.EADDRNOTAVAIL, "not an address of this host")
         raise failures[0]
 
 
@@ -214,8 +221,12 @@ class GrpcProcess:
         await self.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
             _check_can_listen(self.config.address)
+        except OSError as err:
+            await self.server.stop(None)
+            raise OSError(f"cannot listen on {self.config.address}: {err.strerror or err}") from None
+        try:
             self.port = self.server.add_insecure_port(self.config.address)
-        except (OSError, RuntimeError):
+        except RuntimeError:
             await self.server.stop(None)
             raise OSError(
                 f"cannot listen on {self.config.address} (in use, or not an address of this host)"

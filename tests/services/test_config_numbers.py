@@ -55,3 +55,26 @@ def test_a_number_setting_past_its_bound_is_refused_naming_it(
 def test_serve_refuses_a_nan_setting_with_exit_2() -> None:
     result = CliRunner().invoke(cli, ["serve", "--sweep-interval-s", "nan"])
     assert result.exit_code == 2 and "sweep_interval_s: nan must be a finite number" in result.output
+
+
+@pytest.mark.parametrize("address", [" 127.0.0.1:7420", "127.0.0.1 :7420", "localhost", ":7420"])
+def test_a_listen_address_that_is_not_host_port_is_refused(address: str) -> None:
+    # A stray space was taken, then refused at listen time as "in use".
+    with pytest.raises(ConfigError, match=r"^address: .* is not HOST:PORT$"):
+        ServeConfig(address=address).validate()
+
+
+@pytest.mark.parametrize("cls", CONFIGS, ids=[c.__name__ for c in CONFIGS])
+def test_every_number_setting_has_a_range_that_help_shows(cls: type) -> None:
+    numbers = [
+        f for f in fields(cls) if isinstance(f.default, int | float) and not isinstance(f.default, bool)
+    ]
+    assert numbers and all("bounds" in f.metadata for f in numbers), [
+        f.name for f in numbers if "bounds" not in f.metadata
+    ]
+    command = {ServeConfig: "serve", NodeConfig: "node", GatewayConfig: "gateway", ControlConfig: "control"}[
+        cls
+    ]
+    shown = " ".join(CliRunner().invoke(cli, [command, "--help"], terminal_width=1000).output.split())
+    for f in numbers:
+        assert f"Range: {f.metadata['bounds'].says()}." in shown, f.name

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from keyspan.services.testing import free_port
 
 KEYSPAN = str(Path(sys.executable).with_name("keyspan"))
@@ -108,7 +110,41 @@ def test_a_port_in_use_stops_the_start_with_one_line(tmp_path: Path) -> None:
         args = [KEYSPAN, "serve", "--address", address, "--data", str(tmp_path / "data")]
         started = subprocess.run(args, capture_output=True, text=True, timeout=60)  # gRPC's default log level
     assert started.returncode == 4
-    assert started.stderr == f"keyspan: cannot listen on {address} (in use, or not an address of this host)\n"
+    assert started.stderr == f"keyspan: cannot listen on {address}: the port is in use\n"
+
+
+@pytest.mark.parametrize(
+    ("address", "said"),
+    [
+        (
+            "nosuchhost.invalid:7499",
+            "cannot listen on nosuchhost.invalid:7499: the host 'nosuchhost.invalid' does not resolve",
+        ),
+        ("192.0.2.1:7499", "cannot listen on 192.0.2.1:7499: not an address of this host"),
+    ],
+)
+def test_an_address_it_cannot_listen_on_is_named_with_the_reason(
+    tmp_path: Path, address: str, said: str
+) -> None:
+    # Both were "in use, or not an address of this host", after a line of gRPC's C log.
+    args = [KEYSPAN, "serve", "--address", address, "--data", str(tmp_path / "data")]
+    started = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    lines = started.stderr.splitlines()
+    assert started.returncode == 4 and len(lines) == 1 and lines[0].startswith(f"keyspan: {said}")
+
+
+def test_a_data_path_it_cannot_use_is_one_line_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    blocked = tmp_path / "afile" / "sub"
+    started = subprocess.run(
+        [KEYSPAN, "serve", "--data", str(blocked)], capture_output=True, text=True, timeout=60
+    )
+    assert (started.returncode, started.stderr) == (4, f"keyspan: cannot use {blocked}: Not a directory\n")
+    empty = subprocess.run(
+        [KEYSPAN, "serve", "--data", ""], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert empty.returncode == 2 and "data: must name a directory, not be empty" in empty.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing made in the cwd
 
 
 async def scan(kv: object) -> list[object]:
