@@ -22,21 +22,26 @@ MAX_TIMEOUT_S = 365 * 24 * 3600
 
 
 def check_uint64(value: int, name: str, zero: str) -> int:
-    """`value` when it is a uint64; else ValueError naming `name` (zero: what 0 means)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_UINT64:
-        raise ValueError(f"{name}: must be 0 ({zero}) or a whole number up to 2**64-1, not {value!r}")
+    """`value` when it is a uint64; else TypeError (not an int) or ValueError (out of
+    range) naming `name` (zero: what 0 means)."""
+    rule = f"{name}: must be 0 ({zero}) or a whole number up to 2**64-1, not {value!r}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(rule)
+    if not 0 <= value <= MAX_UINT64:
+        raise ValueError(rule)
     return value
 
 
 def check_timeout(value: float | None, name: str, none_ok: bool = False) -> float | None:
     """`value` when it is a number of seconds above 0 and at most MAX_TIMEOUT_S (or None,
-    when allowed); else ValueError naming `name`."""
+    when allowed); else TypeError (not a number) or ValueError naming `name`."""
     if value is None and none_ok:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_TIMEOUT_S:
-        raise ValueError(  # NaN and infinity too
-            f"{name}: must be a number of seconds above 0 and at most {MAX_TIMEOUT_S} (a year), not {value!r}"
-        )
+    rule = f"{name}: must be a number of seconds above 0 and at most {MAX_TIMEOUT_S} (a year), not {value!r}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(rule)
+    if not 0 < value <= MAX_TIMEOUT_S:  # NaN and infinity too
+        raise ValueError(rule)
     return value
 
 

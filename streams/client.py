@@ -274,6 +274,7 @@ class AsyncClient:
         {path: value} (decoded when json=True)."""
         raw = point_key(key)
         paths = check_paths(paths, "paths")
+        check_flag(json, "json")
         response = await self._unary("Get", raw, kv_pb2.GetRequest(key=raw, paths=paths), timeout_s)
         if not response.found:
             return None
@@ -297,7 +298,7 @@ class AsyncClient:
         json=True; dict, list, numbers, bool and None are always stored as JSON documents.
         Raises EtagMismatch when if_etag / if_absent does not hold."""
         raw = point_key(key)
-        data, is_json = encode_value(value, json)
+        data, is_json = encode_value(value, check_flag(json, "json"))
         request = kv_pb2.PutRequest(
             key=raw,
             value=data,
@@ -332,6 +333,7 @@ class AsyncClient:
         Returns the whole new document, decoded; with json=False as the server's JSON text
         (bytes). Raises NotFound, NotJson, EtagMismatch."""
         raw = point_key(key)
+        check_flag(json, "json")
         request = kv_pb2.PatchRequest(
             key=raw,
             merge_patch=_json_arg(merge, "merge") if merge is not None else "",
@@ -376,6 +378,7 @@ class AsyncClient:
         check_uint64(limit, "limit", "no limit")
         paths = check_paths(paths, "paths")
         check_flag(reverse, "reverse")
+        check_flag(json, "json")
         pieces = self.live_router().pieces(start, end)
         remaining = limit
         for piece_start, piece_end, stub in reversed(pieces) if reverse else pieces:
@@ -575,10 +578,12 @@ class AsyncClient:
         json: bool = False,
         ttl_s: float = 0,
         policy: RetryPolicy = UPDATE_POLICY,
+        timeout_s: float | None = None,
     ) -> Entry:
         """Read-modify-write under the etag, retried on ABORTED; see retry.update. `fn` may be
-        a plain function or an async one (its result is awaited)."""
-        return await retry.update(self, key, fn, json=json, ttl_s=ttl_s, policy=policy)
+        a plain function or an async one (its result is awaited). timeout_s is the deadline
+        of each read and write; the policy bounds the retries."""
+        return await retry.update(self, key, fn, json=json, ttl_s=ttl_s, policy=policy, timeout_s=timeout_s)
 
 
 __all__ = ["AsyncClient", "BulkPutResult", "Entry", "KeyspanClientError", "Stats"]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from keyspan.storage.keys import key_successor
-from keyspan.streams.arguments import check_ttl
+from keyspan.streams.arguments import check_flag, check_timeout, check_ttl
 from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.entry import Entry, KeyLike, key_range, point_key, stored_as_json
 from keyspan.streams.errors import DeadlineExceeded, EtagMismatch, Unavailable, WrongPartition, is_retryable
@@ -196,6 +196,7 @@ async def update(
     json: bool = False,
     ttl_s: float = 0,
     policy: RetryPolicy = UPDATE_POLICY,
+    timeout_s: float | None = None,
 ) -> Entry:
     """Read-modify-write one entry: store fn(current value) under the etag that was read.
 
@@ -213,6 +214,9 @@ async def update(
     """
     raw = point_key(key)
     check_ttl(ttl_s)
+    check_flag(json, "json")
+    if timeout_s is not None:
+        check_timeout(timeout_s, "timeout_s")
     stall = Stall(policy)
     phase = "read"
 
@@ -231,15 +235,19 @@ async def update(
     ):  # fmt: skip
         with attempt:
             phase = "read"
-            current = await client.get(raw, json=json)
+            current = await client.get(raw, json=json, timeout_s=timeout_s)
             value = fn(current.value if current is not None else None)
             if inspect.isawaitable(value):
                 value = await value
             phase = "write"
             if current is None:
-                etag = await client.put(raw, value, ttl_s=ttl_s, if_absent=True, json=json)
+                etag = await client.put(
+                    raw, value, ttl_s=ttl_s, if_absent=True, json=json, timeout_s=timeout_s
+                )
             else:
-                etag = await client.put(raw, value, ttl_s=ttl_s, if_etag=current.etag, json=json)
+                etag = await client.put(
+                    raw, value, ttl_s=ttl_s, if_etag=current.etag, json=json, timeout_s=timeout_s
+                )
             expires_at = datetime.now(UTC) + timedelta(seconds=ttl_s) if ttl_s else None
             return Entry(raw, value, etag, expires_at, stored_as_json(value, json))
     raise AssertionError("unreachable: AsyncRetrying re-raises the last error")

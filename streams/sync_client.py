@@ -291,10 +291,13 @@ class Client:
         json: bool = False,
         ttl_s: float = 0,
         policy: RetryPolicy = UPDATE_POLICY,
+        timeout_s: float | None = None,
     ) -> Entry:
         """As AsyncClient.update; `fn` runs on the client's thread, and must be a plain
         function (TypeError for an async one: nothing here would await it)."""
-        return self._run(self.aio.update(key, _plain(fn), json=json, ttl_s=ttl_s, policy=policy))
+        return self._run(
+            self.aio.update(key, _plain(fn), json=json, ttl_s=ttl_s, policy=policy, timeout_s=timeout_s)
+        )
 
 
 def _plain(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:

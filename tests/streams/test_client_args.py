@@ -228,6 +228,17 @@ def test_paths_of_the_wrong_type_are_a_type_error_naming_them(
             "max_deletes_per_s: must be a number .*, not True",
         ),
         (lambda kv: list(kv.sweep(max_deletes_per_s="5")), "max_deletes_per_s: must be a number .*, not '5'"),
+        # these were taken (json) or a ValueError, against the README's rule
+        (lambda kv: kv.put("k", b"v", json="yes"), "json: must be True or False, not 'yes'"),
+        (lambda kv: kv.get("k", json="no"), "json: must be True or False, not 'no'"),
+        (lambda kv: list(kv.scan(json="x")), "json: must be True or False, not 'x'"),
+        (lambda kv: kv.update("k", lambda v: b"v", json="yes"), "json: must be True or False"),
+        (lambda kv: kv.patch("k", {"a": 1}, json=1), "json: must be True or False, not 1"),
+        (lambda kv: kv.put("k", b"v", if_etag=True), "if_etag: must be 0 .*, not True"),
+        (lambda kv: kv.put("k", b"v", if_etag="3"), "if_etag: must be 0 .*, not '3'"),
+        (lambda kv: list(kv.scan(limit="5")), "limit: must be 0 .*, not '5'"),
+        (lambda kv: kv.get("k", timeout_s="5"), "timeout_s: must be a number of seconds .*, not '5'"),
+        (lambda kv: kv.update("k", lambda v: b"v", timeout_s=True), "timeout_s: must be a number of seconds"),
     ],
 )
 def test_a_number_or_flag_of_the_wrong_type_is_a_type_error_naming_it(
@@ -236,6 +247,15 @@ def test_a_number_or_flag_of_the_wrong_type_is_a_type_error_naming_it(
     with pytest.raises(TypeError, match=message):
         call(client)
     assert client.get("k") is None
+
+
+def test_a_client_timeout_that_is_not_a_number_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match=r"timeout_s: must be a number of seconds .*, not '5'"):
+        Client("127.0.0.1:1", timeout_s="5")  # type: ignore[arg-type]
+
+
+def test_update_takes_a_deadline_for_each_call(client: Client) -> None:
+    assert client.update("u", lambda v: b"1", timeout_s=2).value == b"1"
 
 
 @pytest.mark.parametrize("address", [None, 7420])
