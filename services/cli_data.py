@@ -270,9 +270,9 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 def _one_line(value: bytes) -> bytes:
     """The value for a KEY<TAB>VALUE line: as it is when it is UTF-8 text with no control
     character (a tab or newline would break the line, an escape sequence drive the
-    terminal), else 0x and its hex, as a key."""
+    terminal) that does not begin with 0x, else 0x and its hex, as a key."""
     with contextlib.suppress(UnicodeDecodeError):
-        if not _CONTROL.search(value.decode()):
+        if not _CONTROL.search(value.decode()) and not value.startswith(b"0x"):  # 0x... reads as hex
             return value
     return b"0x" + value.hex().encode()
 

@@ -14,7 +14,7 @@ def key_text(raw: bytes, *, quoted: bool = True) -> str:
         text = raw.decode()
     except UnicodeDecodeError:
         return "0x" + raw.hex()
-    if not text.isprintable():
+    if not text.isprintable() or (not quoted and text.startswith("0x")):  # unquoted, 0x... is hex
         return "0x" + raw.hex()
     return repr(text) if quoted else text
 

@@ -203,6 +203,16 @@ def test_dump_hex_lines_load_the_same_with_or_without_hex(server_address: str, t
         assert invoke(server_address, "get", "h/1") == (0, "text")  # not a key 682f31
 
 
+def test_text_that_begins_with_0x_is_shown_as_hex_so_it_reads_one_way(server_address: str) -> None:
+    # The text key 0x4142 and the binary key 0x4142 (AB) printed alike.
+    from keyspan.streams import Client
+
+    with Client(server_address) as kv:
+        kv.put("0x4142", b"0xff")
+        kv.put(b"AB", b"plain")
+    assert invoke(server_address, "scan") == (0, f"0x{b'0x4142'.hex()}\t0x{b'0xff'.hex()}\nAB\tplain\n")
+
+
 def test_scan_projects_each_json_document_by_paths(server_address: str) -> None:
     invoke(server_address, "put", "doc/1", '{"name": "ann", "age": 41}', "--json")
     invoke(server_address, "put", "doc/2", '{"name": "bob"}', "--json")
