@@ -132,16 +132,26 @@ class ConfigError(KeyspanError):
     """A setting is out of its range; raised at start-up, before anything is opened."""
 
 
+class CommitFailed(Exception):
+    """SQLite's COMMIT failed (an I/O error, its WAL fsync most likely) after the batch's
+    statements ran: its frames may be in the WAL whole, and would then come back when the
+    file is next opened. The SQLite error is the `__cause__`."""
+
+
 class StorageFaultError(KeyspanError):
-    """A partition's writer hit an SQLite fault (I/O error, disk full); nothing of the batch
-    was committed. A server fault, not a client's: INTERNAL at the edge, reported once.
+    """A partition's writer hit an SQLite fault (I/O error, disk full). A server fault, not
+    a client's: INTERNAL at the edge, reported once. Nothing of the batch was committed,
+    unless `may_have_applied`: the fault came in the COMMIT itself (CommitFailed), and the
+    partition then takes no more writes until the server restarts (as PostgreSQL stops
+    after a failed fsync: what the kernel kept of the file is unknown).
 
     The SQLite error is the `__cause__`; `partition_id` names the partition.
     """
 
-    def __init__(self, partition_id: str, cause: BaseException) -> None:
+    def __init__(self, partition_id: str, cause: BaseException, *, may_have_applied: bool = False) -> None:
         super().__init__(f"partition {partition_id}: {type(cause).__name__}: {cause}")
         self.partition_id = partition_id
+        self.may_have_applied = may_have_applied
 
 
 class DiskFullError(StorageFaultError):

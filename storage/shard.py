@@ -26,6 +26,7 @@ import apsw
 
 from keyspan.storage import openfiles
 from keyspan.storage.errors import (
+    CommitFailed,
     EtagMismatchError,
     InvalidArgumentError,
     KeyspanError,
@@ -606,8 +607,18 @@ class Shard:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
-            self._db.execute("COMMIT")
         except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        try:
+            self._db.execute("COMMIT")
+        except apsw.IOError as err:  # in the WAL write or its fsync: the commit may be on disk
+            if self._db.in_transaction:
+                with contextlib.suppress(apsw.Error):
+                    self._db.execute("ROLLBACK")
+            raise CommitFailed(str(err)) from err
+        except BaseException:  # refused before a frame was written (a full disk, a veto)
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise

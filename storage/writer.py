@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import apsw
 
-from keyspan.storage.errors import DiskFullError, StorageFaultError, UnavailableError
+from keyspan.storage.errors import CommitFailed, DiskFullError, StorageFaultError, UnavailableError
 from keyspan.storage.handoff import Handoff, reply
 from keyspan.storage.mutations import Mutation
 from keyspan.storage.shard import Shard
@@ -90,6 +90,8 @@ class PartitionWriter:
         self._handoff = Handoff(self._queue)
         self._carry: list[Any] = []
         self._closed = False
+        # The fault of a commit that may have reached the disk: no write goes in after it.
+        self.stopped_by: StorageFaultError | None = None
         self.batches = 0
         self.mutations = 0
         # Writes refused by a storage fault, by reason: "disk_full", or "io" for any other.
@@ -103,6 +105,8 @@ class PartitionWriter:
         """Queue one mutation and wait for its outcome; raises its KeyspanError."""
         if self._closed:
             raise UnavailableError(f"partition {self._shard.partition_id} is closing")
+        if self.stopped_by is not None:
+            raise self._refusal(self.stopped_by)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
         # [queued_ns, BatchTiming]: the writer fills in the timing before settling `done`.
@@ -167,6 +171,14 @@ class PartitionWriter:
                 reply(loop, [(done, refused) for _, done, _ in items])
 
     def _commit(self, batch: list[tuple[asyncio.AbstractEventLoop, Any]]) -> None:
+        if self.stopped_by is not None:  # queued before the stop: refused, never written
+            refused = self._refusal(self.stopped_by)
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+            for loop, (_, done, _) in batch:
+                by_loop.setdefault(loop, []).append((done, refused))
+            for loop, pairs in by_loop.items():
+                reply(loop, pairs)
+            return
         outcomes, timing = self._apply([item for _, item in batch])
         self.batches += 1
         self.mutations += len(batch)
@@ -201,9 +213,27 @@ class PartitionWriter:
                 log.exception("write observer failed", extra={"partition_id": timing.partition_id})
         return outcomes, timing
 
+    def _refusal(self, stopped_by: StorageFaultError) -> StorageFaultError:
+        refused = StorageFaultError(
+            self._shard.partition_id,
+            RuntimeError(
+                f"takes no more writes after an I/O error in a commit ({stopped_by}); restart the server"
+            ),
+        )
+        refused.__cause__ = stopped_by
+        return refused
+
     def _fault(self, err: Exception, writes: int) -> StorageFaultError:
         partition_id = self._shard.partition_id
-        if not isinstance(err, apsw.FullError):
+        if isinstance(err, CommitFailed):
+            self.faults["io"] += writes
+            fault = StorageFaultError(partition_id, err.__cause__ or err, may_have_applied=True)
+            self.stopped_by = fault
+            log.error(
+                "partition stopped taking writes: a commit failed and may be on disk; restart the server",
+                extra={"partition_id": partition_id, "cause": str(err)},
+            )
+        elif not isinstance(err, apsw.FullError):
             self.faults["io"] += writes
             fault = StorageFaultError(partition_id, err)  # logged with its traceback at the edge
         else:

@@ -1,0 +1,84 @@
+"""A commit whose WAL fsync fails: the partition stops taking writes (fsyncgate).
+
+SQLite has written the batch's frames, commit frame included, when the fsync fails: the
+COMMIT is rolled back in memory, but the frames are whole in the WAL and come back when
+the file is next opened. A write answered with that fault may therefore be applied, and
+one committed after it would overwrite those frames: from then on what the file holds
+depends on whether the process crashed first. The fault is injected by a real SQLite VFS
+(apsw's VFS shim over unix-excl) whose xSync fails on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
+
+from keyspan.storage import shard as shard_module
+from keyspan.storage.errors import StorageFaultError
+from keyspan.storage.keys import KeyRange
+from keyspan.storage.mutations import Put
+from keyspan.storage.shard import Shard
+from keyspan.storage.writer import PartitionWriter
+
+
+class _FailingSync(apsw.VFS):
+    NAME = "keyspan-test-failsync"
+
+    def __init__(self) -> None:
+        self.fail = False
+        super().__init__(self.NAME, base="unix-excl")
+
+    def xOpen(self, name: Any, flags: Any) -> apsw.VFSFile:
+        return _File(self, name, flags)
+
+
+class _File(apsw.VFSFile):
+    def __init__(self, vfs: _FailingSync, name: Any, flags: Any) -> None:
+        self.vfs = vfs
+        super().__init__("unix-excl", name, flags)
+
+    def xSync(self, flags: int) -> None:
+        if self.vfs.fail:
+            raise apsw.IOError("injected: fsync failed")
+        super().xSync(flags)
+
+
+@pytest.fixture
+def failing_sync(monkeypatch: pytest.MonkeyPatch) -> Iterator[_FailingSync]:
+    vfs = _FailingSync()
+    monkeypatch.setattr(shard_module, "SHARD_VFS", vfs.NAME)
+    yield vfs
+    vfs.unregister()
+
+
+async def test_a_failed_commit_may_have_applied_and_stops_the_partitions_writes(
+    tmp_path: Path, failing_sync: _FailingSync
+) -> None:
+    shard = Shard(tmp_path / "s.db", "p0", KeyRange())
+    writer = PartitionWriter(shard)
+    try:
+        assert await writer.submit(Put(b"ok", b"1")) == 1
+        failing_sync.fail = True
+        with pytest.raises(StorageFaultError) as failed:
+            await writer.submit(Put(b"maybe", b"2"))
+        assert failed.value.may_have_applied
+        failing_sync.fail = False  # the disk seems fine again: still no write goes in
+        with pytest.raises(StorageFaultError, match="takes no more writes after an I/O error in a commit"):
+            await writer.submit(Put(b"after", b"3"))
+        assert writer.stopped_by is failed.value
+    finally:
+        await asyncio.to_thread(writer.close)
+        shard.close()
+    # What a restart serves: what was acknowledged, maybe the failed write, nothing after it.
+    reopened = Shard(tmp_path / "s.db", "p0", KeyRange(), catalogued=True)
+    try:
+        with reopened.reader() as db:
+            keys = [row[0] for row in db.execute("SELECT key FROM entries ORDER BY key")]
+        assert b"after" not in keys and b"ok" in keys
+    finally:
+        reopened.close()
