@@ -148,6 +148,39 @@ async def test_a_gateway_scan_credited_exactly_ends_with_done_past_empty_pieces(
     assert [e.key for r in backward for e in r.entries] == hs[::-1] and backward[-1].done
 
 
+async def test_a_gateway_scan_credited_exactly_then_half_closed_still_ends_with_done(
+    running: Running,
+) -> None:
+    # As serve does: done needs no credit, and the client closing its side does not make
+    # the empty pieces after its last entry unknowable (the gateway ended OK, no done).
+    gateway = running.stub(running.gateway.address)
+    await gateway.Put(kv_pb2.PutRequest(key=b"d9", value=b"d9"))
+    call = gateway.Scan()  # d9 ends its piece; [g, g1) is empty
+    await call.write(kv_pb2.ScanRequest(start=b"d9", end=b"g1", credits=1))
+    await call.done_writing()
+    responses = [r async for r in call]
+    assert [e.key for r in responses for e in r.entries] == [b"d9"] and responses[-1].done
+    assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_a_later_grant_outside_the_credit_range_ends_a_gateway_scan_with_invalid_argument(
+    running: Running,
+) -> None:
+    gateway = running.stub(running.gateway.address)
+    for k in KEYS:
+        await gateway.Put(kv_pb2.PutRequest(key=k, value=k))
+    call = gateway.Scan()
+    await call.write(kv_pb2.ScanRequest(credits=1))
+    assert len((await call.read()).entries) == 1
+    await call.write(kv_pb2.ScanRequest(credits=0))  # ended OK, no done, the rest cut off
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async with asyncio.timeout(10):
+            while await call.read() is not grpc.aio.EOF:  # EOF: ended OK
+                pass
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == "credits: must be between 1 and 1000000, not 0"
+
+
 async def test_a_gateway_scan_holds_the_entry_of_its_own_credit_until_the_client_grants(
     running: Running,
 ) -> None:

@@ -147,9 +147,10 @@ async def scan_through(
         while True:
             piece, entry, last_piece = _next_piece(router, lo, hi, first.reverse)
             # Out of credits at a piece's start, the piece may still be empty, and `done`
-            # needs no credit: it is opened with one credit of ours (`borrowed`), and an
-            # entry it sends waits here for the client's next grant.
-            borrowed = flow.left <= 0 and not flow.closed and flow.error is None
+            # needs no credit, even for a client that has closed its side: it is opened
+            # with one credit of ours (`borrowed`), and an entry it sends waits here for
+            # the client's next grant (or ends the stream, once no grant can come).
+            borrowed = flow.left <= 0 and flow.error is None
             if not borrowed and not await flow.wait(stopping):
                 return
             request = kv_pb2.ScanRequest(
@@ -212,6 +213,8 @@ async def scan_through(
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await forwarder
                 call.cancel()
+            if flow.error is not None:  # a later request was refused: say so, not OK
+                raise flow.error
             if not piece_done:
                 return  # the node ended the stream without done: the client went away
             if first.reverse:
