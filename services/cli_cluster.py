@@ -20,7 +20,9 @@ from keyspan.services.cli import (
     config_options,
     run_process,
 )
+from keyspan.services.cli_data import Seconds
 from keyspan.services.config import ControlConfig, GatewayConfig, NodeConfig, parse_address
+from keyspan.storage.errors import ConfigError
 from keyspan.storage.keys import bound_text
 
 
@@ -63,19 +65,33 @@ def gateway(**settings: Any) -> None:
     run_process(lambda: GatewayProcess(config), config.log_level, config.log_format)
 
 
+def _control_address(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        parse_address(value, "control")
+    except ConfigError as err:
+        raise click.BadParameter(str(err).removeprefix("control: "), ctx, param) from None
+    return value
+
+
 @cli.group()
 @click.option(
     "--control",
     default="127.0.0.1:7400",
     show_default=True,
     envvar="KEYSPAN_CONTROL",
+    callback=_control_address,
     help="HOST:PORT of keyspan control.",
 )
-@click.option("--timeout-s", default=5.0, show_default=True, help="Deadline of the admin call.")
+@click.option(
+    "--timeout-s",
+    type=Seconds(),
+    default=5.0,
+    show_default=True,
+    help="Deadline of the admin call, in seconds.",
+)
 @click.pass_context
 def admin(ctx: click.Context, control: str, timeout_s: float) -> None:
     """Operate a cluster through keyspan control; every command prints what it did."""
-    parse_address(control, "control")
     ctx.obj = {"control": control, "timeout_s": timeout_s}
 
 

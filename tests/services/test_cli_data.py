@@ -636,3 +636,17 @@ def test_ctrl_c_exits_130(tmp_path: Path) -> None:
         assert scan.returncode == 130 and err.decode().strip() == "Aborted!"
     finally:
         silent.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--control", "", "nodes"], "'' is not HOST:PORT"),
+        (["--control", "127.0.0.1", "nodes"], "'127.0.0.1' is not HOST:PORT"),
+        (["--timeout-s", "0", "nodes"], "0.0 is not in the range"),
+    ],
+)
+def test_admin_refuses_a_bad_control_address_or_timeout_as_a_usage_error(args: list[str], said: str) -> None:
+    # A traceback and exit 1 (not found), or a deadline of 0 sent to control (exit 4).
+    result = CliRunner().invoke(cli, ["admin", *args])
+    assert result.exit_code == 2 and said in result.output and "Traceback" not in result.output
