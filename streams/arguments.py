@@ -92,13 +92,13 @@ def check_path_values(values: Mapping[str, Any] | None, name: str) -> list[tuple
     return list(values.items())
 
 
-def check_address(address: str) -> str:
+def check_address(address: str, name: str = "address") -> str:
     if not isinstance(address, str):
-        raise TypeError(f"address: must be a str HOST:PORT, not {type(address).__name__}")
+        raise TypeError(f"{name}: must be a str HOST:PORT, not {type(address).__name__}")
     if not address.strip():
-        raise ValueError("address: must be HOST:PORT, not empty")
+        raise ValueError(f"{name}: must be HOST:PORT, not empty")
     port = _PORT.search(address)
     if port is not None and not 1 <= int(port.group(1)) <= 65535:
         # gRPC takes the port modulo 65536: 127.0.0.1:94847 reached the server on 29311.
-        raise ValueError(f"address: the port of {address!r} must be between 1 and 65535")
+        raise ValueError(f"{name}: the port of {address!r} must be between 1 and 65535")
     return address

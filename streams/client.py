@@ -177,6 +177,8 @@ class AsyncClient:
         """
         from keyspan.streams.map_router import MapRouter
 
+        check_address(control, "control")
+        check_timeout(map_timeout_s, "map_timeout_s")
         router = MapRouter.watching(
             control, open_channel, on_update=metrics.map_refreshed if metrics else None
         )

@@ -66,8 +66,9 @@ class Client:
     """The blocking client. Close it (or use `with`) to stop its thread and channels.
 
     `control="HOST:PORT"` makes it a thick client of a cluster: it watches control's map
-    and sends each call to the key's owner. `router_factory`, when given, builds the Router
-    inside the client's loop (grpc.aio channels belong to the loop that creates them)."""
+    and sends each call to the key's owner (Unavailable when no map came in
+    map_timeout_s). `router_factory`, when given, builds the Router inside the client's
+    loop (grpc.aio channels belong to the loop that creates them)."""
 
     def __init__(
         self,
@@ -78,6 +79,7 @@ class Client:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         stream_timeout_s: float | None = DEFAULT_STREAM_TIMEOUT_S,
         metrics: ClientMetrics | None = None,
+        map_timeout_s: float = 10.0,
     ) -> None:
         self._loop = _ClientLoop()
         self._thread = threading.Thread(
@@ -88,7 +90,11 @@ class Client:
         async def make() -> AsyncClient:
             if control is not None:  # a thick client: routes by control's map
                 return await AsyncClient.for_cluster(
-                    control, timeout_s=timeout_s, stream_timeout_s=stream_timeout_s, metrics=metrics
+                    control,
+                    timeout_s=timeout_s,
+                    stream_timeout_s=stream_timeout_s,
+                    map_timeout_s=map_timeout_s,
+                    metrics=metrics,
                 )
             router = router_factory() if router_factory is not None else None
             return AsyncClient(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import re
 import socket
 import sys
 import threading
@@ -416,3 +417,20 @@ def test_a_client_tries_a_server_that_went_away_at_least_every_1_2_s() -> None:
         listener.close()
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert len(attempts) >= 6 and max(gaps) < 1.5, gaps  # 1 s, and gRPC's 20% jitter
+
+
+@pytest.mark.parametrize(
+    ("control", "error", "said"),
+    [
+        (5, TypeError, "control: must be a str HOST:PORT, not int"),
+        ("", ValueError, "control: must be HOST:PORT, not empty"),
+        ("127.0.0.1:99999", ValueError, "control: the port of '127.0.0.1:99999' must be between 1 and 65535"),
+    ],
+)
+def test_a_control_address_is_checked_before_anything_is_sent(control: Any, error: type, said: str) -> None:
+    # These waited out the 10 s map timeout (with gRPC's C log on stderr), or raised an
+    # AttributeError from inside gRPC.
+    started = time.monotonic()
+    with pytest.raises(error, match=re.escape(said)):
+        Client(control=control)
+    assert time.monotonic() - started < 2
