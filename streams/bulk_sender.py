@@ -22,7 +22,7 @@ import asyncio
 import collections
 import re
 import time
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +69,7 @@ class BulkPutResult:
 
 def check_batch_bytes(batch_bytes: int) -> int:
     if isinstance(batch_bytes, bool) or not isinstance(batch_bytes, int):
-        raise ValueError(f"batch_bytes: must be a whole number of bytes, not {batch_bytes!r}")
+        raise TypeError(f"batch_bytes: must be a whole number of bytes, not {batch_bytes!r}")
     if not 1 <= batch_bytes <= MAX_BATCH_BYTES:
         raise ValueError(f"batch_bytes: must be between 1 and {MAX_BATCH_BYTES}, not {batch_bytes}")
     return batch_bytes
@@ -279,8 +279,19 @@ async def send_all(
 ) -> BulkPutResult:
     """Load every item; with a policy, retry retryable failures until all are in.
 
-    batch_bytes out of 1..MAX_BATCH_BYTES is a ValueError, raised before anything is read."""
+    batch_bytes out of 1..MAX_BATCH_BYTES is a ValueError, raised before anything is read,
+    as the TypeErrors for arguments of the wrong type are."""
     check_batch_bytes(batch_bytes)
+    if isinstance(items, str | bytes | bytearray | Mapping) or not isinstance(
+        items, Iterable | AsyncIterable
+    ):
+        raise TypeError(
+            f"items: must be an iterable or async iterable of entries, not {type(items).__name__}"
+        )
+    if on_progress is not None and not callable(on_progress):
+        raise TypeError(
+            f"on_progress: must be a function of the BulkPutResult, not {type(on_progress).__name__}"
+        )
     stall = Stall(policy or ONE_ATTEMPT)
     sender = _Sender(client, _Source(items, batch_bytes), stall, timeout_s)
     sender.on_progress = on_progress

@@ -84,7 +84,10 @@ def _if_etag(if_etag: int) -> int:
 def _json_arg(value: Any, name: str) -> str:
     """A patch argument's JSON text: bytes are JSON text already, anything else is encoded."""
     if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).decode()
+        try:
+            return bytes(value).decode()
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{name}: JSON text must be UTF-8 ({err.reason} at byte {err.start})") from None
     return json_text(jsonlib.dumps, value, name)
 
 

@@ -60,6 +60,8 @@ class Stall:
     """Counts failed attempts and time since the last progress; `mark()` records progress."""
 
     def __init__(self, policy: RetryPolicy) -> None:
+        if not isinstance(policy, RetryPolicy):  # made before anything is sent
+            raise TypeError(f"policy: must be a RetryPolicy, not {type(policy).__name__}")
         self.policy = policy
         self.failures = 0
         self.retries = 0
@@ -213,6 +215,8 @@ async def update(
     retried. Returns the entry as written.
     """
     raw = point_key(key)
+    if not callable(fn):
+        raise TypeError(f"fn: must be a function of the current value, not {type(fn).__name__}")
     check_ttl(ttl_s)
     check_flag(json, "json")
     if timeout_s is not None:

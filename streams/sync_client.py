@@ -309,6 +309,8 @@ class Client:
 def _plain(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """`fn`, refused when it is async: its coroutine would be stored as a value (or fail to
     encode) and was never awaited."""
+    if not callable(fn):
+        raise TypeError(f"fn: must be a function of the current value, not {type(fn).__name__}")
     if inspect.iscoroutinefunction(fn):
         name = getattr(fn, "__name__", repr(fn))
         raise TypeError(

@@ -30,9 +30,10 @@ MAX_ATTEMPTS = 6
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
-    # a restarted node is reached within a second, not after gRPC's default backoff (up to 120 s)
+    # a restarted node is reached within a second, not after gRPC's default backoff (up to
+    # 120 s). Not grpc.min_reconnect_backoff_ms: gRPC takes it as the connect timeout too
+    # (20 s by default), and a node slower than 100 ms to shake hands was never reached.
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 

@@ -244,6 +244,18 @@ def test_paths_of_the_wrong_type_are_a_type_error_naming_them(
         (lambda kv: list(kv.scan(limit="5")), "limit: must be 0 .*, not '5'"),
         (lambda kv: kv.get("k", timeout_s="5"), "timeout_s: must be a number of seconds .*, not '5'"),
         (lambda kv: kv.update("k", lambda v: b"v", timeout_s=True), "timeout_s: must be a number of seconds"),
+        # these were a ValueError, an AttributeError from inside, or raised after a call went out
+        (lambda kv: kv.bulk_put([("a", b"v")], batch_bytes="1"), "batch_bytes: must be a whole number"),
+        (lambda kv: kv.bulk_put([("a", b"v")], batch_bytes=1.5), "batch_bytes: must be a whole number"),
+        (lambda kv: list(kv.scan_ex(policy="x")), "policy: must be a RetryPolicy, not str"),
+        (lambda kv: kv.bulk_put_ex([("a", b"v")], policy="x"), "policy: must be a RetryPolicy, not str"),
+        (lambda kv: kv.update("k", lambda v: b"v", policy="x"), "policy: must be a RetryPolicy, not str"),
+        (lambda kv: kv.update("k", None), "fn: must be a function of the current value, not NoneType"),
+        (
+            lambda kv: kv.bulk_put(None),
+            "items: must be an iterable or async iterable of entries, not NoneType",
+        ),
+        (lambda kv: kv.bulk_put([("a", b"v")], on_progress=3), "on_progress: must be a function"),
     ],
 )
 def test_a_number_or_flag_of_the_wrong_type_is_a_type_error_naming_it(
@@ -434,3 +446,51 @@ def test_a_control_address_is_checked_before_anything_is_sent(control: Any, erro
     with pytest.raises(error, match=re.escape(said)):
         Client(control=control)
     assert time.monotonic() - started < 2
+
+
+def test_a_patch_given_json_bytes_that_are_not_utf8_is_a_value_error_naming_them(client: Client) -> None:
+    client.put("k", {"a": 1})
+    with pytest.raises(
+        ValueError, match=r"^merge: JSON text must be UTF-8 \(invalid start byte at byte 0\)$"
+    ):
+        client.patch("k", merge=b"\xff")  # a bare UnicodeDecodeError
+
+
+def _slow_handshake_proxy(target: tuple[str, int], delay_s: float) -> tuple[socket.socket, str]:
+    """A TCP proxy to `target` that lets each connection through only after `delay_s`."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            time.sleep(delay_s)
+            upstream = socket.create_connection(target)
+            threading.Thread(target=pipe, args=(conn, upstream), daemon=True).start()
+            threading.Thread(target=pipe, args=(upstream, conn), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_a_server_slow_to_shake_hands_is_still_reached(server_address: str) -> None:
+    # gRPC takes grpc.min_reconnect_backoff_ms as its connect timeout too: set to 100 ms,
+    # a connection whose handshake took 300 ms never completed.
+    host, port = server_address.rsplit(":", 1)
+    listener, address = _slow_handshake_proxy((host, int(port)), 0.3)
+    try:
+        with Client(address, timeout_s=5) as kv:
+            assert kv.put("slow", b"v") >= 1
+    finally:
+        listener.close()
