@@ -27,7 +27,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from keyspan.storage.keys import key_successor
 from keyspan.streams.arguments import check_flag, check_timeout, check_ttl
 from keyspan.streams.client_metrics import ClientMetrics
-from keyspan.streams.entry import Entry, KeyLike, key_range, point_key, stored_as_json
+from keyspan.streams.entry import Entry, KeyLike, encode_value, key_range, point_key, stored_as_json
 from keyspan.streams.errors import DeadlineExceeded, EtagMismatch, Unavailable, WrongPartition, is_retryable
 
 if TYPE_CHECKING:
@@ -253,5 +253,8 @@ async def update(
                     raw, value, ttl_s=ttl_s, if_etag=current.etag, json=json, timeout_s=timeout_s
                 )
             expires_at = datetime.now(UTC) + timedelta(seconds=ttl_s) if ttl_s else None
-            return Entry(raw, value, etag, expires_at, stored_as_json(value, json))
+            is_json = stored_as_json(value, json)
+            if not is_json:  # bytes, as get answers them (a str was handed back as a str)
+                value = encode_value(value, False)[0]
+            return Entry(raw, value, etag, expires_at, is_json)
     raise AssertionError("unreachable: AsyncRetrying re-raises the last error")

@@ -170,7 +170,10 @@ class Client:
                     batch = self._run(anext(batches))  # type: ignore[arg-type]
                 except StopAsyncIteration:
                     return
-                yield from batch
+                for item in batch:
+                    if self._closed:  # close() cut the scan short: not the batch in hand either
+                        raise ClientClosed("this keyspan Client was closed during the scan")
+                    yield item
         finally:
             # Once closed, close() has closed the async iterators left open.
             if not self._closed:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from keyspan.streams import AsyncClient, Client, InvalidArgument, Unavailable
+from keyspan.streams.errors import ClientClosed
 from keyspan.streams.jsontext import MAX_DEPTH
 
 # -- bulk_put entries ---------------------------------------------------------------------
@@ -351,6 +352,17 @@ def test_update_says_what_it_stored(client: Client) -> None:
     entry = client.update("u", lambda v: b"raw")
     stored = client.get("u")
     assert stored is not None and entry.is_json is stored.is_json is False
+    entry = client.update("u", lambda v: "text")  # stored as bytes: handed back as a str before
+    assert entry.value == client.get("u").value == b"text"  # type: ignore[union-attr]
+
+
+def test_a_scan_cut_short_by_close_hands_out_nothing_more(client: Client) -> None:
+    client.bulk_put((f"c{i:04d}", b"v") for i in range(1000))
+    entries = client.scan()
+    next(entries)
+    client.close()
+    with pytest.raises(ClientClosed):  # 255 more came from the batch in hand, then ClientClosed
+        next(entries)
 
 
 # -- a name that does not resolve ---------------------------------------------------------
