@@ -172,7 +172,7 @@ class Client:
                     return
                 for item in batch:
                     if self._closed:  # close() cut the scan short: not the batch in hand either
-                        raise ClientClosed("this keyspan Client was closed during the scan")
+                        raise ClientClosed("this keyspan Client is closed (close() cut this scan short)")
                     yield item
         finally:
             # Once closed, close() has closed the async iterators left open.

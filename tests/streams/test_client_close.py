@@ -104,7 +104,7 @@ def test_closing_a_client_ends_the_streams_of_iterators_still_held(
     assert wait_for_open_streams(loaded, 2) == 2
     kv.close()
     assert wait_for_open_streams(loaded, 0) == 0
-    for it in iterators:  # what was fetched before close() is still handed out
+    for it in iterators:  # nothing more, not even what was fetched before close()
         with pytest.raises(RuntimeError, match="this keyspan Client is closed"):
             list(it)
     assert asyncio_errors(caplog) == []
