@@ -103,7 +103,13 @@ class MapRouter:
         return out
 
     def stubs(self) -> list[kv_pb2_grpc.KVStub]:
-        return [self._stub(a) for a in dict.fromkeys(e.address for e in self.map.entries if e.routable)]
+        """Every owner's stub; Unavailable while a partition has no routable owner (its
+        stats would be missing from an answer that claims every partition)."""
+        for entry in self.map.entries:
+            if not entry.routable:
+                err = entry.unavailable()
+                raise Unavailable(str(err), err.retry_after_s)
+        return [self._stub(a) for a in dict.fromkeys(e.address for e in self.map.entries)]
 
     def on_wrong_partition(self, err: Any) -> bool:
         """Learn from a WrongPartition (the client's error, or the keyspan.v1.WrongPartition

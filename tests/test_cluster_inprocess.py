@@ -21,9 +21,10 @@ from keyspan.services.gateway.process import GatewayProcess
 from keyspan.services.node.process import NodeProcess
 from keyspan.storage.errors import KeyspanError
 from keyspan.storage.shardset import ShardSet
-from keyspan.streams import AsyncClient
+from keyspan.streams import AsyncClient, Unavailable
 from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.map_router import MapRouter
+from keyspan.streams.router import open_channel
 from keyspan.v1 import control_pb2, control_pb2_grpc, errors_pb2, kv_pb2, kv_pb2_grpc
 from tests.services.test_kv_streams import exactly_credited
 
@@ -330,6 +331,18 @@ async def test_a_stopped_node_makes_its_partitions_unavailable_with_retry_info(r
     assert unavailable.value.code() == grpc.StatusCode.UNAVAILABLE
     details = rpc_status.from_call(unavailable.value).details  # type: ignore[arg-type, union-attr]
     assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in details)
+    # Stats claims every partition: it answered the others' alone, with nothing said.
+    with pytest.raises(grpc.aio.AioRpcError) as partial:
+        await running.stub(running.gateway.address).Stats(kv_pb2.StatsRequest())
+    assert partial.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert f"partition {owned.partition_id}" in (partial.value.details() or "")
+    router = MapRouter.watching(running.control.address, open_channel)
+    try:
+        assert await router.wait_for_map(10)
+        with pytest.raises(Unavailable, match=f"partition {owned.partition_id}"):
+            await AsyncClient(router=router).stats()
+    finally:
+        await router.close()
 
 
 async def test_a_stopping_gateway_ends_its_idle_streams_at_once(running: Running) -> None:

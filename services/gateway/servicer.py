@@ -41,8 +41,12 @@ class GatewayServicer(kv_pb2_grpc.KVServicer):
         return await self._unary("Patch", request, context)
 
     async def Stats(self, request: kv_pb2.StatsRequest, context: grpc.aio.ServicerContext) -> Any:
-        """Every node's partitions that the map assigns to it, merged in key order."""
-        owners = {e.address: e for e in self._router.map.entries if e.routable}
+        """Every node's partitions that the map assigns to it, merged in key order;
+        UNAVAILABLE while one has no routable owner (the answer claims every partition)."""
+        for entry in self._router.map.entries:
+            if not entry.routable:
+                raise entry.unavailable()
+        owners = {e.address: e for e in self._router.map.entries}
         assigned = {(e.partition_id, e.address) for e in self._router.map.entries}
 
         async def ask(address: str) -> kv_pb2.StatsResponse:
