@@ -228,6 +228,18 @@ def test_repair_moves_a_partition_to_a_schedulable_node(tmp_path: Path) -> None:
         state.repair("p9999", "b")
 
 
+def test_repair_to_the_node_already_serving_the_partition_is_refused(tmp_path: Path) -> None:
+    state = make_state(tmp_path)
+    join(state, "a")
+    served = state.map.owned_by("a")[0].partition_id
+    state.store.update_partition(served, acked=1)
+    state.tick(T0 + 1_000)
+    version = state.map.version
+    with pytest.raises(NotAllowedError, match=f"partition {served} is already served by a") as refused:
+        state.repair(served, "a")  # it published a new map version for nothing
+    assert refused.value.reason == "ALREADY_SERVING" and state.map.version == version
+
+
 def test_a_map_that_does_not_tile_is_refused(tmp_path: Path) -> None:
     state = make_state(tmp_path)
     state.store.update_partition("p0001", start=b"\x30")

@@ -313,6 +313,11 @@ class ClusterState:
             raise UnknownError("partition", partition_id)
         target = self._require_node(to_node_id)
         row = self.partition_rows()[partition_id]
+        if entry.node_id == to_node_id and entry.state == SERVING:  # a new map version for nothing
+            raise NotAllowedError(
+                "ALREADY_SERVING",
+                f"partition {partition_id} is already served by {to_node_id}: nothing to repair",
+            )
         owner = self.store.node(entry.node_id) if entry.node_id else None
         if (
             not force
