@@ -17,8 +17,11 @@ MAX_CREDITS = 1_000_000
 MAX_BULK_ENTRIES = 100_000
 # SQLite's JSON path syntax: $ then .key, ."quoted key", [N], [#] or [#-N] steps. SQLite
 # parses a path only as far as the document goes, so it is checked here, up front.
-# A NUL is refused: SQLite reads a path only up to its first NUL.
-_JSON_PATH = re.compile(r'\$(?:\.(?:"[^"\x00]*"|[^.\[\]"\x00]+)|\[(?:\d+|#(?:-\d+)?)\])*')
+# A NUL is refused: SQLite reads a path only up to its first NUL. A quoted key is a JSON
+# string's body (escapes as JSON has them, \" among them): SQLite copies it into the
+# document as written when it sets it, so `$."a\qb"` stored a document that is not JSON.
+_QUOTED_KEY = r'"(?:[^"\\\x00]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"'
+_JSON_PATH = re.compile(r'\$(?:\.(?:' + _QUOTED_KEY + r'|[^.\[\]"\x00]+)|\[(?:\d+|#(?:-\d+)?)\])*')
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 from collections.abc import Iterator
@@ -304,6 +305,29 @@ UNARY_CASES = [
         kv_pb2.PatchRequest(key=b"doc", set=[kv_pb2.PathValue(path="a", value="1")], if_etag=999),
         grpc.StatusCode.INVALID_ARGUMENT,
         "set[0].path",
+        "JSON path",
+    ),
+    # A quoted key is a JSON string's body: SQLite set `$."a\qb"` into the document as
+    # written, which then was not JSON; `$."a\"` was judged only after the entry was read.
+    (
+        "Patch",
+        kv_pb2.PatchRequest(key=b"doc", set=[kv_pb2.PathValue(path='$."a\\qb"', value="1")]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "set[0].path",
+        "JSON path",
+    ),
+    (
+        "Patch",
+        kv_pb2.PatchRequest(key=b"missing", set=[kv_pb2.PathValue(path='$."\\u00"', value="1")]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "set[0].path",
+        "JSON path",
+    ),
+    (
+        "Get",
+        kv_pb2.GetRequest(key=b"missing", paths=['$."a\\"']),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "paths[0]",
         "JSON path",
     ),
 ]
@@ -671,3 +695,15 @@ def test_any_status_message_is_bounded_whatever_an_error_quotes() -> None:
     status = to_status(InvalidArgumentError("value", "x" * 50_000))
     assert status is not None
     assert len(status.details) <= MAX_MESSAGE_CHARS and status.details.endswith("(cut from 50007 characters)")
+
+
+async def test_a_member_named_with_a_quote_can_be_read_and_set_by_a_quoted_path(
+    kv: kv_pb2_grpc.KVStub,
+) -> None:
+    await kv.Put(kv_pb2.PutRequest(key=b"q", value=b'{"k\\"q": 1}', json=True))
+    got = await kv.Get(kv_pb2.GetRequest(key=b"q", paths=['$."k\\"q"']))
+    assert got.value == b'{"$.\\"k\\\\\\"q\\"":1}'
+    patched = await kv.Patch(
+        kv_pb2.PatchRequest(key=b"q", set=[kv_pb2.PathValue(path='$."\\u00e9"', value="2")])
+    )
+    assert json.loads(patched.value) == {'k"q': 1, "\u00e9": 2}  # JSON still
