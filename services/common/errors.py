@@ -9,6 +9,7 @@ server fault: logged once here, answered INTERNAL, and reported to Sentry when s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -153,9 +154,14 @@ def to_status(err: KeyspanError) -> grpc.Status | None:
 async def _abort(context: grpc.aio.ServicerContext, err: BaseException, method: str) -> None:
     status = to_status(err) if isinstance(err, KeyspanError) else None
     if status is None:
-        log.error("server fault", exc_info=err, extra={"method": method})
-        for hook in fault_hooks:
-            hook(err, method)
+        # The waiters of a failed write batch share its one fault: logged and reported once
+        # (128 Puts waiting on a broken partition logged 114 tracebacks).
+        if not getattr(err, "_keyspan_reported", False):
+            with contextlib.suppress(AttributeError):
+                err._keyspan_reported = True  # type: ignore[attr-defined]
+            log.error("server fault", exc_info=err, extra={"method": method})
+            for hook in fault_hooks:
+                hook(err, method)
         status = _status(code_pb2.INTERNAL, f"internal error ({type(err).__name__}); see the server log")
     await context.abort_with_status(status)
 

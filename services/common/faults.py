@@ -46,6 +46,9 @@ def setup_sentry(config: ProcessConfig, component: str) -> bool:
         release=f"keyspan@{__version__}",
         default_integrations=False,
         integrations=[DedupeIntegration()],
+        # A frame's locals hold the requests and the writer's batch: stored keys and
+        # values, any client's, sent to a third party (a Put's value 9 times in one event).
+        include_local_variables=False,
     )
     sentry_sdk.set_tag("component", component)
     if report_rpc_fault not in errors.fault_hooks:

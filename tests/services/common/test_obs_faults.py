@@ -58,12 +58,13 @@ async def test_a_server_fault_is_one_event_and_one_log_line_with_the_trace_id(
     kv = kv_pb2_grpc.KVStub(channel_to(server))
     _break_writes(monkeypatch, server, "p0000")
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await kv.Put(kv_pb2.PutRequest(key=b"broken", value=b"v"))
+        await kv.Put(kv_pb2.PutRequest(key=b"broken", value=b"SECRET-VALUE-42"))
     assert err.value.code() == grpc.StatusCode.INTERNAL
     await asyncio.to_thread(sentry_sdk.flush, 5)
     assert server.observability.tracing.flush()
 
     [event] = sentry_endpoint.events
+    assert "SECRET-VALUE-42" not in json.dumps(event)  # frames' locals held it 9 times
     tags = event["tags"]
     assert tags["partition_id"] == "p0000"
     assert tags["node"] == server.address
@@ -80,6 +81,21 @@ async def test_a_server_fault_is_one_event_and_one_log_line_with_the_trace_id(
     [line] = _errors(json_log)
     assert line["msg"] == "server fault"
     assert line["trace_id"] == rpc.trace_id.hex() and len(line["span_id"]) == 16
+
+
+@pytest.mark.asyncio
+async def test_the_writes_waiting_on_one_failed_batch_log_its_fault_once(
+    start_server, channel_to, sentry_endpoint, json_log, monkeypatch
+) -> None:
+    server = await start_server(sentry_dsn=sentry_endpoint.dsn)
+    kv = kv_pb2_grpc.KVStub(channel_to(server))
+    _break_writes(monkeypatch, server, "p0000")
+    puts = [kv.Put(kv_pb2.PutRequest(key=b"b%03d" % i, value=b"v")) for i in range(64)]
+    failed = await asyncio.gather(*puts, return_exceptions=True)
+    assert all(isinstance(f, grpc.aio.AioRpcError) and f.code() == grpc.StatusCode.INTERNAL for f in failed)
+    await asyncio.to_thread(sentry_sdk.flush, 5)
+    batches = len(sentry_endpoint.events)  # one a failed batch; far fewer than the Puts
+    assert 1 <= batches < 64 and len(_errors(json_log)) == batches
 
 
 @pytest.mark.asyncio
