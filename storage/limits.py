@@ -21,7 +21,7 @@ MAX_BULK_ENTRIES = 100_000
 # string's body (escapes as JSON has them, \" among them): SQLite copies it into the
 # document as written when it sets it, so `$."a\qb"` stored a document that is not JSON.
 _QUOTED_KEY = r'"(?:[^"\\\x00]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"'
-_JSON_PATH = re.compile(r'\$(?:\.(?:' + _QUOTED_KEY + r'|[^.\[\]"\x00]+)|\[(?:\d+|#(?:-\d+)?)\])*')
+_JSON_PATH = re.compile(r"\$(?:\.(?:" + _QUOTED_KEY + r'|[^.\[\]"\x00]+)|\[(?:\d+|#(?:-\d+)?)\])*')
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,7 +25,7 @@ import apsw
 
 from keyspan.storage.errors import CommitFailed, DiskFullError, StorageFaultError, UnavailableError
 from keyspan.storage.handoff import Handoff, reply
-from keyspan.storage.mutations import Mutation
+from keyspan.storage.mutations import Bulk, Mutation, SweepBatch
 from keyspan.storage.shard import Shard
 from keyspan.storage.throttled_log import ThrottledLog
 
@@ -52,6 +52,9 @@ class BatchTiming:
     failed: bool  # an SQLite fault aborted the batch
     # when each write of the batch was queued, in batch order (filled only for an observer)
     queued_ns: tuple[int, ...] = ()
+    # entries the batch wrote: a Put, Delete or Patch one (none when refused or a no-op),
+    # a BulkPut batch its accepted entries, a sweep its deletes
+    written: int = 0
 
 
 class WriteObserver(Protocol):
@@ -181,7 +184,7 @@ class PartitionWriter:
             return
         outcomes, timing = self._apply([item for _, item in batch])
         self.batches += 1
-        self.mutations += len(batch)
+        self.mutations += timing.written
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
         for (loop, (_, done, stamp)), outcome in zip(batch, outcomes, strict=True):
             stamp[1] = timing
@@ -203,8 +206,16 @@ class PartitionWriter:
         committed_ns = time.time_ns()
         applied_ns = min(max(self._shard.last_applied_ns, dequeued_ns), committed_ns)
         queued_ns = () if self.observer is None else tuple(stamp[0] for _, _, stamp in batch)
+        written = 0 if failed else sum(map(_written, (m for m, _, _ in batch), outcomes))
         timing = BatchTiming(
-            self._shard.partition_id, len(batch), dequeued_ns, applied_ns, committed_ns, failed, queued_ns
+            self._shard.partition_id,
+            len(batch),
+            dequeued_ns,
+            applied_ns,
+            committed_ns,
+            failed,
+            queued_ns,
+            written,
         )
         if self.observer is not None:
             try:
@@ -242,3 +253,14 @@ class PartitionWriter:
             self._disk_full_log.note(writes, partition_id=partition_id, cause=str(err))
         fault.__cause__ = err
         return fault
+
+
+def _written(mutation: Mutation, outcome: Any) -> int:
+    """Entries `mutation` wrote, from its outcome (see BatchTiming.written)."""
+    if isinstance(outcome, BaseException) or outcome is False:  # refused, or nothing to delete
+        return 0
+    if isinstance(mutation, Bulk):
+        return int(outcome)
+    if isinstance(mutation, SweepBatch):
+        return int(outcome[1])
+    return 1

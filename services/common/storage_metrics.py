@@ -162,7 +162,9 @@ def _partition_families() -> dict[str, Metric]:
         "keyspan_partition_reads", "Reads served (Gets, scan batches).", labels=["partition_id"]
     )
     fams["writes"] = CounterMetricFamily(
-        "keyspan_partition_writes", "Mutations committed by the writer.", labels=["partition_id"]
+        "keyspan_partition_writes",
+        "Entries written (a Put, Delete or Patch one, a BulkPut batch its entries, a sweep its deletes).",
+        labels=["partition_id"],
     )
     return fams
 
@@ -248,7 +250,7 @@ class StorageTelemetry:
         if registry is not None:
             self._batch_size = ThreadLocalHistogram(
                 "keyspan_write_batch_size",
-                "Mutations per group-commit transaction.",
+                "Entries written per group-commit transaction (one that wrote none is not counted).",
                 BATCH_BUCKETS,
                 registry,
             )
@@ -273,7 +275,8 @@ class StorageTelemetry:
 
     def on_batch(self, timing: BatchTiming) -> None:
         if self._batch_size is not None:
-            self._batch_size.observe(timing.size)
+            if timing.written:  # a batch that wrote nothing (an empty sweep) is not a write
+                self._batch_size.observe(timing.written)
             self._transaction.observe(  # type: ignore[union-attr]
                 (timing.applied_ns - timing.dequeued_ns) / 1e9
             )

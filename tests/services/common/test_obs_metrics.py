@@ -355,3 +355,25 @@ async def test_the_registrar_refuses_a_sync_servicer_when_it_is_registered() -> 
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             reflection.ReflectionServicer([KV]), registrar
         )
+
+
+@pytest.mark.asyncio
+async def test_writes_count_entries_written_not_queued_mutations(start_server, channel_to) -> None:
+    # A BulkPut batch of 200 entries counted as one write, and an empty sweep as one.
+    server = await start_server(metrics_address="127.0.0.1:0", split_points="m")
+    kv = kv_pb2_grpc.KVStub(channel_to(server))
+    bulk = kv.BulkPut()
+    await bulk.write(
+        kv_pb2.BulkPutRequest(entries=[kv_pb2.Entry(key=b"a%03d" % i, value=b"v") for i in range(200)])
+    )
+    assert (await bulk.read()).accepted == 200
+    await bulk.done_writing()
+    sweep = kv.Sweep()
+    await sweep.write(kv_pb2.SweepRequest())
+    await sweep.done_writing()
+    assert [r async for r in sweep][-1].deleted == 0
+    m = await scrape(server)
+    assert sample(m, "keyspan_partition_writes_total", partition_id="p0000") == 200
+    assert sample(m, "keyspan_partition_writes_total", partition_id="p0001") == 0
+    assert sample(m, "keyspan_write_batch_size_sum") == 200
+    assert sample(m, "keyspan_write_batch_size_count") == 1
