@@ -581,7 +581,7 @@ class AsyncClient:
         fn: Callable[[Any], Any],
         *,
         json: bool = False,
-        ttl_s: float = 0,
+        ttl_s: float | None = None,
         policy: RetryPolicy = UPDATE_POLICY,
         timeout_s: float | None = None,
     ) -> Entry:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from keyspan.storage.keys import key_successor
+from keyspan.storage.limits import MIN_TTL_S
 from keyspan.streams.arguments import check_flag, check_timeout, check_ttl
 from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.entry import Entry, KeyLike, encode_value, key_range, point_key, stored_as_json
@@ -196,11 +197,15 @@ async def update(
     fn: Callable[[Any], Any],
     *,
     json: bool = False,
-    ttl_s: float = 0,
+    ttl_s: float | None = None,
     policy: RetryPolicy = UPDATE_POLICY,
     timeout_s: float | None = None,
 ) -> Entry:
     """Read-modify-write one entry: store fn(current value) under the etag that was read.
+
+    ttl_s None (the default) keeps the entry's expiry, as Patch does (the time it had left
+    when read: the same instant, to the millisecond); 0 writes it with none, a number sets
+    a new one. (It wrote with none by default, so an update made an expiring entry permanent.)
 
     `fn` gets the current value (decoded JSON when json=True, else bytes), or None when
     the key is absent, in which case the write is a must-not-exist create; what it returns
@@ -217,7 +222,8 @@ async def update(
     raw = point_key(key)
     if not callable(fn):
         raise TypeError(f"fn: must be a function of the current value, not {type(fn).__name__}")
-    check_ttl(ttl_s)
+    if ttl_s is not None:
+        check_ttl(ttl_s)
     check_flag(json, "json")
     if timeout_s is not None:
         check_timeout(timeout_s, "timeout_s")
@@ -244,17 +250,25 @@ async def update(
             if inspect.isawaitable(value):
                 value = await value
             phase = "write"
+            ttl, expires_at = _ttl_for(ttl_s, current)
             if current is None:
-                etag = await client.put(
-                    raw, value, ttl_s=ttl_s, if_absent=True, json=json, timeout_s=timeout_s
-                )
+                etag = await client.put(raw, value, ttl_s=ttl, if_absent=True, json=json, timeout_s=timeout_s)
             else:
                 etag = await client.put(
-                    raw, value, ttl_s=ttl_s, if_etag=current.etag, json=json, timeout_s=timeout_s
+                    raw, value, ttl_s=ttl, if_etag=current.etag, json=json, timeout_s=timeout_s
                 )
-            expires_at = datetime.now(UTC) + timedelta(seconds=ttl_s) if ttl_s else None
             is_json = stored_as_json(value, json)
             if not is_json:  # bytes, as get answers them (a str was handed back as a str)
                 value = encode_value(value, False)[0]
             return Entry(raw, value, etag, expires_at, is_json)
     raise AssertionError("unreachable: AsyncRetrying re-raises the last error")
+
+
+def _ttl_for(ttl_s: float | None, current: Entry | None) -> tuple[float, datetime | None]:
+    """The TTL to write with, and the expiry it gives: ttl_s, or (None) what `current` had left."""
+    if ttl_s is None:
+        expires_at = current.expires_at if current is not None else None
+        if expires_at is None:
+            return 0, None
+        return max(MIN_TTL_S, (expires_at - datetime.now(UTC)).total_seconds()), expires_at
+    return ttl_s, datetime.now(UTC) + timedelta(seconds=ttl_s) if ttl_s else None

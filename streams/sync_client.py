@@ -298,7 +298,7 @@ class Client:
         fn: Callable[[Any], Any],
         *,
         json: bool = False,
-        ttl_s: float = 0,
+        ttl_s: float | None = None,
         policy: RetryPolicy = UPDATE_POLICY,
         timeout_s: float | None = None,
     ) -> Entry:

@@ -506,3 +506,16 @@ def test_a_server_slow_to_shake_hands_is_still_reached(server_address: str) -> N
             assert kv.put("slow", b"v") >= 1
     finally:
         listener.close()
+
+
+def test_update_keeps_the_entrys_expiry_unless_told(client: Client) -> None:
+    # It wrote with no TTL by default: an update made an expiring entry permanent.
+    client.put("t", {"n": 1}, ttl_s=1000)
+    before = client.get("t")
+    assert before is not None and before.expires_at is not None
+    entry = client.update("t", lambda v: {"n": v["n"] + 1}, json=True)
+    after = client.get("t")
+    assert after is not None and after.expires_at is not None and entry.expires_at == before.expires_at
+    assert abs((after.expires_at - before.expires_at).total_seconds()) < 0.05
+    client.update("t", lambda v: v, json=True, ttl_s=0)  # 0: no expiry, as put's
+    assert client.get("t").expires_at is None  # type: ignore[union-attr]
