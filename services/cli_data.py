@@ -354,7 +354,7 @@ def delete(conn: Conn, key: str, if_etag: int | None) -> None:
 def _path_value(text: str) -> tuple[str, bytes]:
     from keyspan.streams import jsontext
 
-    path, sep, value = text.partition("=")
+    path, sep, value = _split_at_equals(text)
     if not sep or not path.startswith("$"):
         raise click.BadParameter(f"{text!r} is not PATH=JSON, like '$.a.b=42'", param_hint="--set")
     try:
@@ -362,6 +362,21 @@ def _path_value(text: str) -> tuple[str, bytes]:
     except ValueError as err:
         raise click.BadParameter(f"{value!r} is not JSON ({err})", param_hint="--set") from None
     return path, value.encode()  # sent as written
+
+
+def _split_at_equals(text: str) -> tuple[str, str, str]:
+    """PATH=JSON cut at the first = outside a quoted key: `$."a=b"=2` is the path $."a=b"."""
+    quoted = escaped = False
+    for i, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "=" and not quoted:
+            return text[:i], "=", text[i + 1 :]
+    return text, "", ""
 
 
 @cli.command()
@@ -398,7 +413,7 @@ def patch(
             jsontext.loads(merge)
     except ValueError as err:
         raise click.BadParameter(f"is not JSON ({err})", param_hint="--merge") from None
-    set_paths = dict(_path_value(s) for s in sets)
+    set_paths = [_path_value(s) for s in sets]  # in order; a path may come twice ($.tags[#])
     with expected_errors(), conn.client() as kv:
         entry = kv.patch(
             conn.key(key),

@@ -79,17 +79,28 @@ def check_paths(paths: str | Iterable[str] | None, name: str) -> list[str]:
     return listed
 
 
-def check_path_values(values: Mapping[str, Any] | None, name: str) -> list[tuple[str, Any]]:
-    """The (path, value) pairs of a mapping from JSON path to value (None: none)."""
+def check_path_values(
+    values: Mapping[str, Any] | Iterable[tuple[str, Any]] | None, name: str
+) -> list[tuple[str, Any]]:
+    """The (path, value) pairs of a mapping from JSON path to value, or of a list of such
+    pairs, which may name a path more than once (`$.tags[#]` twice appends twice); None: none."""
     if values is None:
         return []
-    if not isinstance(values, Mapping):
-        raise TypeError(f"{name}: must be a mapping of JSON path to value, not {type(values).__name__}")
-    for path in values:
+    rule = "a mapping of JSON path to value, or a list of (path, value) pairs"
+    if isinstance(values, Mapping):
+        pairs = list(values.items())
+    elif isinstance(values, str | bytes | bytearray) or not isinstance(values, Iterable):
+        raise TypeError(f"{name}: must be {rule}, not {type(values).__name__}")
+    else:
+        pairs = [tuple(pair) if isinstance(pair, tuple | list) else pair for pair in values]
+        for i, pair in enumerate(pairs):
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                raise TypeError(f"{name}[{i}]: must be a (path, value) pair, not {pair!r}")
+    for path, _ in pairs:
         if not isinstance(path, str):
             kind = type(path).__name__
             raise TypeError(f"{name}: a path must be a str (a JSON path like $.a.b), not {kind}")
-    return list(values.items())
+    return pairs
 
 
 def check_address(address: str, name: str = "address") -> str:

@@ -325,7 +325,7 @@ class AsyncClient:
         self,
         key: KeyLike,
         merge: Any = None,
-        set: Mapping[str, Any] | None = None,
+        set: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
         remove: str | list[str] | None = None,
         if_etag: int = 0,
         *,

@@ -215,7 +215,7 @@ class Client:
         self,
         key: KeyLike,
         merge: Any = None,
-        set: Mapping[str, Any] | None = None,
+        set: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
         remove: str | list[str] | None = None,
         if_etag: int = 0,
         **kw: Any,

@@ -650,3 +650,12 @@ def test_admin_refuses_a_bad_control_address_or_timeout_as_a_usage_error(args: l
     # A traceback and exit 1 (not found), or a deadline of 0 sent to control (exit 4).
     result = CliRunner().invoke(cli, ["admin", *args])
     assert result.exit_code == 2 and said in result.output and "Traceback" not in result.output
+
+
+def test_patch_applies_every_set_in_order_even_on_the_same_path(server_address: str) -> None:
+    # The CLI kept a dict of --set: the first append was lost, exit 0.
+    assert invoke(server_address, "put", "doc", '{"tags": ["a"]}', "--json")[0] == 0
+    code, out = invoke(server_address, "patch", "doc", "--set", '$.tags[#]="b"', "--set", '$.tags[#]="c"')
+    assert (code, json.loads(out)) == (0, {"tags": ["a", "b", "c"]})
+    code, out = invoke(server_address, "patch", "doc", "--set", '$."a=b"=2')  # the path's = is its own
+    assert (code, json.loads(out)["a=b"]) == (0, 2)

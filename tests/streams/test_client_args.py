@@ -198,8 +198,8 @@ def test_a_single_path_may_be_given_as_a_str(client: Client) -> None:
         (lambda kv: kv.patch("doc", remove=[1]), "remove\\[0\\]: must be a str"),
         (lambda kv: kv.patch("doc", remove=5), "remove: must be a str or a list of str, not int"),
         (
-            lambda kv: kv.patch("doc", set=["$.a", 1]),
-            "set: must be a mapping of JSON path to value, not list",
+            lambda kv: kv.patch("doc", set=["$.a", 1]),  # a list of pairs, each (path, value)
+            "set\\[0\\]: must be a \\(path, value\\) pair, not '\\$.a'",
         ),
         (lambda kv: kv.patch("doc", set={1: 2}), "set: a path must be a str .*, not int"),
     ],
@@ -506,6 +506,12 @@ def test_a_server_slow_to_shake_hands_is_still_reached(server_address: str) -> N
             assert kv.put("slow", b"v") >= 1
     finally:
         listener.close()
+
+
+def test_patch_takes_set_as_pairs_so_a_path_may_come_twice(client: Client) -> None:
+    client.put("doc", {"tags": ["a"]})
+    entry = client.patch("doc", set=[("$.tags[#]", "b"), ("$.tags[#]", "c")])
+    assert entry.value == {"tags": ["a", "b", "c"]}
 
 
 def test_update_keeps_the_entrys_expiry_unless_told(client: Client) -> None:
