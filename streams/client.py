@@ -31,7 +31,7 @@ import grpc
 from keyspan.storage.errors import key_text
 from keyspan.storage.keys import key_successor
 from keyspan.storage.limits import check_conditions
-from keyspan.streams import bulk_sender, calls, retry
+from keyspan.streams import bulk_sender, calls, jsontext, retry
 from keyspan.streams.arguments import (
     check_address,
     check_flag,
@@ -88,7 +88,10 @@ def _json_arg(value: Any, name: str) -> str:
             return bytes(value).decode()
         except UnicodeDecodeError as err:
             raise ValueError(f"{name}: JSON text must be UTF-8 ({err.reason} at byte {err.start})") from None
-    return json_text(jsonlib.dumps, value, name)
+    try:
+        return json_text(jsonlib.dumps, value, name)
+    except TypeError:  # a Decimal inside (a number get decoded exactly): written as it is
+        return jsontext.to_utf8(json_text(jsontext.dumps, value, name)).decode()
 
 
 class _CreditWindow:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json as jsonlib
+import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -110,15 +112,35 @@ def document(text: bytes | str) -> Any:
     An integer past Python's limit on int digits (4300 by default; the store keeps numbers
     as written) comes back as a Decimal, exact; int() of it raised ValueError."""
     try:
-        return jsontext.room_to_nest(jsonlib.loads, text)
+        return jsontext.room_to_nest(_loads, text)
     except ValueError as err:
         if not jsontext.too_many_digits(err):
             raise
     return jsontext.room_to_nest(_loads_big_ints, text)
 
 
+def _loads(text: bytes | str) -> Any:
+    return jsonlib.loads(text, parse_float=_exact_float)
+
+
 def _loads_big_ints(text: bytes | str) -> Any:
-    return jsonlib.loads(text, parse_int=_big_int)
+    return jsonlib.loads(text, parse_int=_big_int, parse_float=_exact_float)
+
+
+_NONZERO_MANTISSA = re.compile(r"^-?0*\.?0*[1-9]")
+
+
+def _exact_float(text: str) -> float | Decimal:
+    """A float when it holds the number exactly enough to write it back (its shortest
+    repr reads as the same number: 1.50 is 1.5), else a Decimal, exact: 1e400 was inf,
+    which is not JSON, and 0.10000000000000000001 was 0.1, so an update wrote back a
+    number its fn never touched."""
+    number = float(text)
+    if not math.isfinite(number) or (number == 0 and _NONZERO_MANTISSA.match(text.lower().split("e")[0])):
+        return Decimal(text)
+    if len(text) <= 15 or Decimal(repr(number)) == Decimal(text):
+        return number
+    return Decimal(text)
 
 
 def _big_int(text: str) -> int | Decimal:

@@ -24,6 +24,7 @@ import json
 import re
 import sys
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -143,7 +144,7 @@ def check_depth(text: str, limit: int = MAX_DEPTH) -> None:
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON text of a decoded value, JsonText parts written as they are."""
+    """Compact JSON text of a decoded value, JsonText and Decimal parts written as they are."""
     try:
         return _ENCODER.encode(value)
     except TypeError:  # a JsonText inside: write it part by part
@@ -153,6 +154,10 @@ def dumps(value: Any) -> str:
 def _parts(value: Any) -> Iterator[str]:
     if isinstance(value, JsonText):
         yield value.text
+    elif isinstance(value, Decimal):  # as the client decodes a number a float cannot hold
+        if not value.is_finite():
+            raise ValueError(f"{value} is not JSON (RFC 8259)")
+        yield str(value)
     elif isinstance(value, dict):
         yield "{"
         for i, (name, item) in enumerate(value.items()):

@@ -525,3 +525,21 @@ def test_update_keeps_the_entrys_expiry_unless_told(client: Client) -> None:
     assert abs((after.expires_at - before.expires_at).total_seconds()) < 0.05
     client.update("t", lambda v: v, json=True, ttl_s=0)  # 0: no expiry, as put's
     assert client.get("t").expires_at is None  # type: ignore[union-attr]
+
+
+def test_a_number_a_float_cannot_hold_is_decoded_exactly_and_written_back_as_it_was(client: Client) -> None:
+    # 1e400 decoded as inf (not JSON: update failed) and 0.10000000000000000001 as 0.1
+    # (update wrote back a number its fn never touched).
+    text = b'{"big":1e400,"precise":0.10000000000000000001,"tiny":1e-400,"price":1.50,"n":0}'
+    client.put("nums", text, json=True)
+    doc = client.get("nums", json=True).value  # type: ignore[union-attr]
+    assert doc["big"] == Decimal("1e400") and doc["precise"] == Decimal("0.10000000000000000001")
+    assert doc["tiny"] == Decimal("1e-400") and doc["price"] == 1.5 and isinstance(doc["price"], float)
+    client.update("nums", lambda d: {**d, "n": d["n"] + 1}, json=True)
+    after = client.get("nums", json=True).value  # type: ignore[union-attr]
+    assert {k: after[k] for k in ("big", "precise", "tiny")} == {
+        k: doc[k] for k in ("big", "precise", "tiny")
+    }
+    assert after["n"] == 1
+    client.patch("nums", set={"$.more": Decimal("1e999")})
+    assert client.get("nums", json=True).value["more"] == Decimal("1e999")  # type: ignore[union-attr]
