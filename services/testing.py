@@ -69,6 +69,32 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+def _server_env() -> dict[str, str]:
+    """The test process's environment without its KEYSPAN_* settings: a developer's
+    KEYSPAN_METRICS_ADDRESS gave every test server the same port (the second could not
+    start), and a KEYSPAN_SENTRY_DSN sent the tests' faults to Sentry."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSPAN_")}
+    return {**env, "GRPC_VERBOSITY": "ERROR"}
+
+
+# Linux: the server is started through this, which asks for SIGTERM when the test process
+# dies (prctl PR_SET_PDEATHSIG, kept across exec) and then becomes `keyspan serve`: a
+# pytest killed by a CI timeout or an IDE's stop button left its servers running for good.
+_WITH_PARENT = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(0)  # the test process died before the prctl
+os.execv(sys.executable, [sys.executable, "-m", "keyspan.services", *sys.argv[2:]])
+"""
+
+
+def _serve_command(*args: str) -> list[str]:
+    if sys.platform == "linux":
+        return [sys.executable, "-c", _WITH_PARENT, str(os.getpid()), "serve", *args]
+    return [sys.executable, "-m", "keyspan.services", "serve", *args]
+
+
 class ServerProcess:
     """One `keyspan serve` child process on 127.0.0.1; `start()`, then `stop()`."""
 
@@ -83,12 +109,9 @@ class ServerProcess:
         for attempt in range(attempts):
             self.address = f"127.0.0.1:{free_port()}"
             with self.log_path.open("ab") as log:
-                command = [sys.executable, "-m", "keyspan.services", "serve", "--address", self.address]
+                args = ["--address", self.address, "--data", str(self.data_dir), "--log-level", "WARNING"]
                 self.process = subprocess.Popen(
-                    [*command, "--data", str(self.data_dir), "--log-level", "WARNING", *self.args],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, "GRPC_VERBOSITY": "ERROR"},
+                    _serve_command(*args, *self.args), stdout=log, stderr=subprocess.STDOUT, env=_server_env()
                 )
             if self._wait_serving(timeout_s):
                 return self.address

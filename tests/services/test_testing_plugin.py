@@ -59,3 +59,54 @@ def test_a_server_that_cannot_start_raises_with_its_log(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data", "--max-value-bytes", "0")
     with pytest.raises(RuntimeError, match="max_value_bytes"):
         server.start(timeout_s=10, attempts=1)
+
+
+def test_a_developers_keyspan_settings_do_not_reach_the_test_servers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With KEYSPAN_METRICS_ADDRESS set, the second server could not start (the port taken).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setenv("KEYSPAN_METRICS_ADDRESS", f"127.0.0.1:{taken.getsockname()[1]}")
+        with running_server(tmp_path / "a") as first, running_server(tmp_path / "b") as second:
+            assert first != second
+
+
+KILLED_PARENT = """
+import sys, time
+from keyspan.services.testing import ServerProcess
+server = ServerProcess(sys.argv[1])
+server.start()
+print(server.process.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_server_ends_when_the_test_process_is_killed(tmp_path: Path) -> None:
+    # A pytest killed by a CI timeout left its servers running for good (parent PID 1).
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", KILLED_PARENT, str(tmp_path / "data")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        server_pid = int(parent.stdout.readline())
+        parent.kill()
+        parent.wait(10)
+        until = time.monotonic() + 15
+        while time.monotonic() < until:
+            try:
+                os.kill(server_pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(server_pid, signal.SIGKILL)
+            pytest.fail("the server outlived the process that started it")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
