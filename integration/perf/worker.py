@@ -135,11 +135,17 @@ async def _ops(spec: RunSpec, worker: int, routes: list[Route], rec: Recorder) -
     await asyncio.sleep(max(0.0, spec.start_at - time.time()))
     started = time.perf_counter()
     stop_at = started + spec.duration_s
-    quota = spec.operations // (spec.processes * spec.concurrency) if spec.operations else 0
+    callers = spec.processes * spec.concurrency
+
+    def share(i: int) -> int:
+        """This caller's part of --operations, the remainder spread one each: with fewer
+        operations than callers the run was timed instead, and otherwise rounded down."""
+        index = worker * spec.concurrency + i
+        return spec.operations // callers + (index < spec.operations % callers)
 
     async def caller(i: int) -> None:
-        route, done = routes[i % len(routes)], 0
-        while (done < quota) if quota else (time.perf_counter() < stop_at):
+        route, done, quota = routes[i % len(routes)], 0, share(i)
+        while (done < quota) if spec.operations else (time.perf_counter() < stop_at):
             op = rng.choices(client.ops, client.weights)[0]
             t0 = time.perf_counter_ns()
             try:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from integration.perf import history
 from integration.perf.figures import Figure
-from keyspan.services import cli_bench  # noqa: F401 - registers `keyspan bench`
+from keyspan.services import cli_bench
 from keyspan.services.cli import cli
 
 
@@ -60,3 +61,25 @@ def test_targets_and_compare_count_the_latest_machines_runs_unless_told(tmp_path
     assert "| baseline | Put c=64 RPC/s | >= 0.8 | 12 | 6 | 0.80 |" in every.output, every.output
     compared = CliRunner().invoke(cli, ["bench", "compare", "--history-dir", str(tmp_path), "--no-chart"])
     assert "| baseline | Put c=64 RPC/s | 0.700 | 0.700 | +0.0% |" in compared.output, compared.output
+
+
+@pytest.mark.parametrize("command", [["ycsb", "-w", "Z"], ["cluster", "-w", "get"], ["profile", "-w", "Q"]])
+def test_an_unknown_workload_is_a_usage_error_before_anything_runs(command: list[str]) -> None:
+    # It loaded 100,000 records (or started a cluster) first, then failed in the client
+    # processes with a KeyError, exit 1.
+    result = CliRunner().invoke(
+        cli, ["bench", *command, "--no-history"] if command[0] != "profile" else ["bench", *command]
+    )
+    assert result.exit_code == 2 and "Invalid value for '-w'" in result.output
+
+
+def test_the_workload_choices_are_the_suites_workloads() -> None:
+    from integration.perf.workloads import WORKLOADS
+
+    assert set(cli_bench.YCSB_WORKLOADS + cli_bench.BASELINE_WORKLOADS) == set(WORKLOADS)
+    ycsb = cli_bench.bench.commands["ycsb"]
+    workload = next(p for p in ycsb.params if p.name == "workloads")
+    assert workload.type_cast_value(click.Context(ycsb), ("a", "get")) == (
+        "A",
+        "get",
+    )  # a lowercase letter works
