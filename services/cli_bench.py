@@ -240,8 +240,24 @@ def worker(spec_file: str, out_file: str, worker: int) -> None:
     SPEC_FILE is a JSON RunSpec (addresses, workload, records, concurrency, processes,
     duration_s, start_at, ...). Start one worker per client process, each with its own
     WORKER index and the same start_at, then merge with `keyspan bench aggregate`.
+    `concurrency` there is calls per worker process; a worker loads nothing, so run a
+    spec with "workload": "load" first.
     """
-    _perf("worker").worker_main(Path(spec_file).read_text(), out_file, worker)
+    perf = _perf("worker")
+    text = Path(spec_file).read_text()
+    try:  # refused before the run: a bad spec, index or output path was a traceback, late
+        spec = perf.RunSpec(**json.loads(text))
+        if spec.workload not in _perf("workloads").WORKLOADS:
+            raise ValueError(f"unknown workload {spec.workload!r}")
+    except (ValueError, TypeError) as err:
+        raise click.BadParameter(f"not a RunSpec: {err}", param_hint="SPEC_FILE") from None
+    if not 0 <= worker < spec.processes:
+        raise click.BadParameter(
+            f"{worker} is not between 0 and processes - 1 ({spec.processes - 1})", param_hint="WORKER"
+        )
+    if not Path(out_file).resolve().parent.is_dir():
+        raise click.BadParameter(f"{out_file}: its directory does not exist", param_hint="OUT_FILE")
+    perf.worker_main(text, out_file, worker)
 
 
 @bench.command()
@@ -249,7 +265,12 @@ def worker(spec_file: str, out_file: str, worker: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the merged summary as JSON.")
 def aggregate(files: tuple[str, ...], as_json: bool) -> None:
     """Merge worker result files: HdrHistograms added, throughput over the longest window."""
-    summary = _perf("results").aggregate([Path(f) for f in files])
+    try:
+        summary = _perf("results").aggregate([Path(f) for f in files])
+    except (ValueError, KeyError, TypeError) as err:  # json's errors are ValueErrors
+        raise click.BadParameter(
+            f"not worker result files ({type(err).__name__}: {err})", param_hint="FILES"
+        ) from None
     if as_json:
         click.echo(json.dumps(summary, indent=1))
         return

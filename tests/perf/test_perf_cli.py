@@ -83,3 +83,35 @@ def test_the_workload_choices_are_the_suites_workloads() -> None:
         "A",
         "get",
     )  # a lowercase letter works
+
+
+@pytest.mark.parametrize(
+    ("spec", "out", "worker", "said"),
+    [
+        ("{not json", "o.json", "0", "not a RunSpec"),
+        ('{"addresses": ["127.0.0.1:1"], "bogus": 1}', "o.json", "0", "unexpected keyword argument 'bogus'"),
+        ('{"workload": "A"}', "o.json", "0", "not a RunSpec"),
+        ('{"addresses": ["127.0.0.1:1"], "workload": "Q"}', "o.json", "0", "unknown workload 'Q'"),
+        (
+            '{"addresses": ["127.0.0.1:1"], "processes": 2}',
+            "o.json",
+            "2",
+            "not between 0 and processes - 1 (1)",
+        ),
+        ('{"addresses": ["127.0.0.1:1"]}', "missing/o.json", "0", "its directory does not exist"),
+    ],
+)
+def test_a_worker_refuses_a_bad_spec_index_or_output_before_it_runs(
+    tmp_path, spec: str, out: str, worker: str, said: str
+) -> None:
+    # Each was a traceback; a bad output path lost the whole run at its end.
+    (tmp_path / "spec.json").write_text(spec)
+    args = ["bench", "worker", str(tmp_path / "spec.json"), str(tmp_path / out), worker]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and said in result.output, result.output
+
+
+def test_aggregate_refuses_files_that_are_not_worker_results(tmp_path) -> None:
+    (tmp_path / "spec.json").write_text('{"addresses": ["127.0.0.1:1"]}')
+    result = CliRunner().invoke(cli, ["bench", "aggregate", str(tmp_path / "spec.json")])
+    assert result.exit_code == 2 and "not worker result files" in result.output
