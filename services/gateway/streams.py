@@ -256,6 +256,8 @@ async def _forward_batch(
     for _ in range(MAX_ATTEMPTS):
         entry = router.owner(request.entries[0].key)
         call = calls.get(entry.address)
+        if call is not None and call.done():  # the node ended it after its last answer
+            call = None  # (a restart): this batch was never sent on it, so a new stream
         if call is None:
             call = calls[entry.address] = router.channels.stub(entry.address).BulkPut()
         try:
