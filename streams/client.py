@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json as jsonlib
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
@@ -511,7 +512,14 @@ class AsyncClient:
         lower, upper = key_range(start, end)
         check_number(max_deletes_per_s, "max_deletes_per_s", "a number of deletes per second (0: no limit)")
         scanned = deleted = 0
+        started = time.monotonic()
         for piece_start, piece_end, stub in self.live_router().pieces(lower, upper):
+            # The rate is the whole sweep's: each server paces its own piece from its start.
+            if (
+                max_deletes_per_s
+                and (ahead_s := deleted / max_deletes_per_s - (time.monotonic() - started)) > 0
+            ):
+                await asyncio.sleep(ahead_s)
             base_scanned, base_deleted = scanned, deleted
             request = kv_pb2.SweepRequest(start=piece_start, max_deletes_per_s=max_deletes_per_s)
             if piece_end is not None:

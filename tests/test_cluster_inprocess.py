@@ -200,6 +200,37 @@ async def test_a_gateway_scan_holds_the_entry_of_its_own_credit_until_the_client
     call.cancel()
 
 
+async def test_a_sweeps_rate_holds_across_pieces_through_the_gateway_and_the_thick_client(
+    running: Running,
+) -> None:
+    # Each node paced its own piece from its start: 900 deletes over 6 pieces went in
+    # 0.06 s at 200 a second. Here [c, r) is cut at the map's bounds g and n, with 100
+    # expired entries in each piece; a piece may start once those before it are paid for.
+    gateway = running.stub(running.gateway.address)
+    router = MapRouter.watching(running.control.address, open_channel)
+    try:
+        assert await router.wait_for_map(10)
+        thick = AsyncClient(router=router)
+        for sweeper in ("gateway", "thick"):
+            keys = [f"{p}{sweeper[0]}{i:03d}".encode() for p in "cjp" for i in range(100)]
+            for key in keys:
+                await gateway.Put(kv_pb2.PutRequest(key=key, value=b"v", ttl_s=0.05))
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            if sweeper == "gateway":
+                call = gateway.Sweep()
+                await call.write(kv_pb2.SweepRequest(start=b"c", end=b"r", max_deletes_per_s=300))
+                await call.done_writing()
+                deleted = [r async for r in call][-1].deleted
+            else:
+                deleted = [p async for p in thick.sweep("c", "r", max_deletes_per_s=300)][-1].deleted
+            assert deleted >= len(keys) - 5  # the nodes' own sweepers may take a few
+            # the third piece waits for the 200 deletes before it: 0.67 s at 300 a second
+            assert time.monotonic() - started >= 0.6, sweeper
+    finally:
+        await router.close()
+
+
 async def test_a_scan_whose_client_stops_granting_ends_via_the_gateway_as_direct(running: Running) -> None:
     gateway = running.stub(running.gateway.address)
     for k in KEYS[:5]:

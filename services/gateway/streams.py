@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -290,9 +291,14 @@ async def sweep_through(
         return
     whole = range_of(first.start, first.end if first.HasField("end") else None)
     scanned = deleted = 0
+    started, rate = time.monotonic(), first.max_deletes_per_s
     for piece, entry in router.map.pieces(whole.start, whole.end):
         if not entry.routable:
             raise entry.unavailable()
+        # The rate is the whole sweep's: each node paces its own piece from its start, so
+        # the next piece waits for the deletes so far (900 went in 0.06 s at 200 a second).
+        if rate and (ahead_s := deleted / rate - (time.monotonic() - started)) > 0:
+            await unless_stopping(asyncio.sleep(ahead_s), stopping, RERUN_SWEEP)
         request = kv_pb2.SweepRequest(start=piece.start, max_deletes_per_s=first.max_deletes_per_s)
         if piece.end is not None:
             request.end = piece.end
