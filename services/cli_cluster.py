@@ -224,7 +224,11 @@ def remove(ctx: click.Context, node_id: str, force: bool) -> None:
 
     response = _call(ctx, "RemoveNode", control_pb2.RemoveNodeRequest(node_id=node_id, force=force))
     moved = ", ".join(response.reassigned) or "none"
-    click.echo(f"removed node {node_id}; partitions reassigned: {moved}; map version {response.map_version}")
+    # "reassigned" said more than it knew: with no schedulable node they stay unassigned
+    click.echo(
+        f"removed node {node_id}; partitions it owned: {moved} (assigned to other nodes where one is "
+        f"schedulable, else unassigned: see `admin partitions`); map version {response.map_version}"
+    )
 
 
 @admin.command()
