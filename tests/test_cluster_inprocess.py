@@ -174,10 +174,12 @@ async def test_a_later_grant_outside_the_credit_range_ends_a_gateway_scan_with_i
     await call.write(kv_pb2.ScanRequest(credits=1))
     assert len((await call.read()).entries) == 1
     await call.write(kv_pb2.ScanRequest(credits=0))  # ended OK, no done, the rest cut off
+    more: list[kv_pb2.ScanResponse] = []
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         async with asyncio.timeout(10):
-            while await call.read() is not grpc.aio.EOF:  # EOF: ended OK
-                pass
+            while (response := await call.read()) is not grpc.aio.EOF:  # EOF: ended OK
+                more.append(response)
+    assert more == []  # its one credit was used: nothing more came before the refusal
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details() == "credits: must be between 1 and 1000000, not 0"
 

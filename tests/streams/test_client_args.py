@@ -415,21 +415,13 @@ def test_a_client_tries_a_server_that_went_away_at_least_every_1_2_s() -> None:
     # gRPC's default backoff grows 1.6x to 120 s: a thick client still failed to connect
     # 6.5 s after a node restarted from a 10 s outage, and scan_ex gave up, where the
     # gateway (100 ms to 1 s) was through in 1 s. Here every attempt is accepted and closed.
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
     attempts: list[float] = []
 
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            attempts.append(time.monotonic())
-            conn.close()
+    def refuse(conn: socket.socket) -> None:
+        attempts.append(time.monotonic())
+        conn.close()
 
-    threading.Thread(target=accept, daemon=True).start()
+    listener = _listening(refuse)
     try:
         with Client(f"127.0.0.1:{listener.getsockname()[1]}", timeout_s=0.5) as kv:
             until = time.monotonic() + 5
@@ -468,11 +460,27 @@ def test_a_patch_given_json_bytes_that_are_not_utf8_is_a_value_error_naming_them
         client.patch("k", merge=b"\xff")  # a bare UnicodeDecodeError
 
 
-def _slow_handshake_proxy(target: tuple[str, int], delay_s: float) -> tuple[socket.socket, str]:
-    """A TCP proxy to `target` that lets each connection through only after `delay_s`."""
+def _listening(on_connection: Callable[[socket.socket], None]) -> socket.socket:
+    """A socket listening on 127.0.0.1 whose connections go to `on_connection`, in turn,
+    on a thread of its own until the socket is closed."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
+    listener.listen(64)
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            on_connection(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener
+
+
+def _slow_handshake_proxy(target: tuple[str, int], delay_s: float) -> tuple[socket.socket, str]:
+    """A TCP proxy to `target` that lets each connection through only after `delay_s`."""
 
     def pipe(src: socket.socket, dst: socket.socket) -> None:
         with contextlib.suppress(OSError):
@@ -481,18 +489,13 @@ def _slow_handshake_proxy(target: tuple[str, int], delay_s: float) -> tuple[sock
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            time.sleep(delay_s)
-            upstream = socket.create_connection(target)
-            threading.Thread(target=pipe, args=(conn, upstream), daemon=True).start()
-            threading.Thread(target=pipe, args=(upstream, conn), daemon=True).start()
+    def forward(conn: socket.socket) -> None:
+        time.sleep(delay_s)
+        upstream = socket.create_connection(target)
+        threading.Thread(target=pipe, args=(conn, upstream), daemon=True).start()
+        threading.Thread(target=pipe, args=(upstream, conn), daemon=True).start()
 
-    threading.Thread(target=serve, daemon=True).start()
+    listener = _listening(forward)
     return listener, f"127.0.0.1:{listener.getsockname()[1]}"
 
 
