@@ -96,7 +96,10 @@ class ShardSet:
 
     `on_missing` builds the error for a key no local partition owns: a WrongPartitionError
     (the cluster's node fills in the owner from its map; by default it names no owner), or
-    UnavailableError while the partitions are not open (`keyspan serve`).
+    UnavailableError while the partitions are not open (`keyspan serve`). `start_below`
+    gives the start of the partition that holds the keys just below a bound (None: the
+    key space's end), where a map knows it (the cluster's node), else None: a reverse scan
+    that reaches a part not held here names that partition's owner, whose keys come next.
     """
 
     def __init__(self, data_dir: Path, options: ShardSetOptions | None = None) -> None:
@@ -107,6 +110,7 @@ class ShardSet:
         self._partitions: list[Partition] = []
         self._starts: list[bytes] = []
         self.on_missing: Callable[[bytes], KeyspanError] = WrongPartitionError
+        self.start_below: Callable[[bytes | None], bytes | None] = lambda bound: None
         # Timings of every writer opened after it is set (services/ turns them into metrics).
         self.write_observer: WriteObserver | None = None
         self._warned_open_files = False
@@ -353,11 +357,19 @@ class ShardSet:
         edge = key_range.end if reverse else key_range.start
         for i, (_, common) in enumerate(parts):
             if (common.end if reverse else common.start) != edge:
-                return parts[:i], (common.end if reverse else edge)  # type: ignore[return-value]
+                if reverse:  # the gap is [common.end, edge): its keys below edge come next
+                    return parts[:i], self._gap_key_below(edge, common.end)  # type: ignore[arg-type]
+                return parts[:i], edge
             edge = common.start if reverse else common.end
         if edge != (key_range.start if reverse else key_range.end):
-            return parts, key_range.start if reverse else edge
+            return parts, self._gap_key_below(edge, key_range.start) if reverse else edge
         return parts, None
+
+    def _gap_key_below(self, bound: bytes | None, low: bytes) -> bytes:
+        """A key of the gap [low, bound) in the partition holding its keys just below
+        `bound`: the first that a reverse scan reads next. Without a map, `low`."""
+        start = self.start_below(bound)
+        return low if start is None else max(low, start)
 
     def covering(self, key_range: KeyRange) -> list[tuple[Partition, KeyRange]]:
         """held(key_range)'s partitions when they hold all of it; else the on_missing

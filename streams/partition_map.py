@@ -152,6 +152,14 @@ class PartitionMap:
             raise UnavailableError("no partition map yet (control not reached)", retry_after_s=0.5)
         return self._entries[bisect.bisect_right(self._starts, key) - 1]
 
+    def start_below(self, bound: bytes | None) -> bytes | None:
+        """The start of the partition that holds the keys just below `bound` (None: the
+        key space's end); None before any map, or below the first key."""
+        if not self._entries:
+            return None
+        i = len(self._entries) if bound is None else bisect.bisect_left(self._starts, bound)
+        return self._starts[i - 1] if i else None
+
     def by_id(self, partition_id: str) -> MapEntry | None:
         return next((e for e in self._entries if e.partition_id == partition_id), None)
 

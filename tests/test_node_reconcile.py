@@ -110,3 +110,38 @@ async def test_a_shard_made_for_another_map_is_refused_and_its_keys_say_why(tmp_
         assert row is not None and row.value == b"kept"
     finally:
         kept.close()
+
+
+async def test_a_reverse_scan_that_reaches_a_gap_names_the_owner_of_the_keys_it_reads_next(
+    tmp_path: Path,
+) -> None:
+    """A reverse scan reads down from its end: at a gap it must name the owner of the keys
+    just below where it stopped. It named the owner of the gap's lowest key, and a client
+    following the advice went round the nodes for ever."""
+    bounds = [(b"", b"g"), (b"g", b"k"), (b"k", b"n"), (b"n", b"u"), (b"u", None)]
+    owners = ["me", "o1", "o2", "me", "o3"]
+    m = PartitionMap(
+        [
+            MapEntry(f"p{i}", KeyRange(s, e), owner, f"127.0.0.1:{i + 1}", SERVING)
+            for i, ((s, e), owner) in enumerate(zip(bounds, owners, strict=True))
+        ],
+        7,
+    )
+    shards = ShardSet(tmp_path)
+    shards.open(())
+    shards.on_missing = functools.partial(missing_key_error, "me", m)
+    shards.start_below = m.start_below
+    try:
+        await reconcile(shards, "me", m)
+
+        def owner_after(start: bytes, end: bytes | None, reverse: bool) -> tuple[list[str], str]:
+            parts, gap = shards.held(KeyRange(start, end), reverse=reverse)
+            assert gap is not None
+            return [p.id for p, _ in parts], shards.on_missing(gap).node_id  # type: ignore[attr-defined]
+
+        assert owner_after(b"", b"t", reverse=True) == (["p3"], "o2")  # below n: [k, n)
+        assert owner_after(b"h", b"m", reverse=True) == ([], "o2")
+        assert owner_after(b"a", None, reverse=True) == ([], "o3")
+        assert owner_after(b"a", b"t", reverse=False) == (["p0"], "o1")  # forward: up from g
+    finally:
+        shards.close()

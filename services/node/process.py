@@ -101,6 +101,7 @@ class NodeProcess(StorageProcess):
         self.shards.on_missing = functools.partial(
             missing_key_error, self.node_id, self.map, failures=self.session.failures
         )
+        self.shards.start_below = self.map.start_below
         self.session.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.session.settled(), self.config.sync_timeout_s)
