@@ -6,10 +6,13 @@ was ~7.5 us; the rest is the Python around the read and the kernel's wake-ups
 (integration/perf/JOURNAL.md, "Where a Get's extra CPU goes on this host").
 
 Correctness rests on one rule: a row read before a commit is never stored after it.
-Writers call `written(keys)` after every COMMIT, which bumps `generation` and evicts the
-keys; a reader takes the generation BEFORE it reads and `fill` stores the row only if
-no commit came in between. Both run under one lock, so either the fill lands first (and
-the eviction removes it) or it sees the new generation and stores nothing.
+Writers call `committing()` right before every COMMIT and `written(keys)` once it is
+over (committed or failed), which evicts the keys; both bump `generation`. A reader
+takes the generation BEFORE it reads, and `fill` stores the row only if no commit began
+in between and none is under way. All of it runs under one lock. The fence must open
+before the COMMIT: a read that began before it, filling between the COMMIT and the
+eviction, would put back the old row after another Get had already answered the new
+one, and later Gets would read the old row again.
 
 Expired rows need no eviction: a cached row past its `expires_at_ms` reads as absent,
 exactly as Shard.get treats it. Absent keys are cached too (a Put evicts them).
@@ -38,6 +41,7 @@ class RowCache:
     def __init__(self, budget_bytes: int) -> None:
         self.budget_bytes = budget_bytes
         self.generation = 0
+        self._committing = 0  # COMMITs under way (one a partition's writer, at most)
         self.hits = self.misses = 0
         self._rows: OrderedDict[bytes, Any] = OrderedDict()
         self._bytes = 0
@@ -72,29 +76,42 @@ class RowCache:
         if size > self.budget_bytes // 8:
             return
         with self._lock:
-            if generation != self.generation:
-                return  # a commit came in between: the row may be stale
+            if generation != self.generation or self._committing:
+                return  # a commit began in between, or is under way: the row may be stale
             self._drop(key)
             self._rows[key] = row if row is not None else ABSENT
             self._bytes += size
             while self._bytes > self.budget_bytes:
                 self._drop_oldest()
 
-    def written(self, keys: list[bytes] | None) -> None:
-        """After a commit: forget `keys` (None: every key) and fence off reads begun before."""
+    def committing(self) -> None:
+        """Right before a COMMIT: no row is stored until its `written`, and none read before."""
         with self._lock:
             self.generation += 1
-            if keys is None:
-                self._rows.clear()
-                self._bytes = 0
-                return
-            rows = self._rows
-            # A bulk load writes thousands of keys that were never read: look before dropping.
-            for key in [key for key in keys if key in rows]:
-                self._drop(key)
+            self._committing += 1
+
+    def written(self, keys: list[bytes] | None) -> None:
+        """After a COMMIT that `committing` announced, committed or failed: forget `keys`
+        (None: every key) and fence off reads begun before."""
+        with self._lock:
+            self._committing = max(0, self._committing - 1)
+            self._forget(keys)
 
     def clear(self) -> None:
-        self.written(None)
+        """Forget every row (a partition opened or closed) and fence off reads begun before."""
+        with self._lock:
+            self._forget(None)
+
+    def _forget(self, keys: list[bytes] | None) -> None:
+        self.generation += 1
+        if keys is None:
+            self._rows.clear()
+            self._bytes = 0
+            return
+        rows = self._rows
+        # A bulk load writes thousands of keys that were never read: look before dropping.
+        for key in [key for key in keys if key in rows]:
+            self._drop(key)
 
     def _drop_oldest(self) -> None:
         key, old = self._rows.popitem(last=False)

@@ -245,8 +245,11 @@ class Shard:
         wal = Path(f"{path}-wal")
         wal_existed = wal.exists()
         self._db = self._connect()
-        # Called with the keys a batch wrote, after its COMMIT (None: keys unknown).
+        # Called right before a batch's COMMIT, and with the keys it wrote once the COMMIT
+        # is over, committed or failed (None: keys unknown): the row cache's fence.
+        self.before_commit: Callable[[], None] | None = None
         self.on_commit: Callable[[list[bytes] | None], None] | None = None
+        self._commit_began = False
         # One read connection per thread that reads (the node's few read threads). Held
         # weakly here: a thread's connections close when the thread ends.
         self._local = threading.local()
@@ -270,7 +273,10 @@ class Shard:
                     "INSERT OR REPLACE INTO meta VALUES('partition_id', ?), ('start', ?), ('end', ?)",
                     (partition_id, key_range.start, key_range.end),
                 )
+            # The last committed revision: what Stats and the etags handed out go by. The
+            # writer counts in _revision during a batch and publishes it once committed.
             self.revision: int = self._meta("revision")
+            self._revision = self.revision
             # Rows stored, expired ones included until swept: counted once here, then kept
             # up to date by the writes, so Stats, heartbeats and scrapes never walk the
             # table (count(*) reads every page: ~30 ms a million rows even when cached).
@@ -571,8 +577,9 @@ class Shard:
         error outside a single mutation aborts the batch and is raised; the revision is
         then as before.
         """
-        revision_before = self.revision
+        revision_before = self._revision
         self._entries_delta = 0
+        self._commit_began = False
         outcomes: list[Any] = []
         try:
             with self._transaction():
@@ -581,16 +588,19 @@ class Shard:
                         outcomes.append(self._apply(mutation))
                     except KeyspanError as err:
                         outcomes.append(err)
-                if self.revision != revision_before:
-                    self._db.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (self.revision,))
+                if self._revision != revision_before:
+                    self._db.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (self._revision,))
                     # Trim the change log about every 1024 revisions, not on every batch.
-                    if self.revision // 1024 != revision_before // 1024:
-                        horizon = self.revision - self._changelog_max
+                    if self._revision // 1024 != revision_before // 1024:
+                        horizon = self._revision - self._changelog_max
                         self._db.execute("DELETE FROM changes WHERE revision <= ?", (horizon,))
                 self.last_applied_ns = time.time_ns()
         except BaseException:
-            self.revision = revision_before
+            self._revision = revision_before
+            if self._commit_began and self.on_commit is not None:
+                self.on_commit(_keys_of(mutations))  # a failed COMMIT may be on disk all the same
             raise
+        self.revision = self._revision  # published once committed, as entries are
         self.entries += self._entries_delta
         if self.on_commit is not None:
             self.on_commit(_keys_of(mutations))
@@ -611,6 +621,9 @@ class Shard:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
+        if self.before_commit is not None:
+            self.before_commit()
+        self._commit_began = True
         try:
             self._db.execute("COMMIT")
         except apsw.IOError as err:  # in the WAL write or its fsync: the commit may be on disk
@@ -626,8 +639,8 @@ class Shard:
     def _next_revision(self) -> int:
         # The revision travels with the partition through split, merge and move, so a
         # deleted-then-recreated key can never receive an etag it had before.
-        self.revision += 1
-        return self.revision
+        self._revision += 1
+        return self._revision
 
     @staticmethod
     def _check_precondition(key: bytes, found: Any, if_etag: int, if_absent: bool) -> None:
@@ -664,7 +677,7 @@ class Shard:
         found = self._db.execute(_CURRENT, (m.key,)).fetchone()  # also counts a new row
         if m.if_etag or m.if_absent:
             self._check_precondition(m.key, found, m.if_etag, m.if_absent)
-        etag = self.revision + 1
+        etag = self._revision + 1
         self._db.execute(sql, (m.key, value, etag, m.expires_at_ms))
         self._db.execute(_LOG, (self._next_revision(), m.key))
         self._entries_delta += found is None
@@ -674,9 +687,9 @@ class Shard:
         """Write bytes values with no TTL, in order, at the next len(keys) revisions: two
         statements whatever the count."""
         packed = packed_entries(keys, values)
-        self._db.execute(_UPSERT_PACKED, (packed, self.revision))
-        self._db.execute(_LOG_PACKED, (packed, self.revision))
-        self.revision += len(keys)
+        self._db.execute(_UPSERT_PACKED, (packed, self._revision))
+        self._db.execute(_LOG_PACKED, (packed, self._revision))
+        self._revision += len(keys)
 
     def _json_text(self, value: bytes | str, field: str) -> str:
         return json_text(self._db, value, field)
@@ -722,7 +735,7 @@ class Shard:
             raise NotJsonError(m.key)
         if m.if_etag and found[1] != m.if_etag:
             raise EtagMismatchError(m.key, m.if_etag, found[1])
-        etag = self.revision + 1
+        etag = self._revision + 1
         # In a savepoint: a document the patch grew past the value limit is known only
         # once made, and must leave the row (and the rest of the batch) as it was.
         self._db.execute("SAVEPOINT patch")
@@ -759,7 +772,7 @@ class Shard:
                 self._upsert_plain(keys, m.values)
             self._entries_delta += new
             return len(keys)
-        first = self.revision + 1
+        first = self._revision + 1
         plain, docs = [], []
         for i, row in enumerate(m.rows()):
             if row.json:
@@ -773,7 +786,7 @@ class Shard:
             if docs:
                 self._db.executemany(_UPSERT_JSON, docs)
             self._db.executemany(_LOG, zip(range(first, first + len(keys)), keys, strict=True))
-        self.revision += len(keys)
+        self._revision += len(keys)
         self._entries_delta += new
         return len(keys)
 

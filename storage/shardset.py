@@ -223,6 +223,7 @@ class ShardSet:
         if self.row_cache is not None:
             # The node may have served this range before (a move away and back): forget it all.
             self.row_cache.clear()
+            shard.before_commit = self.row_cache.committing
             shard.on_commit = self.row_cache.written
         partition = Partition(
             partition_id,

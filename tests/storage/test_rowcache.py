@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 
+from keyspan.storage.keys import KeyRange
 from keyspan.storage.mutations import Bulk, BulkRow, Delete, Patch, Put
 from keyspan.storage.rowcache import ABSENT, MISSING, RowCache
-from keyspan.storage.shard import Row
+from keyspan.storage.shard import Row, Shard
 from keyspan.storage.shardset import ShardSet, ShardSetOptions, now_ms, ranges_from_split_points
 
 
@@ -82,6 +85,66 @@ def test_a_read_begun_before_a_commit_is_never_stored() -> None:
     assert cache.get(b"k", 0).value == b"new"
     cache.fill(b"gone", None, cache.generation)
     assert cache.get(b"gone", 0) is ABSENT
+
+
+def test_no_read_is_stored_while_a_commit_is_under_way() -> None:
+    cache = RowCache(1 << 20)
+    old = Row(b"k", b"old", False, 1, None)
+    before = cache.generation  # a read begun before the COMMIT ...
+    cache.committing()
+    during = cache.generation  # ... and one begun while it runs: both may hold "old"
+    cache.fill(b"k", old, before)
+    cache.fill(b"k", old, during)
+    assert cache.get(b"k", 0) is MISSING
+    cache.written([b"k"])  # the COMMIT is over
+    cache.fill(b"k", old, during)
+    assert cache.get(b"k", 0) is MISSING
+    cache.fill(b"k", Row(b"k", b"new", False, 2, None), cache.generation)
+    assert cache.get(b"k", 0).value == b"new"
+
+
+async def test_a_read_begun_before_a_commit_never_lands_after_a_newer_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Get A reads v1 on a read thread and stops before filling the cache; v2 commits and
+    its writer stops before evicting; Get B reads v2; A fills. A Get begun after B
+    answered must not see v1 (it did: the fence opened only after the COMMIT)."""
+    shards = ShardSet(tmp_path / "d", ShardSetOptions(row_cache_bytes=1 << 20, inline_read_budget_s=0.0))
+    await asyncio.to_thread(shards.open, [("p0", KeyRange())])
+    try:
+        await shards.write(b"hot", Put(b"hot", b"v1"))
+        shard = shards.partitions[0].shard
+        a_read, release_a, committed, release_writer = (threading.Event() for _ in range(4))
+        plain_get, evict = Shard.get, shard.on_commit
+        assert evict is not None
+
+        def get_then_stop_once(*args: object) -> Row | None:
+            row = plain_get(*args)  # type: ignore[arg-type]
+            if not a_read.is_set():
+                a_read.set()
+                release_a.wait(5)
+            return row
+
+        def evict_late(keys: list[bytes] | None) -> None:
+            committed.set()
+            release_writer.wait(5)
+            evict(keys)
+
+        monkeypatch.setattr(Shard, "get", staticmethod(get_then_stop_once))
+        shard.on_commit = evict_late
+        get_a = asyncio.create_task(shards.get(b"hot"))
+        await asyncio.to_thread(a_read.wait, 5)
+        put = asyncio.create_task(shards.write(b"hot", Put(b"hot", b"v2")))
+        await asyncio.to_thread(committed.wait, 5)
+        b = await shards.get(b"hot")
+        release_a.set()
+        a = await get_a
+        c = await shards.get(b"hot")
+        release_writer.set()
+        await put
+        assert (a.value, b.value, c.value) == (b"v1", b"v2", b"v2")  # type: ignore[union-attr]
+    finally:
+        shards.close()
 
 
 def test_the_cache_keeps_to_its_byte_budget() -> None:

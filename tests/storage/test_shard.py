@@ -779,6 +779,21 @@ def test_a_value_takes_about_its_size_on_disk(tmp_path: Path, value_bytes: int) 
     assert pages * page_bytes / 2000 / (16 + value_bytes) < 1.5  # with the change log and indexes
 
 
+def test_the_revision_shows_only_committed_writes(tmp_path: Path) -> None:
+    """Stats read `revision` from another thread while a batch ran: it showed etags not yet
+    committed, and went back when the COMMIT failed."""
+    shard = Shard(tmp_path / "s.db", "s", KeyRange())
+    seen: list[int] = []
+    shard.before_commit = lambda: seen.append(shard.revision)  # statements done, not committed
+    try:
+        shard.apply_batch([Put(b"a", b"1"), Put(b"b", b"2")])
+        assert seen == [0] and shard.revision == 2
+        shard.apply_batch([Bulk.of_rows([BulkRow(b"c", b"3"), BulkRow(b"d", b"4")])])
+        assert seen == [0, 2] and shard.revision == 4
+    finally:
+        shard.close()
+
+
 async def test_a_range_with_a_part_not_held_here_is_refused_not_read_as_empty(tmp_path: Path) -> None:
     shards = ShardSet(tmp_path / "d")  # a node holding [-inf, g) and [n, u) only
     held = [("p0", KeyRange(b"", b"g")), ("p2", KeyRange(b"n", b"u"))]
