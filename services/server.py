@@ -10,6 +10,7 @@ from keyspan.services.common.process import GrpcProcess
 from keyspan.services.config import ServeConfig, StorageConfig
 from keyspan.services.node.kv import KVServicer
 from keyspan.storage.errors import KeyspanError, UnavailableError
+from keyspan.storage.keys import KeyRange
 from keyspan.storage.limits import Limits
 from keyspan.storage.shardset import ShardSet, ShardSetOptions, ranges_from_split_points
 from keyspan.streams.sweep import Sweeper
@@ -60,6 +61,7 @@ class KeyspanServer(StorageProcess):
     def __init__(self, config: ServeConfig) -> None:
         super().__init__(config)
         self.shards.on_missing = self._not_open
+        self.shards.should_hold = lambda: (KeyRange(),)  # serve's partitions tile the key space
 
     def _not_open(self, key: bytes) -> KeyspanError:
         """No partition holds `key`: serve's partitions tile the key space, so they are not

@@ -111,6 +111,9 @@ class ShardSet:
         self._starts: list[bytes] = []
         self.on_missing: Callable[[bytes], KeyspanError] = WrongPartitionError
         self.start_below: Callable[[bytes | None], bytes | None] = lambda bound: None
+        # The ranges this process is meant to hold now (serve: the whole key space; a node:
+        # what its map assigns it): Stats refuses while one is not open, not a partial answer.
+        self.should_hold: Callable[[], Sequence[KeyRange]] = lambda: ()
         # Timings of every writer opened after it is set (services/ turns them into metrics).
         self.write_observer: WriteObserver | None = None
         self._warned_open_files = False
@@ -472,7 +475,10 @@ class ShardSet:
         return await partition.write(SweepBatch(key_range.start, key_range.end, now_ms(), limit))
 
     async def stats(self) -> list[PartitionStats]:
-        """Every partition's stats, read on the read threads (the Stats RPC's source)."""
+        """Every partition's stats, read on the read threads (the Stats RPC's source); the
+        on_missing error while a range of `should_hold` is not open (starting, opening)."""
+        for key_range in self.should_hold():
+            self.covering(key_range)
         return [await self.reads.run(lambda p=p: partition_stats(p)) for p in self._partitions]
 
 

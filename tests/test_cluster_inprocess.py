@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -507,3 +508,26 @@ async def test_a_second_node_with_the_same_id_and_another_disk_is_refused(
     again = ShardSet(tmp_path / "a-elsewhere")
     again.open(())
     again.close()
+
+
+async def test_a_gateway_with_no_map_yet_answers_stats_unavailable_not_an_empty_store() -> None:
+    import socket
+
+    with socket.socket() as silent:  # bound, never listening: the control cannot be reached
+        silent.bind(("127.0.0.1", 0))
+        control = f"127.0.0.1:{silent.getsockname()[1]}"
+        gateway = GatewayProcess(GatewayConfig(address="127.0.0.1:0", control=control, shutdown_grace_s=0.5))
+        starting = asyncio.create_task(gateway.start())
+        try:
+            while not gateway.port:
+                await asyncio.sleep(0.01)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await kv_pb2_grpc.KVStub(channel).Stats(kv_pb2.StatsRequest(), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "no partition map yet" in (refused.value.details() or "")
+        finally:
+            await gateway.stop(0)
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, KeyspanError):
+                await starting

@@ -102,6 +102,9 @@ async def test_a_shard_made_for_another_map_is_refused_and_its_keys_say_why(tmp_
         assert "holds partition p1 ['a', 'h'), not p1 ['g', 'n')" in failures["p1"]
         with pytest.raises(UnavailableError, match=r"partition p1 failed to open on this node: .*holds"):
             await shards.get(b"h")
+        shards.should_hold = lambda: [e.range for e in m.owned_by("me")]  # as the node sets it
+        with pytest.raises(UnavailableError, match=r"partition p1 failed to open"):
+            await shards.stats()  # not the other two, as if they were all it holds
     finally:
         shards.close()
     kept = Shard(tmp_path / "p1.db", "p1", KeyRange(b"a", b"h"))  # the file is as it was

@@ -10,6 +10,7 @@ import grpc
 
 from keyspan.services.gateway.routing import Router, is_transport_failure, node_unreachable, relay
 from keyspan.services.gateway.streams import bulk_put_through, scan_through, sweep_through
+from keyspan.storage.errors import UnavailableError
 from keyspan.storage.limits import Limits
 from keyspan.v1 import kv_pb2, kv_pb2_grpc
 
@@ -43,6 +44,8 @@ class GatewayServicer(kv_pb2_grpc.KVServicer):
     async def Stats(self, request: kv_pb2.StatsRequest, context: grpc.aio.ServicerContext) -> Any:
         """Every node's partitions that the map assigns to it, merged in key order;
         UNAVAILABLE while one has no routable owner (the answer claims every partition)."""
+        if not len(self._router.map):  # an empty answer would claim an empty store
+            raise UnavailableError("no partition map yet (control not reached)", retry_after_s=0.5)
         for entry in self._router.map.entries:
             if not entry.routable:
                 raise entry.unavailable()

@@ -102,6 +102,7 @@ class NodeProcess(StorageProcess):
             missing_key_error, self.node_id, self.map, failures=self.session.failures
         )
         self.shards.start_below = self.map.start_below
+        self.shards.should_hold = lambda: [e.range for e in self.map.owned_by(self.node_id)]
         self.session.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.session.settled(), self.config.sync_timeout_s)

@@ -181,7 +181,13 @@ async def test_calls_while_the_partitions_open_are_unavailable_not_wrong_partiti
             await asyncio.sleep(0.01)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             kv = kv_pb2_grpc.KVStub(channel)
-            for call in (kv.Get(kv_pb2.GetRequest(key=b"k")), kv.Put(kv_pb2.PutRequest(key=b"k")), scan(kv)):
+            calls = (
+                kv.Get(kv_pb2.GetRequest(key=b"k")),
+                kv.Put(kv_pb2.PutRequest(key=b"k")),
+                scan(kv),
+                kv.Stats(kv_pb2.StatsRequest()),  # not a partial answer, or none, as if complete
+            )
+            for call in calls:
                 try:
                     await call
                 except grpc.aio.AioRpcError as err:
