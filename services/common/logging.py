@@ -76,17 +76,19 @@ _GRPC_SEND_FAILED = "ExecuteBatchError raised in core by servicer method"
 
 
 class ClientGoneFilter(logging.Filter):
-    """gRPC logs an ERROR with a traceback when a stream's client goes away while the
-    server waits to send it an answer (a Scan it stopped reading, then cancelled): the
-    send fails before gRPC has marked the call cancelled. That is no server fault; the
-    record is turned into one DEBUG line, without the traceback."""
+    """gRPC logs an ERROR with a traceback when a client goes away while the server sends
+    it an answer (a Scan it stopped reading, then cancelled; a Put whose deadline passed):
+    the send fails before gRPC has marked the call cancelled. That is no server fault; the
+    record is turned into one DEBUG line, without the traceback, and dropped unless the
+    logger shows DEBUG (the level was checked at ERROR, before this filter ran)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR and str(record.msg).startswith(_GRPC_SEND_FAILED):
             method = str(record.msg)[len(_GRPC_SEND_FAILED) :].strip(" []")
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            record.msg, record.args = "a stream's client went away while it was being sent to: %s", (method,)
+            record.msg, record.args = "a client went away while its answer was being sent: %s", (method,)
             record.exc_info = record.exc_text = None
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True
 
 

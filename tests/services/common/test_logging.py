@@ -1,0 +1,38 @@
+"""The servers' logging: gRPC's "client went away" errors demoted, at the level asked for."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from keyspan.services.common.logging import quiet_client_gone, setup_logging
+
+GRPC_SEND_FAILED = "ExecuteBatchError raised in core by servicer method [/keyspan.v1.KV/Put]"
+
+
+@pytest.fixture
+def restore_logging() -> object:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    yield
+    root.handlers[:], level = saved
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "WARNING"])
+def test_a_client_gone_error_is_one_debug_line_shown_only_at_debug(
+    level: str, restore_logging: object, capfd: pytest.CaptureFixture[str]
+) -> None:
+    setup_logging(level, "text")
+    quiet_client_gone()
+    try:
+        raise ConnectionError("sent to a closed stream")
+    except ConnectionError:
+        logging.getLogger("grpc._cython.cygrpc").exception(GRPC_SEND_FAILED)
+    err = capfd.readouterr().err
+    if level == "DEBUG":
+        assert "a client went away while its answer was being sent: /keyspan.v1.KV/Put" in err
+        assert "Traceback" not in err and "ERROR" not in err
+    else:  # printed at WARNING as a DEBUG line, before the filter looked at the level
+        assert err == ""
