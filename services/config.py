@@ -232,8 +232,9 @@ class StorageConfig(ProcessConfig):
     sweep_interval_s: float = field(
         default=30.0,
         metadata=_help(
-            "Seconds between background sweeps of expired entries.",
-            bounds=Bounds(0, 86400, above=True, why=" (a day)"),
+            "Seconds between background sweeps of expired entries. A pass costs about 1 ms of "
+            "CPU a partition even with nothing to delete (4 partitions at 0.1 s: 5% of a core).",
+            bounds=Bounds(0.1, 86400, why=" (a day)"),
         ),
     )
     max_partition_series: int = field(

@@ -123,7 +123,7 @@ async def test_client_errors_are_neither_reported_nor_logged_as_errors(
 async def test_a_failing_background_sweep_is_reported_with_its_task(
     start_server, sentry_endpoint, json_log, monkeypatch
 ) -> None:
-    server = await start_server(sentry_dsn=sentry_endpoint.dsn, sweep_interval_s=0.05)
+    server = await start_server(sentry_dsn=sentry_endpoint.dsn, sweep_interval_s=0.1)
 
     async def broken_sweep() -> int:
         raise RuntimeError("sweep bug (injected)")
