@@ -293,22 +293,41 @@ def _one_line(value: bytes) -> bytes:
     help="Write only if the current etag is this.",
 )
 @click.option("--if-absent", is_flag=True, help="Write only if the key does not exist.")
+@click.option(
+    "--keep-ttl",
+    is_flag=True,
+    help="Keep the entry's expiry as it is (none if the key is absent or expired); not with --ttl.",
+)
 @click.option("--json", "as_json", is_flag=True, help="VALUE is JSON text, stored as a JSON document.")
 @client_options
 def put(
-    conn: Conn, key: str, value: str, ttl_s: float, if_etag: int | None, if_absent: bool, as_json: bool
+    conn: Conn,
+    key: str,
+    value: str,
+    ttl_s: float,
+    if_etag: int | None,
+    if_absent: bool,
+    keep_ttl: bool,
+    as_json: bool,
 ) -> None:
     """Write VALUE (or stdin when VALUE is -) under KEY and print the new etag.
+
+    Without --ttl or --keep-ttl the entry is written with no expiry.
 
     \b
     Examples:
       keyspan put user/ann hello
       keyspan put doc/1 '{"name": "ann"}' --json --ttl 3600
       keyspan put counter 2 --json --if-etag 41     # exit 3 if the etag moved on
+      keyspan put session/9 "$STATE" --keep-ttl     # still expires when it did
     """
+    if keep_ttl and ttl_s:
+        raise click.UsageError("--keep-ttl keeps the entry's expiry: give it or --ttl, not both")
     raw, data = conn.key(key), _value_of(value, as_json)
     with expected_errors(), conn.client() as kv:
-        etag = kv.put(raw, data, ttl_s=ttl_s, if_etag=if_etag or 0, if_absent=if_absent, json=as_json)
+        etag = kv.put(
+            raw, data, ttl_s=ttl_s, if_etag=if_etag or 0, if_absent=if_absent, json=as_json, keep_ttl=keep_ttl
+        )
     click.echo(json.dumps({"etag": etag}) if conn.output == "json" else str(etag))
 
 

@@ -44,6 +44,12 @@ def check_conditions(if_etag: int, if_absent: bool) -> None:
         raise InvalidArgumentError("if_absent", "cannot be combined with if_etag")
 
 
+def check_keep_ttl(keep_ttl: bool, ttl_s: float) -> None:
+    """A Put that keeps the entry's expiry sets none of its own."""
+    if keep_ttl and ttl_s:
+        raise InvalidArgumentError("keep_ttl", f"keeps the entry's expiry: ttl_s must then be 0, not {ttl_s}")
+
+
 def check_ttl(ttl_s: float, field: str = "ttl_s") -> float:
     """The TTL in seconds, when it is 0 (no TTL) or within MIN_TTL_S..MAX_TTL_S."""
     if ttl_s != 0 and (not math.isfinite(ttl_s) or not MIN_TTL_S <= ttl_s <= MAX_TTL_S):

@@ -20,6 +20,7 @@ class Put:
     expires_at_ms: int | None = None
     if_etag: int = 0
     if_absent: bool = False
+    keep_ttl: bool = False  # keep the live entry's expiry (expires_at_ms is then None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -677,8 +677,11 @@ class Shard:
         found = self._db.execute(_CURRENT, (m.key,)).fetchone()  # also counts a new row
         if m.if_etag or m.if_absent:
             self._check_precondition(m.key, found, m.if_etag, m.if_absent)
+        expires_at_ms = m.expires_at_ms
+        if m.keep_ttl and found is not None and found[1] is not None and found[1] > _now_ms():
+            expires_at_ms = found[1]  # a live entry's expiry; an expired one is absent: none
         etag = self._revision + 1
-        self._db.execute(sql, (m.key, value, etag, m.expires_at_ms))
+        self._db.execute(sql, (m.key, value, etag, expires_at_ms))
         self._db.execute(_LOG, (self._next_revision(), m.key))
         self._entries_delta += found is None
         return etag

@@ -31,7 +31,7 @@ import grpc
 
 from keyspan.storage.errors import key_text
 from keyspan.storage.keys import key_successor
-from keyspan.storage.limits import check_conditions
+from keyspan.storage.limits import check_conditions, check_keep_ttl
 from keyspan.streams import bulk_sender, calls, jsontext, retry
 from keyspan.streams.arguments import (
     check_address,
@@ -301,11 +301,13 @@ class AsyncClient:
         if_absent: bool = False,
         json: bool = False,
         *,
+        keep_ttl: bool = False,
         timeout_s: float | None = None,
     ) -> int:
         """Write the value and return its new etag. bytes and str are stored as bytes unless
         json=True; dict, list, numbers, bool and None are always stored as JSON documents.
-        Raises EtagMismatch when if_etag / if_absent does not hold."""
+        keep_ttl=True keeps the expiry the entry has when the write applies (ttl_s must
+        then be 0). Raises EtagMismatch when if_etag / if_absent does not hold."""
         raw = point_key(key)
         data, is_json = encode_value(value, check_flag(json, "json"))
         request = kv_pb2.PutRequest(
@@ -315,8 +317,10 @@ class AsyncClient:
             if_etag=_if_etag(if_etag),
             if_absent=check_flag(if_absent, "if_absent"),
             json=is_json,
+            keep_ttl=check_flag(keep_ttl, "keep_ttl"),
         )
         server_rule(check_conditions, request.if_etag, request.if_absent)
+        server_rule(check_keep_ttl, request.keep_ttl, request.ttl_s)
         return (await self._unary("Put", raw, request, timeout_s)).etag
 
     async def delete(self, key: KeyLike, if_etag: int = 0, *, timeout_s: float | None = None) -> bool:

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from keyspan.storage.keys import key_successor
-from keyspan.storage.limits import MIN_TTL_S
 from keyspan.streams.arguments import check_flag, check_timeout, check_ttl
 from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.entry import Entry, KeyLike, encode_value, key_range, point_key, stored_as_json
@@ -203,9 +202,11 @@ async def update(
 ) -> Entry:
     """Read-modify-write one entry: store fn(current value) under the etag that was read.
 
-    ttl_s None (the default) keeps the entry's expiry, as Patch does (the time it had left
-    when read: the same instant, to the millisecond); 0 writes it with none, a number sets
-    a new one. (It wrote with none by default, so an update made an expiring entry permanent.)
+    ttl_s None (the default) keeps the entry's expiry, as Patch does (the write asks the
+    server to keep it: the same instant, to the millisecond); 0 writes it with none, a
+    number sets a new one. (It wrote with none by default, so an update made an expiring
+    entry permanent; then it re-sent the time left, which each update moved later by its
+    round trip.)
 
     `fn` gets the current value (decoded JSON when json=True, else bytes), or None when
     the key is absent, in which case the write is a must-not-exist create; what it returns
@@ -250,25 +251,21 @@ async def update(
             if inspect.isawaitable(value):
                 value = await value
             phase = "write"
-            ttl, expires_at = _ttl_for(ttl_s, current)
+            if ttl_s is None:  # keep: the entry read is the one written over (if_etag)
+                ttl, keep, expires_at = 0.0, True, current.expires_at if current is not None else None
+            else:
+                ttl, keep = ttl_s, False
+                expires_at = datetime.now(UTC) + timedelta(seconds=ttl_s) if ttl_s else None
             if current is None:
-                etag = await client.put(raw, value, ttl_s=ttl, if_absent=True, json=json, timeout_s=timeout_s)
+                etag = await client.put(
+                    raw, value, ttl_s=ttl, if_absent=True, json=json, keep_ttl=keep, timeout_s=timeout_s
+                )
             else:
                 etag = await client.put(
-                    raw, value, ttl_s=ttl, if_etag=current.etag, json=json, timeout_s=timeout_s
+                    raw, value, ttl_s=ttl, if_etag=current.etag, json=json, keep_ttl=keep, timeout_s=timeout_s
                 )
             is_json = stored_as_json(value, json)
             if not is_json:  # bytes, as get answers them (a str was handed back as a str)
                 value = encode_value(value, False)[0]
             return Entry(raw, value, etag, expires_at, is_json)
     raise AssertionError("unreachable: AsyncRetrying re-raises the last error")
-
-
-def _ttl_for(ttl_s: float | None, current: Entry | None) -> tuple[float, datetime | None]:
-    """The TTL to write with, and the expiry it gives: ttl_s, or (None) what `current` had left."""
-    if ttl_s is None:
-        expires_at = current.expires_at if current is not None else None
-        if expires_at is None:
-            return 0, None
-        return max(MIN_TTL_S, (expires_at - datetime.now(UTC)).total_seconds()), expires_at
-    return ttl_s, datetime.now(UTC) + timedelta(seconds=ttl_s) if ttl_s else None

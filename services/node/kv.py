@@ -8,7 +8,14 @@ from collections.abc import AsyncIterator
 import grpc
 
 from keyspan.storage.errors import InvalidArgumentError
-from keyspan.storage.limits import Limits, check_conditions, check_paths, check_projection, expiry_ms
+from keyspan.storage.limits import (
+    Limits,
+    check_conditions,
+    check_keep_ttl,
+    check_paths,
+    check_projection,
+    expiry_ms,
+)
 from keyspan.storage.mutations import Delete, Patch, Put
 from keyspan.storage.shardset import ShardSet, now_ms
 from keyspan.streams.bulk_put import serve_bulk_put
@@ -41,6 +48,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
     async def Put(self, request: kv_pb2.PutRequest, context: grpc.aio.ServicerContext) -> kv_pb2.PutResponse:
         key = self._limits.key(request.key)
         check_conditions(request.if_etag, request.if_absent)
+        check_keep_ttl(request.keep_ttl, request.ttl_s)
         put = Put(
             key,
             self._limits.value(request.value),
@@ -48,6 +56,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
             expiry_ms(request.ttl_s, now_ms()),
             request.if_etag,
             request.if_absent,
+            request.keep_ttl,
         )
         return kv_pb2.PutResponse(etag=await self._shards.write(key, put))
 

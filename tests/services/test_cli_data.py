@@ -144,6 +144,16 @@ def test_put_get_patch_delete(server_address: str) -> None:
     assert invoke(server_address, "delete", "doc")[0] == 0
 
 
+def test_put_keep_ttl_keeps_the_expiry_and_refuses_a_ttl_beside_it(server_address: str) -> None:
+    assert invoke(server_address, "put", "s/9", "one", "--ttl", "600")[0] == 0
+    with Client(server_address) as kv:
+        expires = kv.get("s/9").expires_at  # type: ignore[union-attr]
+        assert invoke(server_address, "put", "s/9", "two", "--keep-ttl")[0] == 0
+        assert kv.get("s/9").expires_at == expires  # type: ignore[union-attr]
+    code, out = invoke(server_address, "put", "s/9", "three", "--keep-ttl", "--ttl", "5")
+    assert code == 2 and "give it or --ttl, not both" in out
+
+
 def test_scan_prints_key_tab_value_in_order(server_address: str) -> None:
     for key in ("b", "a", "c"):
         invoke(server_address, "put", key, key.upper())

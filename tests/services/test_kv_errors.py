@@ -150,6 +150,13 @@ UNARY_CASES = [
     ),
     (
         "Put",
+        kv_pb2.PutRequest(key=b"k", value=b"v", ttl_s=5, keep_ttl=True),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "keep_ttl",
+        "ttl_s must then be 0",
+    ),
+    (
+        "Put",
         kv_pb2.PutRequest(key=b"k", if_etag=1, if_absent=True),
         grpc.StatusCode.INVALID_ARGUMENT,
         "if_absent",

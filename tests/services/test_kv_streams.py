@@ -212,6 +212,24 @@ async def test_ttl_entries_vanish_on_time_and_sweep_reports_progress(kv: kv_pb2_
     assert (await kv.Get(kv_pb2.GetRequest(key=b"t-keep"))).etag == put.etag
 
 
+async def test_a_put_with_keep_ttl_keeps_the_live_entrys_expiry_exactly(kv: kv_pb2_grpc.KVStub) -> None:
+    first = await kv.Put(kv_pb2.PutRequest(key=b"kt", value=b"1", ttl_s=600))
+    expires = (await kv.Get(kv_pb2.GetRequest(key=b"kt"))).expires_at_ms
+    await asyncio.sleep(0.01)
+    kept = await kv.Put(kv_pb2.PutRequest(key=b"kt", value=b"2", if_etag=first.etag, keep_ttl=True))
+    got = await kv.Get(kv_pb2.GetRequest(key=b"kt"))
+    assert (got.value, got.etag, got.expires_at_ms) == (b"2", kept.etag, expires)
+    await kv.Put(kv_pb2.PutRequest(key=b"kt", value=b"3"))  # without it, a Put drops the TTL
+    assert (await kv.Get(kv_pb2.GetRequest(key=b"kt"))).expires_at_ms == 0
+    await kv.Put(kv_pb2.PutRequest(key=b"kt-new", value=b"v", keep_ttl=True))  # absent: none to keep
+    assert (await kv.Get(kv_pb2.GetRequest(key=b"kt-new"))).expires_at_ms == 0
+    await kv.Put(kv_pb2.PutRequest(key=b"kt-gone", value=b"v", ttl_s=0.001))
+    await asyncio.sleep(0.01)
+    await kv.Put(kv_pb2.PutRequest(key=b"kt-gone", value=b"w", keep_ttl=True))  # expired: absent
+    got = await kv.Get(kv_pb2.GetRequest(key=b"kt-gone"))
+    assert got.found and got.expires_at_ms == 0
+
+
 async def test_stats_lists_the_partitions_that_tile_the_key_space(kv: kv_pb2_grpc.KVStub) -> None:
     stats = await kv.Stats(kv_pb2.StatsRequest())
     bounds = [(p.start, p.end if p.HasField("end") else None) for p in stats.partitions]

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13keyspan/v1/kv.proto\x12\nkeyspan.v1\"e\n\x05\x45ntry\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0c\n\x04\x65tag\x18\x03 \x01(\x04\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\x12\r\n\x05ttl_s\x18\x05 \x01(\x01\x12\x0c\n\x04json\x18\x06 \x01(\x08\"(\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05paths\x18\x02 \x03(\t\"^\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0c\n\x04\x65tag\x18\x03 \x01(\x04\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\x12\x0c\n\x04json\x18\x05 \x01(\x08\"i\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\r\n\x05ttl_s\x18\x03 \x01(\x01\x12\x0f\n\x07if_etag\x18\x04 \x01(\x04\x12\x11\n\tif_absent\x18\x05 \x01(\x08\x12\x0c\n\x04json\x18\x06 \x01(\x08\"\x1b\n\x0bPutResponse\x12\x0c\n\x04\x65tag\x18\x01 \x01(\x04\"-\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x0f\n\x07if_etag\x18\x02 \x01(\x04\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"(\n\tPathValue\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"u\n\x0cPatchRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x13\n\x0bmerge_patch\x18\x02 \x01(\t\x12\"\n\x03set\x18\x03 \x03(\x0b\x32\x15.keyspan.v1.PathValue\x12\x0e\n\x06remove\x18\x04 \x03(\t\x12\x0f\n\x07if_etag\x18\x05 \x01(\x04\",\n\rPatchResponse\x12\x0c\n\x04\x65tag\x18\x01 \x01(\x04\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x0e\n\x0cStatsRequest\"\xa6\x01\n\x0ePartitionStats\x12\x14\n\x0cpartition_id\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x0c\x12\x10\n\x03\x65nd\x18\x03 \x01(\x0cH\x00\x88\x01\x01\x12\x1b\n\x13\x61pproximate_entries\x18\x04 \x01(\x04\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12\x17\n\x0f\x65xpired_entries\x18\x06 \x01(\x04\x12\x10\n\x08revision\x18\x07 \x01(\x04\x42\x06\n\x04_end\"k\n\rStatsResponse\x12.\n\npartitions\x18\x01 \x03(\x0b\x32\x1a.keyspan.v1.PartitionStats\x12\x1b\n\x13\x61pproximate_entries\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\"\x90\x01\n\x0bScanRequest\x12\r\n\x05start\x18\x01 \x01(\x0c\x12\x10\n\x03\x65nd\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x12\r\n\x05limit\x18\x03 \x01(\x04\x12\r\n\x05paths\x18\x04 \x03(\t\x12\x0f\n\x07reverse\x18\x05 \x01(\x08\x12\x0f\n\x07\x63redits\x18\x06 \x01(\r\x12\x18\n\x10\x63lose_after_done\x18\x07 \x01(\x08\x42\x06\n\x04_end\"T\n\x0cScanResponse\x12\"\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x11.keyspan.v1.Entry\x12\x12\n\nresume_key\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\"4\n\x0e\x42ulkPutRequest\x12\"\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x11.keyspan.v1.Entry\"G\n\x0f\x42ulkPutResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x15\n\x08next_key\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x42\x0b\n\t_next_key\"R\n\x0cSweepRequest\x12\r\n\x05start\x18\x01 \x01(\x0c\x12\x10\n\x03\x65nd\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x12\x19\n\x11max_deletes_per_s\x18\x03 \x01(\x01\x42\x06\n\x04_end\"?\n\rSweepResponse\x12\x0f\n\x07scanned\x18\x01 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x04\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x32\xfa\x03\n\x02KV\x12\x36\n\x03Get\x12\x16.keyspan.v1.GetRequest\x1a\x17.keyspan.v1.GetResponse\x12\x36\n\x03Put\x12\x16.keyspan.v1.PutRequest\x1a\x17.keyspan.v1.PutResponse\x12?\n\x06\x44\x65lete\x12\x19.keyspan.v1.DeleteRequest\x1a\x1a.keyspan.v1.DeleteResponse\x12<\n\x05Patch\x12\x18.keyspan.v1.PatchRequest\x1a\x19.keyspan.v1.PatchResponse\x12<\n\x05Stats\x12\x18.keyspan.v1.StatsRequest\x1a\x19.keyspan.v1.StatsResponse\x12=\n\x04Scan\x12\x17.keyspan.v1.ScanRequest\x1a\x18.keyspan.v1.ScanResponse(\x01\x30\x01\x12\x46\n\x07\x42ulkPut\x12\x1a.keyspan.v1.BulkPutRequest\x1a\x1b.keyspan.v1.BulkPutResponse(\x01\x30\x01\x12@\n\x05Sweep\x12\x18.keyspan.v1.SweepRequest\x1a\x19.keyspan.v1.SweepResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13keyspan/v1/kv.proto\x12\nkeyspan.v1\"e\n\x05\x45ntry\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0c\n\x04\x65tag\x18\x03 \x01(\x04\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\x12\r\n\x05ttl_s\x18\x05 \x01(\x01\x12\x0c\n\x04json\x18\x06 \x01(\x08\"(\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05paths\x18\x02 \x03(\t\"^\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0c\n\x04\x65tag\x18\x03 \x01(\x04\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\x12\x0c\n\x04json\x18\x05 \x01(\x08\"{\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\r\n\x05ttl_s\x18\x03 \x01(\x01\x12\x0f\n\x07if_etag\x18\x04 \x01(\x04\x12\x11\n\tif_absent\x18\x05 \x01(\x08\x12\x0c\n\x04json\x18\x06 \x01(\x08\x12\x10\n\x08keep_ttl\x18\x07 \x01(\x08\"\x1b\n\x0bPutResponse\x12\x0c\n\x04\x65tag\x18\x01 \x01(\x04\"-\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x0f\n\x07if_etag\x18\x02 \x01(\x04\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"(\n\tPathValue\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"u\n\x0cPatchRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x13\n\x0bmerge_patch\x18\x02 \x01(\t\x12\"\n\x03set\x18\x03 \x03(\x0b\x32\x15.keyspan.v1.PathValue\x12\x0e\n\x06remove\x18\x04 \x03(\t\x12\x0f\n\x07if_etag\x18\x05 \x01(\x04\",\n\rPatchResponse\x12\x0c\n\x04\x65tag\x18\x01 \x01(\x04\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x0e\n\x0cStatsRequest\"\xa6\x01\n\x0ePartitionStats\x12\x14\n\x0cpartition_id\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x0c\x12\x10\n\x03\x65nd\x18\x03 \x01(\x0cH\x00\x88\x01\x01\x12\x1b\n\x13\x61pproximate_entries\x18\x04 \x01(\x04\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12\x17\n\x0f\x65xpired_entries\x18\x06 \x01(\x04\x12\x10\n\x08revision\x18\x07 \x01(\x04\x42\x06\n\x04_end\"k\n\rStatsResponse\x12.\n\npartitions\x18\x01 \x03(\x0b\x32\x1a.keyspan.v1.PartitionStats\x12\x1b\n\x13\x61pproximate_entries\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\"\x90\x01\n\x0bScanRequest\x12\r\n\x05start\x18\x01 \x01(\x0c\x12\x10\n\x03\x65nd\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x12\r\n\x05limit\x18\x03 \x01(\x04\x12\r\n\x05paths\x18\x04 \x03(\t\x12\x0f\n\x07reverse\x18\x05 \x01(\x08\x12\x0f\n\x07\x63redits\x18\x06 \x01(\r\x12\x18\n\x10\x63lose_after_done\x18\x07 \x01(\x08\x42\x06\n\x04_end\"T\n\x0cScanResponse\x12\"\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x11.keyspan.v1.Entry\x12\x12\n\nresume_key\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\"4\n\x0e\x42ulkPutRequest\x12\"\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x11.keyspan.v1.Entry\"G\n\x0f\x42ulkPutResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x15\n\x08next_key\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x42\x0b\n\t_next_key\"R\n\x0cSweepRequest\x12\r\n\x05start\x18\x01 \x01(\x0c\x12\x10\n\x03\x65nd\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x12\x19\n\x11max_deletes_per_s\x18\x03 \x01(\x01\x42\x06\n\x04_end\"?\n\rSweepResponse\x12\x0f\n\x07scanned\x18\x01 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x04\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x32\xfa\x03\n\x02KV\x12\x36\n\x03Get\x12\x16.keyspan.v1.GetRequest\x1a\x17.keyspan.v1.GetResponse\x12\x36\n\x03Put\x12\x16.keyspan.v1.PutRequest\x1a\x17.keyspan.v1.PutResponse\x12?\n\x06\x44\x65lete\x12\x19.keyspan.v1.DeleteRequest\x1a\x1a.keyspan.v1.DeleteResponse\x12<\n\x05Patch\x12\x18.keyspan.v1.PatchRequest\x1a\x19.keyspan.v1.PatchResponse\x12<\n\x05Stats\x12\x18.keyspan.v1.StatsRequest\x1a\x19.keyspan.v1.StatsResponse\x12=\n\x04Scan\x12\x17.keyspan.v1.ScanRequest\x1a\x18.keyspan.v1.ScanResponse(\x01\x30\x01\x12\x46\n\x07\x42ulkPut\x12\x1a.keyspan.v1.BulkPutRequest\x1a\x1b.keyspan.v1.BulkPutResponse(\x01\x30\x01\x12@\n\x05Sweep\x12\x18.keyspan.v1.SweepRequest\x1a\x19.keyspan.v1.SweepResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,37 +38,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETRESPONSE']._serialized_start=180
   _globals['_GETRESPONSE']._serialized_end=274
   _globals['_PUTREQUEST']._serialized_start=276
-  _globals['_PUTREQUEST']._serialized_end=381
-  _globals['_PUTRESPONSE']._serialized_start=383
-  _globals['_PUTRESPONSE']._serialized_end=410
-  _globals['_DELETEREQUEST']._serialized_start=412
-  _globals['_DELETEREQUEST']._serialized_end=457
-  _globals['_DELETERESPONSE']._serialized_start=459
-  _globals['_DELETERESPONSE']._serialized_end=492
-  _globals['_PATHVALUE']._serialized_start=494
-  _globals['_PATHVALUE']._serialized_end=534
-  _globals['_PATCHREQUEST']._serialized_start=536
-  _globals['_PATCHREQUEST']._serialized_end=653
-  _globals['_PATCHRESPONSE']._serialized_start=655
-  _globals['_PATCHRESPONSE']._serialized_end=699
-  _globals['_STATSREQUEST']._serialized_start=701
-  _globals['_STATSREQUEST']._serialized_end=715
-  _globals['_PARTITIONSTATS']._serialized_start=718
-  _globals['_PARTITIONSTATS']._serialized_end=884
-  _globals['_STATSRESPONSE']._serialized_start=886
-  _globals['_STATSRESPONSE']._serialized_end=993
-  _globals['_SCANREQUEST']._serialized_start=996
-  _globals['_SCANREQUEST']._serialized_end=1140
-  _globals['_SCANRESPONSE']._serialized_start=1142
-  _globals['_SCANRESPONSE']._serialized_end=1226
-  _globals['_BULKPUTREQUEST']._serialized_start=1228
-  _globals['_BULKPUTREQUEST']._serialized_end=1280
-  _globals['_BULKPUTRESPONSE']._serialized_start=1282
-  _globals['_BULKPUTRESPONSE']._serialized_end=1353
-  _globals['_SWEEPREQUEST']._serialized_start=1355
-  _globals['_SWEEPREQUEST']._serialized_end=1437
-  _globals['_SWEEPRESPONSE']._serialized_start=1439
-  _globals['_SWEEPRESPONSE']._serialized_end=1502
-  _globals['_KV']._serialized_start=1505
-  _globals['_KV']._serialized_end=2011
+  _globals['_PUTREQUEST']._serialized_end=399
+  _globals['_PUTRESPONSE']._serialized_start=401
+  _globals['_PUTRESPONSE']._serialized_end=428
+  _globals['_DELETEREQUEST']._serialized_start=430
+  _globals['_DELETEREQUEST']._serialized_end=475
+  _globals['_DELETERESPONSE']._serialized_start=477
+  _globals['_DELETERESPONSE']._serialized_end=510
+  _globals['_PATHVALUE']._serialized_start=512
+  _globals['_PATHVALUE']._serialized_end=552
+  _globals['_PATCHREQUEST']._serialized_start=554
+  _globals['_PATCHREQUEST']._serialized_end=671
+  _globals['_PATCHRESPONSE']._serialized_start=673
+  _globals['_PATCHRESPONSE']._serialized_end=717
+  _globals['_STATSREQUEST']._serialized_start=719
+  _globals['_STATSREQUEST']._serialized_end=733
+  _globals['_PARTITIONSTATS']._serialized_start=736
+  _globals['_PARTITIONSTATS']._serialized_end=902
+  _globals['_STATSRESPONSE']._serialized_start=904
+  _globals['_STATSRESPONSE']._serialized_end=1011
+  _globals['_SCANREQUEST']._serialized_start=1014
+  _globals['_SCANREQUEST']._serialized_end=1158
+  _globals['_SCANRESPONSE']._serialized_start=1160
+  _globals['_SCANRESPONSE']._serialized_end=1244
+  _globals['_BULKPUTREQUEST']._serialized_start=1246
+  _globals['_BULKPUTREQUEST']._serialized_end=1298
+  _globals['_BULKPUTRESPONSE']._serialized_start=1300
+  _globals['_BULKPUTRESPONSE']._serialized_end=1371
+  _globals['_SWEEPREQUEST']._serialized_start=1373
+  _globals['_SWEEPREQUEST']._serialized_end=1455
+  _globals['_SWEEPRESPONSE']._serialized_start=1457
+  _globals['_SWEEPRESPONSE']._serialized_end=1520
+  _globals['_KV']._serialized_start=1523
+  _globals['_KV']._serialized_end=2029
 # @@protoc_insertion_point(module_scope)

@@ -45,20 +45,22 @@ class GetResponse(_message.Message):
     def __init__(self, found: _Optional[bool] = ..., value: _Optional[bytes] = ..., etag: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., json: _Optional[bool] = ...) -> None: ...
 
 class PutRequest(_message.Message):
-    __slots__ = ("key", "value", "ttl_s", "if_etag", "if_absent", "json")
+    __slots__ = ("key", "value", "ttl_s", "if_etag", "if_absent", "json", "keep_ttl")
     KEY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     TTL_S_FIELD_NUMBER: _ClassVar[int]
     IF_ETAG_FIELD_NUMBER: _ClassVar[int]
     IF_ABSENT_FIELD_NUMBER: _ClassVar[int]
     JSON_FIELD_NUMBER: _ClassVar[int]
+    KEEP_TTL_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     value: bytes
     ttl_s: float
     if_etag: int
     if_absent: bool
     json: bool
-    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., ttl_s: _Optional[float] = ..., if_etag: _Optional[int] = ..., if_absent: _Optional[bool] = ..., json: _Optional[bool] = ...) -> None: ...
+    keep_ttl: bool
+    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., ttl_s: _Optional[float] = ..., if_etag: _Optional[int] = ..., if_absent: _Optional[bool] = ..., json: _Optional[bool] = ..., keep_ttl: _Optional[bool] = ...) -> None: ...
 
 class PutResponse(_message.Message):
     __slots__ = ("etag",)
