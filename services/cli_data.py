@@ -11,6 +11,7 @@ server errors. No stack traces for any of them.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -552,15 +553,14 @@ def dump(conn: Conn, start: str | None, end: str | None) -> None:
 
 
 @cli.command()
-# A BOM (Excel) is not data; bytes that are not UTF-8 are named by their line (cli_records).
-@click.argument("file", type=click.File("r", encoding="utf-8-sig", errors="surrogateescape"))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(["auto", "jsonl", "csv"]),
     default="auto",
     show_default=True,
-    help="auto: csv for *.csv, JSON lines otherwise.",
+    help="auto: csv for *.csv (any case), JSON lines otherwise.",
 )
 @click.option(
     "--chunk-entries",
@@ -578,7 +578,7 @@ def dump(conn: Conn, start: str | None, end: str | None) -> None:
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="A progress bar on stderr.")
 @client_options
-def load(conn: Conn, file: Any, fmt: str, chunk_entries: int, batch_bytes: int, progress: bool) -> None:
+def load(conn: Conn, file: str, fmt: str, chunk_entries: int, batch_bytes: int, progress: bool) -> None:
     """Load FILE (- for stdin) of JSON lines or CSV key,value rows, sorted or not.
 
     \b
@@ -597,14 +597,14 @@ def load(conn: Conn, file: Any, fmt: str, chunk_entries: int, batch_bytes: int, 
     from keyspan.services.cli_records import RecordError, read_records, sorted_records
     from keyspan.streams.bulk_sender import wire_entry
 
-    name = getattr(file, "name", "-")
-    fmt = ("csv" if str(name).endswith(".csv") else "jsonl") if fmt == "auto" else fmt
+    name = "<stdin>" if file == "-" else file
+    fmt = ("csv" if file.lower().endswith(".csv") else "jsonl") if fmt == "auto" else fmt
     started = time.monotonic()
     # One client for the probe and the load: one event loop, one connection.
-    with expected_errors(), conn.client() as kv:
+    with expected_errors(), conn.client() as kv, _open_input(file) as stream:
         policy = _ride_out(kv, conn.timeout_s)  # before the sort: an address that is wrong fails at once
         try:
-            records = read_records(file, fmt, conn.hex_keys, name)
+            records = read_records(stream, fmt, conn.hex_keys, name)
             with sorted_records(records, chunk_entries) as (count, merged):
                 entries = (wire_entry(*record) for record in merged)
                 result = _bulk_load(kv, entries, count, batch_bytes, progress, policy)
@@ -618,6 +618,24 @@ def load(conn: Conn, file: Any, fmt: str, chunk_entries: int, batch_bytes: int, 
     else:
         what = "entry" if result.entries == 1 else "entries"
         click.echo(f"loaded {result.entries:,} {what} in {elapsed_s:.1f} s ({rate:,.0f} entries/s)", err=True)
+
+
+@contextlib.contextmanager
+def _open_input(file: str) -> Iterator[IO[str]]:
+    """FILE (or stdin for -) as UTF-8 text: a BOM (Excel) is not data, bytes that are not
+    UTF-8 are named by their line (cli_records), and line endings are left as they are
+    (newline=""): a carriage return inside a quoted CSV field is data, and came back as a
+    newline."""
+    text = {"encoding": "utf-8-sig", "errors": "surrogateescape", "newline": ""}
+    if file != "-":
+        with open(file, **text) as stream:  # type: ignore[call-overload]
+            yield stream
+        return
+    stream = io.TextIOWrapper(sys.stdin.buffer, **text)  # type: ignore[arg-type]
+    try:
+        yield stream
+    finally:
+        stream.detach()  # stdin stays open
 
 
 def _bulk_load(

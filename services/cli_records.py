@@ -184,8 +184,8 @@ def read_records(stream: IO[str], fmt: str, hex_keys: bool = False, name: str = 
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            yield parse_json_line(line, hex_keys)
+        try:  # without its line ending, or a fault at the end names "column 1" of the next
+            yield parse_json_line(line.rstrip("\r\n"), hex_keys)
         except ValueError as err:  # RecordError; NaN, or an int over Python's digit limit
             raise RecordError(f"{name}:{number}: {err}") from None
 

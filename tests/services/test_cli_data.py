@@ -514,6 +514,11 @@ BAD_LOADS = {
         "bad_b64.jsonl:2: value_b64: must be base64 (RFC 4648)\n",
     ),
     "not_json.jsonl": (b"not json\n", "not_json.jsonl:2: not a JSON object: Expecting value at column 1\n"),
+    "unclosed.jsonl": (  # it said column 1: the parser counted from past the line's newline
+        b'{"key": "b", "value": "c"\n',
+        "unclosed.jsonl:2: not a JSON object: Expecting ',' delimiter at column 26\n",
+    ),
+    "UPPER.CSV": (b"b,2,3\n", "UPPER.CSV:2: a CSV row is key,value; got 3 columns\n"),  # read as JSON lines
 }
 
 
@@ -521,7 +526,7 @@ BAD_LOADS = {
 def test_a_malformed_line_stops_the_load_before_anything_is_written(
     server_address: str, tmp_path: Path, name: str
 ) -> None:
-    good = b"a,1\n" if name.endswith(".csv") else b'{"key": "a", "value": 1}\n'
+    good = b"a,1\n" if name.lower().endswith(".csv") else b'{"key": "a", "value": 1}\n'
     text, message = BAD_LOADS[name]
     (tmp_path / name).write_bytes(good + text)
     result = run_cli(server_address, "load", str(tmp_path / name), "--no-progress")
@@ -529,6 +534,21 @@ def test_a_malformed_line_stops_the_load_before_anything_is_written(
     assert result.stderr.decode().startswith(f"keyspan: {tmp_path}/{message}")
     assert result.stderr.count(b"\n") == 1  # one line, no traceback
     assert _stored_keys(server_address) == []
+
+
+def test_a_carriage_return_in_a_quoted_csv_field_is_loaded_as_it_is(
+    server_address: str, tmp_path: Path
+) -> None:
+    # The file was read with newline translation: "a\r\nb" and "a\rb" were stored as "a\nb".
+    (tmp_path / "cr.csv").write_bytes(b'crlf,"a\r\nb"\r\ncr,"a\rb"\r\nlf,"a\nb"\r\n')
+    for source, stdin in ((str(tmp_path / "cr.csv"), None), ("-", (tmp_path / "cr.csv").read_bytes())):
+        args = ["load", source, "--no-progress", *(["--format", "csv"] if stdin else [])]
+        assert run_cli(server_address, *args, stdin=stdin).returncode == 0
+        with Client(server_address) as kv:
+            got = {k: kv.get(k).value for k in ("crlf", "cr", "lf")}  # type: ignore[union-attr]
+        assert got == {"crlf": b"a\r\nb", "cr": b"a\rb", "lf": b"a\nb"}
+        for key in ("crlf", "cr", "lf"):
+            invoke(server_address, "delete", key)
 
 
 def test_a_document_too_deep_past_the_first_batch_is_named_by_its_line(
