@@ -32,7 +32,13 @@ from keyspan.storage.errors import key_text
 from keyspan.streams import calls
 from keyspan.streams.arguments import check_ttl
 from keyspan.streams.entry import Entry, encode_value, key_bytes
-from keyspan.streams.errors import InvalidArgument, KeyspanClientError, Unavailable, from_rpc_error
+from keyspan.streams.errors import (
+    InvalidArgument,
+    KeyspanClientError,
+    ResourceExhausted,
+    Unavailable,
+    from_rpc_error,
+)
 from keyspan.streams.retry import DEFAULT_POLICY, RetryPolicy, Stall, retrying
 from keyspan.streams.router import MAX_MESSAGE_BYTES
 from keyspan.v1 import kv_pb2
@@ -44,6 +50,13 @@ DEFAULT_BATCH_BYTES = 1 << 20
 # A batch is cut after the entry that reaches batch_bytes, and each entry adds a few bytes
 # of framing: half the 16 MiB message limit leaves room for both.
 MAX_BATCH_BYTES = MAX_MESSAGE_BYTES // 2
+# What one BulkPut message may carry (gRPC's limit less room for the request's framing),
+# counting each entry's own framing (field tags and lengths, ttl_s, json) as ENTRY_FRAMING.
+# An entry that would take a batch past it starts the next one: a big value after smaller
+# ones built a message over the limit, which gRPC failed locally and the load retried
+# as unavailable for a minute. One that cannot fit in a message at all is refused.
+MESSAGE_BUDGET = MAX_MESSAGE_BYTES - (64 << 10)
+ENTRY_FRAMING = 32
 MAX_BATCH_ENTRIES = 50_000  # the server takes up to 100,000
 BATCHES_IN_FLIGHT = 3
 ONE_ATTEMPT = RetryPolicy(max_attempts=1)
@@ -157,6 +170,7 @@ class _Source:
         self._sync = iter(items) if isinstance(items, Iterable) else None
         self._async = aiter(items) if self._sync is None else None  # type: ignore[arg-type]
         self._batch_bytes, self._index, self._previous = batch_bytes, 0, b""
+        self._held: kv_pb2.Entry | None = None  # checked, and starts the next batch
         self.exhausted = False
 
     async def _next_item(self) -> Any:
@@ -167,30 +181,50 @@ class _Source:
 
     async def next_batch(self) -> _Batch | None:
         entries: list[kv_pb2.Entry] = []
-        nbytes = 0
-        first = self._index
-        while not self.exhausted and nbytes < self._batch_bytes and len(entries) < MAX_BATCH_ENTRIES:
-            item = await self._next_item()
-            if item is _END:
-                self.exhausted = True
+        nbytes = framed = 0
+        first = self._index - (self._held is not None)
+        while nbytes < self._batch_bytes and len(entries) < MAX_BATCH_ENTRIES:
+            if self._held is not None:
+                entry, self._held = self._held, None
+            elif self.exhausted or (entry := await self._checked_next()) is None:
                 break
-            try:
-                entry = to_wire(item)
-            except (TypeError, ValueError) as err:
-                raise _named(err, self._index) from None
-            if entry.key <= self._previous:
-                if not entry.key:
-                    rule = "must not be empty"
-                elif entry.key == self._previous:
-                    rule = "is a duplicate; bulk_put needs sorted, unique keys"
-                else:
-                    rule = "sorts before the entry before; bulk_put needs sorted, unique keys"
-                field = f"entries[{self._index}].key"
-                raise InvalidArgument(f"{field} (key {key_text(entry.key)}): {rule}", field, rule)
-            self._previous, self._index = entry.key, self._index + 1
+            size = len(entry.key) + len(entry.value)
+            if entries and framed + size + ENTRY_FRAMING > MESSAGE_BUDGET:
+                self._held = entry
+                break
             entries.append(entry)
-            nbytes += len(entry.key) + len(entry.value)
+            nbytes, framed = nbytes + size, framed + size + ENTRY_FRAMING
         return _Batch(entries, nbytes, first) if entries else None
+
+    async def _checked_next(self) -> kv_pb2.Entry | None:
+        """The next item as a wire entry, its key in order and its size one a message can
+        carry; None at the end."""
+        item = await self._next_item()
+        if item is _END:
+            self.exhausted = True
+            return None
+        try:
+            entry = to_wire(item)
+        except (TypeError, ValueError) as err:
+            raise _named(err, self._index) from None
+        if entry.key <= self._previous:
+            if not entry.key:
+                rule = "must not be empty"
+            elif entry.key == self._previous:
+                rule = "is a duplicate; bulk_put needs sorted, unique keys"
+            else:
+                rule = "sorts before the entry before; bulk_put needs sorted, unique keys"
+            field = f"entries[{self._index}].key"
+            raise InvalidArgument(f"{field} (key {key_text(entry.key)}): {rule}", field, rule)
+        if len(entry.key) + len(entry.value) + ENTRY_FRAMING > MESSAGE_BUDGET:
+            most = MESSAGE_BUDGET - ENTRY_FRAMING - len(entry.key)
+            field, rule = (
+                f"entries[{self._index}].value",
+                f"is {len(entry.value)} bytes; a message carries at most {most}",
+            )
+            raise ResourceExhausted(f"{field} (key {key_text(entry.key)}): {rule}", field, rule)
+        self._previous, self._index = entry.key, self._index + 1
+        return entry
 
 
 class _Sender:

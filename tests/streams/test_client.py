@@ -283,3 +283,26 @@ def test_a_grpc_completion_after_a_client_closed_is_dropped_quietly(server_addre
     )
     assert result.returncode == 0, result.stderr
     assert b"Event loop is closed" not in result.stderr
+
+
+def test_bulk_put_ex_never_builds_a_message_over_the_limit_and_refuses_an_entry_none_can_carry(
+    tmp_path: Any,
+) -> None:
+    """A 15.9 MiB value after a 1 MiB one made a 16.9 MiB message: gRPC failed it locally
+    and the load retried it as Unavailable(may_have_applied) for a minute; a value no
+    message can carry did the same, where put refuses it at once."""
+    from tests.conftest import ThreadedServer
+
+    server = ThreadedServer(tmp_path / "kv", synchronous="NORMAL", max_value_bytes=16_711_680)
+    try:
+        with Client(server.address, timeout_s=30) as kv:
+            big = b"b" * 16_600_000
+            started = time.monotonic()
+            result = kv.bulk_put_ex([(b"la", b"a" * 1_000_000), (b"lb", big)], batch_bytes=8 << 20)
+            assert result.entries == 2 and time.monotonic() - started < 10
+            assert kv.get(b"lb").value == big  # type: ignore[union-attr]
+            with pytest.raises(ResourceExhausted, match=r"entries\[1\]\.value \(key 'z'\): is 17000000 bytes"):
+                kv.bulk_put_ex([(b"y", b"1"), (b"z", b"x" * 17_000_000)])
+            assert kv.get(b"y") is None  # the batch before it was not sent alone either
+    finally:
+        server.stop()
