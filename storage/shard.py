@@ -506,8 +506,11 @@ class Shard:
         max_rows: int = 1000,
         max_bytes: int = 64 * 1024,
         max_projection_bytes: int | None = None,
+        max_message_bytes: int | None = None,
     ) -> tuple[list[Row], bool]:
-        """Up to max_rows live entries of key_range in order, stopping past max_bytes.
+        """Up to max_rows live entries of key_range in order, stopping past max_bytes; a
+        row that would take the rows past max_message_bytes ends them before it (a big value
+        after a batch's worth of small ones made a response over gRPC's message limit).
 
         The flag is True when the range holds nothing after the rows returned: the query
         reads one row past the batch to know (max_rows 0 only asks whether the range is
@@ -534,8 +537,11 @@ class Shard:
                 if full or (isinstance(value, int) and rows):
                     return rows, False  # a row after the batch: the range goes on
                 value = _projected(value, max_projection_bytes, key)
+                row_size = len(key) + len(value) + 16
+                if rows and max_message_bytes is not None and size + row_size > max_message_bytes:
+                    return rows, False  # it opens the next batch
                 rows.append(Row(key, value, bool(is_json), etag, expires))
-                size += len(key) + len(value) + 16
+                size += row_size
                 full = len(rows) >= max_rows or size >= max_bytes
         except apsw.SQLError as err:
             raise _path_error(db, paths, "paths", err) from err

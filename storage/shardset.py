@@ -452,6 +452,7 @@ class ShardSet:
         max_rows: int,
         max_bytes: int,
         max_projection_bytes: int | None = None,
+        max_message_bytes: int | None = None,
     ) -> tuple[list[Row], bool]:
         def read() -> tuple[list[Row], bool]:
             with partition.shard.reader() as db:
@@ -464,6 +465,7 @@ class ShardSet:
                     max_rows=max_rows,
                     max_bytes=max_bytes,
                     max_projection_bytes=max_projection_bytes,
+                    max_message_bytes=max_message_bytes,
                 )
 
         if partition not in self._partitions:

@@ -15,6 +15,9 @@ from keyspan.streams.stopping import RESUME_SCAN, server_stopping, unless_stoppi
 from keyspan.v1 import kv_pb2
 
 BATCH_BYTES = 256 * 1024  # per response: a message costs ~75 us of Python CPU at any size
+# The most a response carries: gRPC's 16 MiB message limit less room for its framing. A
+# value may be up to 16 MiB less 64 KiB (--max-value-bytes), so one alone always fits.
+MESSAGE_BUDGET = (16 << 20) - (32 << 10)
 BATCH_ROWS = 10_000
 # After `done`, how long a stream waits for the close its client promised (close_after_done).
 LINGER_S = 10.0
@@ -158,6 +161,7 @@ async def serve_scan(
             max_rows=want,
             max_bytes=BATCH_BYTES,
             max_projection_bytes=limits.max_value_bytes,
+            max_message_bytes=MESSAGE_BUDGET,
         )
 
     try:

@@ -301,8 +301,25 @@ def test_bulk_put_ex_never_builds_a_message_over_the_limit_and_refuses_an_entry_
             result = kv.bulk_put_ex([(b"la", b"a" * 1_000_000), (b"lb", big)], batch_bytes=8 << 20)
             assert result.entries == 2 and time.monotonic() - started < 10
             assert kv.get(b"lb").value == big  # type: ignore[union-attr]
-            with pytest.raises(ResourceExhausted, match=r"entries\[1\]\.value \(key 'z'\): is 17000000 bytes"):
+            with pytest.raises(
+                ResourceExhausted, match=r"entries\[1\]\.value \(key 'z'\): is 17000000 bytes"
+            ):
                 kv.bulk_put_ex([(b"y", b"1"), (b"z", b"x" * 17_000_000)])
             assert kv.get(b"y") is None  # the batch before it was not sent alone either
+    finally:
+        server.stop()
+
+
+def test_a_scan_over_a_value_of_the_largest_size_after_smaller_ones_fits_its_messages(tmp_path: Any) -> None:
+    """A batch of 256 KiB of small values took the largest value as its last row: a
+    response of 16.2 MiB that gRPC refused, so no forward scan or dump could pass it."""
+    from tests.conftest import ThreadedServer
+
+    server = ThreadedServer(tmp_path / "kv", synchronous="NORMAL", max_value_bytes=16_711_680)
+    try:
+        with Client(server.address, timeout_s=30) as kv:
+            kv.put(b"a", b"a" * 262_000)
+            kv.put(b"b", b"b" * 16_711_680)
+            assert [(e.key, len(e.value)) for e in kv.scan()] == [(b"a", 262_000), (b"b", 16_711_680)]
     finally:
         server.stop()
