@@ -214,13 +214,25 @@ def test_repair_moves_a_partition_to_a_schedulable_node(tmp_path: Path) -> None:
     state.repair(victim, "b")
     assert state.map.by_id(victim).node_id == "b"
     join(state, "a", now_ms=T0 + 7_000)  # a is back up
-    state.store.update_partition(victim, entries=12)  # b is up and holds entries now
-    with pytest.raises(NotAllowedError, match="is on node b, which is up, with about 12 entries") as refused:
+    # b is up: refused even while its last heartbeat counted none (a write since was hidden)
+    with pytest.raises(
+        NotAllowedError, match="is on node b, which is up, with no entries at its last"
+    ) as refused:
+        state.repair(victim, "a")
+    state.store.update_partition(victim, entries=12)
+    with pytest.raises(
+        NotAllowedError, match="is on node b, which is up, with 12 entries at its last"
+    ) as refused:
         state.repair(victim, "a")
     assert refused.value.reason == "PARTITION_HAS_DATA" and state.map.by_id(victim).node_id == "b"
+    state.tick(T0 + 7_000 + 1_500)  # b has missed heartbeats: suspect, still serving
+    assert state.store.node("b")["status"] == "suspect"  # type: ignore[index]
+    with pytest.raises(NotAllowedError, match="is on node b, which is suspect"):
+        state.repair(victim, "a")
+    join(state, "b", now_ms=T0 + 9_000)
     state.repair(victim, "a", force=True)
     assert state.map.by_id(victim).node_id == "a"
-    state.repair(victim, "b")  # counts restart with each owner, and a has reported none
+    state.repair(victim, "b", force=True)
     state.set_flags("b", cordoned=1)
     with pytest.raises(NotAllowedError):
         state.repair(victim, "b")

@@ -319,20 +319,27 @@ class ClusterState:
                 f"partition {partition_id} is already served by {to_node_id}: nothing to repair",
             )
         owner = self.store.node(entry.node_id) if entry.node_id else None
+        # Refused whatever the count says: it is as old as the owner's last heartbeat, so an
+        # empty partition written a moment ago was reassigned, and its writes hidden. A
+        # SUSPECT owner has only missed heartbeats; it stays in the map, serving.
         if (
             not force
             and owner is not None
             and entry.node_id != to_node_id
-            and owner["status"] == UP
-            and row["entries"] > 0
+            and owner["status"] in (UP, SUSPECT)
         ):
+            count = (
+                f"{row['entries']:,} entries at its last heartbeat"
+                if row["entries"]
+                else "no entries at its last heartbeat, but it may have written since"
+            )
             raise NotAllowedError(
                 "PARTITION_HAS_DATA",
-                f"partition {partition_id} is on node {entry.node_id}, which is up, with about "
-                f"{row['entries']:,} entries: {to_node_id} would serve it from its own disk (empty "
+                f"partition {partition_id} is on node {entry.node_id}, which is {owner['status']}, with "
+                f"{count}: {to_node_id} would serve it from its own disk (empty "
                 "if it never held it), since moving data online is not built, and what is written "
                 "there stays on its disk if you repair back. Repair is for a partition whose node "
-                "is lost; use --force to reassign anyway",
+                "is lost (down); use --force to reassign anyway",
             )
         if target["status"] != UP or target["cordoned"] or target["draining"]:
             raise NotAllowedError(
