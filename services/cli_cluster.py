@@ -237,13 +237,13 @@ def remove(ctx: click.Context, node_id: str, force: bool) -> None:
 @click.option(
     "--force",
     is_flag=True,
-    help="Reassign even if the owner is up and holds entries (the new owner serves its own disk).",
+    help="Reassign even if the owner is up or suspect (the new owner serves its own disk).",
 )
 @click.pass_context
 def repair(ctx: click.Context, partition_id: str, to_node_id: str, force: bool) -> None:
     """Reassign PARTITION_ID to another node (data comes back by restore or the old disk).
 
-    For a partition whose node is lost. Refused while the owner is up and holds entries,
+    For a partition whose node is lost (down). Refused while the owner is up or suspect,
     unless --force: moving data online is not built, so the new owner serves the range
     from its own disk (empty if it never held it).
     """
