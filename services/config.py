@@ -323,6 +323,14 @@ class ControlConfig(ProcessConfig):
             bounds=Bounds(0, 3600, above=True),
         ),
     )
+    backup_interval_s: float = field(
+        default=300.0,
+        metadata=_help(
+            "Seconds between copies of control.db to control.db.backup beside it (SQLite's online "
+            "backup, replacing the last copy whole), and one at start; 0: none.",
+            bounds=Bounds(0, 86400, why=" (a day)"),
+        ),
+    )
 
     def validate(self) -> Any:
         super().validate()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from keyspan.services.control.cluster import (
     UnknownError,
     uniform_split_points,
 )
-from keyspan.services.control.store import MIGRATIONS, ControlStore
+from keyspan.services.control.store import MIGRATIONS, ControlStore, now_ms
 from keyspan.storage.errors import KeyspanError
 from keyspan.streams.partition_map import SERVING, UNASSIGNED, UNAVAILABLE, TilingError
 
@@ -74,6 +76,19 @@ def test_a_newer_unreadable_or_busy_control_db_is_refused(tmp_path: Path) -> Non
     with pytest.raises(KeyspanError, match=r"cannot open .*control\.db: file is not a database"):
         ControlStore(tmp_path / "other" / "control.db")
     ControlStore(tmp_path / "other" / "new.db").close()  # the failed opens let go of the lock
+
+
+def test_a_control_db_with_a_damaged_page_is_refused_naming_it(tmp_path: Path) -> None:
+    # It failed later, building the map, with a traceback and exit 1.
+    state = make_state(tmp_path)
+    join(state, "a")
+    state.store.close()
+    path = tmp_path / "control.db"
+    with path.open("r+b") as f:
+        f.seek(2 * 4096)  # the third page: not the header
+        f.write(os.urandom(4096))
+    with pytest.raises(KeyspanError, match=r"cannot open .*control\.db: .*; restore it from a backup"):
+        ControlStore(path)
 
 
 def test_new_cluster_tiles_the_key_space_and_waits_for_min_nodes(tmp_path: Path) -> None:
@@ -269,3 +284,44 @@ def test_a_heartbeat_commits_once_however_many_partitions_changed(tmp_path: Path
     state.store._conn.set_trace_callback(None)
     assert [s for s in statements if s.strip().upper().startswith("COMMIT")] == ["COMMIT"]
     assert [p["entries"] for p in state.store.partitions()] == [2, 2, 2, 2]
+
+
+async def test_control_backs_up_its_database_at_start_and_on_schedule_and_a_copy_restores(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+    import sqlite3
+
+    from keyspan.services.config import ControlConfig
+    from keyspan.services.control.process import ControlProcess
+
+    config = ControlConfig(address="127.0.0.1:0", data=tmp_path / "c", partitions=4, backup_interval_s=0.2)
+    control = ControlProcess(config)
+    await control.start()
+    backup = tmp_path / "c" / "control.db.backup"
+    try:
+        assert backup.exists()  # one at start
+        state = control.state
+        assert state is not None
+        await control.call(state.register, "a", "127.0.0.1:7411", "", 1, [], now_ms(), "disk1")
+        version = state.map.version
+        for _ in range(50):  # the next scheduled copy has the registration
+            await asyncio.sleep(0.1)
+            with contextlib.closing(sqlite3.connect(backup)) as copy:
+                if copy.execute("SELECT count(*) FROM nodes").fetchone()[0] == 1:
+                    break
+        else:
+            raise AssertionError("no scheduled backup with the registered node")
+    finally:
+        await control.stop(0)
+    (tmp_path / "c" / "control.db").unlink()
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / "c" / f"control.db{suffix}").unlink(missing_ok=True)
+    backup.rename(tmp_path / "c" / "control.db")  # restored
+    restored = ControlProcess(ControlConfig(address="127.0.0.1:0", data=tmp_path / "c", partitions=4))
+    await restored.start()
+    try:
+        assert restored.state is not None and restored.state.map.version >= version
+        assert [n["node_id"] for n in await restored.call(restored.state.store.nodes)] == ["a"]
+    finally:
+        await restored.stop(0)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,6 +27,7 @@ from keyspan.services.control.store import ControlStore, now_ms
 from keyspan.streams.partition_map import to_message
 from keyspan.v1 import control_pb2, control_pb2_grpc
 
+log = logging.getLogger(__name__)
 CONTROL_SERVICE = control_pb2.DESCRIPTOR.services_by_name["Control"].full_name
 
 
@@ -37,6 +40,7 @@ class ControlProcess(GrpcProcess):
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="control-db")
         self.state: ClusterState | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._backups: asyncio.Task[None] | None = None
         self.probes = ProbeWatchers(self._report_probe)
         self.snapshot = ControlSnapshot()
         super().__init__(config)
@@ -95,6 +99,23 @@ class ControlProcess(GrpcProcess):
         for node in await self.call(self.state.store.nodes):
             self.probes.watch(node["node_id"], node["probe_address"] or "")
         self._ticker = asyncio.create_task(self._tick_forever(), name="liveness")
+        if self.config.backup_interval_s:
+            await self.back_up()  # a database that just opened and passed its check
+            self._backups = asyncio.create_task(self._back_up_forever(), name="backup")
+
+    async def back_up(self) -> None:
+        """Copy control.db to control.db.backup; a failure is logged, and the last copy stays."""
+        assert self.state is not None
+        target = self.config.data / "control.db.backup"
+        try:
+            await self.call(self.state.store.backup, target)
+        except (OSError, sqlite3.Error) as err:  # a full disk: the next attempt may pass
+            log.error("control.db backup failed", extra={"target": str(target), "cause": str(err)})
+
+    async def _back_up_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.backup_interval_s)
+            await self.back_up()
 
     async def _report_probe(self, node_id: str, status: str) -> None:
         assert self.state is not None
@@ -112,10 +133,11 @@ class ControlProcess(GrpcProcess):
         await super().stop(grace_s)
 
     async def on_stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+        for task in (self._ticker, self._backups):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.probes.close()
         if self.state is not None:
             state = self.state

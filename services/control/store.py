@@ -9,6 +9,7 @@ worker thread, never from the event loop.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -69,6 +70,12 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_RESTORE = (
+    "; restore it from a backup (control.db.backup beside it), or move it away to start a new"
+    " one (nodes register again with the partitions on their disks)"
+)
+
+
 class ControlStore:
     """Rows in control.db. Every method commits before it returns."""
 
@@ -80,11 +87,17 @@ class ControlStore:
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
+            # Every page, once (the database is small): a damaged one failed later, in the
+            # middle of building the map, with a traceback.
+            problems = [row[0] for row in self._conn.execute("PRAGMA quick_check(3)")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("; ".join(problems))
             self.db = sqlite_utils.Database(self._conn)
             self.migrate()
-        except sqlite3.Error as err:  # not a database, a full disk, no permission
+        except sqlite3.Error as err:  # not a database, damaged, a full disk, no permission
             self.close()
-            raise KeyspanError(f"cannot open {path}: {err}") from None
+            damaged = type(err) is sqlite3.DatabaseError  # not OperationalError: the file's content
+            raise KeyspanError(f"cannot open {path}: {err}{_RESTORE if damaged else ''}") from None
         except BaseException:
             self.close()
             raise
@@ -111,6 +124,26 @@ class ControlStore:
     def close(self) -> None:
         self._conn.close()
         self._lock_file.close()
+
+    def backup(self, target: Path) -> None:
+        """Copy the database to `target` with SQLite's online backup, whole or not at all:
+        written beside it, synced, then renamed over the last copy."""
+        partial = target.with_name(target.name + ".partial")
+        partial.unlink(missing_ok=True)
+        copy = sqlite3.connect(str(partial))
+        try:
+            self._conn.backup(copy)
+            copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+        finally:
+            copy.close()
+        with partial.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(partial, target)
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename too
+        finally:
+            os.close(directory)
 
     def transaction(self) -> AbstractContextManager[sqlite_utils.Database]:
         """One transaction, one commit (one fsync) for the writes inside it."""
