@@ -85,6 +85,7 @@ def run_process(make: Callable[[], GrpcProcess], log_level: str, log_format: str
 
 # The shell's codes for a process ended by SIGINT (128 + 2) and by SIGPIPE (128 + 13).
 EXIT_INTERRUPTED, EXIT_OUTPUT_CLOSED = 130, 141
+EXIT_LOCAL_IO = 6  # a local file or the output could not be read or written
 
 
 class _Group(click.Group):
@@ -98,9 +99,20 @@ class _Group(click.Group):
             click.echo("\nAborted!", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except BrokenPipeError:  # `keyspan scan | head`: the reader is gone; end quietly
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # the flush at exit has nowhere to fail
+            _stdout_to_devnull()
             sys.exit(EXIT_OUTPUT_CLOSED)
+        except OSError as err:  # `keyspan dump > backup` on a full disk: it was a traceback, exit 1
+            where = f" ({err.filename})" if err.filename else " (the output)"
+            click.echo(f"keyspan: cannot read or write{where}: {err.strerror or err}", err=True)
+            if not err.filename:
+                _stdout_to_devnull()
+            sys.exit(EXIT_LOCAL_IO)
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so the flush at exit has nowhere to fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 @click.group(
@@ -108,8 +120,9 @@ class _Group(click.Group):
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="Exit codes: 0 ok; 1 not found; 2 usage or invalid argument; 3 precondition failed "
     "(etag mismatch, not a JSON document); 4 unavailable or deadline exceeded, or a server that "
-    "cannot start (port in use, data dir locked or damaged); 5 other server errors; 130 "
-    "interrupted (Ctrl-C); 141 output closed (`keyspan scan | head`).",
+    "cannot start (port in use, data dir locked or damaged); 5 other server errors; 6 a local "
+    "file or the output could not be read or written (a full disk); 130 interrupted (Ctrl-C); "
+    "141 output closed (`keyspan scan | head`).",
 )
 @click.version_option(__version__, prog_name="keyspan")
 def cli() -> None:

@@ -545,10 +545,10 @@ def dump(conn: Conn, start: str | None, end: str | None) -> None:
     from keyspan.services.cli_records import dump_line
 
     lower, upper = _range(conn, start, end)
-    out = sys.stdout
+    out = sys.stdout.buffer  # UTF-8 whatever the locale, as load reads it (latin-1 raised)
     with expected_errors(), conn.client() as kv:
         for entry in kv.scan_ex(lower, upper, policy=_ride_out(kv, conn.timeout_s)):
-            out.write(dump_line(entry, conn.hex_keys) + "\n")
+            out.write((dump_line(entry, conn.hex_keys) + "\n").encode())
     out.flush()
 
 

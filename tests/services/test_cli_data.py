@@ -651,6 +651,25 @@ def test_a_scan_whose_reader_goes_away_exits_141_quietly(server_address: str) ->
     assert (scan.returncode, err) == (141, b"")  # was 1, the code for "not found"
 
 
+def test_a_dump_to_a_full_disk_is_one_line_and_exit_6(server_address: str) -> None:
+    with Client(server_address) as kv:
+        kv.put("k", b"v")
+    env = {**os.environ, "KEYSPAN_ADDRESS": server_address}
+    with open("/dev/full", "wb") as full:  # was a traceback and exit 1, "not found"
+        dump = subprocess.run([KEYSPAN, "dump"], stdout=full, stderr=subprocess.PIPE, env=env, timeout=60)
+    assert dump.returncode == 6
+    assert dump.stderr == b"keyspan: cannot read or write (the output): No space left on device\n"
+
+
+def test_a_dump_is_utf8_whatever_the_locale(server_address: str) -> None:
+    with Client(server_address) as kv:
+        kv.put("h\u00e9llo", "\u2603".encode())
+    env = {**os.environ, "KEYSPAN_ADDRESS": server_address, "PYTHONIOENCODING": "latin-1"}
+    dump = subprocess.run([KEYSPAN, "dump"], capture_output=True, env=env, timeout=60)
+    assert dump.returncode == 0, dump.stderr  # a UnicodeEncodeError traceback
+    assert dump.stdout.decode() == line({"key": "h\u00e9llo", "value": "\u2603"}) + "\n"
+
+
 def test_ctrl_c_exits_130(tmp_path: Path) -> None:
     silent = socket.socket()  # a server that never answers: the scan waits for --timeout
     silent.bind(("127.0.0.1", 0))
