@@ -366,6 +366,12 @@ class Shard:
         try:
             db = apsw.Connection(str(self.path), vfs=SHARD_VFS)
             db.set_busy_timeout(10_000)
+            # Every shard file is made in WAL mode, which its header keeps. One that is not
+            # was not written by keyspan: setting the mode would change its header before the
+            # checks refuse it, and it is to be left as it was found.
+            current = db.execute("PRAGMA journal_mode").fetchone()
+            if current is not None and str(current[0]).lower() != "wal" and _has_content(self.path):
+                raise self._damaged(f"it is not in WAL mode ({current[0]}): not a shard file keyspan wrote")
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()  # opens the WAL
             if mode is None or str(mode[0]).lower() != "wal":
                 raise KeyspanError(f"{self.path}: cannot enable WAL mode")
@@ -875,3 +881,10 @@ def _path_error(
     if "nested too deep" in str(err):
         return InvalidArgumentError(whole, f"the result would nest deeper than {MAX_JSON_DEPTH} levels")
     return InvalidArgumentError(whole, f"rejected by SQLite's JSON functions: {err}")
+
+
+def _has_content(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False

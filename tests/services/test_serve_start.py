@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -68,6 +69,26 @@ def test_a_damaged_shard_stops_the_start_with_one_line_naming_it(tmp_path: Path)
     )
     assert started.stderr.count("\n") == 1 and "Traceback" not in started.stderr
     assert (data / "p0.db").read_bytes() == raw
+
+
+def test_an_sqlite_file_not_in_wal_mode_is_refused_byte_for_byte_as_found(tmp_path: Path) -> None:
+    # Setting WAL mode rewrote its header before the checks refused it.
+    import sqlite3
+
+    from keyspan.storage.shardset import ShardSet, ranges_from_split_points
+
+    data = tmp_path / "data"
+    shards = ShardSet(data)
+    shards.open([(f"p{i}", r) for i, r in enumerate(ranges_from_split_points([b"n"]))])
+    shards.close()
+    (data / "p1.db").unlink()
+    with contextlib.closing(sqlite3.connect(data / "p1.db")) as other:
+        other.execute("CREATE TABLE x(a)")
+    raw = (data / "p1.db").read_bytes()
+    started = serve(data)
+    assert started.returncode == 4
+    assert f"{data / 'p1.db'} is damaged: it is not in WAL mode (delete)" in started.stderr
+    assert (data / "p1.db").read_bytes() == raw
 
 
 def test_a_gateway_waiting_for_control_stops_on_sigterm() -> None:
