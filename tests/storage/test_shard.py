@@ -742,6 +742,7 @@ def exercise(shard: Shard) -> list[object]:
 
 def test_a_shard_with_the_earlier_without_rowid_table_serves_every_operation(tmp_path: Path) -> None:
     earlier = apsw.Connection(str(tmp_path / "old.db"))  # the table as shards made it before
+    earlier.execute("PRAGMA journal_mode=WAL")  # as every shard file is made
     earlier.execute(
         "CREATE TABLE entries(key BLOB PRIMARY KEY, value BLOB NOT NULL, json INTEGER NOT NULL, "
         "etag INTEGER NOT NULL, expires_at_ms INTEGER) WITHOUT ROWID"
