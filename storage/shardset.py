@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import itertools
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +24,7 @@ from typing import Any
 import apsw
 
 from keyspan.storage.dirlock import lock_directory
-from keyspan.storage.errors import ConfigError, KeyspanError, UnavailableError, WrongPartitionError
+from keyspan.storage.errors import ConfigError, KeyspanError, UnavailableError, WrongPartitionError, key_text
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.mutations import Bulk, Mutation, SweepBatch
 from keyspan.storage.openfiles import RESERVED_FILES, files_per_partition, open_files_limit
@@ -137,6 +139,7 @@ class ShardSet:
         catalogued = catalogue.exists()
         if catalogued:
             wanted = self._read_catalogue(catalogue)
+            self._check_catalogue_holds(catalogue, wanted)
         else:
             self._refuse_data_without_catalogue()
             wanted = list(initial_ranges)
@@ -156,6 +159,30 @@ class ShardSet:
                 f"cannot read {catalogue} ({type(err).__name__}: {err}); it says which key range "
                 "each shard file serves: restore it (or the whole data dir) from a copy"
             ) from None
+        ids = [pid for pid, _ in wanted]
+        bad = next((pid for pid in ids if not isinstance(pid, str) or not _PARTITION_ID.fullmatch(pid)), None)
+        twice = next((pid for pid in ids if ids.count(pid) > 1), None)
+        ordered = sorted(wanted, key=lambda w: w[1].start)
+        overlap = next(
+            (
+                (a, b)
+                for (a, ra), (b, rb) in itertools.pairwise(ordered)
+                if ra.end is None or ra.end > rb.start
+            ),
+            None,
+        )
+        if bad is not None or twice is not None or overlap is not None:
+            why = (
+                f"partition id {bad!r} is not a plain name"
+                if bad is not None
+                else f"partition {twice} is listed twice"
+                if twice is not None
+                else f"the ranges of {overlap[0]} and {overlap[1]} overlap"  # type: ignore[index]
+            )
+            raise KeyspanError(
+                f"{catalogue} is damaged: {why}; it says which key range each shard file "
+                "serves: restore it (or the whole data dir) from a copy"
+            )
         missing = [f"{pid}.db" for pid, _ in wanted if not (self.data_dir / f"{pid}.db").exists()]
         if missing:
             raise KeyspanError(
@@ -164,6 +191,27 @@ class ShardSet:
                 "ranges empty"
             )
         return wanted
+
+    def _check_catalogue_holds(self, catalogue: Path, wanted: Sequence[tuple[str, KeyRange]]) -> None:
+        """Refuse a catalogue that leaves out part of what this process must hold
+        (`should_hold`: serve's whole key space): the server said SERVING and answered
+        that part "starting" for ever, its shard files unread."""
+        starts = sorted(r.start for _, r in wanted)
+        ends = {r.start: r.end for _, r in wanted}
+        for need in self.should_hold():
+            edge = need.start
+            i = bisect.bisect_right(starts, edge) - 1
+            while True:
+                end = ends[starts[i]] if 0 <= i < len(starts) else b""
+                if i < 0 or i >= len(starts) or starts[i] > edge or (end is not None and end <= edge):
+                    raise KeyspanError(
+                        f"{catalogue} is damaged: no partition holds key {key_text(edge)}; it says "
+                        "which key range each shard file serves: restore it (or the whole data "
+                        "dir) from a copy"
+                    )
+                if end is None or (need.end is not None and end >= need.end):
+                    break
+                edge, i = end, i + 1
 
     def _refuse_data_without_catalogue(self) -> None:
         """A data dir with no catalogue is new, unless it holds shards that were written to:
@@ -493,6 +541,9 @@ def partition_stats(p: Partition) -> PartitionStats:
         oldest = Shard.oldest_expired_ms(db, now)
     shard = p.shard
     return PartitionStats(p.id, p.range, shard.entries, shard.size_bytes(), expired, shard.revision, oldest)
+
+
+_PARTITION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a file name in the data dir, and nothing else
 
 
 def _range_from_json(p: dict[str, Any]) -> KeyRange:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,6 +40,41 @@ def test_a_lost_shard_file_or_catalogue_stops_the_start_naming_it(tmp_path: Path
     started = serve(data)
     assert started.returncode == 4
     assert started.stderr.startswith("keyspan: cannot read ") and "Traceback" not in started.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda parts: parts[:1] + parts[2:],
+            "no partition holds key 'g'",
+        ),  # a gap: SERVING, "starting" for ever
+        (lambda parts: [], "no partition holds key ''"),
+        (lambda parts: parts + parts[:1], "partition p0 is listed twice"),
+        (lambda parts: [{**parts[0], "id": "../p0"}, *parts[1:]], "partition id '../p0' is not a plain name"),
+        (lambda parts: [parts[0], {**parts[1], "start": "66"}, parts[2]], "the ranges of p0 and p1 overlap"),
+    ],
+    ids=["gap", "empty", "twice", "path", "overlap"],
+)
+def test_a_catalogue_that_does_not_tile_the_key_space_stops_the_start(
+    tmp_path: Path, change: Any, message: str
+) -> None:
+    import json
+
+    from keyspan.storage.shardset import ShardSet, ranges_from_split_points
+
+    data = tmp_path / "data"
+    shards = ShardSet(data)
+    shards.open([(f"p{i}", r) for i, r in enumerate(ranges_from_split_points([b"g", b"n"]))])
+    shards.close()
+    catalogue = json.loads((data / "catalogue.json").read_text())
+    catalogue["partitions"] = change(catalogue["partitions"])
+    (data / "catalogue.json").write_text(json.dumps(catalogue))
+    written = (data / "catalogue.json").read_bytes()
+    started = serve(data)
+    assert started.returncode == 4, started.stderr
+    assert f"catalogue.json is damaged: {message}" in started.stderr and started.stderr.count("\n") == 1
+    assert (data / "catalogue.json").read_bytes() == written  # not rewritten as if good
 
 
 def test_a_damaged_shard_stops_the_start_with_one_line_naming_it(tmp_path: Path) -> None:
