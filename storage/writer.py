@@ -101,6 +101,14 @@ class PartitionWriter:
         self.faults = {"disk_full": 0, "io": 0}
         # A full disk refuses every write until space is freed: said at most every 10 s.
         self._disk_full_log = ThrottledLog(log, "disk full: writes refused", "writes")
+        # Refused after a commit's I/O error: that fault was logged with its traceback; its
+        # refusals are one line at most every 10 s (they were a traceback each, 2,880 lines
+        # for 50 Puts).
+        self._stopped_log = ThrottledLog(
+            log,
+            "writes refused: the partition stopped after an I/O error in a commit; restart the server",
+            "writes",
+        )
         self._thread = threading.Thread(target=self._run, name=f"writer-{shard.partition_id}", daemon=True)
         self._thread.start()
 
@@ -175,7 +183,7 @@ class PartitionWriter:
 
     def _commit(self, batch: list[tuple[asyncio.AbstractEventLoop, Any]]) -> None:
         if self.stopped_by is not None:  # queued before the stop: refused, never written
-            refused = self._refusal(self.stopped_by)
+            refused = self._refusal(self.stopped_by, len(batch))
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
             for loop, (_, done, _) in batch:
                 by_loop.setdefault(loop, []).append((done, refused))
@@ -224,7 +232,7 @@ class PartitionWriter:
                 log.exception("write observer failed", extra={"partition_id": timing.partition_id})
         return outcomes, timing
 
-    def _refusal(self, stopped_by: StorageFaultError) -> StorageFaultError:
+    def _refusal(self, stopped_by: StorageFaultError, writes: int = 1) -> StorageFaultError:
         refused = StorageFaultError(
             self._shard.partition_id,
             RuntimeError(
@@ -232,6 +240,8 @@ class PartitionWriter:
             ),
         )
         refused.__cause__ = stopped_by
+        refused._keyspan_reported = True  # type: ignore[attr-defined]  # its cause was, once
+        self._stopped_log.note(writes, partition_id=self._shard.partition_id)
         return refused
 
     def _fault(self, err: Exception, writes: int) -> StorageFaultError:
