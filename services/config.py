@@ -396,8 +396,22 @@ class GatewayConfig(ProcessConfig):
 def parse_split_points(text: str) -> list[bytes]:
     keys = []
     for part in filter(None, (p.strip() for p in text.split(","))):
-        try:
-            keys.append(bytes.fromhex(part[2:]) if part.startswith("0x") else part.encode())
-        except ValueError:
-            raise ConfigError(f"split_points: {part!r} is not valid hex") from None
+        if part.startswith("0x"):
+            try:
+                key = bytes.fromhex(part[2:])
+            except ValueError:
+                raise ConfigError(f"split_points: {part!r} is not valid hex") from None
+        else:
+            try:
+                key = part.encode()
+            except UnicodeEncodeError:  # bytes the shell passed that are not UTF-8
+                raise ConfigError(
+                    f"split_points: {part.encode(errors='surrogateescape')!r} is not UTF-8 text; "
+                    "give it as hex (0x...)"
+                ) from None
+        if not key:  # an empty key would cut nothing: refused at the start, exit 4, naming no setting
+            raise ConfigError(
+                f"split_points: {part!r} is an empty key; a split point is a key of 1 byte or more"
+            )
+        keys.append(key)
     return keys

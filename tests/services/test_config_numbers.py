@@ -80,3 +80,17 @@ def test_every_number_setting_has_a_range_that_help_shows(cls: type) -> None:
     shown = " ".join(CliRunner().invoke(cli, [command, "--help"], terminal_width=1000).output.split())
     for f in numbers:
         assert f"Range: {f.metadata['bounds'].says()}." in shown, f.name
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a,0x", r"split_points: '0x' is an empty key"),  # exit 4, naming no setting, even on an old data dir
+        ("a,0xZZ", r"split_points: '0xZZ' is not valid hex"),
+        ("a,\udcff", r"split_points: b'\\xff' is not UTF-8 text; give it as hex"),  # was "not valid hex"
+    ],
+)
+def test_a_bad_split_point_is_refused_naming_the_setting(text: str, message: str) -> None:
+    for cls in (ServeConfig, ControlConfig):
+        with pytest.raises(ConfigError, match=message):
+            cls(split_points=text).validate()
