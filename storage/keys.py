@@ -35,6 +35,15 @@ def check_key(raw: bytes, field: str = "key", limit: int = MAX_KEY_BYTES) -> byt
     return raw
 
 
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError as err:  # a lone surrogate
+        raise InvalidArgumentError(
+            "key", f"is not valid UTF-8 text (a lone surrogate at index {err.start}); give it as bytes"
+        ) from None
+
+
 def _escape(data: bytes) -> bytes:
     # 0x00 ends an element, so a 0x00 inside it becomes 0x00 0xFF, which sorts above the end.
     return data.replace(b"\x00", b"\x00\xff") + b"\x00"
@@ -47,10 +56,10 @@ def _encode_element(part: object) -> bytes:
         raise InvalidArgumentError("key", "tuple elements are str, bytes, int or None, not bool")
     if isinstance(part, int):
         if not -_INT_BIAS <= part < _INT_BIAS:
-            raise InvalidArgumentError("key", "integers must fit in 64 bits")
+            raise InvalidArgumentError("key", f"integers are -2**63 to 2**63-1 (signed 64 bits), not {part}")
         return bytes([_INT]) + struct.pack(">Q", part + _INT_BIAS)
     if isinstance(part, str):
-        return bytes([_TEXT]) + _escape(part.encode())
+        return bytes([_TEXT]) + _escape(_utf8(part))
     if isinstance(part, bytes | bytearray | memoryview):
         return bytes([_BYTES]) + _escape(bytes(part))
     raise InvalidArgumentError(
@@ -66,14 +75,23 @@ class Key:
     raw: bytes
 
     def __post_init__(self) -> None:
+        if not isinstance(self.raw, bytes):  # a str was taken, and failed in protobuf later
+            raise TypeError(
+                f"Key: raw must be bytes, not {type(self.raw).__name__} (Key.text for text, Key.of for any)"
+            )
         check_key(self.raw)
 
     @classmethod
     def text(cls, value: str) -> Key:
-        return cls(value.encode())
+        if not isinstance(value, str):
+            raise TypeError(f"Key.text: needs a str, not {type(value).__name__}")
+        return cls(_utf8(value))
 
     @classmethod
     def int(cls, value: int) -> Key:
+        # a str or bytes was encoded as a tuple element without its type code: a wrong key
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"Key.int: needs an int, not {type(value).__name__}")
         return cls(_encode_element(value)[1:])
 
     @classmethod

@@ -71,3 +71,36 @@ def test_messages_never_show_python_bytes_literals() -> None:
     assert str(EtagMismatchError(b"a", 99, 1)) == "key 'a' is etag 1, not etag 99"
     assert str(KeyRange(b"", b"g")) == "[-inf, 'g')"
     assert str(KeyRange(b"\x00\x01")) == "[0x0001, +inf)"
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: Key.int("5"), TypeError, "Key.int: needs an int, not str"),  # was the key b"5\x00"
+        (lambda: Key.int(b"ab"), TypeError, "Key.int: needs an int, not bytes"),
+        (lambda: Key.int(True), TypeError, "Key.int: needs an int, not bool"),
+        (
+            lambda: Key.int(2**63),
+            InvalidArgumentError,
+            r"-2\*\*63 to 2\*\*63-1 \(signed 64 bits\), not 9223372036854775808",
+        ),
+        (lambda: Key.text(123), TypeError, "Key.text: needs a str, not int"),  # an AttributeError
+        (
+            lambda: Key.text("\ud800"),
+            InvalidArgumentError,
+            "not valid UTF-8 text .a lone surrogate at index 0.",
+        ),
+        (lambda: Key.tuple("a", "\ud800"), InvalidArgumentError, "not valid UTF-8 text"),
+        (lambda: Key("abc"), TypeError, "Key: raw must be bytes, not str"),  # failed later in protobuf
+    ],
+)
+def test_typed_key_constructors_refuse_what_they_cannot_encode(
+    make: object, error: type, message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        make()  # type: ignore[operator]
+
+
+def test_typed_key_constructors_still_take_what_they_encode() -> None:
+    assert Key.int(2**63 - 1).raw == b"\xff" * 8 and Key.int(-(2**63)).raw == b"\x00" * 8
+    assert Key.text("h\u00e9").raw == "h\u00e9".encode()
