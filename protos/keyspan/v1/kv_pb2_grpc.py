@@ -104,9 +104,9 @@ class KVServicer:
         """Put writes one entry, replacing any previous value, and answers its new etag.
 
         The write is acknowledged only once its transaction is durable on disk (with the
-        default synchronous=FULL). Errors: INVALID_ARGUMENT (key, value JSON, ttl_s);
-        ABORTED ETAG_MISMATCH (if_etag or if_absent not met); RESOURCE_EXHAUSTED (value
-        over the limit, or DISK_FULL). Deadline advice: 2 s.
+        default synchronous=FULL). Errors: INVALID_ARGUMENT (key, value JSON, ttl_s,
+        keep_ttl with a ttl_s); ABORTED ETAG_MISMATCH (if_etag or if_absent not met);
+        RESOURCE_EXHAUSTED (value over the limit, or DISK_FULL). Deadline advice: 2 s.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,8 +130,9 @@ class KVServicer:
         Errors: NOT_FOUND (no such key); FAILED_PRECONDITION NOT_JSON (a bytes value);
         INVALID_ARGUMENT (malformed patch, path or value, or a result nested more than
         1000 levels deep); ABORTED ETAG_MISMATCH; RESOURCE_EXHAUSTED (over the server's
-        value limit: the merge_patch, BadRequest field `merge_patch`, or the patched document
-        as JSON text, field `value`; the document is left as it was).
+        value limit: the merge_patch, BadRequest field `merge_patch`; a set value, field
+        `set[N].value`, refused before the entry is read; or the patched document as JSON
+        text, field `value`; the document is left as it was).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -139,7 +140,12 @@ class KVServicer:
 
     def Stats(self, request, context):
         """Stats reports every partition this server holds, with approximate counts that a
-        bulk job can use to size itself.
+        bulk job can use to size itself. It answers for all of them or not at all.
+        Errors: UNAVAILABLE while a partition the server should hold is not open (`keyspan
+        serve` starting: "the server is starting"; a node's assigned partition opening, or
+        failed to open, with the reason), from a gateway with no map yet or a partition with
+        no routable owner or whose node it cannot reach; UNAVAILABLE OPEN_FILES_LIMIT when a
+        count needs a file the process cannot open. Retry after RetryInfo's delay.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -197,9 +203,11 @@ class KVServicer:
         duplicates within a batch. Preconditions are not available here; entries may
         carry ttl_s and json.
 
-        Errors: INVALID_ARGUMENT (unsorted or duplicate keys, bad key, bad JSON, with the
-        index of the offending entry, anywhere in the batch, also past the prefix that
-        would have gone in; of several, the first in the batch, whatever its kind); nothing of that batch, nor of any batch sent after it, is
+        Errors: INVALID_ARGUMENT (unsorted or duplicate keys, bad key, bad JSON or ttl_s)
+        and RESOURCE_EXHAUSTED (a value over the server's limit, BadRequest field
+        `entries[N].value`), with the index of the offending entry, anywhere in the batch,
+        also past the prefix that would have gone in; of several, the first in the batch,
+        whatever its kind; nothing of that batch, nor of any batch sent after it, is
         written. UNAVAILABLE when the server begins to stop: the batches already committing
         are answered first; send the batches not answered again once it is back. A batch
         that fails for the server's state rather than its content (DISK_FULL, UNAVAILABLE,
@@ -217,10 +225,17 @@ class KVServicer:
     def Sweep(self, request_iterator, context):
         """Sweep deletes expired entries in a key range, in bounded batches, and streams its
         progress. The client sends one SweepRequest to start (any later one is not read);
-        the server answers with a SweepResponse after each batch and one with done = true at
-        the end. Reads never return expired entries, so sweeping is about reclaiming space,
-        not correctness.
-        UNAVAILABLE STREAM_LIMIT at once when the server has its most streams open.
+        the server answers with a SweepResponse after each batch that found expired entries
+        (up to 1000 a batch; a partition's batches end with one that finds fewer) and one
+        with done = true at the end, so a range with nothing expired is answered with done
+        alone. Reads never return expired entries, so sweeping is about reclaiming space,
+        not correctness. A sweep cancelled midway keeps the batches it deleted.
+        Errors: INVALID_ARGUMENT (start >= end, max_deletes_per_s out of range);
+        FAILED_PRECONDITION with WrongPartition at once, nothing swept, when a node does not
+        hold all of the range (sweep each part on its owner, or through a gateway);
+        UNAVAILABLE when the server begins to stop (before the next batch: run the sweep
+        again), from a gateway when a node cannot be reached, and STREAM_LIMIT at once
+        when the server has its most streams open.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
