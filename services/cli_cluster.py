@@ -114,6 +114,13 @@ def _call(ctx: click.Context, method: str, request: Any) -> Any:
             grpc.StatusCode.FAILED_PRECONDITION: EXIT_PRECONDITION,
             grpc.StatusCode.INVALID_ARGUMENT: EXIT_USAGE,
         }
+        if err.code() == grpc.StatusCode.UNIMPLEMENTED:  # it said "Method not found!"
+            click.echo(
+                f"keyspan admin: {ctx.obj['control']} is not a keyspan control (it does not serve "
+                "keyspan.v1.Control: a node or a gateway?); give --control the control's address",
+                err=True,
+            )
+            sys.exit(EXIT_USAGE)
         click.echo(f"keyspan admin: {err.code().name}: {err.details()}", err=True)
         sys.exit(codes.get(err.code(), EXIT_UNAVAILABLE))
 

@@ -531,3 +531,31 @@ async def test_a_gateway_with_no_map_yet_answers_stats_unavailable_not_an_empty_
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError, KeyspanError):
                 await starting
+
+
+async def test_a_node_pointed_at_a_data_server_says_it_is_not_a_control(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from keyspan.services.config import ServeConfig
+    from keyspan.services.server import KeyspanServer
+
+    serve = KeyspanServer(ServeConfig(address="127.0.0.1:0", data=tmp_path / "serve", sweep_interval_s=3600))
+    await serve.start()
+    node = NodeProcess(
+        NodeConfig(
+            address="127.0.0.1:0", probe_address="127.0.0.1:0", control=f"127.0.0.1:{serve.port}",
+            id="lost", data=tmp_path / "n", shutdown_grace_s=0.5, sync_timeout_s=0.5,
+        )
+    )  # fmt: skip
+    try:
+        with caplog.at_level(logging.INFO, logger="keyspan.services.node.session"):
+            await node.start()
+            await asyncio.sleep(1.5)  # the session retries about every second
+    finally:
+        await node.stop(0)
+        await serve.stop(0)
+    said = [r for r in caplog.records if r.name == "keyspan.services.node.session"]
+    assert [r.levelname for r in said] == ["ERROR"]  # once, where it was an INFO line a second
+    assert "the --control address is not a keyspan control" in said[0].getMessage()

@@ -16,6 +16,7 @@ import grpc
 
 from keyspan.services.node.reconcile import reconcile
 from keyspan.storage.shardset import ShardSet
+from keyspan.storage.throttled_log import ThrottledLog
 from keyspan.streams.partition_map import PartitionMap
 from keyspan.v1 import control_pb2, control_pb2_grpc, kv_pb2
 
@@ -50,6 +51,12 @@ class NodeSession:
         # last reconciliation (the node's answers for their keys say why).
         self.failures: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
+        self._not_control_log = ThrottledLog(
+            log,
+            "the --control address is not a keyspan control (it does not serve keyspan.v1.Control: "
+            "a node or a gateway?); serving the partitions on disk until it is",
+            "attempts",
+        )
 
     async def settled(self) -> None:
         """Until the node is in sync with its assignment, or control refused it."""
@@ -103,6 +110,8 @@ class NodeSession:
                     self.refused = err.details() or err.code().name
                     self._refused.set()
                     log.error("control refused the registration", extra={"error": self.refused})
+                elif err.code() == grpc.StatusCode.UNIMPLEMENTED:  # said at INFO every second
+                    self._not_control_log.note(control=self.control_address)
                 else:
                     log.info(
                         "control session broke",

@@ -701,6 +701,13 @@ def test_admin_refuses_a_bad_control_address_or_timeout_as_a_usage_error(args: l
     assert result.exit_code == 2 and said in result.output and "Traceback" not in result.output
 
 
+def test_admin_pointed_at_a_data_server_says_it_is_not_a_control(server_address: str) -> None:
+    # It printed "UNIMPLEMENTED: Method not found!" and exit 4 (unavailable).
+    result = CliRunner().invoke(cli, ["admin", "--control", server_address, "nodes"])
+    assert result.exit_code == 2
+    assert f"{server_address} is not a keyspan control" in result.output
+
+
 def test_patch_applies_every_set_in_order_even_on_the_same_path(server_address: str) -> None:
     # The CLI kept a dict of --set: the first append was lost, exit 0.
     assert invoke(server_address, "put", "doc", '{"tags": ["a"]}', "--json")[0] == 0
