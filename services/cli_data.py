@@ -29,6 +29,7 @@ from keyspan.services.config import DEFAULT_ADDRESS
 from keyspan.storage.errors import key_text
 
 EXIT_SERVER_ERROR = 5
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXAMPLES_ADDRESS = "127.0.0.1:7420"
 # load, dump and scan wait out a server that is away (a restart, a node moving) for up to
 # this long without progress, then go on where they were; the client's default gives up
@@ -601,23 +602,52 @@ def load(conn: Conn, file: str, fmt: str, chunk_entries: int, batch_bytes: int, 
     fmt = ("csv" if file.lower().endswith(".csv") else "jsonl") if fmt == "auto" else fmt
     started = time.monotonic()
     # One client for the probe and the load: one event loop, one connection.
-    with expected_errors(), conn.client() as kv, _open_input(file) as stream:
+    with _terminate_as_interrupt(), expected_errors(), conn.client() as kv, _open_input(file) as stream:
         policy = _ride_out(kv, conn.timeout_s)  # before the sort: an address that is wrong fails at once
         try:
             records = read_records(stream, fmt, conn.hex_keys, name)
             with sorted_records(records, chunk_entries) as (count, merged):
                 entries = (wire_entry(*record) for record in merged)
-                result = _bulk_load(kv, entries, count, batch_bytes, progress, policy)
+                result = _bulk_load(kv, entries, count, batch_bytes, progress, policy, merged)
         except RecordError as err:
             _fail(str(err), EXIT_USAGE)
     elapsed_s = time.monotonic() - started
     rate = result.entries / elapsed_s if elapsed_s else 0.0
     summary = {"entries": result.entries, "bytes": result.bytes, "seconds": round(elapsed_s, 3)}
     if conn.output == "json":
-        click.echo(json.dumps({**summary, "entries_per_s": round(rate)}))
+        click.echo(json.dumps({**summary, "entries_per_s": round(rate), "replaced": merged.replaced}))
     else:
         what = "entry" if result.entries == 1 else "entries"
-        click.echo(f"loaded {result.entries:,} {what} in {elapsed_s:.1f} s ({rate:,.0f} entries/s)", err=True)
+        replaced = ""
+        if merged.replaced:  # the bar stopped short of the lines read, as if some were lost
+            lines = "line" if merged.replaced == 1 else "lines"
+            replaced = f"; {merged.replaced:,} {lines} gave a key a later line gave again, which won"
+        click.echo(
+            f"loaded {result.entries:,} {what} in {elapsed_s:.1f} s ({rate:,.0f} entries/s){replaced}",
+            err=True,
+        )
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds as Ctrl-C does (the sort's temporary files are removed; they were
+    left behind), and exits 143, as a process the signal ends."""
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except _Terminated:
+        sys.exit(EXIT_TERMINATED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so every cleanup on that path runs."""
 
 
 @contextlib.contextmanager
@@ -639,7 +669,7 @@ def _open_input(file: str) -> Iterator[IO[str]]:
 
 
 def _bulk_load(
-    kv: Any, entries: Iterator[Any], total: int, batch_bytes: int, progress: bool, policy: Any
+    kv: Any, entries: Iterator[Any], total: int, batch_bytes: int, progress: bool, policy: Any, merged: Any
 ) -> Any:
     from tqdm import tqdm
 
@@ -652,6 +682,7 @@ def _bulk_load(
 
         def advance(result: Any) -> None:
             nonlocal done
+            bar.total = total - merged.replaced  # lines that repeat a key are not entries
             bar.update(result.entries - done)
             done = result.entries
 

@@ -45,6 +45,7 @@ from keyspan.streams.router import MAX_MESSAGE_BYTES
 # (key, value, is_json, ttl_s): what a line becomes, and what the sort spills to disk.
 Record = tuple[bytes, bytes, bool, float]
 DEFAULT_CHUNK_ENTRIES = 200_000
+DEFAULT_CHUNK_BYTES = 256 << 20
 # A CSV field may be as long as a value can be: the csv module's default limit is 128 KiB.
 csv.field_size_limit(max(csv.field_size_limit(), MAX_MESSAGE_BYTES))
 # A line that is not UTF-8 reaches the reader with its bad bytes as lone surrogates
@@ -244,35 +245,51 @@ def _read_run(path: Path) -> Iterator[Record]:
                 return
 
 
-def _last_of_each_key(records: Iterable[Record]) -> Iterator[Record]:
-    """Collapse equal keys, keeping the last (a later line overrides an earlier one)."""
-    previous: Record | None = None
-    for record in records:
-        if previous is not None and record[0] != previous[0]:
-            yield previous
-        previous = record
-    if previous is not None:
-        yield previous
+class LastOfEachKey:
+    """The records with equal keys collapsed, keeping the last (a later line overrides an
+    earlier one); `replaced` counts the records dropped so far."""
+
+    def __init__(self, records: Iterable[Record]) -> None:
+        self._records = iter(records)
+        self._previous: Record | None = None
+        self.replaced = 0
+
+    def __iter__(self) -> Iterator[Record]:
+        for record in self._records:
+            if self._previous is not None:
+                if record[0] != self._previous[0]:
+                    yield self._previous
+                else:
+                    self.replaced += 1
+            self._previous = record
+        if self._previous is not None:
+            last, self._previous = self._previous, None
+            yield last
 
 
 @contextlib.contextmanager
 def sorted_records(
-    records: Iterable[Record], chunk_entries: int = DEFAULT_CHUNK_ENTRIES
-) -> Iterator[tuple[int, Iterator[Record]]]:
+    records: Iterable[Record],
+    chunk_entries: int = DEFAULT_CHUNK_ENTRIES,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> Iterator[tuple[int, LastOfEachKey]]:
     """(count, records in key order, last of each key), holding at most `chunk_entries`
-    records in memory: larger inputs are sorted in runs spilled to temporary files and
-    merged. `count` counts input records (duplicates included). Temp files are removed
-    on exit."""
+    records, and about `chunk_bytes` of keys and values, in memory: larger inputs are
+    sorted in runs spilled to temporary files and merged (by count alone, 200,000 values
+    of 1 MiB would have been held before the first spill). `count` counts input records
+    (duplicates included; the merged records' `replaced` says how many were dropped).
+    Temp files are removed on exit."""
     with tempfile.TemporaryDirectory(prefix="keyspan-load-") as directory:
         runs: list[Path] = []
         chunk: list[Record] = []
-        count = 0
+        count = held = 0
         for record in records:
             chunk.append(record)
             count += 1
-            if len(chunk) >= chunk_entries:
+            held += len(record[0]) + len(record[1])
+            if len(chunk) >= chunk_entries or held >= chunk_bytes:
                 runs.append(_spill(chunk, directory))
-                chunk = []
+                chunk, held = [], 0
         if runs:
             if chunk:
                 runs.append(_spill(chunk, directory))
@@ -281,7 +298,7 @@ def sorted_records(
         else:
             chunk.sort(key=itemgetter(0))
             merged = chunk
-        yield count, _last_of_each_key(merged)
+        yield count, LastOfEachKey(merged)
 
 
 def dump_object(entry: Entry, hex_keys: bool = False, now_s: float | None = None) -> dict[str, Any]:

@@ -670,6 +670,40 @@ def test_a_dump_is_utf8_whatever_the_locale(server_address: str) -> None:
     assert dump.stdout.decode() == line({"key": "h\u00e9llo", "value": "\u2603"}) + "\n"
 
 
+def test_a_load_with_repeated_keys_says_which_lines_were_replaced(
+    server_address: str, tmp_path: Path
+) -> None:
+    # It ended at 3/4 and "loaded 3 entries", as if one were lost.
+    pairs = [("a", "1"), ("b", "1"), ("a", "2"), ("c", "1")]
+    (tmp_path / "dup.jsonl").write_text("".join(line({"key": k, "value": v}) + "\n" for k, v in pairs))
+    loaded = run_cli(server_address, "load", str(tmp_path / "dup.jsonl"), "--no-progress")
+    assert loaded.returncode == 0
+    assert b"loaded 3 entries in " in loaded.stderr
+    assert loaded.stderr.rstrip().endswith(b"; 1 line gave a key a later line gave again, which won")
+    with Client(server_address) as kv:
+        assert kv.get("a").value == b"2"  # type: ignore[union-attr]
+
+
+def test_a_load_ended_by_sigterm_removes_its_sort_files_and_exits_143(
+    server_address: str, tmp_path: Path
+) -> None:
+    (tmp_path / "big.jsonl").write_text(
+        "".join(line({"key": f"k{(i * 7919) % 200_000:06d}", "value": "v"}) + "\n" for i in range(200_000))
+    )
+    spill = tmp_path / "tmp"
+    spill.mkdir()
+    env = {**os.environ, "KEYSPAN_ADDRESS": server_address, "TMPDIR": str(spill)}
+    args = [KEYSPAN, "load", str(tmp_path / "big.jsonl"), "--chunk-entries", "1000", "--no-progress"]
+    load = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not list(spill.glob("keyspan-load-*/*.run")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    load.send_signal(signal.SIGTERM)
+    load.communicate(timeout=60)
+    assert load.returncode == 143
+    assert list(spill.iterdir()) == []  # 34 MB of runs were left behind
+
+
 def test_ctrl_c_exits_130(tmp_path: Path) -> None:
     silent = socket.socket()  # a server that never answers: the scan waits for --timeout
     silent.bind(("127.0.0.1", 0))

@@ -7,7 +7,9 @@ import json
 import random
 import re
 import sys
+import tempfile
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -103,6 +105,15 @@ def test_sort_keeps_the_last_of_equal_keys_across_runs() -> None:
     records += [(b"c", b"1", False, 0.0), (b"b", b"3", False, 0.0)]
     with sorted_records(records, chunk_entries=2) as (_, merged):
         assert list(merged) == [(b"a", b"1", False, 0.0), (b"b", b"3", False, 0.0), (b"c", b"1", False, 0.0)]
+
+
+def test_sort_spills_by_bytes_too_and_counts_the_lines_it_replaced(tmp_path: object) -> None:
+    # By count alone, 200,000 values of 1 MiB were held before the first spill.
+    records = [(b"k%03d" % (i % 40), b"v" * 100, False, 0.0) for i in range(50)]
+    with sorted_records(records, chunk_entries=1_000, chunk_bytes=1_000) as (count, merged):
+        runs = len(list(Path(tempfile.gettempdir()).glob("keyspan-load-*/*.run")))
+        assert [r[0] for r in merged] == [b"k%03d" % i for i in range(40)]
+        assert (count, merged.replaced) == (50, 10) and runs >= 5
 
 
 def _nested_line(depth: int) -> str:
