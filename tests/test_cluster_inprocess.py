@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from keyspan.services.config import ControlConfig, GatewayConfig, NodeConfig
 from keyspan.services.control.process import ControlProcess
+from keyspan.services.control.store import now_ms
 from keyspan.services.gateway.process import GatewayProcess
 from keyspan.services.node.process import NodeProcess
 from keyspan.storage.errors import KeyspanError
@@ -559,3 +560,44 @@ async def test_a_node_pointed_at_a_data_server_says_it_is_not_a_control(
     said = [r for r in caplog.records if r.name == "keyspan.services.node.session"]
     assert [r.levelname for r in said] == ["ERROR"]  # once, where it was an INFO line a second
     assert "the --control address is not a keyspan control" in said[0].getMessage()
+
+
+async def test_a_removed_node_that_still_runs_closes_its_partitions(tmp_path: Path) -> None:
+    """remove --force of a running node left its session up: it went on serving what the
+    map gave its id, beside a new process registered under that id."""
+    control = ControlProcess(
+        ControlConfig(
+            address="127.0.0.1:0", data=tmp_path / "control", partitions=2, heartbeat_interval_s=0.1,
+            suspect_after_s=0.4, down_after_s=0.8, shutdown_grace_s=0.5, backup_interval_s=0,
+        )
+    )  # fmt: skip
+    await control.start()
+    node = NodeProcess(
+        NodeConfig(
+            address="127.0.0.1:0", probe_address="127.0.0.1:0", control=control.address, id="gone",
+            data=tmp_path / "gone", shutdown_grace_s=0.5,
+        )
+    )  # fmt: skip
+    await node.start()
+    try:
+        assert len(node.shards.partitions) == 2
+        state = control.state
+        assert state is not None
+        await control.call(state.remove, "gone", True)
+        # a new process under the same id, from another data dir, given the partitions
+        await control.call(state.register, "gone", "127.0.0.1:1", "", 1, [], now_ms(), "another-disk")
+        for entry in state.map.entries:
+            await control.call(state.repair, entry.partition_id, "gone", True)
+        for _ in range(100):
+            if node.session is not None and node.session.refused and not node.shards.partitions:
+                break
+            await asyncio.sleep(0.05)
+        assert node.shards.partitions == []
+        assert node.session is not None and node.session.refused is not None
+        assert (
+            "this process is not that node any more" in node.session.refused
+            or "was removed" in node.session.refused
+        )
+    finally:
+        await node.stop(0)
+        await control.stop(0)

@@ -14,7 +14,12 @@ import grpc
 from keyspan.services.config import parse_address
 from keyspan.services.control.cluster import DOWN, SUSPECT, UP, ClusterState
 from keyspan.services.control.store import now_ms
-from keyspan.storage.errors import ConfigError, InvalidArgumentError, UnavailableError
+from keyspan.storage.errors import (
+    ConfigError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    UnavailableError,
+)
 from keyspan.streams.partition_map import to_message
 from keyspan.v1 import control_pb2, control_pb2_grpc
 
@@ -118,7 +123,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         yield control_pb2.ControlMessage(
             welcome=control_pb2.Welcome(node_id=reg.node_id, heartbeat_interval_s=self._heartbeat_interval_s)
         )
-        reader = asyncio.create_task(self._read_session(reg.node_id, request_iterator))
+        reader = asyncio.create_task(self._read_session(reg.node_id, reg.disk_id, request_iterator))
         waiter: asyncio.Task[control_pb2.PartitionMap | None] | None = None
         sent = 0
         try:
@@ -141,9 +146,15 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 await reader
             log.info("node session ended", extra={"node_id": reg.node_id})
 
-    async def _read_session(self, node_id: str, requests: AsyncIterator[control_pb2.NodeMessage]) -> None:
+    async def _read_session(
+        self, node_id: str, disk_id: str, requests: AsyncIterator[control_pb2.NodeMessage]
+    ) -> None:
         async for message in requests:
             if message.HasField("heartbeat"):
+                # A node removed (remove --force) or registered again from another disk: this
+                # process is not that node any more. Its session went on, and it served the
+                # partitions assigned to its id beside the new process.
+                await self._call(self._still_registered, node_id, disk_id)
                 stats = [
                     (p.partition_id, p.approximate_entries, p.bytes) for p in message.heartbeat.partitions
                 ]
@@ -160,6 +171,19 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                         "node failed to open partitions",
                         extra={"node_id": node_id, "failed": list(message.ack.failed)},
                     )
+
+    def _still_registered(self, node_id: str, disk_id: str) -> None:
+        node = self._state.store.node(node_id)
+        if node is None:
+            raise FailedPreconditionError(
+                "NODE_REMOVED", f"node {node_id} was removed from the cluster: stop this process"
+            )
+        if disk_id and node["disk_id"] and node["disk_id"] != disk_id:
+            raise FailedPreconditionError(
+                "DISK_MISMATCH",
+                f"node {node_id} registered again from another data dir ({node['address']}): "
+                "this process is not that node any more; stop it",
+            )
 
     # -- the map ------------------------------------------------------------------------
 

@@ -114,6 +114,7 @@ class NodeProcess(StorageProcess):
             log.warning(
                 "control not reached; serving the partitions on disk", extra={"node_id": self.node_id}
             )
+        self.session.started = True
         self.sweeper.start()
 
     def _probe_address(self) -> str:

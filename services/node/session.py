@@ -47,6 +47,7 @@ class NodeSession:
         # has: that does not pass by retrying, so the node's start fails with it.
         self.refused: str | None = None
         self._refused = asyncio.Event()
+        self.started = False  # set once the node's start is over (a refusal then closes its partitions)
         # {partition id: why} for the assigned partitions that failed to open, as of the
         # last reconciliation (the node's answers for their keys say why).
         self.failures: dict[str, str] = {}
@@ -110,6 +111,12 @@ class NodeSession:
                     self.refused = err.details() or err.code().name
                     self._refused.set()
                     log.error("control refused the registration", extra={"error": self.refused})
+                    if self.started and self.shards.partitions:
+                        # Removed, or its id registered from another disk: the partitions are
+                        # not this process's any more (their files stay). It served them
+                        # beside the process control now knows by that id.
+                        log.error("closing every partition: control no longer knows this process as its node")
+                        await reconcile(self.shards, self.node_id, PartitionMap())
                 elif err.code() == grpc.StatusCode.UNIMPLEMENTED:  # said at INFO every second
                     self._not_control_log.note(control=self.control_address)
                 else:
