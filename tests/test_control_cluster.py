@@ -325,3 +325,39 @@ async def test_control_backs_up_its_database_at_start_and_on_schedule_and_a_copy
         assert [n["node_id"] for n in await restored.call(restored.state.store.nodes)] == ["a"]
     finally:
         await restored.stop(0)
+
+
+def test_a_control_behind_a_version_a_node_holds_continues_past_it(tmp_path: Path) -> None:
+    """A control on a new control.db counts from 1; nodes and gateways drop maps not newer
+    than theirs, so they ignored it until its count passed theirs."""
+    state = make_state(tmp_path)
+    join(state, "a")
+    before = state.map.version
+    assert state.observe_version(before + 40)
+    assert state.map.version == before + 41 and state.store.get_meta("map_version") == before + 41
+    assert not state.observe_version(before + 41)  # not behind: nothing to do
+    assert not state.observe_version(1 << 60)  # a bogus version is not taken
+    assert state.map.version == before + 41
+
+
+async def test_a_watcher_holding_a_newer_version_gets_the_new_controls_map(tmp_path: Path) -> None:
+    import asyncio
+
+    import grpc
+
+    from keyspan.services.config import ControlConfig
+    from keyspan.services.control.process import ControlProcess
+    from keyspan.v1 import control_pb2, control_pb2_grpc
+
+    control = ControlProcess(ControlConfig(address="127.0.0.1:0", data=tmp_path / "c", partitions=2))
+    await control.start()
+    try:
+        async with grpc.aio.insecure_channel(control.address) as channel:
+            watch = control_pb2_grpc.ControlStub(channel).WatchMap(
+                control_pb2.WatchMapRequest(after_version=500)
+            )
+            got = await asyncio.wait_for(watch.read(), 5)  # it waited for version 501 to come
+            watch.cancel()
+        assert got.version == 501 and len(got.partitions) == 2
+    finally:
+        await control.stop(0)

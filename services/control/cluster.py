@@ -38,6 +38,9 @@ from keyspan.streams.partition_map import (
 
 log = logging.getLogger(__name__)
 UP, SUSPECT, DOWN = "up", "suspect", "down"
+# A map version a node or watcher reports is taken up to this (a bogus one must not push
+# the count past what SQLite stores).
+MAX_OBSERVED_VERSION = 1 << 53
 
 
 class NotAllowedError(FailedPreconditionError):
@@ -120,8 +123,22 @@ class ClusterState:
             )
         return out
 
-    def _rebuild_map(self, initial: bool = False) -> bool:
-        """Recompute the map; bump and persist the version when it changed."""
+    def observe_version(self, seen: int) -> bool:
+        """A node's heartbeat or a watcher says it holds map version `seen`. A control
+        whose versions are behind it (started on a new control.db: they start over at 1)
+        jumps past it: nodes and gateways drop a map not newer than theirs, and held the
+        old one until the new control's count passed it."""
+        if seen <= self.map.version or seen > MAX_OBSERVED_VERSION or not self.map.entries:
+            return False
+        log.warning(
+            "a node or watcher holds a newer map version than this control: continuing from it",
+            extra={"map_version": self.map.version, "seen": seen},
+        )
+        self.store.set_meta("map_version", seen)
+        return self._rebuild_map(force=True)
+
+    def _rebuild_map(self, initial: bool = False, force: bool = False) -> bool:
+        """Recompute the map; bump and persist the version when it changed (or `force`)."""
         entries = self._entries()
         if not entries:
             return False
@@ -130,7 +147,7 @@ class ClusterState:
         if initial and self.store.get_meta("map_fingerprint") == _fingerprint(entries):
             self.map = PartitionMap(entries, version)
             return False
-        if not initial and _fingerprint(entries) == _fingerprint(self.map.entries):
+        if not initial and not force and _fingerprint(entries) == _fingerprint(self.map.entries):
             return False
         version += 1
         self.store.set_meta("map_version", version)

@@ -155,6 +155,8 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 # process is not that node any more. Its session went on, and it served the
                 # partitions assigned to its id beside the new process.
                 await self._call(self._still_registered, node_id, disk_id)
+                if message.heartbeat.map_version > self._state.map.version:
+                    await self._call(self._state.observe_version, message.heartbeat.map_version)
                 stats = [
                     (p.partition_id, p.approximate_entries, p.bytes) for p in message.heartbeat.partitions
                 ]
@@ -196,6 +198,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self, request: control_pb2.WatchMapRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[control_pb2.PartitionMap]:
         version = request.after_version
+        current = self._hub.current.version
+        if current and version > current:  # it holds a map of an earlier control.db
+            await self._call(self._state.observe_version, version)
         while (message := await self._hub.newer_than(version)) is not None:
             version = message.version
             yield message
