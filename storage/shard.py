@@ -322,8 +322,15 @@ class Shard:
             )
         if "partition_id" not in stored:
             return True
+        if "revision" not in stored:  # its etags would start again at 1, and be given twice
+            raise self._damaged("it holds no record of its revision (the meta table was changed by hand?)")
         was = (stored["partition_id"], stored.get("start"), stored.get("end"))
         if was != (self.partition_id, self.range.start, self.range.end):
+            if not catalogued and not self._db.execute("SELECT 1 FROM entries LIMIT 1").fetchone():
+                # An empty shard of a first start that stopped before its catalogue, started
+                # again with other split points: used again, as the README says, where it
+                # was refused as "made for another partition map".
+                return True
             held = KeyRange(was[1] or b"", was[2])
             raise KeyspanError(
                 f"partition {self.partition_id}: {self.path} holds partition {was[0]} {held}, not "

@@ -898,3 +898,32 @@ async def test_a_paced_sweep_keeps_its_rate_across_partition_boundaries(tmp_path
         assert all(deleted <= rate * at + rate + 5 for at, deleted in reports), reports
     finally:
         shards.close()
+
+
+def test_a_shard_that_lost_its_revision_record_is_refused(tmp_path: Path) -> None:
+    # It was served, and every write failed with INTERNAL ("UNIQUE constraint failed").
+    shard = Shard(tmp_path / "s.db", "s", KeyRange())
+    shard.apply_batch([Put(b"a", b"1")])
+    shard._db.execute("DELETE FROM meta WHERE name = 'revision'")
+    shard.close()
+    with pytest.raises(KeyspanError, match="is damaged: it holds no record of its revision"):
+        Shard(tmp_path / "s.db", "s", KeyRange(), catalogued=True)
+
+
+def test_empty_shards_of_an_unfinished_first_start_are_used_again_under_other_split_points(
+    tmp_path: Path,
+) -> None:
+    # Refused as "made for another partition map", though no file held anything.
+    first = ShardSet(tmp_path / "d")
+    first.open([(f"p{i:04d}", r) for i, r in enumerate(ranges_from_split_points([b"g", b"n"]))])
+    first.close()
+    (tmp_path / "d" / "catalogue.json").unlink()  # killed before it wrote the catalogue
+    again = ShardSet(tmp_path / "d")
+    again.open([(f"p{i:04d}", r) for i, r in enumerate(ranges_from_split_points([b"m"]))])
+    try:
+        assert [(p.id, p.range) for p in again.partitions] == [
+            ("p0000", KeyRange(b"", b"m")),
+            ("p0001", KeyRange(b"m", None)),
+        ]
+    finally:
+        again.close()
