@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -601,3 +602,43 @@ async def test_a_removed_node_that_still_runs_closes_its_partitions(tmp_path: Pa
     finally:
         await node.stop(0)
         await control.stop(0)
+
+
+async def test_a_node_whose_control_is_starting_leaves_no_pending_session_task(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each session that control ended (UNAVAILABLE while it starts) left grpc's
+    request-reading task pending on the node's queue: asyncio logged "Task was destroyed
+    but it is pending!" and a failed aclose() as ERRORs."""
+    import gc
+    import logging
+
+    class Starting(control_pb2_grpc.ControlServicer):  # control's answer while it starts
+        async def Session(self, requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            await anext(requests)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "control is starting")
+            yield control_pb2.ControlMessage()  # never reached: makes this a stream handler
+
+    fake = grpc.aio.server()
+    control_pb2_grpc.add_ControlServicer_to_server(Starting(), fake)
+    port = fake.add_insecure_port("127.0.0.1:0")
+    await fake.start()
+    node = NodeProcess(
+        NodeConfig(
+            address="127.0.0.1:0", probe_address="127.0.0.1:0", control=f"127.0.0.1:{port}",
+            id="early", data=tmp_path / "n", shutdown_grace_s=0.5, sync_timeout_s=0.2,
+        )
+    )  # fmt: skip
+    try:
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            await node.start()
+            try:
+                await asyncio.sleep(1.0)  # a few sessions ended by control
+                gc.collect()
+                await asyncio.sleep(0.1)
+            finally:
+                await node.stop(0)
+            gc.collect()
+    finally:
+        await fake.stop(0)
+    assert [r.getMessage()[:60] for r in caplog.records if r.name == "asyncio"] == []

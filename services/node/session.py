@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -96,9 +97,14 @@ class NodeSession:
             outbox: asyncio.Queue[control_pb2.NodeMessage] = asyncio.Queue()
             outbox.put_nowait(self._register())
             beats: asyncio.Task[None] | None = None
+            sender: asyncio.Task[None] | None = None
             try:
                 async with grpc.aio.insecure_channel(self.control_address) as channel:
-                    call = control_pb2_grpc.ControlStub(channel).Session(_drain(outbox))
+                    # Written by a task of ours, not read by grpc from a generator: a call
+                    # that failed left grpc's reading task pending on the queue, and asyncio
+                    # logged "Task was destroyed but it is pending" and a failed aclose().
+                    call = control_pb2_grpc.ControlStub(channel).Session()
+                    sender = asyncio.create_task(_send(call, outbox))
                     async for message in call:
                         self.connected, attempt = True, 0
                         if message.HasField("welcome"):
@@ -126,8 +132,11 @@ class NodeSession:
                     )
             finally:
                 self.connected = False
-                if beats is not None:
-                    beats.cancel()
+                for task in (beats, sender):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
             await asyncio.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random() / 2))
             attempt = min(attempt + 1, 10)
 
@@ -163,6 +172,8 @@ class NodeSession:
             await asyncio.sleep(interval_s)
 
 
-async def _drain(outbox: asyncio.Queue[control_pb2.NodeMessage]) -> AsyncIterator[control_pb2.NodeMessage]:
-    while True:
-        yield await outbox.get()
+async def _send(call: Any, outbox: asyncio.Queue[control_pb2.NodeMessage]) -> None:
+    """Write what is queued to the session until it ends (its reader says how)."""
+    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        while True:
+            await call.write(await outbox.get())
