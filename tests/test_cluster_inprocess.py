@@ -84,6 +84,16 @@ async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Run
         await control.stop()
 
 
+def lone_node(control: str, node_id: str, data: Path) -> NodeProcess:
+    """A node of no cluster of this module's: it waits 0.3 s for `control`, then serves its disk."""
+    return NodeProcess(
+        NodeConfig(
+            address="127.0.0.1:0", probe_address="127.0.0.1:0", control=control, id=node_id, data=data,
+            shutdown_grace_s=0.5, sync_timeout_s=0.3,
+        )
+    )  # fmt: skip
+
+
 def wrong_partition(err: grpc.aio.AioRpcError) -> errors_pb2.WrongPartition | None:
     for detail in rpc_status.from_call(err).details:  # type: ignore[arg-type, union-attr]
         if detail.Is(errors_pb2.WrongPartition.DESCRIPTOR):
@@ -545,12 +555,7 @@ async def test_a_node_pointed_at_a_data_server_says_it_is_not_a_control(
 
     serve = KeyspanServer(ServeConfig(address="127.0.0.1:0", data=tmp_path / "serve", sweep_interval_s=3600))
     await serve.start()
-    node = NodeProcess(
-        NodeConfig(
-            address="127.0.0.1:0", probe_address="127.0.0.1:0", control=f"127.0.0.1:{serve.port}",
-            id="lost", data=tmp_path / "n", shutdown_grace_s=0.5, sync_timeout_s=0.5,
-        )
-    )  # fmt: skip
+    node = lone_node(f"127.0.0.1:{serve.port}", "lost", tmp_path / "n")
     try:
         with caplog.at_level(logging.INFO, logger="keyspan.services.node.session"):
             await node.start()
@@ -623,12 +628,7 @@ async def test_a_node_whose_control_is_starting_leaves_no_pending_session_task(
     control_pb2_grpc.add_ControlServicer_to_server(Starting(), fake)
     port = fake.add_insecure_port("127.0.0.1:0")
     await fake.start()
-    node = NodeProcess(
-        NodeConfig(
-            address="127.0.0.1:0", probe_address="127.0.0.1:0", control=f"127.0.0.1:{port}",
-            id="early", data=tmp_path / "n", shutdown_grace_s=0.5, sync_timeout_s=0.2,
-        )
-    )  # fmt: skip
+    node = lone_node(f"127.0.0.1:{port}", "early", tmp_path / "n")
     try:
         with caplog.at_level(logging.ERROR, logger="asyncio"):
             await node.start()
