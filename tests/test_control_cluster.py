@@ -361,3 +361,20 @@ async def test_a_watcher_holding_a_newer_version_gets_the_new_controls_map(tmp_p
         assert got.version == 501 and len(got.partitions) == 2
     finally:
         await control.stop(0)
+
+
+def test_a_control_restart_gives_live_nodes_a_new_window_and_keeps_their_last_heartbeat(
+    tmp_path: Path,
+) -> None:
+    # It overwrote last_heartbeat_ms: `admin nodes` showed a node dead for seconds as heard
+    # from just now.
+    state = make_state(tmp_path)
+    join(state, "a")  # its last heartbeat: T0
+    state.store.close()
+    again = make_state(tmp_path)
+    again.restarted(T0 + 10_000)  # control was down for 10 s
+    again.tick(T0 + 10_500)
+    node = again.store.node("a")
+    assert node is not None and node["status"] == "up" and node["last_heartbeat_ms"] == T0
+    again.tick(T0 + 10_000 + 7_000)  # no heartbeat in the new window either: down
+    assert again.store.node("a")["status"] == "down"  # type: ignore[index]

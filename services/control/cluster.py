@@ -69,6 +69,7 @@ def uniform_split_points(partitions: int) -> list[bytes]:
 class ClusterState:
     def __init__(self, store: ControlStore, liveness: Liveness, min_nodes: int = 1) -> None:
         self.store, self.liveness, self.min_nodes = store, liveness, min_nodes
+        self._window_from_ms = 0  # when this control started: see restarted()
         # The partitions each node said it holds on its disk (its registration), so that
         # a partition with no owner goes back to the node that has its data: after a
         # control.db is lost, or a node forgotten with remove --force rejoins.
@@ -94,10 +95,11 @@ class ClusterState:
         return True
 
     def restarted(self, now_ms: int) -> None:
-        """After a control restart, give every live node a fresh heartbeat window."""
-        for n in self.store.nodes():
-            if n["status"] != DOWN:
-                self.store.upsert_node({"node_id": n["node_id"], "last_heartbeat_ms": now_ms})
+        """After a control restart, give every live node a fresh heartbeat window: its
+        liveness counts from now, while last_heartbeat_ms keeps when its last heartbeat
+        came (it was overwritten, and `admin nodes` showed a node dead for seconds as
+        heard from just now)."""
+        self._window_from_ms = now_ms
 
     # -- the map ---------------------------------------------------------------------------
 
@@ -244,7 +246,10 @@ class ClusterState:
         return self.tick(now_ms)
 
     def status_of(self, node: dict[str, Any], now_ms: int) -> str:
-        age_s = (now_ms - (node["last_heartbeat_ms"] or 0)) / 1000
+        heard_ms = node["last_heartbeat_ms"] or 0
+        if node["status"] != DOWN:  # a live node's window starts again with control
+            heard_ms = max(heard_ms, self._window_from_ms)
+        age_s = (now_ms - heard_ms) / 1000
         if age_s > self.liveness.down_after_s:
             return DOWN
         if age_s > self.liveness.suspect_after_s or node["probe"] in ("NOT_SERVING", "UNREACHABLE"):
