@@ -238,7 +238,7 @@ def repair_round_trip(cluster: Cluster) -> Result:
     # a heartbeat counts the node's partitions together: once its total grew, p0006 has 1
     wait_until("a heartbeat to count the probe", lambda: owner_entries() > before)
     refused = cluster.admin("repair", "p0006", "--to", other)  # its owner is up, with data
-    check("is up, with about" in refused and "--force" in refused, f"repair of a live partition: {refused}")
+    check("which is up, with" in refused and "--force" in refused, f"repair of a live partition: {refused}")
     check(
         "now assigned to" in cluster.admin("repair", "p0006", "--to", other, "--force"),
         "repair did not say what it did",
