@@ -323,6 +323,15 @@ class ControlConfig(ProcessConfig):
             bounds=Bounds(0, 3600, above=True),
         ),
     )
+    recovery_wait_s: float = field(
+        default=15.0,
+        metadata=_help(
+            "On a new control.db whose nodes hold partitions on their disks (control.db was "
+            "lost): seconds a partition no registered node holds waits for its node to "
+            "register before it is assigned, empty, to another.",
+            bounds=Bounds(0, 3600),
+        ),
+    )
     backup_interval_s: float = field(
         default=300.0,
         metadata=_help(

@@ -378,3 +378,32 @@ def test_a_control_restart_gives_live_nodes_a_new_window_and_keeps_their_last_he
     assert node is not None and node["status"] == "up" and node["last_heartbeat_ms"] == T0
     again.tick(T0 + 10_000 + 7_000)  # no heartbeat in the new window either: down
     assert again.store.node("a")["status"] == "down"  # type: ignore[index]
+
+
+def test_a_new_control_db_waits_for_the_node_of_a_partition_no_registered_node_holds(
+    tmp_path: Path,
+) -> None:
+    """control.db lost: once --min-nodes had registered, a partition on a node that
+    registered later went, empty, to another node, and its acknowledged writes read as
+    not found."""
+    state = make_state(tmp_path, min_nodes=2)
+    join(state, "a", T0, hosted=("p0000", "p0001"))
+    join(state, "b", T0 + 1_000)  # min_nodes reached: a recovery, since a holds partitions
+    owners = {e.partition_id: e.node_id for e in state.map.entries}
+    assert owners == {"p0000": "a", "p0001": "a", "p0002": "", "p0003": ""}
+    join(state, "c", T0 + 5_000, hosted=("p0002",))  # late, with its partition on disk
+    assert state.map.by_id("p0002").node_id == "c"  # type: ignore[union-attr]
+    for now in (T0 + 5_500, T0 + 10_000):  # heartbeats keep them up; p0003 still waits
+        for node_id in ("a", "b", "c"):
+            state.heartbeat(node_id, [], now)
+    assert state.map.by_id("p0003").node_id == ""  # type: ignore[union-attr]
+    for node_id in ("a", "b", "c"):
+        state.heartbeat(node_id, [], T0 + 1_000 + 15_001)  # the wait is over: no node has it
+    assert state.map.by_id("p0003").node_id in ("a", "b", "c")  # type: ignore[union-attr]
+
+
+def test_a_new_cluster_assigns_at_once(tmp_path: Path) -> None:
+    state = make_state(tmp_path, min_nodes=2)
+    join(state, "a", T0)
+    join(state, "b", T0 + 1)  # nothing on any disk: a new cluster, no wait
+    assert all(e.node_id for e in state.map.entries)

@@ -67,9 +67,17 @@ def uniform_split_points(partitions: int) -> list[bytes]:
 
 
 class ClusterState:
-    def __init__(self, store: ControlStore, liveness: Liveness, min_nodes: int = 1) -> None:
+    def __init__(
+        self, store: ControlStore, liveness: Liveness, min_nodes: int = 1, recovery_wait_s: float = 15.0
+    ) -> None:
         self.store, self.liveness, self.min_nodes = store, liveness, min_nodes
+        self.recovery_wait_s = recovery_wait_s
         self._window_from_ms = 0  # when this control started: see restarted()
+        self._now_ms = 0  # the latest time a register, heartbeat or tick was given
+        # When a new control.db's first assignment found nodes holding partitions on their
+        # disks (its cluster existed before): for recovery_wait_s from then, a partition no
+        # registered node holds waits for one that may, rather than going to a node empty.
+        self._recovering_from_ms: int | None = None
         # The partitions each node said it holds on its disk (its registration), so that
         # a partition with no owner goes back to the node that has its data: after a
         # control.db is lost, or a node forgotten with remove --force rejoins.
@@ -170,6 +178,7 @@ class ClusterState:
         now_ms: int,
         disk_id: str = "",
     ) -> bool:
+        self._now_ms = max(self._now_ms, now_ms)
         known = self.store.node(node_id)
         if known is not None and known["disk_id"] and disk_id and known["disk_id"] != disk_id:
             raise NotAllowedError(
@@ -258,6 +267,7 @@ class ClusterState:
 
     def tick(self, now_ms: int) -> bool:
         """Apply liveness transitions; True when the map changed."""
+        self._now_ms = max(self._now_ms, now_ms)
         for n in self.store.nodes():
             status = self.status_of(n, now_ms)
             if status != n["status"]:
@@ -286,6 +296,17 @@ class ClusterState:
             if len(nodes) < self.min_nodes:
                 return
             self.store.set_meta("bootstrapped", True)
+            if any(self._on_disk.values()):
+                self._recovering_from_ms = self._now_ms
+                log.warning(
+                    "a new control.db, and nodes hold partitions on their disks: partitions none "
+                    "of them holds wait for their node before they are assigned empty",
+                    extra={"recovery_wait_s": self.recovery_wait_s},
+                )
+        recovering = (
+            self._recovering_from_ms is not None
+            and self._now_ms - self._recovering_from_ms < self.recovery_wait_s * 1000
+        )
         load = {n["node_id"]: 0 for n in nodes}
         capacity = {n["node_id"]: n["capacity"] or 1 for n in nodes}
         for p in self.store.partitions():
@@ -293,6 +314,8 @@ class ClusterState:
                 load[p["node_id"]] += 1
         for p in orphans:
             holders = [n for n in load if p["partition_id"] in self._on_disk.get(n, ())]
+            if not holders and recovering:  # its node may register yet: not given away empty
+                continue
             owner = min(holders or load, key=lambda node_id: (load[node_id] / capacity[node_id], node_id))
             load[owner] += 1
             self.store.update_partition(p["partition_id"], node_id=owner, acked=0)

@@ -86,7 +86,7 @@ class ControlProcess(GrpcProcess):
         liveness = Liveness(
             suspect_after_s=self.config.suspect_after_s, down_after_s=self.config.down_after_s
         )
-        state = ClusterState(store, liveness, self.config.min_nodes)
+        state = ClusterState(store, liveness, self.config.min_nodes, self.config.recovery_wait_s)
         split = self.config.split_keys() or uniform_split_points(self.config.partitions)
         state.create(split)
         state.restarted(now_ms())
