@@ -35,6 +35,11 @@ if TYPE_CHECKING:
     from keyspan.streams.router import Router
 
 
+MAX_ATTEMPTS = 1_000_000
+MAX_SECONDS = 365 * 86400.0  # a year, as a call's timeout
+MAX_BACKOFF_S = 3600.0
+
+
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
     """Exponential backoff with full jitter, bounded per stall (time without progress).
@@ -49,6 +54,29 @@ class RetryPolicy:
     max_stall_s: float = 60.0
     initial_backoff_s: float = 0.05
     max_backoff_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        # Checked when made, naming the field: inf or NaN backoffs made scan_ex sleep for
+        # ever, and a str failed later in a comparison that named nothing.
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise TypeError(f"max_attempts: must be a whole number, not {type(self.max_attempts).__name__}")
+        if not 1 <= self.max_attempts <= MAX_ATTEMPTS:
+            raise ValueError(f"max_attempts: must be between 1 and {MAX_ATTEMPTS}, not {self.max_attempts}")
+        for name, low, high in (
+            ("max_stall_s", 0.0, MAX_SECONDS),
+            ("initial_backoff_s", 0.0, MAX_BACKOFF_S),
+            ("max_backoff_s", 0.0, MAX_BACKOFF_S),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"{name}: must be a number of seconds, not {type(value).__name__}")
+            if not low < value <= high:  # NaN fails too
+                raise ValueError(f"{name}: must be above {low:g} and at most {high:g} seconds, not {value}")
+        if self.initial_backoff_s > self.max_backoff_s:
+            raise ValueError(
+                f"initial_backoff_s: must be at most max_backoff_s ({self.max_backoff_s}), "
+                f"not {self.initial_backoff_s}"
+            )
 
 
 DEFAULT_POLICY = RetryPolicy()

@@ -18,6 +18,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import inspect
+import os
 import sys
 import threading
 import warnings
@@ -106,6 +107,7 @@ class Client:
             )
 
         self._closed = False
+        self._pid = os.getpid()
         self._closing: set[asyncio.Future[None]] = set()  # iterators the loop thread is closing
         try:
             self.aio = self._run(make())
@@ -123,6 +125,7 @@ class Client:
         if self._closed:
             coro.close()
             raise ClientClosed("this keyspan Client is closed")
+        self._check_caller(coro)
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return future.result()
@@ -133,6 +136,28 @@ class Client:
         except KeyboardInterrupt:  # Ctrl-C while waiting: the call stops on the loop too
             future.cancel()
             raise
+
+    def _check_caller(self, coro: Coroutine[Any, Any, Any] | None = None) -> None:
+        """Refuse a call that could only wait for ever: one from the client's own thread
+        (update's fn, bulk_put's iterable or on_progress run there, and the thread would
+        wait on itself), or from a process forked after the client was made (its loop
+        thread is not in the child)."""
+        why = None
+        if os.getpid() != self._pid:
+            why = (
+                f"this keyspan Client was made in process {self._pid}, before a fork; make a "
+                "new one in this process (gRPC channels do not survive a fork)"
+            )
+        elif threading.current_thread() is self._thread:
+            why = (
+                "a keyspan Client was called from its own thread (from update's fn, or "
+                "bulk_put's iterable or on_progress, which run there): it would wait on itself; "
+                "read what you need before the call, or use another Client"
+            )
+        if why is not None:
+            if coro is not None:
+                coro.close()
+            raise RuntimeError(why)
 
     def __enter__(self) -> Client:
         return self
@@ -149,10 +174,15 @@ class Client:
         """
         if self._closed:
             return
+        self._check_caller()
         self._closed = True  # no call starts from here on
         self._finalizer.detach()
         try:
-            asyncio.run_coroutine_threadsafe(_shut_down(self.aio, self._loop), self._loop).result()
+            shut_down = asyncio.run_coroutine_threadsafe(_shut_down(self.aio, self._loop), self._loop)
+            # bounded: a loop that cannot finish (a call stuck in grpc) must not hang the exit
+            shut_down.result(timeout=CLOSE_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            shut_down.cancel()
         finally:
             self._stop_loop()
 
@@ -380,6 +410,8 @@ _open_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 @atexit.register
 def _close_open_clients() -> None:
     for client in list(_open_clients):
+        if client._pid != os.getpid():  # a forked child: its loop thread stayed in the parent
+            continue
         with contextlib.suppress(Exception):
             client.close()
 

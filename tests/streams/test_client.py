@@ -323,3 +323,38 @@ def test_a_scan_over_a_value_of_the_largest_size_after_smaller_ones_fits_its_mes
             assert [(e.key, len(e.value)) for e in kv.scan()] == [(b"a", 262_000), (b"b", 16_711_680)]
     finally:
         server.stop()
+
+
+def test_a_call_from_the_clients_own_thread_is_refused_not_a_deadlock(client: Client) -> None:
+    # update's fn runs on the client's thread: a call there waited on itself for ever,
+    # and close() and the process's exit after it.
+    client.put("n", {"v": 1})
+    with pytest.raises(RuntimeError, match="called from its own thread"):
+        client.update("n", lambda doc: {"v": client.get("n").value})  # type: ignore[union-attr]
+    with pytest.raises(RuntimeError, match="called from its own thread"):
+        client.bulk_put([(b"a", b"1")], on_progress=lambda progress: client.close())
+    assert client.get("n") is not None  # still usable
+
+
+def test_a_client_made_before_a_fork_is_refused_in_the_child_which_exits(server_address: str) -> None:
+    # The child hung: its calls and the close at exit waited on a loop thread left in the parent.
+    script = f"""
+import os, sys
+from keyspan.streams import Client
+kv = Client({server_address!r})
+kv.put("forked", b"1")
+pid = os.fork()
+if pid == 0:
+    try:
+        kv.get("forked")
+    except RuntimeError as err:
+        print("child:", err, flush=True)
+    sys.exit(0)
+_, status = os.waitpid(pid, 0)
+print("parent:", os.waitstatus_to_exitcode(status), kv.get("forked").value, flush=True)
+kv.close()
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "child: this keyspan Client was made in process" in run.stdout
+    assert "parent: 0 b'1'" in run.stdout

@@ -326,3 +326,23 @@ async def test_retries_are_counted_in_the_client_metrics(kv: AsyncClient, plan: 
 
     assert [e.key async for e in kv.scan_ex(policy=FAST)] == wanted
     assert registry.get_sample_value("keyspan_client_retries_total", {"method": "Scan"}) == 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "error", "message"),
+    [
+        ({"max_attempts": 0}, ValueError, "max_attempts: must be between 1 and"),  # it acted as 1
+        ({"max_attempts": "3"}, TypeError, "max_attempts: must be a whole number, not str"),
+        ({"max_attempts": True}, TypeError, "max_attempts: must be a whole number, not bool"),
+        ({"max_backoff_s": float("nan")}, ValueError, "max_backoff_s: must be above 0"),  # slept for ever
+        ({"initial_backoff_s": float("inf")}, ValueError, "initial_backoff_s: must be above 0"),
+        ({"max_stall_s": -1.0}, ValueError, "max_stall_s: must be above 0"),
+        ({"max_backoff_s": None}, TypeError, "max_backoff_s: must be a number of seconds, not NoneType"),
+        ({"initial_backoff_s": 3.0, "max_backoff_s": 2.0}, ValueError, r"initial_backoff_s: must be at most"),
+    ],
+)
+async def test_a_retry_policy_refuses_what_would_never_end_or_fail_later(
+    fields: dict[str, Any], error: type, message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        RetryPolicy(**fields)
