@@ -33,6 +33,7 @@ from keyspan.streams import calls
 from keyspan.streams.arguments import check_ttl
 from keyspan.streams.entry import Entry, encode_value, key_bytes
 from keyspan.streams.errors import (
+    ClientClosed,
     InvalidArgument,
     KeyspanClientError,
     ResourceExhausted,
@@ -269,7 +270,7 @@ class _Sender:
                     if call is None:
                         call, call_stub = stub.BulkPut(timeout=self.timeout_s), stub
                     in_flight.append(batch)  # from here on "maybe sent": re-sent if the stream fails
-                    await calls.write(call, kv_pb2.BulkPutRequest(entries=batch.entries))
+                    await self._unless_closed(calls.write(call, kv_pb2.BulkPutRequest(entries=batch.entries)))
                 if not in_flight:
                     if self.pending:
                         continue
@@ -287,13 +288,37 @@ class _Sender:
             # the oldest batch still in flight.
             refused = in_flight[0] if in_flight else None
             self.pending.extendleft(reversed(in_flight))
+            self.client.raise_if_closed()
             error = from_rpc_error(err)
             raise (refused.in_load(error) if refused is not None else error) from None
-        except BaseException:
+        except BaseException as err:
             self.pending.extendleft(reversed(in_flight))
             if call is not None:
                 call.cancel()
+            if isinstance(err, Exception) and not isinstance(err, ClientClosed):
+                # grpc.aio's InvalidStateError on a call close() ended
+                self.client.raise_if_closed()
             raise
+
+    async def _unless_closed(self, write: Any) -> None:
+        """`write`, or ClientClosed once the client closes first: a call made on a channel
+        as close() closed it never starts, and its write waited for ever (a task in a
+        TaskGroup held the group with it)."""
+        closed = self.client.closed_event
+        if closed.is_set():
+            write.close()
+            raise ClientClosed("this keyspan AsyncClient is closed")
+        writing = asyncio.ensure_future(write)
+        stop = asyncio.ensure_future(closed.wait())
+        try:
+            await asyncio.wait((writing, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not writing.done():
+                writing.cancel()
+        if writing.cancelled():
+            raise ClientClosed("this keyspan AsyncClient was closed during the call")
+        writing.result()
 
 
 async def _finish(call: Any) -> None:

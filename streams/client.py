@@ -162,6 +162,9 @@ class AsyncClient:
         self.router: Router = router if router is not None else StaticRouter(address)
         self.metrics = metrics  # retries, map refreshes, WrongPartition redirects
         self._closed = False
+        # Set by close(): a stream call made on a channel as close() closed it never starts,
+        # and its first write waits for ever; bulk_put_ex races its writes with this.
+        self.closed_event = asyncio.Event()
         # The loop it was made in, or else first used in: its channels belong to that one.
         self._loop: asyncio.AbstractEventLoop | None = None
         with contextlib.suppress(RuntimeError):
@@ -204,6 +207,7 @@ class AsyncClient:
         """Close the router's channels; idempotent. Calls still open on them end with
         ClientClosed, and calls made afterwards raise it."""
         self._closed = True
+        self.closed_event.set()
         await self.router.close()
 
     def live_router(self) -> Router:

@@ -425,3 +425,28 @@ def test_an_async_client_used_in_a_second_event_loop_says_so(loaded: ThreadedSer
         loop.run_until_complete(kv.router.close())  # nothing else opened a channel
     finally:
         loop.close()
+
+
+async def test_bulk_loads_in_flight_when_the_async_client_closes_end_with_client_closed(
+    threaded_server: ThreadedServer,
+) -> None:
+    """A batch sent on a call that the closing channel never started waited for ever (2
+    trials in 4 left a task pending), or ended with grpc.aio's InvalidStateError."""
+
+    async def load_until_closed(kv: AsyncClient) -> str:
+        try:
+            while True:
+                await kv.bulk_put_ex([(f"ab{i:05d}", b"v") for i in range(5_000)])
+        except ClientClosed:
+            return "ClientClosed"
+
+    for trial in range(6):
+        kv = AsyncClient(threaded_server.address)
+        tasks = [asyncio.create_task(load_until_closed(kv)) for _ in range(2)]
+        await asyncio.sleep(0.2 + 0.05 * trial)
+        await kv.close()
+        done, pending = await asyncio.wait(tasks, timeout=5)
+        for task in pending:
+            task.cancel()
+        assert not pending, f"trial {trial}: a load still running after close"
+        assert [t.result() for t in done] == ["ClientClosed", "ClientClosed"]
