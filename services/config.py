@@ -393,7 +393,11 @@ class GatewayConfig(ProcessConfig):
     control: str = field(default="127.0.0.1:7400", metadata=_help("HOST:PORT of keyspan control."))
     call_timeout_s: float = field(
         default=10.0,
-        metadata=_help("Deadline of each unary call to a node.", bounds=Bounds(0, 3600, above=True)),
+        metadata=_help(
+            "Deadline of each unary call to a node when its caller set none (a caller's deadline "
+            "is passed on: what is left of it).",
+            bounds=Bounds(0, 3600, above=True),
+        ),
     )
 
     def validate(self) -> Any:

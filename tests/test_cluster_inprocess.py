@@ -642,3 +642,68 @@ async def test_a_node_whose_control_is_starting_leaves_no_pending_session_task(
     finally:
         await fake.stop(0)
     assert [r.getMessage()[:60] for r in caplog.records if r.name == "asyncio"] == []
+
+
+async def test_the_gateway_passes_on_the_callers_deadline(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every node call had --call-timeout-s: a caller's 30 s Put ended DEADLINE_EXCEEDED
+    after 10 s, and a caller's 1 s one left the node working to 10 s."""
+    gateway = GatewayProcess(
+        GatewayConfig(address="127.0.0.1:0", control=running.control.address, call_timeout_s=0.3)
+    )
+    await gateway.start()
+    try:
+        owner = next(n for n in running.nodes.values() if n.address == gateway.router.owner(b"slow").address)
+        write = owner.shards.write
+
+        async def slow_write(key: bytes, mutation: Any) -> Any:
+            await asyncio.sleep(0.8)
+            return await write(key, mutation)
+
+        monkeypatch.setattr(owner.shards, "write", slow_write)
+        stub = running.stub(gateway.address)
+        put = await stub.Put(kv_pb2.PutRequest(key=b"slow", value=b"v"), timeout=5)  # 0.8 s < 5 s
+        assert put.etag > 0
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            await stub.Put(kv_pb2.PutRequest(key=b"slow", value=b"w"))  # no deadline: 0.3 s
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        await gateway.stop(0)
+
+
+async def test_a_gateway_scan_or_sweep_that_keeps_meeting_wrong_partition_ends_unavailable(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that kept answering WrongPartition (its map and the gateway's disagreeing,
+    with no newer map coming) held a scan through the gateway for ever, and a sweep's was
+    relayed as FAILED_PRECONDITION, which its client could do nothing with."""
+    from keyspan.storage.errors import WrongPartitionError
+
+    gateway = running.gateway
+    entry = gateway.router.owner(b"b")
+    node = next(n for n in running.nodes.values() if n.address == entry.address)
+
+    async def no_newer_map(wrong: object) -> None:  # none comes; do not wait a second each time
+        return None
+
+    monkeypatch.setattr(gateway.router, "after_wrong_partition", no_newer_map)
+    monkeypatch.setattr(node.shards, "on_missing", lambda key: WrongPartitionError(key, node_id="elsewhere"))
+    await asyncio.to_thread(node.shards.drop_partition, entry.partition_id)
+    try:
+        stub = running.stub(gateway.address)
+        call = stub.Scan()
+        await call.write(kv_pb2.ScanRequest(start=b"b", end=b"c", credits=10))
+        with pytest.raises(grpc.aio.AioRpcError) as scan:
+            await asyncio.wait_for(call.read(), 10)
+        assert scan.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "scan: routing did not settle" in (scan.value.details() or "")
+        sweep = stub.Sweep()
+        await sweep.write(kv_pb2.SweepRequest(start=b"b", end=b"c"))
+        with pytest.raises(grpc.aio.AioRpcError) as swept:
+            await asyncio.wait_for(sweep.read(), 10)
+        assert swept.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "sweep: routing did not settle" in (swept.value.details() or "")
+    finally:
+        monkeypatch.undo()
+        await asyncio.to_thread(node.shards.add_partition, entry.partition_id, entry.range)

@@ -20,11 +20,20 @@ class GatewayServicer(kv_pb2_grpc.KVServicer):
         self._router, self._timeout_s, self._stopping = router, call_timeout_s, stopping
         self._limits = Limits()
 
+    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
+        """The node call's deadline: what is left of the caller's, as keyspan serve would
+        work to it; --call-timeout-s only for a caller that set none. (Every node call had
+        --call-timeout-s: a caller's 30 s Put ended DEADLINE_EXCEEDED after 10 s, and a
+        1 s one left the node working to 10 s.)"""
+        remaining = context.time_remaining()
+        return self._timeout_s if remaining is None else max(remaining, 0.001)
+
     async def _unary(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
         key = self._limits.key(request.key)
+        timeout_s = self._deadline(context)
         try:
             return await self._router.call(
-                key, lambda stub: getattr(stub, method)(request, timeout=self._timeout_s)
+                key, lambda stub: getattr(stub, method)(request, timeout=timeout_s)
             )
         except grpc.aio.AioRpcError as err:
             await relay(context, err)
@@ -54,7 +63,9 @@ class GatewayServicer(kv_pb2_grpc.KVServicer):
 
         async def ask(address: str) -> kv_pb2.StatsResponse:
             try:
-                return await self._router.channels.stub(address).Stats(request, timeout=self._timeout_s)
+                return await self._router.channels.stub(address).Stats(
+                    request, timeout=self._deadline(context)
+                )
             except grpc.aio.AioRpcError as err:
                 if is_transport_failure(err):
                     raise node_unreachable(owners[address], err) from None

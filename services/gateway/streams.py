@@ -25,13 +25,14 @@ from typing import Any
 import grpc
 
 from keyspan.services.gateway.routing import (
+    MAX_ATTEMPTS,
     Router,
     is_transport_failure,
     node_unreachable,
     relay,
     wrong_partition_of,
 )
-from keyspan.storage.errors import KeyspanError
+from keyspan.storage.errors import KeyspanError, UnavailableError
 from keyspan.storage.keys import KeyRange, key_successor, range_of
 from keyspan.storage.limits import MAX_CREDITS, check_credits, check_paths
 from keyspan.streams.calls import FINISH_S, finish
@@ -144,6 +145,7 @@ async def scan_through(
     pump = asyncio.create_task(flow.pump(requests))
     limit_left = first.limit or None
     lo, hi = whole.start, whole.end
+    misses = 0  # WrongPartition answers in a row
     try:
         while True:
             piece, entry, last_piece = _next_piece(router, lo, hi, first.reverse)
@@ -202,9 +204,15 @@ async def scan_through(
                         break
             except grpc.aio.AioRpcError as err:
                 wrong = wrong_partition_of(err)
-                if wrong is not None:
+                # Bounded as unary calls are: a node that kept answering WrongPartition (a
+                # map that does not settle) held the scan for ever.
+                if wrong is not None and (misses := misses + 1) < MAX_ATTEMPTS:
                     await router.after_wrong_partition(wrong)
                     continue
+                if wrong is not None:
+                    raise UnavailableError(
+                        "scan: routing did not settle; resume from the last resume_key", 0.5
+                    ) from None
                 if is_transport_failure(err):
                     raise node_unreachable(entry, err) from None
                 await relay(context, err)
@@ -218,6 +226,7 @@ async def scan_through(
                 raise flow.error
             if not piece_done:
                 return  # the node ended the stream without done: the client went away
+            misses = 0
             if first.reverse:
                 hi = piece.start
             else:
@@ -251,8 +260,6 @@ async def bulk_put_through(
 async def _forward_batch(
     router: Router, calls: dict[str, Any], request: kv_pb2.BulkPutRequest, context: grpc.aio.ServicerContext
 ) -> kv_pb2.BulkPutResponse:
-    from keyspan.services.gateway.routing import MAX_ATTEMPTS
-    from keyspan.storage.errors import UnavailableError
 
     for _ in range(MAX_ATTEMPTS):
         entry = router.owner(request.entries[0].key)
@@ -290,9 +297,11 @@ async def sweep_through(
     if first is None:
         return
     whole = range_of(first.start, first.end if first.HasField("end") else None)
-    scanned = deleted = 0
+    scanned = deleted = misses = 0
     started, rate = time.monotonic(), first.max_deletes_per_s
-    for piece, entry in router.map.pieces(whole.start, whole.end):
+    lo: bytes | None = whole.start
+    while lo is not None and (whole.end is None or lo < whole.end):
+        piece, entry = router.map.pieces(lo, whole.end)[0]
         if not entry.routable:
             raise entry.unavailable()
         # The rate is the whole sweep's: each node paces its own piece from its start, so
@@ -310,9 +319,19 @@ async def sweep_through(
                 if not progress.done:
                     yield kv_pb2.SweepResponse(scanned=scanned, deleted=deleted)
         except grpc.aio.AioRpcError as err:
+            # A node that does not hold the piece (a repair under way) refuses it whole,
+            # before sweeping anything: cut the rest again from a fresher map. It was
+            # relayed, a FAILED_PRECONDITION its client could do nothing with.
+            wrong = wrong_partition_of(err)
+            if wrong is not None and (misses := misses + 1) < MAX_ATTEMPTS:
+                await router.after_wrong_partition(wrong)
+                continue
+            if wrong is not None:
+                raise UnavailableError("sweep: routing did not settle; run the sweep again", 0.5) from None
             if is_transport_failure(err):
                 raise node_unreachable(entry, err) from None
             await relay(context, err)
         finally:
             call.cancel()  # the node's sweep ends with ours (a no-op once it is over)
+        lo, misses = piece.end, 0
     yield kv_pb2.SweepResponse(scanned=scanned, deleted=deleted, done=True)
