@@ -524,10 +524,11 @@ class ShardSet:
     async def sweep_batch(self, partition: Partition, key_range: KeyRange, limit: int) -> tuple[int, int]:
         return await partition.write(SweepBatch(key_range.start, key_range.end, now_ms(), limit))
 
-    async def stats(self) -> list[PartitionStats]:
-        """Every partition's stats, read on the read threads (the Stats RPC's source); the
-        on_missing error while a range of `should_hold` is not open (starting, opening)."""
-        for key_range in self.should_hold():
+    async def stats(self, *, complete: bool = True) -> list[PartitionStats]:
+        """Every partition's stats, read on the read threads (the Stats RPC's source); with
+        `complete`, the on_missing error while a range of `should_hold` is not open
+        (starting, opening), else the partitions open now."""
+        for key_range in self.should_hold() if complete else ():
             self.covering(key_range)
         return [await self.reads.run(lambda p=p: partition_stats(p)) for p in self._partitions]
 

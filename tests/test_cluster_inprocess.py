@@ -707,3 +707,27 @@ async def test_a_gateway_scan_or_sweep_that_keeps_meeting_wrong_partition_ends_u
     finally:
         monkeypatch.undo()
         await asyncio.to_thread(node.shards.add_partition, entry.partition_id, entry.range)
+
+
+async def test_a_removed_node_stays_out_of_the_cluster_until_restarted(tmp_path: Path) -> None:
+    """Refused at its heartbeat, it registered again at once as a new node and took its
+    partitions back (in a one-node cluster, all of them)."""
+    control = ControlProcess(
+        ControlConfig(
+            address="127.0.0.1:0", data=tmp_path / "control", partitions=2, heartbeat_interval_s=0.1,
+            suspect_after_s=0.4, down_after_s=0.8, shutdown_grace_s=0.5, backup_interval_s=0,
+        )
+    )  # fmt: skip
+    await control.start()
+    node = lone_node(control.address, "gone", tmp_path / "gone")
+    await node.start()
+    try:
+        state = control.state
+        assert state is not None and len(node.shards.partitions) == 2
+        await control.call(state.remove, "gone", True)
+        await asyncio.sleep(2.0)  # ten heartbeat intervals
+        assert state.store.node("gone") is None
+        assert node.shards.partitions == [] and all(not e.node_id for e in state.map.entries)
+    finally:
+        await node.stop(0)
+        await control.stop(0)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from pathlib import Path
 
 import pytest
 
 from keyspan.services.node.reconcile import missing_key_error, reconcile
+from keyspan.services.node.session import NodeSession
 from keyspan.storage.errors import UnavailableError, WrongPartitionError
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.mutations import Put
 from keyspan.storage.shard import Shard
 from keyspan.storage.shardset import ShardSet
 from keyspan.streams.partition_map import SERVING, MapEntry, PartitionMap, to_message
+from keyspan.v1 import control_pb2
 
 pytestmark = pytest.mark.asyncio
 
@@ -105,6 +108,16 @@ async def test_a_shard_made_for_another_map_is_refused_and_its_keys_say_why(tmp_
         shards.should_hold = lambda: [e.range for e in m.owned_by("me")]  # as the node sets it
         with pytest.raises(UnavailableError, match=r"partition p1 failed to open"):
             await shards.stats()  # not the other two, as if they were all it holds
+        # a heartbeat reports the partitions open (it reported none, zeroing their counts)
+        session = NodeSession(
+            control_address="127.0.0.1:1", node_id="me", disk_id="d", address="127.0.0.1:2",
+            probe_address="", capacity=1, shards=shards, partition_map=m, on_synced=_synced,
+        )  # fmt: skip
+        outbox: asyncio.Queue[control_pb2.NodeMessage] = asyncio.Queue()
+        beats = asyncio.create_task(session._heartbeats(outbox, 10.0))
+        beat = (await asyncio.wait_for(outbox.get(), 5)).heartbeat
+        beats.cancel()
+        assert [p.partition_id for p in beat.partitions] == ["p0", "p2"]
     finally:
         shards.close()
     kept = Shard(tmp_path / "p1.db", "p1", KeyRange(b"a", b"h"))  # the file is as it was
@@ -148,3 +161,7 @@ async def test_a_reverse_scan_that_reaches_a_gap_names_the_owner_of_the_keys_it_
         assert owner_after(b"a", b"t", reverse=False) == (["p0"], "o1")  # forward: up from g
     finally:
         shards.close()
+
+
+async def _synced(ok: bool) -> None:
+    return None

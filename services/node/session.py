@@ -117,12 +117,19 @@ class NodeSession:
                     self.refused = err.details() or err.code().name
                     self._refused.set()
                     log.error("control refused the registration", extra={"error": self.refused})
-                    if self.started and self.shards.partitions:
+                    if self.started:
                         # Removed, or its id registered from another disk: the partitions are
                         # not this process's any more (their files stay). It served them
-                        # beside the process control now knows by that id.
-                        log.error("closing every partition: control no longer knows this process as its node")
+                        # beside the process control now knows by that id. It stays out: a
+                        # new registration would join it again as a node with no partitions,
+                        # and take the ones left unassigned.
+                        log.error(
+                            "closing every partition and leaving the cluster: control no longer knows "
+                            "this process as its node; stop it",
+                            extra={"node_id": self.node_id},
+                        )
                         await reconcile(self.shards, self.node_id, PartitionMap())
+                        return
                 elif err.code() == grpc.StatusCode.UNIMPLEMENTED:  # said at INFO every second
                     self._not_control_log.note(control=self.control_address)
                 else:
@@ -153,7 +160,9 @@ class NodeSession:
     async def _heartbeats(self, outbox: asyncio.Queue[control_pb2.NodeMessage], interval_s: float) -> None:
         while True:
             try:
-                stats = await self.shards.stats()
+                # the partitions open now, also while another is opening or failed to open
+                # (the Stats RPC refuses then; a heartbeat that reported none zeroed them all)
+                stats = await self.shards.stats(complete=False)
             except Exception:  # a partition closed under the count: report none this time
                 log.debug("stats skipped", exc_info=True)
                 stats = []
