@@ -9,7 +9,9 @@ is sent again as a new batch, routed by its first key (the server's `next_key`).
 failure, every unanswered batch is sent again with the same entries, so an entry is
 never written with a value other than its own. Entries must be sorted by key with no
 duplicates; the sender checks this as it reads them and raises InvalidArgument
-(``entries[i].key``) at the first that is not, after committing what came before it. An
+(``entries[i].key``) at the first that is not, once the batches already sent are
+answered: the batch it was cutting is not sent, so the entries before the refused one
+in that batch are not written, as when the server refuses a batch. An
 entry the server refuses (a TTL or value out of bounds) is named the same way, by its
 place in the whole load, not in its batch. An item that is no entry (None, a str, a
 tuple of 4) or has a field of the wrong type is a TypeError or ValueError named so too
@@ -56,7 +58,9 @@ MAX_BATCH_BYTES = MAX_MESSAGE_BYTES // 2
 # An entry that would take a batch past it starts the next one: a big value after smaller
 # ones built a message over the limit, which gRPC failed locally and the load retried
 # as unavailable for a minute. One that cannot fit in a message at all is refused.
-MESSAGE_BUDGET = MAX_MESSAGE_BYTES - (64 << 10)
+# The largest value a server takes (--max-value-bytes at most 16 MiB less 64 KiB) with the
+# largest key fits in it, alone: 16 KiB less than the limit.
+MESSAGE_BUDGET = MAX_MESSAGE_BYTES - (16 << 10)
 ENTRY_FRAMING = 32
 MAX_BATCH_ENTRIES = 50_000  # the server takes up to 100,000
 BATCHES_IN_FLIGHT = 3
@@ -259,7 +263,10 @@ class _Sender:
         call_stub: Any = None
         try:
             while True:
-                while len(in_flight) < BATCHES_IN_FLIGHT and (batch := await self._next()) is not None:
+                while (
+                    len(in_flight) < BATCHES_IN_FLIGHT
+                    and (batch := await self._next_or_drain(call, in_flight)) is not None
+                ):
                     stub = self.client.live_router().stub_for_key(batch.entries[0].key)
                     if call is not None and stub is not call_stub:
                         if in_flight:  # drain this server before switching to the next
@@ -298,6 +305,22 @@ class _Sender:
             if isinstance(err, Exception) and not isinstance(err, ClientClosed):
                 # grpc.aio's InvalidStateError on a call close() ended
                 self.client.raise_if_closed()
+            raise
+
+    async def _next_or_drain(self, call: Any, in_flight: collections.deque[_Batch]) -> _Batch | None:
+        """The next batch; when the items hold one the client refuses (out of order, a
+        bad TTL, too big for a message), the batches already sent are answered first, so
+        they are in when the refusal is raised (they were cancelled, and might not be)."""
+        try:
+            return await self._next()
+        except (KeyspanClientError, TypeError, ValueError):
+            while in_flight:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    raise Unavailable(
+                        "BulkPut stream ended before answering every batch", may_have_applied=True
+                    ) from None
+                self._acked(in_flight.popleft(), response.accepted)
             raise
 
     async def _unless_closed(self, write: Any) -> None:

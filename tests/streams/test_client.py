@@ -301,6 +301,8 @@ def test_bulk_put_ex_never_builds_a_message_over_the_limit_and_refuses_an_entry_
             result = kv.bulk_put_ex([(b"la", b"a" * 1_000_000), (b"lb", big)], batch_bytes=8 << 20)
             assert result.entries == 2 and time.monotonic() - started < 10
             assert kv.get(b"lb").value == big  # type: ignore[union-attr]
+            largest = (b"k" * 1024, b"m" * 16_711_680)  # the largest key and value a server takes
+            assert kv.bulk_put_ex([largest]).entries == 1  # was refused as more than a message holds
             with pytest.raises(
                 ResourceExhausted, match=r"entries\[1\]\.value \(key 'z'\): is 17000000 bytes"
             ):
@@ -358,3 +360,14 @@ kv.close()
     assert run.returncode == 0, run.stderr
     assert "child: this keyspan Client was made in process" in run.stdout
     assert "parent: 0 b'1'" in run.stdout
+
+
+def test_a_refused_entry_is_raised_once_the_batches_sent_before_it_are_in(client: Client) -> None:
+    # They were cancelled in flight, and might not be.
+    items = [(b"r%05d" % i, b"v" * 1000) for i in range(3_000)] + [(b"r00000", b"dup")]
+    with pytest.raises(InvalidArgument, match=r"entries\[3000\]\.key"):
+        client.bulk_put_ex(iter(items), batch_bytes=64 << 10)
+    per_batch = -(-(64 << 10) // (6 + 1000))  # a batch is cut after the entry that fills it
+    keys = [e.key for e in client.scan(b"r", b"s")]
+    # every batch before the one that held the duplicate (whose 30 entries were not sent)
+    assert keys == [b"r%05d" % i for i in range(3_000 // per_batch * per_batch)]
