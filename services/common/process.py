@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 # The most often a server accepts a client's keepalive ping on a connection with no data
 # going out: below the 30 s every keyspan client pings at.
 MIN_CLIENT_PING_INTERVAL_MS = 10_000
+MAX_CONNECTION_IDLE_MS = 300_000  # a client connection with no call open for 5 minutes is closed
 
 
 def server_options(max_pending_calls: int = DEFAULT_MAX_PENDING_CALLS) -> list[tuple[str, int]]:
@@ -56,9 +57,15 @@ def server_options(max_pending_calls: int = DEFAULT_MAX_PENDING_CALLS) -> list[t
         # so an idle stream (a map watch, a scan waiting on its reader) died after ~90 s.
         ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
         # and the server pings its clients, so a connection whose peer vanished is closed
-        # (with its streams) within a minute and a half, not after gRPC's default 2 hours
+        # (with its streams) within a minute and a half, not after gRPC's default 2 hours.
+        # The ping's wait is the HTTP/2 ping timeout: with gRPC's 60 s default it was 120 s.
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.ping_timeout_ms", 20_000),
+        # Keepalive pings go only where a call is open: a connection with none, from a
+        # client that vanished, was held for good (a descriptor each). One idle this long
+        # is closed (GOAWAY); a live client connects again at its next call.
+        ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
     ]
 
 

@@ -335,3 +335,31 @@ def test_sigusr1_logs_each_task_and_what_it_waits_on(tmp_path: Path) -> None:
     assert found is not None and found["component"] == "serve", server.log_tail()
     assert "task 'sweeper':" in found["tasks"]
     assert "streams/scan.py" in found["tasks"] and "serve_scan" in found["tasks"], found["tasks"]
+
+
+async def test_a_connection_with_no_call_open_is_closed_once_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keepalive pings go only where a call is open: the connection of a client that
+    vanished between calls was held for good, a descriptor each."""
+    import asyncio
+
+    import grpc
+
+    from keyspan.services.common import process
+    from keyspan.services.config import ServeConfig
+    from keyspan.services.server import KeyspanServer
+    from keyspan.v1 import kv_pb2, kv_pb2_grpc
+
+    monkeypatch.setattr(process, "MAX_CONNECTION_IDLE_MS", 500)
+    server = KeyspanServer(ServeConfig(address="127.0.0.1:0", data=tmp_path / "data", sweep_interval_s=3600))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            await kv_pb2_grpc.KVStub(channel).Get(kv_pb2.GetRequest(key=b"k"))
+            assert channel.get_state() == grpc.ChannelConnectivity.READY
+            await asyncio.sleep(2.0)  # no call: the server closes the connection
+            assert channel.get_state() == grpc.ChannelConnectivity.IDLE
+            assert not (await kv_pb2_grpc.KVStub(channel).Get(kv_pb2.GetRequest(key=b"k"))).found  # again
+    finally:
+        await server.stop(0)

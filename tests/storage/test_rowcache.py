@@ -168,3 +168,22 @@ def test_a_full_cache_evicts_the_least_recently_read_row() -> None:
     assert cache.get(key % 1, 0) is MISSING  # never read again: long gone
     assert cache.get(key % 999, 0) is not MISSING
     assert cache.bytes <= cache.budget_bytes
+
+
+def test_the_budget_counts_what_a_full_cache_really_holds() -> None:
+    # Each entry counted 200 bytes of overhead for ~300 held: a cache counted at 64 MiB of
+    # 100-byte rows held 96 MiB.
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        cache = RowCache(4 << 20)
+        for i in range(100_000):
+            key = b"user%012d" % i
+            cache.fill(key, Row(key, bytes(100), False, i + 1, None), cache.generation)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert cache.bytes <= cache.budget_bytes
+    assert held / cache.bytes < 1.2, f"held {held:,} bytes for {cache.bytes:,} counted"
