@@ -9,9 +9,9 @@ is sent again as a new batch, routed by its first key (the server's `next_key`).
 failure, every unanswered batch is sent again with the same entries, so an entry is
 never written with a value other than its own. Entries must be sorted by key with no
 duplicates; the sender checks this as it reads them and raises InvalidArgument
-(``entries[i].key``) at the first that is not, once the batches already sent are
-answered: the batch it was cutting is not sent, so the entries before the refused one
-in that batch are not written, as when the server refuses a batch. An
+(``entries[i].key``) at the first that is not, once every batch read before it is in
+(re-sent as a failure needs): the batch it was cutting is not sent, so the entries before
+the refused one in that batch are not written, as when the server refuses a batch. An
 entry the server refuses (a TTL or value out of bounds) is named the same way, by its
 place in the whole load, not in its batch. An item that is no entry (None, a str, a
 tuple of 4) or has a field of the wrong type is a TypeError or ValueError named so too
@@ -237,11 +237,26 @@ class _Sender:
         self.client, self.source, self.stall, self.timeout_s = client, source, stall, timeout_s
         self.pending: collections.deque[_Batch] = collections.deque()  # re-sends go first
         self.result = BulkPutResult()
+        self.refusal: Exception | None = None  # an item of the source the client refused
         self.on_progress: Callable[[BulkPutResult], None] | None = None
         self._started = time.monotonic()
 
     async def _next(self) -> _Batch | None:
-        return self.pending.popleft() if self.pending else await self.source.next_batch()
+        """The next batch: what is to be sent again first, then the source's. Once the
+        source holds an item the client refuses (out of order, a bad TTL, too big for a
+        message), it gives no more, so the load ends with what was read before it in (the
+        batches sent, the rest of a batch a partition boundary cut, re-sends after a
+        broken stream), and send_all raises the refusal then. The batch it was cutting is
+        not sent, as when the server refuses a batch."""
+        if self.pending:
+            return self.pending.popleft()
+        if self.refusal is not None:
+            return None
+        try:
+            return await self.source.next_batch()
+        except (KeyspanClientError, TypeError, ValueError) as refusal:
+            self.refusal = refusal
+            return None
 
     def _acked(self, batch: _Batch, accepted: int) -> None:
         if accepted <= 0:
@@ -263,10 +278,7 @@ class _Sender:
         call_stub: Any = None
         try:
             while True:
-                while (
-                    len(in_flight) < BATCHES_IN_FLIGHT
-                    and (batch := await self._next_or_drain(call, in_flight)) is not None
-                ):
+                while len(in_flight) < BATCHES_IN_FLIGHT and (batch := await self._next()) is not None:
                     stub = self.client.live_router().stub_for_key(batch.entries[0].key)
                     if call is not None and stub is not call_stub:
                         if in_flight:  # drain this server before switching to the next
@@ -305,22 +317,6 @@ class _Sender:
             if isinstance(err, Exception) and not isinstance(err, ClientClosed):
                 # grpc.aio's InvalidStateError on a call close() ended
                 self.client.raise_if_closed()
-            raise
-
-    async def _next_or_drain(self, call: Any, in_flight: collections.deque[_Batch]) -> _Batch | None:
-        """The next batch; when the items hold one the client refuses (out of order, a
-        bad TTL, too big for a message), the batches already sent are answered first, so
-        they are in when the refusal is raised (they were cancelled, and might not be)."""
-        try:
-            return await self._next()
-        except (KeyspanClientError, TypeError, ValueError):
-            while in_flight:
-                response = await call.read()
-                if response is grpc.aio.EOF:
-                    raise Unavailable(
-                        "BulkPut stream ended before answering every batch", may_have_applied=True
-                    ) from None
-                self._acked(in_flight.popleft(), response.accepted)
             raise
 
     async def _unless_closed(self, write: Any) -> None:
@@ -384,6 +380,8 @@ async def send_all(
     except asyncio.CancelledError:
         client.raise_if_closed()
         raise
+    if sender.refusal is not None:  # every batch read before it is in
+        raise sender.refusal
     sender.result.retries = stall.retries
     sender.result.elapsed_s = time.monotonic() - sender._started
     return sender.result

@@ -174,15 +174,15 @@ class Client:
         """
         if self._closed:
             return
-        self._check_caller()
+        if os.getpid() != self._pid:  # a forked child: its loop and channels are the parent's
+            self._closed = True
+            self._finalizer.detach()
+            return
+        self._check_caller()  # from its own thread, close() would wait on itself
         self._closed = True  # no call starts from here on
         self._finalizer.detach()
         try:
-            shut_down = asyncio.run_coroutine_threadsafe(_shut_down(self.aio, self._loop), self._loop)
-            # bounded: a loop that cannot finish (a call stuck in grpc) must not hang the exit
-            shut_down.result(timeout=CLOSE_TIMEOUT_S)
-        except concurrent.futures.TimeoutError:
-            shut_down.cancel()
+            asyncio.run_coroutine_threadsafe(_shut_down(self.aio, self._loop), self._loop).result()
         finally:
             self._stop_loop()
 
