@@ -165,3 +165,47 @@ async def test_a_reverse_scan_that_reaches_a_gap_names_the_owner_of_the_keys_it_
 
 async def _synced(ok: bool) -> None:
     return None
+
+
+async def test_a_session_stopped_while_it_winds_down_a_broken_call_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop() that came while the session awaited its cancelled sender was swallowed: the
+    session went on reconnecting, and a node never stopped on SIGTERM."""
+    import socket
+
+    from keyspan.services.node import session as session_module
+
+    winding_down = asyncio.Event()
+
+    async def slow_to_end(call: object, outbox: object) -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            winding_down.set()
+            await asyncio.sleep(0.5)  # its call's end takes a moment
+            raise
+
+    monkeypatch.setattr(session_module, "_send", slow_to_end)
+    shards = ShardSet(tmp_path)
+    shards.open(())
+    with socket.socket() as silent:  # nothing listens: each session fails at once
+        silent.bind(("127.0.0.1", 0))
+        session = NodeSession(
+            control_address=f"127.0.0.1:{silent.getsockname()[1]}", node_id="me", disk_id="d",
+            address="127.0.0.1:2", probe_address="", capacity=1, shards=shards, partition_map=PartitionMap(),
+            on_synced=_synced,
+        )  # fmt: skip
+        session.start()
+        try:
+            await asyncio.wait_for(winding_down.wait(), 10)
+            stopping = asyncio.create_task(session.stop())
+            await asyncio.wait({stopping}, timeout=3)
+            assert stopping.done() and session._task is not None and session._task.done()
+        finally:
+            for _ in range(100):  # the old code's session went on: it swallowed each cancel
+                if session._task is None or session._task.done():
+                    break
+                session._task.cancel()
+                await asyncio.sleep(0.05)
+            shards.close()

@@ -139,11 +139,13 @@ class NodeSession:
                     )
             finally:
                 self.connected = False
-                for task in (beats, sender):
-                    if task is not None:
-                        task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await task
+                helpers = [task for task in (beats, sender) if task is not None]
+                for task in helpers:
+                    task.cancel()
+                # Their CancelledErrors come back as results; this task's own is raised. (A
+                # suppress() around each await swallowed a stop() that came meanwhile: the
+                # session went on reconnecting, and the node never stopped on SIGTERM.)
+                await asyncio.gather(*helpers, return_exceptions=True)
             await asyncio.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random() / 2))
             attempt = min(attempt + 1, 10)
 
