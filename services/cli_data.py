@@ -106,6 +106,10 @@ class Rate(click.FloatRange):
             self.fail(f"{number} is not 0 (no limit) or between 1 and {self.max:g}", param, ctx)
         return number
 
+    def _describe_range(self) -> str:
+        """What --help shows in brackets: "0<=x<=1e9" said 0.5 was allowed."""
+        return f"x=0 or 1<=x<={self.max:g}"
+
 
 class Utf8Text(click.ParamType):
     """Text that must be UTF-8 (JSON text, a JSON path): an argument of other bytes is a
@@ -750,12 +754,16 @@ def stats(conn: Conn) -> None:
         click.echo(json.dumps({"partitions": parts, **total}))
         return
     rows = [("PARTITION", "START", "END", "ENTRIES", "BYTES", "EXPIRED", "REVISION")]
+
+    def bound(raw: bytes) -> str:  # quoted, as `admin partitions` shows them: a ' ' split was blank
+        return raw.hex() if conn.hex_keys else key_text(raw)
+
     for p in report.partitions:
-        end = "+inf" if p.end is None else conn.show_key(p.end)
+        end = "+inf" if p.end is None else bound(p.end)
         rows.append(
             (
                 p.partition_id,
-                conn.show_key(p.start) or "-inf",
+                bound(p.start) if p.start else "-inf",
                 end,
                 str(p.approximate_entries),
                 str(p.bytes),

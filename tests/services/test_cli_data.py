@@ -336,6 +336,8 @@ def test_stats_prints_a_table(server_address: str) -> None:
         "REVISION",
     ]
     assert out.splitlines()[-1].split()[:2] == ["total", "1"]
+    # bounds quoted, as admin partitions shows them: a split at ' ' was a blank column
+    assert [line.split()[1:3] for line in out.splitlines()[1:3]] == [["-inf", "'g'"], ["'g'", "'n'"]]
 
 
 def test_sweep_reports_what_it_deleted(server_address: str) -> None:
@@ -749,3 +751,9 @@ def test_patch_applies_every_set_in_order_even_on_the_same_path(server_address: 
     assert (code, json.loads(out)) == (0, {"tags": ["a", "b", "c"]})
     code, out = invoke(server_address, "patch", "doc", "--set", '$."a=b"=2')  # the path's = is its own
     assert (code, json.loads(out)["a=b"]) == (0, 2)
+
+
+def test_sweep_help_shows_the_rates_it_takes() -> None:
+    # The bracket said 0<=x<=1e9, and 0.5 was refused.
+    out = CliRunner().invoke(cli, ["sweep", "--help"]).output
+    assert "[x=0 or 1<=x<=1e+09]" in " ".join(out.split())
