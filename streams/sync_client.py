@@ -108,6 +108,10 @@ class Client:
 
         self._closed = False
         self._pid = os.getpid()
+        # The calls other threads wait on, so that a close() the loop cannot serve in time
+        # ends their waits.
+        self._calls: set[concurrent.futures.Future[Any]] = set()
+        self._calls_lock = threading.Lock()
         self._closing: set[asyncio.Future[None]] = set()  # iterators the loop thread is closing
         try:
             self.aio = self._run(make())
@@ -127,6 +131,8 @@ class Client:
             raise ClientClosed("this keyspan Client is closed")
         self._check_caller(coro)
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        with self._calls_lock:
+            self._calls.add(future)
         try:
             return future.result()
         except concurrent.futures.CancelledError:
@@ -136,6 +142,9 @@ class Client:
         except KeyboardInterrupt:  # Ctrl-C while waiting: the call stops on the loop too
             future.cancel()
             raise
+        finally:
+            with self._calls_lock:
+                self._calls.discard(future)
 
     def _check_caller(self, coro: Coroutine[Any, Any, Any] | None = None) -> None:
         """Refuse a call that could only wait for ever: one from the client's own thread
@@ -181,10 +190,25 @@ class Client:
         self._check_caller()  # from its own thread, close() would wait on itself
         self._closed = True  # no call starts from here on
         self._finalizer.detach()
+        shut_down = asyncio.run_coroutine_threadsafe(_shut_down(self.aio, self._loop), self._loop)
         try:
-            asyncio.run_coroutine_threadsafe(_shut_down(self.aio, self._loop), self._loop).result()
-        finally:
+            shut_down.result(timeout=CLOSE_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            # The loop is held by code of the caller's that runs on it (a bulk_put source or
+            # an update fn that blocks): the callers waiting on it get ClientClosed now, and
+            # the loop shuts down and stops once it is free. (close() waited as long as the
+            # source did, and the process's exit with it; stopping the loop at once closed
+            # it under the call in flight, which never ended.)
+            with self._calls_lock:
+                waiting = list(self._calls)
+            for call in waiting:
+                call.cancel()
+            shut_down.add_done_callback(lambda _: self._loop.call_soon_threadsafe(self._loop.stop))
+            return
+        except BaseException:
             self._stop_loop()
+            raise
+        self._stop_loop()
 
     def _stop_loop(self) -> None:
         """Stop the loop; its thread closes it."""

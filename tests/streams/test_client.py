@@ -14,6 +14,7 @@ import pytest
 from keyspan.storage.keys import Key
 from keyspan.streams import (
     Client,
+    ClientClosed,
     EtagMismatch,
     InvalidArgument,
     NotFound,
@@ -396,3 +397,42 @@ def test_a_refused_entry_is_raised_even_when_the_stream_fails_before_the_rest_is
     with pytest.raises(InvalidArgument, match=r"entries\[300\]\.key .*duplicate"):
         client.bulk_put_ex(slow_then_duplicate(), batch_bytes=64 << 10, timeout_s=1.0)
     assert sum(1 for _ in client.scan(b"e", b"f")) == 0
+
+
+def test_close_ends_the_wait_of_a_call_held_by_a_blocking_source(server_address: str) -> None:
+    # close() waited as long as the source did (for ever for one that never ends, and the
+    # process's exit with it); stopping the loop then closed it under the call in flight.
+    import threading
+
+    release = threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def source() -> Iterator[tuple[bytes, bytes]]:
+        yield (b"s1", b"v")
+        release.wait(60)  # a queue that never gets its end, say
+        yield (b"s2", b"v")
+
+    kv = Client(server_address)
+    loader = threading.Thread(target=lambda: outcome.append(_raised(lambda: kv.bulk_put(source()))))
+    loader.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    kv.close()
+    loader.join(10)
+    try:
+        assert time.monotonic() - started < 8 and not loader.is_alive()
+        assert isinstance(outcome[0], ClientClosed)
+    finally:
+        release.set()  # the loop then shuts down and its thread ends
+    deadline = time.monotonic() + 10
+    while kv._thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not kv._thread.is_alive()
+
+
+def _raised(call: Callable[[], object]) -> BaseException | None:
+    try:
+        call()
+    except BaseException as err:  # what the call ended with is the result
+        return err
+    return None
