@@ -84,12 +84,23 @@ async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Run
         await control.stop()
 
 
-def lone_node(control: str, node_id: str, data: Path) -> NodeProcess:
-    """A node of no cluster of this module's: it waits 0.3 s for `control`, then serves its disk."""
+def lone_node(control: str, node_id: str, data: Path, sync_timeout_s: float = 0.3) -> NodeProcess:
+    """A node of no cluster of this module's: it waits sync_timeout_s for `control`, then
+    serves its disk."""
     return NodeProcess(
         NodeConfig(
             address="127.0.0.1:0", probe_address="127.0.0.1:0", control=control, id=node_id, data=data,
-            shutdown_grace_s=0.5, sync_timeout_s=0.3,
+            shutdown_grace_s=0.5, sync_timeout_s=sync_timeout_s,
+        )
+    )  # fmt: skip
+
+
+def fast_control(data: Path) -> ControlProcess:
+    """A control of 2 partitions of its own, whose heartbeats come every 0.1 s."""
+    return ControlProcess(
+        ControlConfig(
+            address="127.0.0.1:0", data=data, partitions=2, heartbeat_interval_s=0.1, suspect_after_s=0.4,
+            down_after_s=0.8, shutdown_grace_s=0.5, backup_interval_s=0,
         )
     )  # fmt: skip
 
@@ -571,19 +582,9 @@ async def test_a_node_pointed_at_a_data_server_says_it_is_not_a_control(
 async def test_a_removed_node_that_still_runs_closes_its_partitions(tmp_path: Path) -> None:
     """remove --force of a running node left its session up: it went on serving what the
     map gave its id, beside a new process registered under that id."""
-    control = ControlProcess(
-        ControlConfig(
-            address="127.0.0.1:0", data=tmp_path / "control", partitions=2, heartbeat_interval_s=0.1,
-            suspect_after_s=0.4, down_after_s=0.8, shutdown_grace_s=0.5, backup_interval_s=0,
-        )
-    )  # fmt: skip
+    control = fast_control(tmp_path / "control")
     await control.start()
-    node = NodeProcess(
-        NodeConfig(
-            address="127.0.0.1:0", probe_address="127.0.0.1:0", control=control.address, id="gone",
-            data=tmp_path / "gone", shutdown_grace_s=0.5,
-        )
-    )  # fmt: skip
+    node = lone_node(control.address, "gone", tmp_path / "gone", sync_timeout_s=5)
     await node.start()
     try:
         assert len(node.shards.partitions) == 2
@@ -712,14 +713,9 @@ async def test_a_gateway_scan_or_sweep_that_keeps_meeting_wrong_partition_ends_u
 async def test_a_removed_node_stays_out_of_the_cluster_until_restarted(tmp_path: Path) -> None:
     """Refused at its heartbeat, it registered again at once as a new node and took its
     partitions back (in a one-node cluster, all of them)."""
-    control = ControlProcess(
-        ControlConfig(
-            address="127.0.0.1:0", data=tmp_path / "control", partitions=2, heartbeat_interval_s=0.1,
-            suspect_after_s=0.4, down_after_s=0.8, shutdown_grace_s=0.5, backup_interval_s=0,
-        )
-    )  # fmt: skip
+    control = fast_control(tmp_path / "control")
     await control.start()
-    node = lone_node(control.address, "gone", tmp_path / "gone")
+    node = lone_node(control.address, "gone", tmp_path / "gone", sync_timeout_s=5)
     await node.start()
     try:
         state = control.state
