@@ -195,23 +195,22 @@ class ShardSet:
     def _check_catalogue_holds(self, catalogue: Path, wanted: Sequence[tuple[str, KeyRange]]) -> None:
         """Refuse a catalogue that leaves out part of what this process must hold
         (`should_hold`: serve's whole key space): the server said SERVING and answered
-        that part "starting" for ever, its shard files unread."""
-        starts = sorted(r.start for _, r in wanted)
-        ends = {r.start: r.end for _, r in wanted}
+        that part "starting" for ever, its shard files unread. (Its ranges do not overlap:
+        _read_catalogue checked.)"""
+        ordered = sorted((r for _, r in wanted), key=lambda r: r.start)
         for need in self.should_hold():
-            edge = need.start
-            i = bisect.bisect_right(starts, edge) - 1
-            while True:
-                end = ends[starts[i]] if 0 <= i < len(starts) else b""
-                if i < 0 or i >= len(starts) or starts[i] > edge or (end is not None and end <= edge):
-                    raise KeyspanError(
-                        f"{catalogue} is damaged: no partition holds key {key_text(edge)}; it says "
-                        "which key range each shard file serves: restore it (or the whole data "
-                        "dir) from a copy"
-                    )
-                if end is None or (need.end is not None and end >= need.end):
+            edge: bytes | None = need.start  # what is held runs up to here
+            for r in ordered:
+                if edge is None or (need.end is not None and edge >= need.end) or r.start > edge:
                     break
-                edge, i = end, i + 1
+                if r.end is None or r.end > edge:
+                    edge = r.end
+            if edge is not None and (need.end is None or edge < need.end):
+                raise KeyspanError(
+                    f"{catalogue} is damaged: no partition holds key {key_text(edge)}; it says "
+                    "which key range each shard file serves: restore it (or the whole data dir) "
+                    "from a copy"
+                )
 
     def _refuse_data_without_catalogue(self) -> None:
         """A data dir with no catalogue is new, unless it holds shards that were written to:
