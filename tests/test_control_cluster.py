@@ -407,3 +407,16 @@ def test_a_new_cluster_assigns_at_once(tmp_path: Path) -> None:
     join(state, "a", T0)
     join(state, "b", T0 + 1)  # nothing on any disk: a new cluster, no wait
     assert all(e.node_id for e in state.map.entries)
+
+
+def test_a_heartbeat_from_a_process_control_no_longer_knows_as_the_node_is_refused(tmp_path: Path) -> None:
+    state = make_state(tmp_path)
+    state.register("a", "127.0.0.1:7411", "", 1, [], T0, "disk1")
+    assert state.heartbeat("a", [], T0 + 100, "disk1") is not None
+    with pytest.raises(NotAllowedError) as other_disk:
+        state.heartbeat("a", [], T0 + 200, "disk0")  # the id registered since from disk1
+    assert other_disk.value.reason == "DISK_MISMATCH"
+    state.remove("a", force=True)
+    with pytest.raises(NotAllowedError) as removed:
+        state.heartbeat("a", [], T0 + 300, "disk1")
+    assert removed.value.reason == "NODE_REMOVED"

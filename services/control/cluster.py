@@ -222,11 +222,25 @@ class ClusterState:
                 if acked != p["acked"]:
                     self.store.update_partition(p["partition_id"], acked=acked)
 
-    def heartbeat(self, node_id: str, stats: Sequence[tuple[str, int, int]], now_ms: int) -> bool:
-        """A heartbeat with (partition_id, entries, bytes) per hosted partition."""
+    def heartbeat(
+        self, node_id: str, stats: Sequence[tuple[str, int, int]], now_ms: int, disk_id: str = ""
+    ) -> bool:
+        """A heartbeat with (partition_id, entries, bytes) per hosted partition, from the
+        process that registered node_id from `disk_id`. NotAllowedError when control no
+        longer knows that process as the node: removed (remove --force), or the id
+        registered again from another disk. Its session went on, and it served the
+        partitions assigned to its id beside the new process."""
         node = self.store.node(node_id)
         if node is None:
-            return False
+            raise NotAllowedError(
+                "NODE_REMOVED", f"node {node_id} was removed from the cluster: stop this process"
+            )
+        if disk_id and node["disk_id"] and node["disk_id"] != disk_id:
+            raise NotAllowedError(
+                "DISK_MISMATCH",
+                f"node {node_id} registered again from another data dir ({node['address']}): "
+                "this process is not that node any more; stop it",
+            )
         entries = sum(s[1] for s in stats)
         size = sum(s[2] for s in stats)
         # Every second from every node: one commit for the node and its partitions, not one

@@ -16,7 +16,6 @@ from keyspan.services.control.cluster import DOWN, SUSPECT, UP, ClusterState
 from keyspan.services.control.store import now_ms
 from keyspan.storage.errors import (
     ConfigError,
-    FailedPreconditionError,
     InvalidArgumentError,
     UnavailableError,
 )
@@ -151,12 +150,6 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     ) -> None:
         async for message in requests:
             if message.HasField("heartbeat"):
-                # A node removed (remove --force) or registered again from another disk: this
-                # process is not that node any more. Its session went on, and it served the
-                # partitions assigned to its id beside the new process.
-                await self._call(self._still_registered, node_id, disk_id)
-                if message.heartbeat.map_version > self._state.map.version:
-                    await self._call(self._state.observe_version, message.heartbeat.map_version)
                 stats = [
                     (p.partition_id, p.approximate_entries, p.bytes) for p in message.heartbeat.partitions
                 ]
@@ -165,7 +158,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                         raise InvalidArgumentError(
                             f"heartbeat.partitions[{i}]", f"counts must be at most {MAX_COUNT}"
                         )
-                await self._call(self._state.heartbeat, node_id, stats, now_ms())
+                await self._call(self._state.heartbeat, node_id, stats, now_ms(), disk_id)
+                if message.heartbeat.map_version > self._state.map.version:  # a new control.db
+                    await self._call(self._state.observe_version, message.heartbeat.map_version)
             elif message.HasField("ack"):
                 await self._call(self._state.ack, node_id, list(message.ack.hosted))
                 if message.ack.failed:
@@ -173,19 +168,6 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                         "node failed to open partitions",
                         extra={"node_id": node_id, "failed": list(message.ack.failed)},
                     )
-
-    def _still_registered(self, node_id: str, disk_id: str) -> None:
-        node = self._state.store.node(node_id)
-        if node is None:
-            raise FailedPreconditionError(
-                "NODE_REMOVED", f"node {node_id} was removed from the cluster: stop this process"
-            )
-        if disk_id and node["disk_id"] and node["disk_id"] != disk_id:
-            raise FailedPreconditionError(
-                "DISK_MISMATCH",
-                f"node {node_id} registered again from another data dir ({node['address']}): "
-                "this process is not that node any more; stop it",
-            )
 
     # -- the map ------------------------------------------------------------------------
 
