@@ -111,9 +111,27 @@ class SweepBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class Reclaim:
+    """Give up to `max_pages` of the shard's free pages back to the file system, in a
+    transaction of its own after the batch it came with. Unless `started` (a reclaim
+    that found enough to do goes on until none is left), only once the free pages are
+    worth it: see Shard.reclaim."""
+
+    max_pages: int
+    started: bool = False
+
+
+class Reclaimed(NamedTuple):
+    """A Reclaim's outcome: bytes given back, and whether free pages are left to give."""
+
+    freed_bytes: int
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
 class PatchResult:
     etag: int
     value: bytes
 
 
-Mutation = Put | Delete | Patch | Bulk | SweepBatch
+Mutation = Put | Delete | Patch | Bulk | SweepBatch | Reclaim

@@ -27,19 +27,31 @@ import apsw
 from keyspan.storage import openfiles
 from keyspan.storage.errors import (
     CommitFailed,
+    DiskFullError,
     EtagMismatchError,
     InvalidArgumentError,
     KeyspanError,
     NotFoundError,
     NotJsonError,
     OpenFilesLimitError,
+    StorageFaultError,
     ValueTooLargeError,
     key_text,
     text_excerpt,
 )
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.limits import check_paths
-from keyspan.storage.mutations import Bulk, Delete, Mutation, Patch, PatchResult, Put, SweepBatch
+from keyspan.storage.mutations import (
+    Bulk,
+    Delete,
+    Mutation,
+    Patch,
+    PatchResult,
+    Put,
+    Reclaim,
+    Reclaimed,
+    SweepBatch,
+)
 
 SCHEMA_VERSION = 1
 # SQLite's "unix-excl" VFS: the process that opens a shard holds it exclusively (its own
@@ -51,6 +63,14 @@ SCHEMA_VERSION = 1
 # shards, not even to read: use the RPCs or `keyspan dump`.
 SHARD_VFS = "unix-excl"
 WAL_SIZE_LIMIT_BYTES = 16 << 20  # the WAL file is cut back to this once it restarts
+BUSY_TIMEOUT_MS = 10_000
+# Shards are made with SQLite's incremental auto-vacuum, so pages that deletes and sweeps
+# free can go back to the file system (`Shard.reclaim`): a reclaim starts once a shard's
+# free pages come to RECLAIM_MIN_PAGES and a sixteenth of the file, and goes on, in steps
+# of RECLAIM_STEP_PAGES (about 10 ms of the writer's time here), until none is left.
+# Below that they are kept for the partition's next writes, which reuse them.
+RECLAIM_MIN_PAGES = 256
+RECLAIM_STEP_PAGES = 512
 # `entries` is a rowid table with a unique index on key, not a WITHOUT ROWID table keyed
 # by it. A WITHOUT ROWID row keeps at most ~1 KB in its 4 KiB B-tree page, and the rest
 # of a bigger row goes to an overflow page of its own: a 1.1 KB value took 4.7 KB on disk
@@ -250,6 +270,7 @@ class Shard:
         self.before_commit: Callable[[], None] | None = None
         self.on_commit: Callable[[list[bytes] | None], None] | None = None
         self._commit_began = False
+        self._reclaim_asked = False  # the batch being applied holds a Reclaim
         # One read connection per thread that reads (the node's few read threads). Held
         # weakly here: a thread's connections close when the thread ends.
         self._local = threading.local()
@@ -281,6 +302,10 @@ class Shard:
             # up to date by the writes, so Stats, heartbeats and scrapes never walk the
             # table (count(*) reads every page: ~30 ms a million rows even when cached).
             self.entries: int = self._db.execute("SELECT count(*) FROM entries").fetchone()[0]
+            # Made before shards were made with incremental auto-vacuum: its free pages are
+            # reused by its writes but never given back (a VACUUM would convert it).
+            self.reclaims: bool = self._db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+            self.reclaimed_bytes = 0
             if new:
                 # Its tables and range reach the disk before the catalogue lists it, even at
                 # synchronous=NORMAL (a checkpoint syncs the WAL first): a listed shard
@@ -372,13 +397,18 @@ class Shard:
         db = None
         try:
             db = apsw.Connection(str(self.path), vfs=SHARD_VFS)
-            db.set_busy_timeout(10_000)
+            db.set_busy_timeout(BUSY_TIMEOUT_MS)
             # Every shard file is made in WAL mode, which its header keeps. One that is not
             # was not written by keyspan: setting the mode would change its header before the
             # checks refuse it, and it is to be left as it was found.
             current = db.execute("PRAGMA journal_mode").fetchone()
-            if current is not None and str(current[0]).lower() != "wal" and _has_content(self.path):
+            has_content = _has_content(self.path)
+            if current is not None and str(current[0]).lower() != "wal" and has_content:
                 raise self._damaged(f"it is not in WAL mode ({current[0]}): not a shard file keyspan wrote")
+            if not has_content:
+                # Only a database with no tables takes it, and setting the WAL mode below
+                # already writes the header that fixes it: here, first.
+                db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()  # opens the WAL
             if mode is None or str(mode[0]).lower() != "wal":
                 raise KeyspanError(f"{self.path}: cannot enable WAL mode")
@@ -599,6 +629,7 @@ class Shard:
         revision_before = self._revision
         self._entries_delta = 0
         self._commit_began = False
+        self._reclaim_asked = False
         outcomes: list[Any] = []
         try:
             with self._transaction():
@@ -623,7 +654,56 @@ class Shard:
         self.entries += self._entries_delta
         if self.on_commit is not None:
             self.on_commit(_keys_of(mutations))
+        if self._reclaim_asked:  # each in a transaction of its own: see reclaim()
+            outcomes = [self.reclaim(o) if isinstance(o, Reclaim) else o for o in outcomes]
         return outcomes
+
+    def reclaim(self, m: Reclaim) -> Reclaimed | KeyspanError:
+        """Give up to m.max_pages free pages back to the file system (writer thread only).
+
+        SQLite's incremental vacuum moves pages from the end of the file into free ones
+        and cuts the file short; the WAL carries the moves, so the file shrinks once a
+        checkpoint has copied them (run here after the last step). Nothing stored changes, so
+        no reader is affected and no revision is spent. It runs in a transaction of its
+        own: a full disk or an I/O error fails the reclaim (returned, not raised) and no
+        write that came in its batch.
+        """
+        if not self.reclaims:
+            return Reclaimed(0, False)
+        db = self._db
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        if not m.started and (
+            free < RECLAIM_MIN_PAGES or free < db.execute("PRAGMA page_count").fetchone()[0] // 16
+        ):
+            return Reclaimed(0, False)
+        pages = min(free, m.max_pages)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()  # a step a page
+                db.execute("COMMIT")
+            finally:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            more = free > pages
+            if not more:
+                # Copy the moves into the file, which is cut short, and empty the WAL, as
+                # far as no reader holds it back: it waits for none. The next checkpoint
+                # copies what this one could not.
+                db.set_busy_timeout(0)
+                try:
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                finally:
+                    db.set_busy_timeout(BUSY_TIMEOUT_MS)
+        except apsw.FullError as err:
+            return DiskFullError(self.partition_id, err)
+        except apsw.Error as err:
+            fault = StorageFaultError(self.partition_id, err)
+            fault.__cause__ = err
+            return fault
+        freed = pages * db.execute("PRAGMA page_size").fetchone()[0]
+        self.reclaimed_bytes += freed
+        return Reclaimed(freed, more)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -683,6 +763,9 @@ class Shard:
                 return self._bulk(m)
             case SweepBatch():
                 return self._sweep(m)
+            case Reclaim():
+                self._reclaim_asked = True
+                return m  # replaced by its outcome once the batch has committed
         raise TypeError(f"not a mutation: {m!r}")
 
     def _put(self, m: Put) -> int:
@@ -859,7 +942,7 @@ def _keys_of(mutations: Sequence[Mutation]) -> list[bytes]:
     for m in mutations:
         if isinstance(m, Bulk):
             keys.extend(m.keys)
-        elif not isinstance(m, SweepBatch):
+        elif not isinstance(m, SweepBatch | Reclaim):
             keys.append(m.key)
     return keys
 

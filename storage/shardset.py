@@ -26,11 +26,11 @@ import apsw
 from keyspan.storage.dirlock import lock_directory
 from keyspan.storage.errors import ConfigError, KeyspanError, UnavailableError, WrongPartitionError, key_text
 from keyspan.storage.keys import KeyRange
-from keyspan.storage.mutations import Bulk, Mutation, SweepBatch
+from keyspan.storage.mutations import Bulk, Mutation, Reclaim, Reclaimed, SweepBatch
 from keyspan.storage.openfiles import RESERVED_FILES, files_per_partition, open_files_limit
 from keyspan.storage.readers import ReadPool
 from keyspan.storage.rowcache import ABSENT, MISSING, RowCache
-from keyspan.storage.shard import Row, Shard, json_text
+from keyspan.storage.shard import RECLAIM_STEP_PAGES, Row, Shard, json_text
 from keyspan.storage.writer import PartitionWriter, WriteObserver
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,9 @@ class Partition:
     shard: Shard
     writer: PartitionWriter
     reads: int = 0  # reads served (Gets and scan batches), for the metrics
+    # The revision when free pages were last looked for: every write that can free pages
+    # (a delete, a sweep, an overwrite, the change log's trim) moves it on.
+    reclaim_checked_at: int = -1
 
     async def write(self, mutation: Mutation) -> Any:
         return await self.writer.submit(mutation)
@@ -522,6 +525,23 @@ class ShardSet:
 
     async def sweep_batch(self, partition: Partition, key_range: KeyRange, limit: int) -> tuple[int, int]:
         return await partition.write(SweepBatch(key_range.start, key_range.end, now_ms(), limit))
+
+    async def reclaim(self, partition: Partition) -> int:
+        """Give the partition's free pages back to the file system once they are worth it
+        (Shard.reclaim), a step at a time, each queued behind the writes before it so
+        none waits for more than one; returns the bytes given back. A partition not written
+        to since its last look is not looked at again (no trip to its writer)."""
+        revision = partition.shard.revision
+        if revision == partition.reclaim_checked_at:
+            return 0
+        partition.reclaim_checked_at = revision
+        freed, started = 0, False
+        while True:
+            outcome: Reclaimed = await partition.write(Reclaim(RECLAIM_STEP_PAGES, started))
+            freed += outcome.freed_bytes
+            if not outcome.more:
+                return freed
+            started = True
 
     async def stats(self, *, complete: bool = True) -> list[PartitionStats]:
         """Every partition's stats, read on the read threads (the Stats RPC's source); with

@@ -25,7 +25,7 @@ import apsw
 
 from keyspan.storage.errors import CommitFailed, DiskFullError, StorageFaultError, UnavailableError
 from keyspan.storage.handoff import Handoff, reply
-from keyspan.storage.mutations import Bulk, Mutation, SweepBatch
+from keyspan.storage.mutations import Bulk, Mutation, Reclaim, SweepBatch
 from keyspan.storage.shard import Shard
 from keyspan.storage.throttled_log import ThrottledLog
 
@@ -273,4 +273,6 @@ def _written(mutation: Mutation, outcome: Any) -> int:
         return int(outcome)
     if isinstance(mutation, SweepBatch):
         return int(outcome[1])
+    if isinstance(mutation, Reclaim):  # moves pages, writes no entry
+        return 0
     return 1

@@ -76,7 +76,8 @@ async def serve_sweep(
 
 
 class Sweeper:
-    """Sweeps every partition of the node every interval_s, in bounded batches.
+    """Sweeps every partition of the node every interval_s, in bounded batches, then gives
+    the pages that deletes freed back to the file system (ShardSet.reclaim).
 
     A pass that meets a partition closing or moving, or a full disk, is retried at the next
     interval. Any other error is a server fault: logged once here and passed to `on_fault` (services/
@@ -88,6 +89,7 @@ class Sweeper:
         self._task: asyncio.Task[None] | None = None
         self.deleted = 0
         self.deleted_last_pass = 0
+        self.reclaimed_bytes = 0
         self.on_fault: Callable[[BaseException], None] | None = None
 
     def start(self) -> None:
@@ -100,11 +102,14 @@ class Sweeper:
                 await self._task
 
     async def sweep_once(self) -> int:
-        """One pass over every partition; returns how many entries it deleted."""
+        """One pass over every partition, then a reclaim of each; returns how many entries
+        it deleted."""
         deleted = 0
         async for _, deleted in sweep_range(self._shards, KeyRange()):
             self.deleted_last_pass = deleted
         self.deleted += deleted
+        for partition in self._shards.partitions:
+            self.reclaimed_bytes += await self._shards.reclaim(partition)
         return deleted
 
     async def _run(self) -> None:

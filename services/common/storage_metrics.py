@@ -93,6 +93,12 @@ class PartitionCollector(Collector):
             "Writes committed over all partitions held now.",
             sum(p.writer.mutations for p in partitions),
         )
+        yield CounterMetricFamily(
+            "keyspan_node_reclaimed_bytes",
+            "Bytes of free pages given back to the file system (shrinking shard files) over "
+            "all partitions held now; a reclaim follows each background sweep.",
+            sum(p.shard.reclaimed_bytes for p in partitions),
+        )
         faults = CounterMetricFamily(
             "keyspan_node_write_faults",
             "Writes refused by a storage fault over all partitions held now, by reason: "

@@ -20,7 +20,7 @@ from keyspan.services.common.metrics import RpcMetrics
 from keyspan.services.common.registrar import Registrar
 from keyspan.services.common.rpc_telemetry import RpcTelemetry
 from keyspan.services.common.storage_metrics import PartitionCollector
-from keyspan.storage.mutations import Put
+from keyspan.storage.mutations import Bulk, Put
 from keyspan.storage.shardset import ShardSet
 from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.v1 import kv_pb2, kv_pb2_grpc
@@ -133,6 +133,24 @@ async def test_sweep_lag_is_the_age_of_the_oldest_expired_entry(start_server) ->
     await server.sweeper.sweep_once()
     m = await scrape(server)
     assert sample(m, "keyspan_partition_sweep_lag_seconds", partition_id="p0000") == 0
+
+
+@pytest.mark.asyncio
+async def test_the_bytes_a_sweep_gives_back_are_counted(start_server) -> None:
+    server = await start_server(metrics_address="127.0.0.1:0", split_points="")
+    partition = server.shards.partitions[0]
+    expired_at = time.time_ns() // 1_000_000 - 1
+    keys = [b"k%06d" % i for i in range(20_000)]
+    await partition.write(Bulk(keys, [b"v" * 100] * len(keys), None, [expired_at] * len(keys)))
+    m = await scrape(server)
+    assert sample(m, "keyspan_node_reclaimed_bytes_total") == 0
+    size = sample(m, "keyspan_partition_bytes", partition_id="p0000")
+    await server.sweeper.sweep_once()
+    m = await scrape(server)
+    reclaimed = sample(m, "keyspan_node_reclaimed_bytes_total")
+    assert reclaimed == server.sweeper.reclaimed_bytes > 2_000_000
+    assert sample(m, "keyspan_partition_approximate_entries", partition_id="p0000") == 0
+    assert sample(m, "keyspan_partition_bytes", partition_id="p0000") < size
 
 
 @pytest.mark.asyncio
