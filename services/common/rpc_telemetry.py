@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,6 +33,8 @@ from .metrics import MethodCounts, RpcMetrics
 
 # Codes that mean the server failed, not the caller: the span is marked as an error.
 SERVER_FAULT_CODES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS})
+# Methods counted and timed but never traced (prefixes of full method names).
+_UNTRACED = ("/grpc.health.v1.Health/",)
 # An Enum member's .name is a descriptor call; the label is looked up on every call.
 _CODE_NAMES = {code: code.name for code in grpc.StatusCode}
 
@@ -187,20 +190,29 @@ class RpcTelemetry:
         return found
 
     def wrap(self, name: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """`handler`, counted, timed and traced (a registrar.Wrap: applied once per method)."""
+        """`handler`, counted, timed and traced (a registrar.Wrap: applied once per method).
+        Health checks are counted and timed, not traced: probes every few seconds would
+        be most of the spans."""
         method = self._method(name, _kind(handler))
+        sampler = None if name.startswith(_UNTRACED) else self._sampler
         wrap = grpc.unary_unary_rpc_method_handler
         if handler.unary_unary:
-            behavior = self._unary(handler.unary_unary, method)
+            behavior = self._unary(handler.unary_unary, method, sampler)
         elif handler.unary_stream:
-            behavior, wrap = self._stream(handler.unary_stream, method), grpc.unary_stream_rpc_method_handler
+            behavior, wrap = (
+                self._stream(handler.unary_stream, method, sampler),
+                grpc.unary_stream_rpc_method_handler,
+            )
         elif handler.stream_stream:
             behavior, wrap = (
-                self._stream(handler.stream_stream, method),
+                self._stream(handler.stream_stream, method, sampler),
                 grpc.stream_stream_rpc_method_handler,
             )
         elif handler.stream_unary:
-            behavior, wrap = self._unary(handler.stream_unary, method), grpc.stream_unary_rpc_method_handler
+            behavior, wrap = (
+                self._unary(handler.stream_unary, method, sampler),
+                grpc.stream_unary_rpc_method_handler,
+            )
         else:
             return handler
         return wrap(
@@ -209,9 +221,10 @@ class RpcTelemetry:
             response_serializer=handler.response_serializer,
         )
 
-    def _unary(self, behavior: Callable[..., Awaitable[Any]], method: _Method) -> Any:
-        sampler = self._sampler
-
+    @staticmethod
+    def _unary(
+        behavior: Callable[..., Awaitable[Any]], method: _Method, sampler: ServerSampler | None
+    ) -> Any:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = _Call(method, sampler, context)
             if method.counts is not None and method.kind == "client_stream":
@@ -226,8 +239,12 @@ class RpcTelemetry:
 
         return unary
 
-    def _stream(self, behavior: Callable[..., Any], method: _Method) -> Any:
-        sampler = self._sampler
+    @staticmethod
+    def _stream(behavior: Callable[..., Any], method: _Method, sampler: ServerSampler | None) -> Any:
+        if inspect.iscoroutinefunction(behavior):
+            # A handler that sends with context.write() (grpc.health's Watch) and returns
+            # nothing: timed and counted as a call, its messages not counted.
+            return RpcTelemetry._unary(behavior, method, sampler)
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = _Call(method, sampler, context)

@@ -76,6 +76,27 @@ async def test_streams_count_messages_and_duration(start_server, channel_to) -> 
 
 
 @pytest.mark.asyncio
+async def test_health_watch_streams_with_telemetry_on(start_server, channel_to) -> None:
+    """Health's Watch is a coroutine that writes its answers (not an async generator)."""
+    server = await start_server(metrics_address="127.0.0.1:0")
+    health = health_pb2_grpc.HealthStub(channel_to(server))
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=KV))
+    first = await asyncio.wait_for(watch.read(), 5)
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+    assert not watch.done()  # it stays open for the next change
+    watch.cancel()
+    codes: list[str] = []
+    for _ in range(50):  # the server hears of the cancel a moment later
+        m = await scrape(server)
+        handled = m["keyspan_rpc_handled"].samples
+        codes = [s.labels["grpc_code"] for s in handled if s.labels.get("grpc_method") == "Watch"]
+        if codes:
+            break
+        await asyncio.sleep(0.1)
+    assert codes == ["CANCELLED"]
+
+
+@pytest.mark.asyncio
 async def test_partition_metrics_agree_with_the_stats_rpc(start_server, channel_to) -> None:
     server = await start_server(metrics_address="127.0.0.1:0", split_points="m")
     kv = kv_pb2_grpc.KVStub(channel_to(server))

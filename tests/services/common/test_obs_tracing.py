@@ -8,6 +8,7 @@ import time
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from keyspan.services.common.tracing import client_interceptors, shutdown_client_tracing
@@ -93,6 +94,18 @@ async def test_sampling_at_zero_records_no_new_traces(start_server, channel_to, 
     assert server.observability.tracing.flush()
     assert trace_receiver.named("/keyspan.v1.KV/Put") == []
     assert trace_receiver.named("storage.write") == []
+
+
+@pytest.mark.asyncio
+async def test_health_checks_are_not_traced(start_server, channel_to, trace_receiver) -> None:
+    server = await start_server(otlp_endpoint=trace_receiver.endpoint, trace_sample_ratio=1.0)
+    channel = channel_to(server)
+    for _ in range(5):  # a load balancer's probes
+        await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    await kv_pb2_grpc.KVStub(channel).Get(kv_pb2.GetRequest(key=b"x"))
+    assert server.observability.tracing.flush()
+    assert trace_receiver.named("/grpc.health.v1.Health/Check") == []
+    _one(trace_receiver.named("/keyspan.v1.KV/Get"), kind=SERVER)
 
 
 @pytest.mark.asyncio
