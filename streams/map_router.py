@@ -123,7 +123,17 @@ class MapRouter:
         if self._refresh is not None and detail.map_version >= self.map.version:
             fresh = self._refresh()
             learned = (fresh is not None and self.map.apply(fresh)) or learned
-        return learned or self.map.version > detail.map_version
+        if learned or self.map.version > detail.map_version:
+            return True
+        # The same map on both sides: a call sent before this client's map changed, to the
+        # node that then lost the key. A retry goes where both maps now agree the key is.
+        return bool(detail.address) and self._routes_to(detail.key, detail.address)
+
+    def _routes_to(self, key: bytes, address: str) -> bool:
+        try:
+            return self.address_for_key(key) == address
+        except UnavailableError:
+            return False
 
     async def close(self) -> None:
         if self._watcher is not None:

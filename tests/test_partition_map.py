@@ -107,6 +107,13 @@ def test_map_router_routes_cuts_and_learns_from_wrong_partition() -> None:
     m.apply(to_message(4, entries()))
     assert router.address_for_key(b"h") == "127.0.0.1:2"
     assert router.on_wrong_partition(errors_pb2.WrongPartition(key=b"h", map_version=4)) is False
+    # A call sent under the old map reached a node already on the new one, which names the
+    # owner this client's map now routes to (a repair the client learned of meanwhile):
+    # retried there, not handed to the caller.
+    moved = errors_pb2.WrongPartition(key=b"h", address="127.0.0.1:2", map_version=4)
+    assert router.on_wrong_partition(moved) is True
+    elsewhere = errors_pb2.WrongPartition(key=b"h", address="127.0.0.1:7", map_version=4)
+    assert router.on_wrong_partition(elsewhere) is False
     m.apply(to_message(5, entries(UNAVAILABLE)))
     with pytest.raises(Unavailable):  # the client's retryable error, not storage's
         router.stub_for_key(b"h")
