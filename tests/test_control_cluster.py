@@ -168,7 +168,10 @@ def test_a_known_node_is_refused_from_another_disk_until_it_is_removed(tmp_path:
         state.register("a", "127.0.0.1:7499", "", 1, [], T0 + 2, "disk2")
     assert refused.value.reason == "DISK_MISMATCH"
     assert state.store.node("a")["address"] == "127.0.0.1:7411"  # type: ignore[index]
-    state.register("a", "127.0.0.1:7411", "", 1, [], T0 + 3, "")  # an older node says no disk
+    # A node built before disk ids says none: it may be on any data dir, an empty one too.
+    with pytest.raises(NotAllowedError, match=r"sends no disk id \(a keyspan older") as older:
+        state.register("a", "127.0.0.1:7411", "", 1, [], T0 + 3, "")
+    assert older.value.reason == "DISK_MISMATCH"
     assert state.store.node("a")["disk_id"] == "disk1"  # type: ignore[index]
 
     state.remove("a", force=True)  # forgotten, disk and all: it may join from a new one

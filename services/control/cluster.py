@@ -180,6 +180,17 @@ class ClusterState:
     ) -> bool:
         self._now_ms = max(self._now_ms, now_ms)
         known = self.store.node(node_id)
+        if known is not None and known["disk_id"] and not disk_id:
+            # A node built before disk ids cannot say which data dir it runs on: one started
+            # on an empty dir under a known id served that node's partitions empty (a
+            # rollback of one node in a rolling upgrade), and handed out etags again.
+            raise NotAllowedError(
+                "DISK_MISMATCH",
+                f"node {node_id} registered before from disk {known['disk_id']}, and this process "
+                "sends no disk id (a keyspan older than this control): run the same keyspan "
+                "version as control on the node, or forget it with "
+                f"`keyspan admin remove {node_id} --force`",
+            )
         if known is not None and known["disk_id"] and disk_id and known["disk_id"] != disk_id:
             raise NotAllowedError(
                 "DISK_MISMATCH",
