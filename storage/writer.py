@@ -241,6 +241,7 @@ class PartitionWriter:
         )
         refused.__cause__ = stopped_by
         refused._keyspan_reported = True  # type: ignore[attr-defined]  # its cause was, once
+        self.faults["io"] += writes
         self._stopped_log.note(writes, partition_id=self._shard.partition_id)
         return refused
 

@@ -104,12 +104,17 @@ class Sweeper:
     async def sweep_once(self) -> int:
         """One pass over every partition, then a reclaim of each; returns how many entries
         it deleted."""
-        deleted = 0
-        async for _, deleted in sweep_range(self._shards, KeyRange()):
-            self.deleted_last_pass = deleted
-        self.deleted += deleted
+        deleted = self.deleted_last_pass = 0
         for partition in self._shards.partitions:
+            if partition.writer.stopped_by is not None:
+                # Stopped after an I/O error in a commit (logged and reported then): it
+                # refuses every write until a restart, and the others are still swept.
+                continue
+            before = deleted
+            async for _, gone in sweep_range(self._shards, partition.range):
+                deleted = self.deleted_last_pass = before + gone
             self.reclaimed_bytes += await self._shards.reclaim(partition)
+        self.deleted += deleted
         return deleted
 
     async def _run(self) -> None:

@@ -82,6 +82,7 @@ async def test_a_failed_commit_may_have_applied_and_stops_the_partitions_writes(
         ]
         assert len(refusals) == 1 and refusals[0].writes == 1  # type: ignore[attr-defined]
         assert writer.stopped_by is failed.value
+        assert writer.faults == {"disk_full": 0, "io": 21}  # the failed commit and each refusal
     finally:
         await asyncio.to_thread(writer.close)
         shard.close()
@@ -93,3 +94,24 @@ async def test_a_failed_commit_may_have_applied_and_stops_the_partitions_writes(
         assert not any(k.startswith(b"after") for k in keys) and b"ok" in keys
     finally:
         reopened.close()
+
+
+async def test_the_sweeper_passes_over_a_stopped_partition_and_sweeps_the_others(tmp_path: Path) -> None:
+    from keyspan.storage.shardset import ShardSet, now_ms, ranges_from_split_points
+    from keyspan.streams.sweep import Sweeper
+
+    shards = ShardSet(tmp_path)
+    ranges = ranges_from_split_points([b"m"])
+    await asyncio.to_thread(shards.open, [(f"p{i}", r) for i, r in enumerate(ranges)])
+    try:
+        for key in (b"a", b"z"):
+            await shards.write(key, Put(key, b"v", expires_at_ms=now_ms() - 1))
+        stopped = shards.locate(b"a")
+        # as after a failed commit (the test above): every write refused until a restart
+        fault = StorageFaultError(stopped.id, apsw.IOError("injected"), may_have_applied=True)
+        stopped.writer.stopped_by = fault
+        assert await Sweeper(shards).sweep_once() == 1
+        assert [(p.id, p.shard.entries) for p in shards.partitions] == [("p0", 1), ("p1", 0)]
+        assert stopped.writer.faults["io"] == 0  # it was not even asked
+    finally:
+        await asyncio.to_thread(shards.close)
