@@ -48,12 +48,11 @@ async def write(call: Any, request: Any) -> None:
     try:
         await call.write(request)
     except asyncio.InvalidStateError:  # the end was seen first: its status says why
-        code = await call.code()
-        initial, trailing = await call.initial_metadata(), await call.trailing_metadata()
-        if code == grpc.StatusCode.OK:
+        if await call.code() == grpc.StatusCode.OK:
+            initial, trailing = await call.initial_metadata(), await call.trailing_metadata()
             details = "the stream ended before this request was sent"
             raise StreamEnded(grpc.StatusCode.UNAVAILABLE, initial, trailing, details) from None
-        raise grpc.aio.AioRpcError(code, initial, trailing, await call.details()) from None
+        raise await status_error(call) from None
     except grpc.aio.AioRpcError as err:
         if err.code() == grpc.StatusCode.INTERNAL and err.details() == _CORE_WRITE_FAILURE:
             _end_in_core(call)
@@ -64,6 +63,14 @@ async def write(call: Any, request: Any) -> None:
                 f"the stream ended while a request was being sent (gRPC: {_CORE_WRITE_FAILURE})",
             ) from None
         raise
+
+
+async def status_error(call: Any) -> grpc.aio.AioRpcError:
+    """The error of a streaming call that has ended, with its status (a stream call is not
+    awaitable: `await call` raised TypeError)."""
+    code = await call.code()
+    initial, trailing = await call.initial_metadata(), await call.trailing_metadata()
+    return grpc.aio.AioRpcError(code, initial, trailing, await call.details())
 
 
 def _end_in_core(call: Any) -> None:

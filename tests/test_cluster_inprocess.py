@@ -579,6 +579,50 @@ async def test_a_node_pointed_at_a_data_server_says_it_is_not_a_control(
     assert "the --control address is not a keyspan control" in said[0].getMessage()
 
 
+async def test_a_bulk_put_through_the_gateway_ends_ok_on_the_node(tmp_path: Path) -> None:
+    """The gateway cancelled its node streams once its caller was done: every load through
+    a gateway was a CANCELLED BulkPut in the node's metrics and spans."""
+    from tests.services.common.obs_helpers import sample, scrape
+
+    control = fast_control(tmp_path / "control")
+    await control.start()
+    node = NodeProcess(
+        NodeConfig(
+            address="127.0.0.1:0", probe_address="127.0.0.1:0", control=control.address, id="n",
+            data=tmp_path / "n", shutdown_grace_s=0.5, metrics_address="127.0.0.1:0",
+        )
+    )  # fmt: skip
+    await node.start()
+    gateway = GatewayProcess(GatewayConfig(address="127.0.0.1:0", control=control.address))
+    await gateway.start()
+    try:
+        async with grpc.aio.insecure_channel(gateway.address) as channel:
+            batches = [
+                [kv_pb2.Entry(key=b"k%03d" % (10 * b + i), value=b"v") for i in range(10)] for b in range(3)
+            ]
+            answers = [
+                r async for r in kv_pb2_grpc.KVStub(channel).BulkPut(
+                    kv_pb2.BulkPutRequest(entries=batch) for batch in batches
+                )
+            ]  # fmt: skip
+        assert [a.accepted for a in answers] == [10, 10, 10]
+        codes: dict[str, float] = {}
+        for _ in range(50):  # the node's status comes a moment after the gateway's
+            handled = (await scrape(node))["keyspan_rpc_handled"].samples  # type: ignore[arg-type]
+            codes = {
+                s.labels["grpc_code"]: s.value for s in handled if s.labels.get("grpc_method") == "BulkPut"
+            }
+            if codes:
+                break
+            await asyncio.sleep(0.05)
+        assert codes == {"OK": 1.0}
+        assert sample(await scrape(node), "keyspan_node_writes_total") == 30  # type: ignore[arg-type]
+    finally:
+        await gateway.stop()
+        await node.stop(0)
+        await control.stop(0)
+
+
 async def test_a_removed_node_that_still_runs_closes_its_partitions(tmp_path: Path) -> None:
     """remove --force of a running node left its session up: it went on serving what the
     map gave its id, beside a new process registered under that id."""

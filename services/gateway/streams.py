@@ -35,7 +35,7 @@ from keyspan.services.gateway.routing import (
 from keyspan.storage.errors import KeyspanError, UnavailableError
 from keyspan.storage.keys import KeyRange, key_successor, range_of
 from keyspan.storage.limits import MAX_CREDITS, check_credits, check_paths
-from keyspan.streams.calls import FINISH_S, finish
+from keyspan.streams.calls import FINISH_S, finish, status_error
 from keyspan.streams.calls import write as write_request
 from keyspan.streams.partition_map import MapEntry
 from keyspan.streams.scan import linger
@@ -252,6 +252,13 @@ async def bulk_put_through(
                 yield kv_pb2.BulkPutResponse(accepted=0)
                 continue
             yield await _forward_batch(router, calls, request, context)
+        # The caller half-closed with every batch answered: so do the node streams, which
+        # then end OK (cancelled, each counted as a CANCELLED BulkPut on its node).
+        for address in list(calls):
+            call = calls.pop(address)
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await call.done_writing()
+                await call.code()
     finally:
         for call in calls.values():
             call.cancel()
@@ -271,8 +278,9 @@ async def _forward_batch(
         try:
             await write_request(call, request)
             response = await call.read()
-            if response is grpc.aio.EOF:
-                await call  # raises the stream's status
+            if response is grpc.aio.EOF:  # the node ended the stream before answering
+                if await call.code() != grpc.StatusCode.OK:
+                    raise await status_error(call)
                 raise node_unreachable(entry)
             return response  # type: ignore[no-any-return]
         except grpc.aio.AioRpcError as err:
