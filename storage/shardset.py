@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,24 @@ class PartitionStats:
     expired_entries: int
     revision: int
     oldest_expired_ms: int | None = None  # expiry of the oldest expired entry still stored
+
+
+@dataclass
+class DroppedCounts:
+    """What the partitions this process no longer holds had counted, so that its node-wide
+    counters only ever grow (a drop read as a counter reset made rate() spike)."""
+
+    reads: int = 0
+    writes: int = 0
+    faults: dict[str, int] = field(default_factory=lambda: {"disk_full": 0, "io": 0})
+    reclaimed_bytes: int = 0
+
+    def add(self, p: Partition) -> None:
+        self.reads += p.reads
+        self.writes += p.writer.mutations
+        for reason, n in p.writer.faults.items():
+            self.faults[reason] = self.faults.get(reason, 0) + n
+        self.reclaimed_bytes += p.shard.reclaimed_bytes
 
 
 @dataclass(eq=False)
@@ -114,6 +132,7 @@ class ShardSet:
         self.reads = ReadPool(self.options.read_threads, inline_budget_s=self.options.inline_read_budget_s)
         self._partitions: list[Partition] = []
         self._starts: list[bytes] = []
+        self.dropped = DroppedCounts()
         self.on_missing: Callable[[bytes], KeyspanError] = WrongPartitionError
         self.start_below: Callable[[bytes | None], bytes | None] = lambda bound: None
         # The ranges this process is meant to hold now (serve: the whole key space; a node:
@@ -333,6 +352,7 @@ class ShardSet:
                 del self._partitions[i], self._starts[i]
                 self._write_catalogue()
                 p.writer.close()
+                self.dropped.add(p)
                 p.shard.close()
                 if self.row_cache is not None:
                     self.row_cache.clear()

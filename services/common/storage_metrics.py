@@ -85,28 +85,32 @@ class PartitionCollector(Collector):
             "Partitions over --max-partition-series that got no series of their own this scrape.",
             len(partitions) - shown,
         )
+        dropped = self._shards.dropped
         yield CounterMetricFamily(
-            "keyspan_node_reads", "Reads over all partitions held now.", sum(p.reads for p in partitions)
+            "keyspan_node_reads",
+            "Reads over every partition this process has held.",
+            sum(p.reads for p in partitions) + dropped.reads,
         )
         yield CounterMetricFamily(
             "keyspan_node_writes",
-            "Writes committed over all partitions held now.",
-            sum(p.writer.mutations for p in partitions),
+            "Writes committed over every partition this process has held.",
+            sum(p.writer.mutations for p in partitions) + dropped.writes,
         )
         yield CounterMetricFamily(
             "keyspan_node_reclaimed_bytes",
             "Bytes of free pages given back to the file system (shrinking shard files) over "
-            "all partitions held now; a reclaim follows each background sweep.",
-            sum(p.shard.reclaimed_bytes for p in partitions),
+            "every partition this process has held; a reclaim follows each background sweep.",
+            sum(p.shard.reclaimed_bytes for p in partitions) + dropped.reclaimed_bytes,
         )
         faults = CounterMetricFamily(
             "keyspan_node_write_faults",
-            "Writes refused by a storage fault over all partitions held now, by reason: "
-            "disk_full, or io for any other SQLite fault (see the server log).",
+            "Writes refused by a storage fault over every partition this process has held, by "
+            "reason: disk_full, or io for any other SQLite fault (see the server log).",
             labels=["reason"],
         )
         for reason in ("disk_full", "io"):
-            faults.add_metric([reason], sum(p.writer.faults[reason] for p in partitions))
+            held = sum(p.writer.faults[reason] for p in partitions)
+            faults.add_metric([reason], held + dropped.faults[reason])
         yield faults
         yield GaugeMetricFamily(
             "keyspan_sqlite_memory_bytes",

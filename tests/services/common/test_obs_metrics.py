@@ -195,6 +195,25 @@ async def test_only_the_busiest_partitions_get_series_beyond_the_limit(tmp_path:
         shards.close()
 
 
+@pytest.mark.asyncio
+async def test_node_counters_keep_what_a_dropped_partition_counted(tmp_path: Path) -> None:
+    shards = ShardSet(tmp_path)
+    shards.open([(f"p{i}", r) for i, r in enumerate(_ranges(b"m"))])
+    try:
+        registry = CollectorRegistry()
+        registry.register(PartitionCollector(shards))
+        for key in (b"a", b"b", b"x"):
+            await shards.write(key, Put(key, b"v", False, None, 0, False))
+        await shards.get(b"a")
+        shards.drop_partition("p0")  # [, m): reassigned to another node, say
+        m = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+        assert sample(m, "keyspan_node_writes_total") == 3
+        assert sample(m, "keyspan_node_reads_total") == 1
+        assert sample(m, "keyspan_partitions") == 1
+    finally:
+        shards.close()
+
+
 def _ranges(points: bytes) -> list:
     from keyspan.storage.shardset import ranges_from_split_points
 
