@@ -658,6 +658,16 @@ class Shard:
             outcomes = [self.reclaim(o) if isinstance(o, Reclaim) else o for o in outcomes]
         return outcomes
 
+    def raise_revision(self, floor: int) -> None:
+        """Continue from revision `floor` when below it: a partition given to this copy by a
+        repair, whose earlier copies handed out etags up to it (control's revision_floor).
+        Before the partition takes writes: on the thread that opens it."""
+        if floor <= self._revision:
+            return
+        with self._transaction():
+            self._db.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (floor,))
+        self.revision = self._revision = floor
+
     def reclaim(self, m: Reclaim) -> Reclaimed | KeyspanError:
         """Give up to m.max_pages free pages back to the file system (writer thread only).
 

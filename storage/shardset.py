@@ -287,9 +287,6 @@ class ShardSet:
             raise KeyspanError(f"partition {partition_id}: cannot open {path}: {err}") from err
         return shard, (time.monotonic() - started) * 1000
 
-    def _open_partition(self, partition_id: str, key_range: KeyRange) -> Partition:
-        return self._serve(partition_id, key_range, *self._open_shard(partition_id, key_range, False))
-
     def _serve(self, partition_id: str, key_range: KeyRange, shard: Shard, open_ms: float) -> Partition:
         """Put an open shard in service: its writer, its place in key order, the row cache."""
         if self.row_cache is not None:
@@ -334,14 +331,23 @@ class ShardSet:
                 extra={"partitions": len(self._partitions), "files_needed": need, "limit": limit},
             )
 
-    def add_partition(self, partition_id: str, key_range: KeyRange) -> Partition:
-        """Create or open one partition and record it in the catalogue."""
+    def add_partition(self, partition_id: str, key_range: KeyRange, revision_floor: int = 0) -> Partition:
+        """Create or open one partition and record it in the catalogue. Its revision goes
+        on from at least `revision_floor` (see Shard.raise_revision), set before it serves."""
         for p in self._partitions:
             if p.id == partition_id:
                 return p
             if p.range.intersect(key_range) is not None:
                 raise KeyspanError(f"range {key_range} overlaps partition {p.id} {p.range}")
-        partition = self._open_partition(partition_id, key_range)
+        shard, open_ms = self._open_shard(partition_id, key_range, False)
+        try:
+            shard.raise_revision(revision_floor)
+        except BaseException as err:
+            shard.close()
+            if isinstance(err, apsw.Error):  # a full disk: this partition fails to open
+                raise KeyspanError(f"partition {partition_id}: cannot raise its revision: {err}") from err
+            raise
+        partition = self._serve(partition_id, key_range, shard, open_ms)
         self._write_catalogue()
         return partition
 

@@ -42,6 +42,7 @@ class MapEntry:
     node_id: str
     address: str
     state: int
+    revision_floor: int = 0  # the owner's copy continues from at least this revision
 
     @property
     def routable(self) -> bool:
@@ -89,6 +90,7 @@ def entries_of(message: control_pb2.PartitionMap) -> list[MapEntry]:
             p.node_id,
             p.address,
             p.state,
+            p.revision_floor,
         )
         for p in message.partitions
     ]
@@ -103,6 +105,7 @@ def to_message(version: int, entries: Iterable[MapEntry]) -> control_pb2.Partiti
             node_id=e.node_id,
             address=e.address,
             state=e.state,
+            revision_floor=e.revision_floor,
         )
         if e.range.end is not None:
             p.end = e.range.end

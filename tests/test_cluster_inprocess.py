@@ -24,7 +24,7 @@ from keyspan.services.gateway.process import GatewayProcess
 from keyspan.services.node.process import NodeProcess
 from keyspan.storage.errors import KeyspanError
 from keyspan.storage.shardset import ShardSet
-from keyspan.streams import AsyncClient, Unavailable
+from keyspan.streams import AsyncClient, EtagMismatch, Unavailable
 from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.map_router import MapRouter
 from keyspan.streams.router import open_channel
@@ -620,6 +620,51 @@ async def test_a_bulk_put_through_the_gateway_ends_ok_on_the_node(tmp_path: Path
     finally:
         await gateway.stop()
         await node.stop(0)
+        await control.stop(0)
+
+
+async def test_etags_never_repeat_when_a_repair_gives_a_partition_another_copy(tmp_path: Path) -> None:
+    """A repaired partition's new copy started its etags again at 1 (an empty disk) or at
+    an old copy's count (a repair back): the same key and etag named two values, and a
+    write holding an old etag as its precondition could succeed against another value."""
+    control = fast_control(tmp_path / "control")
+    await control.start()
+    nodes = {n: lone_node(control.address, n, tmp_path / n, sync_timeout_s=5) for n in ("a", "b")}
+    await nodes["a"].start()  # first: it gets both partitions
+    await nodes["b"].start()
+    client = await AsyncClient.for_cluster(control.address)
+    state = control.state
+    assert state is not None
+
+    async def put_when_served(value: bytes, by: str) -> int:
+        """Put once `by` alone holds the partition (a forced repair leaves the old owner
+        serving until its map changes)."""
+        for _ in range(100):
+            held = {n: [p.id for p in node.shards.partitions] for n, node in nodes.items()}
+            if [n for n, ids in held.items() if partition in ids] == [by]:
+                try:
+                    return await client.put(b"k", value)
+                except Unavailable:  # the client's map is a moment behind
+                    pass
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{partition} was never served by {by} alone")
+
+    partition = state.map.locate(b"k").partition_id
+    try:
+        assert state.map.locate(b"k").node_id == "a"
+        first = await put_when_served(b"on a", "a")
+        await control.call(state.repair, partition, "b", True)
+        on_b = await put_when_served(b"on b, an empty copy", "b")
+        assert on_b > first and on_b > state.map.by_id(partition).revision_floor - 1_000  # type: ignore[union-attr]
+        with pytest.raises(EtagMismatch):  # the old etag names nothing here
+            await client.put(b"k", b"x", if_etag=first)
+        await control.call(state.repair, partition, "a", True)  # back to a's older copy
+        again = await put_when_served(b"on a again", "a")
+        assert again > on_b
+    finally:
+        await client.close()
+        for node in nodes.values():
+            await node.stop(0)
         await control.stop(0)
 
 

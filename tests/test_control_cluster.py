@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +22,14 @@ from keyspan.services.control.cluster import (
 )
 from keyspan.services.control.store import MIGRATIONS, ControlStore, now_ms
 from keyspan.storage.errors import KeyspanError
-from keyspan.streams.partition_map import SERVING, UNASSIGNED, UNAVAILABLE, TilingError
+from keyspan.streams.partition_map import (
+    SERVING,
+    UNASSIGNED,
+    UNAVAILABLE,
+    PartitionMap,
+    TilingError,
+    to_message,
+)
 
 T0 = 1_000_000
 
@@ -256,6 +264,24 @@ def test_repair_moves_a_partition_to_a_schedulable_node(tmp_path: Path) -> None:
         state.repair(victim, "b")
     with pytest.raises(UnknownError):
         state.repair("p9999", "b")
+
+
+def test_each_repair_gives_the_partition_a_revision_floor_above_any_before(tmp_path: Path) -> None:
+    state = make_state(tmp_path)
+    join(state, "a")
+    join(state, "b")
+    victim = state.map.owned_by("a")[0].partition_id
+    assert state.map.by_id(victim).revision_floor == 0  # type: ignore[union-attr]  # etags start at 1
+    before_ms = time.time_ns() // 1_000_000
+    state.repair(victim, "b", force=True)
+    first = state.map.by_id(victim).revision_floor  # type: ignore[union-attr]
+    assert before_ms * 1000 <= first <= (time.time_ns() // 1_000_000) * 1000
+    state.repair(victim, "a", force=True)
+    second = state.map.by_id(victim).revision_floor  # type: ignore[union-attr]
+    assert second > first
+    carried = PartitionMap.from_message(to_message(1, state.map.entries)).by_id(victim)
+    assert carried is not None and carried.revision_floor == second
+    assert all(e.revision_floor == 0 for e in state.map.entries if e.partition_id != victim)
 
 
 def test_repair_to_the_node_already_serving_the_partition_is_refused(tmp_path: Path) -> None:

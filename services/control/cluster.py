@@ -18,6 +18,7 @@ tests drive them with a fake clock:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +130,7 @@ class ClusterState:
                     (owner and p["node_id"]) or "",
                     address,
                     state,
+                    p["revision_floor"],
                 )
             )
         return out
@@ -418,8 +420,15 @@ class ClusterState:
                 + (", cordoned" if target["cordoned"] else "")
                 + (", draining" if target["draining"] else ""),
             )
-        # the counts were the old owner's copy; the new owner's heartbeats report its own
-        self.store.update_partition(partition_id, node_id=to_node_id, acked=0, entries=0, bytes=0)
+        # The counts were the old owner's copy; the new owner's heartbeats report its own.
+        # Its copy continues from a revision above any the partition reached (it may be
+        # empty, or an older copy): a revision counts writes, ~4,000 a second at most here,
+        # and the floor grows by 1,000 a millisecond of the clock. A key's etags never
+        # repeat, so a precondition holding an old etag cannot match another value.
+        floor = max(row["revision_floor"] + 1, time.time_ns() // 1_000_000 * 1000)
+        self.store.update_partition(
+            partition_id, node_id=to_node_id, acked=0, entries=0, bytes=0, revision_floor=floor
+        )
         self.store.log("repair", partition_id=partition_id, node_id=to_node_id)
         self._settle()
 
@@ -429,5 +438,8 @@ class ClusterState:
 
 def _fingerprint(entries: Sequence[MapEntry]) -> str:
     return repr(
-        [(e.partition_id, e.range.start, e.range.end, e.node_id, e.address, e.state) for e in entries]
+        [
+            (e.partition_id, e.range.start, e.range.end, e.node_id, e.address, e.state, e.revision_floor)
+            for e in entries
+        ]
     )

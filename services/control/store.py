@@ -63,7 +63,12 @@ def _v2(db: sqlite_utils.Database) -> None:
     db["nodes"].add_column("disk_id", str, not_null_default="")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
+def _v3(db: sqlite_utils.Database) -> None:
+    # the revision a partition's next copy continues from (set by repair; 0: none)
+    db["partitions"].add_column("revision_floor", int, not_null_default=0)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
 
 
 def now_ms() -> int:

@@ -20,7 +20,9 @@ async def reconcile(
     Answers (hosted partition ids, "id: reason" for each that failed to open); `failures`,
     when given, is set to {partition id: reason} of those, for missing_key_error.
     """
-    wanted = {e.partition_id: e.range for e in partition_map.owned_by(node_id)}
+    owned = partition_map.owned_by(node_id)
+    wanted = {e.partition_id: e.range for e in owned}
+    floors = {e.partition_id: e.revision_floor for e in owned}
     for p in shards.partitions:
         if wanted.get(p.id) != p.range:
             log.info("closing partition", extra={"partition_id": p.id, "map_version": partition_map.version})
@@ -32,7 +34,7 @@ async def reconcile(
         if partition_id in held:
             continue
         try:
-            await asyncio.to_thread(shards.add_partition, partition_id, key_range)
+            await asyncio.to_thread(shards.add_partition, partition_id, key_range, floors[partition_id])
         except KeyspanError as err:
             log.error("cannot open partition", extra={"partition_id": partition_id, "error": str(err)})
             failed.append(f"{partition_id}: {err}")

@@ -33,20 +33,22 @@ PARTITION_STATE_UNAVAILABLE: PartitionState
 PARTITION_STATE_UNASSIGNED: PartitionState
 
 class Partition(_message.Message):
-    __slots__ = ("partition_id", "start", "end", "node_id", "address", "state")
+    __slots__ = ("partition_id", "start", "end", "node_id", "address", "state", "revision_floor")
     PARTITION_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FLOOR_FIELD_NUMBER: _ClassVar[int]
     partition_id: str
     start: bytes
     end: bytes
     node_id: str
     address: str
     state: PartitionState
-    def __init__(self, partition_id: _Optional[str] = ..., start: _Optional[bytes] = ..., end: _Optional[bytes] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[_Union[PartitionState, str]] = ...) -> None: ...
+    revision_floor: int
+    def __init__(self, partition_id: _Optional[str] = ..., start: _Optional[bytes] = ..., end: _Optional[bytes] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[_Union[PartitionState, str]] = ..., revision_floor: _Optional[int] = ...) -> None: ...
 
 class PartitionMap(_message.Message):
     __slots__ = ("version", "partitions")
