@@ -49,6 +49,12 @@ def wait_until(what: str, predicate: Callable[[], bool], timeout_s: float = 20.0
     return time.monotonic() - started
 
 
+def owner_of(cluster: Cluster, partition_id: str) -> str:
+    """The node `admin partitions` names as the partition's owner ("-" when none)."""
+    rows = [line.split() for line in cluster.admin("partitions").splitlines()]
+    return next(r[3] for r in rows if r and r[0] == partition_id)
+
+
 def node_status(cluster: Cluster, node_id: str) -> str:
     for line in cluster.admin("nodes").splitlines():
         if line.startswith(node_id + " "):

@@ -17,16 +17,11 @@ from keyspan.v1 import kv_pb2, kv_pb2_grpc
 pytestmark = [pytest.mark.quick, pytest.mark.timeout(180)]
 
 
-def owner_of(cluster: Cluster, partition_id: str) -> str:
-    rows = [line.split() for line in cluster.admin("partitions").splitlines()]
-    return next(r[3] for r in rows if r and r[0] == partition_id)
-
-
 def test_a_fresh_control_gives_each_partition_back_to_the_node_that_holds_it() -> None:
     with Cluster() as cluster:
         stub = steps.gateway_stub(cluster)
         stub.Put(kv_pb2.PutRequest(key=b"zz/before", value=b"1"), timeout=5)
-        first = owner_of(cluster, "p0006")
+        first = steps.owner_of(cluster, "p0006")
         other = "n2" if first != "n2" else "n3"
         cluster.admin("repair", "p0006", "--to", other, "--force")  # first keeps a stale copy
         node = kv_pb2_grpc.KVStub(channel(cluster.node(int(other[1:])).address))
@@ -37,8 +32,8 @@ def test_a_fresh_control_gives_each_partition_back_to_the_node_that_holds_it() -
         time.sleep(1.0)
         cluster.control.start()
 
-        steps.wait_until("the nodes to register again", lambda: owner_of(cluster, "p0006") != "-")
-        assert owner_of(cluster, "p0006") == other  # not the first owner's stale copy
+        steps.wait_until("the nodes to register again", lambda: steps.owner_of(cluster, "p0006") != "-")
+        assert steps.owner_of(cluster, "p0006") == other  # not the first owner's stale copy
         steps.wait_until("the write made after the repair", lambda: steps._get(stub, b"zz/after") is True)
         assert steps._get(stub, b"zz/before") is False  # that one is in the first owner's copy
 

@@ -112,12 +112,17 @@ class UnavailableError(KeyspanError):
 
     A write refused so was not applied, unless `may_have_applied`: a gateway that lost its
     connection to the node after it sent the write on cannot know whether it committed.
+    `code` is the ErrorInfo reason at the edge (default: CONNECTION_LOST when it may have
+    applied, else UNAVAILABLE).
     """
 
-    def __init__(self, reason: str, retry_after_s: float = 0.1, *, may_have_applied: bool = False) -> None:
+    def __init__(
+        self, reason: str, retry_after_s: float = 0.1, *, may_have_applied: bool = False, code: str = ""
+    ) -> None:
         super().__init__(reason)
         self.reason, self.retry_after_s = reason, retry_after_s
         self.may_have_applied = may_have_applied
+        self.code = code or ("CONNECTION_LOST" if may_have_applied else "UNAVAILABLE")
 
 
 class FailedPreconditionError(KeyspanError):

@@ -140,6 +140,9 @@ class ShardSet:
         self.should_hold: Callable[[], Sequence[KeyRange]] = lambda: ()
         # Timings of every writer opened after it is set (services/ turns them into metrics).
         self.write_observer: WriteObserver | None = None
+        # Called before and after every client read or write (True: after a write committed):
+        # raises to refuse it (a node's OwnershipFence); None: every one is answered.
+        self.gate: Callable[[bool], None] | None = None
         self._warned_open_files = False
 
     @staticmethod
@@ -473,6 +476,8 @@ class ShardSet:
         if cache is not None:
             found = cache.get(key, now_ms())
             if found is not MISSING:
+                if self.gate is not None:
+                    self.gate(False)
                 return None if found is ABSENT else found  # type: ignore[no-any-return]
             generation = cache.generation  # before the read: see storage/rowcache.py
 
@@ -482,10 +487,18 @@ class ShardSet:
                 cache.fill(key, row, generation)
             return row
 
-        return await self.reads.run_point(read)
+        row = await self.reads.run_point(read)
+        if self.gate is not None:
+            self.gate(False)
+        return row
 
     async def write(self, key: bytes, mutation: Mutation) -> Any:
-        return await self.locate(key).write(mutation)
+        if self.gate is None:
+            return await self.locate(key).write(mutation)
+        self.gate(False)
+        outcome = await self.locate(key).write(mutation)
+        self.gate(True)
+        return outcome
 
     async def bulk_put(self, batch: Bulk) -> tuple[int, bytes | None]:
         """Commit the longest prefix of `batch` inside its first entry's partition.
@@ -496,7 +509,11 @@ class ShardSet:
         partition = self.locate(keys[0])
         end = partition.range.end
         accepted = len(keys) if end is None or keys[-1] < end else bisect.bisect_left(keys, end)
+        if self.gate is not None:
+            self.gate(False)
         await partition.write(batch.prefix(accepted))
+        if self.gate is not None:
+            self.gate(True)
         return accepted, None if accepted == len(keys) else keys[accepted]
 
     async def check_json(self, batch: Bulk) -> Bulk:
@@ -547,7 +564,10 @@ class ShardSet:
         if partition not in self._partitions:
             raise UnavailableError(f"partition {partition.id} is no longer served here")
         partition.reads += 1
-        return await self.reads.run(read)
+        batch = await self.reads.run(read)
+        if self.gate is not None:
+            self.gate(False)
+        return batch
 
     async def sweep_batch(self, partition: Partition, key_range: KeyRange, limit: int) -> tuple[int, int]:
         return await partition.write(SweepBatch(key_range.start, key_range.end, now_ms(), limit))

@@ -95,6 +95,10 @@ class WrongPartition(KeyspanClientError):
         self.node_id, self.address, self.map_version = detail.node_id, detail.address, detail.map_version
 
 
+# ErrorInfo reasons of an UNAVAILABLE write that may have been applied all the same.
+MAY_HAVE_APPLIED = frozenset({"CONNECTION_LOST", "OWNERSHIP_UNCONFIRMED"})
+
+
 class Unavailable(KeyspanClientError):
     """The server is starting, draining or moving, or the connection failed. Retryable.
 
@@ -102,8 +106,9 @@ class Unavailable(KeyspanClientError):
     ErrorInfo reason UNAVAILABLE, OPEN_FILES_LIMIT or STREAM_LIMIT) or never sent (no
     connection could be made); the write was not applied. It is True when the connection
     was lost after the write was sent (gRPC's "Socket closed", or a gateway's
-    CONNECTION_LOST): the write may have been committed, so retry it only with a
-    precondition, as after DEADLINE_EXCEEDED.
+    CONNECTION_LOST), or a node that had been stalled committed it before it could confirm
+    it still owned the partition (OWNERSHIP_UNCONFIRMED): the write may have been
+    committed, so retry it only with a precondition, as after DEADLINE_EXCEEDED.
     """
 
     retryable = True
@@ -215,7 +220,7 @@ def from_rpc_error(err: grpc.RpcError) -> KeyspanClientError:
             return NotJson(message)
     if code == grpc.StatusCode.UNAVAILABLE:
         # keyspan's own refusals carry an ErrorInfo; gRPC's transport failures do not.
-        may_have_applied = reason == "CONNECTION_LOST" if reason else not never_sent(message)
+        may_have_applied = reason in MAY_HAVE_APPLIED if reason else not never_sent(message)
         return Unavailable(message, _retry_after(details), may_have_applied=may_have_applied)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(message)

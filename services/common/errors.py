@@ -138,8 +138,7 @@ def to_status(err: KeyspanError) -> grpc.Status | None:
                 _error_info("STREAM_LIMIT", limit=str(limit)),
                 _retry_info(after),
             )
-        case UnavailableError(retry_after_s=after, may_have_applied=may_have_applied):
-            reason = "CONNECTION_LOST" if may_have_applied else "UNAVAILABLE"
+        case UnavailableError(retry_after_s=after, code=reason):
             return _status(code_pb2.UNAVAILABLE, str(err), _error_info(reason), _retry_info(after))
         case DiskFullError(partition_id=partition_id):
             return _status(

@@ -54,6 +54,7 @@ class ControlProcess(GrpcProcess):
             self.hub,
             self.config.heartbeat_interval_s,
             self.probes.watch,
+            self.config.down_after_s,
         )
         control_pb2_grpc.add_ControlServicer_to_server(servicer, server)
         return [CONTROL_SERVICE]

@@ -90,9 +90,10 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         hub: MapHub,
         heartbeat_interval_s: float,
         on_register: Callable[[str, str], None],
+        down_after_s: float = 0.0,
     ) -> None:
         self._state, self._call, self._hub = state, call, hub
-        self._heartbeat_interval_s = heartbeat_interval_s
+        self._heartbeat_interval_s, self._down_after_s = heartbeat_interval_s, down_after_s
         self._on_register = on_register
 
     # -- sessions ------------------------------------------------------------------------
@@ -120,33 +121,50 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self._on_register(reg.node_id, reg.probe_address)
         log.info("node session", extra={"node_id": reg.node_id, "address": reg.address})
         yield control_pb2.ControlMessage(
-            welcome=control_pb2.Welcome(node_id=reg.node_id, heartbeat_interval_s=self._heartbeat_interval_s)
+            welcome=control_pb2.Welcome(
+                node_id=reg.node_id,
+                heartbeat_interval_s=self._heartbeat_interval_s,
+                down_after_s=self._down_after_s,
+            )
         )
-        reader = asyncio.create_task(self._read_session(reg.node_id, reg.disk_id, request_iterator))
+        acks: asyncio.Queue[control_pb2.HeartbeatAck] = asyncio.Queue()
+        reader = asyncio.create_task(self._read_session(reg.node_id, reg.disk_id, request_iterator, acks))
         waiter: asyncio.Task[control_pb2.PartitionMap | None] | None = None
+        acked: asyncio.Task[control_pb2.HeartbeatAck] | None = None
         sent = 0
         try:
             while not reader.done():
-                waiter = asyncio.create_task(self._hub.newer_than(sent))
-                await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if not waiter.done():
-                    waiter.cancel()
-                    break
-                message = waiter.result()
-                if message is None:
-                    break
-                sent = message.version
-                yield control_pb2.ControlMessage(assignment=control_pb2.Assignment(map=message))
+                if waiter is None:
+                    waiter = asyncio.create_task(self._hub.newer_than(sent))
+                if acked is None:
+                    acked = asyncio.create_task(acks.get())
+                await asyncio.wait({waiter, acked, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if waiter.done():
+                    message = waiter.result()
+                    waiter = None
+                    if message is None:
+                        break
+                    sent = message.version
+                    yield control_pb2.ControlMessage(assignment=control_pb2.Assignment(map=message))
+                if acked.done():
+                    # after any assignment it waited beside: the node has that map first
+                    ack, acked = acked.result(), None
+                    yield control_pb2.ControlMessage(heartbeat_ack=ack)
         finally:
-            if waiter is not None:  # else it would wait for the next map version to end
-                waiter.cancel()
+            for task in (waiter, acked):
+                if task is not None:  # else it would wait for the next map version to end
+                    task.cancel()
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                 await reader
             log.info("node session ended", extra={"node_id": reg.node_id})
 
     async def _read_session(
-        self, node_id: str, disk_id: str, requests: AsyncIterator[control_pb2.NodeMessage]
+        self,
+        node_id: str,
+        disk_id: str,
+        requests: AsyncIterator[control_pb2.NodeMessage],
+        acks: asyncio.Queue[control_pb2.HeartbeatAck],
     ) -> None:
         async for message in requests:
             if message.HasField("heartbeat"):
@@ -161,6 +179,12 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 await self._call(self._state.heartbeat, node_id, stats, now_ms(), disk_id)
                 if message.heartbeat.map_version > self._state.map.version:  # a new control.db
                     await self._call(self._state.observe_version, message.heartbeat.map_version)
+                if message.heartbeat.sequence:  # recorded: the map it is answered at is published
+                    acks.put_nowait(
+                        control_pb2.HeartbeatAck(
+                            sequence=message.heartbeat.sequence, map_version=self._hub.current.version
+                        )
+                    )
             elif message.HasField("ack"):
                 await self._call(self._state.ack, node_id, list(message.ack.hosted))
                 if message.ack.failed:

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from keyspan.services.common.process import Health, server_options
 from keyspan.services.config import NodeConfig
+from keyspan.services.node.fence import OwnershipFence
 from keyspan.services.node.reconcile import missing_key_error
 from keyspan.services.node.session import NodeSession
 from keyspan.services.server import KV_SERVICE, StorageProcess
@@ -58,6 +59,7 @@ class NodeProcess(StorageProcess):
         self.map = PartitionMap()
         self.node_id = ""
         self.session: NodeSession | None = None
+        self.fence: OwnershipFence | None = None
         self.probe_health = Health()
         self.probe_server: grpc.aio.Server | None = None
         self.probe_port = 0
@@ -85,6 +87,9 @@ class NodeProcess(StorageProcess):
 
     async def on_start(self) -> None:
         self.node_id, disk_id = await asyncio.to_thread(resolve_node_id, self.config)
+        self.fence = OwnershipFence(self.node_id)
+        self.shards.gate = self.fence.check
+        self.fence.start()
         await asyncio.to_thread(self.shards.open, ())
         await self._start_probe()
         self.session = NodeSession(
@@ -97,6 +102,7 @@ class NodeProcess(StorageProcess):
             shards=self.shards,
             partition_map=self.map,
             on_synced=self._synced,
+            fence=self.fence,
         )
         self.shards.on_missing = functools.partial(
             missing_key_error, self.node_id, self.map, failures=self.session.failures
@@ -129,6 +135,8 @@ class NodeProcess(StorageProcess):
     async def on_stop(self) -> None:
         if self.session is not None:
             await self.session.stop()
+        if self.fence is not None:
+            await self.fence.stop()
         await self.sweeper.stop()
         if self.probe_server is not None:
             await self.probe_server.stop(None)

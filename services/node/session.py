@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from keyspan.services.node.fence import OwnershipFence
 from keyspan.services.node.reconcile import reconcile
 from keyspan.storage.shardset import ShardSet
 from keyspan.storage.throttled_log import ThrottledLog
@@ -37,11 +38,14 @@ class NodeSession:
         shards: ShardSet,
         partition_map: PartitionMap,
         on_synced: Callable[[bool], Awaitable[None]],
+        fence: OwnershipFence | None = None,
     ) -> None:
         self.control_address, self.node_id, self.disk_id = control_address, node_id, disk_id
         self.address, self.probe_address, self.capacity = address, probe_address, capacity
         self.shards, self.map = shards, partition_map
         self.on_synced = on_synced
+        self.fence = fence
+        self._beats = 0  # heartbeats sent by this process, over all its sessions
         self.synced = asyncio.Event()
         self.connected = False
         # Why control refused the registration (a wrong disk or an invalid field), once it
@@ -109,9 +113,14 @@ class NodeSession:
                         self.connected, attempt = True, 0
                         if message.HasField("welcome"):
                             interval_s = message.welcome.heartbeat_interval_s or 1.0
+                            if self.fence is not None:
+                                self.fence.configure(message.welcome.down_after_s)
                             beats = asyncio.create_task(self._heartbeats(outbox, interval_s))
                         elif message.HasField("assignment"):
                             outbox.put_nowait(await self._apply(message.assignment.map))
+                        elif message.HasField("heartbeat_ack") and self.fence is not None:
+                            ack = message.heartbeat_ack
+                            self.fence.acknowledged(ack.sequence, ack.map_version, self.map.version)
             except grpc.aio.AioRpcError as err:
                 if err.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
                     self.refused = err.details() or err.code().name
@@ -168,7 +177,8 @@ class NodeSession:
             except Exception:  # a partition closed under the count: report none this time
                 log.debug("stats skipped", exc_info=True)
                 stats = []
-            beat = control_pb2.Heartbeat(map_version=self.map.version)
+            self._beats += 1
+            beat = control_pb2.Heartbeat(map_version=self.map.version, sequence=self._beats)
             for s in stats:
                 beat.partitions.append(
                     kv_pb2.PartitionStats(
@@ -180,6 +190,8 @@ class NodeSession:
                     )
                 )
             outbox.put_nowait(control_pb2.NodeMessage(heartbeat=beat))
+            if self.fence is not None:
+                self.fence.sent(self._beats)
             await asyncio.sleep(interval_s)
 
 

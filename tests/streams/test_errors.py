@@ -46,6 +46,8 @@ def test_unavailable_carries_retry_info() -> None:
         ((error_details_pb2.ErrorInfo(reason="OPEN_FILES_LIMIT"),), "no descriptors", False),
         # a gateway that lost its node after sending the write on
         ((error_details_pb2.ErrorInfo(reason="CONNECTION_LOST"),), "lost the connection", True),
+        # a node back from a stall committed it before control confirmed its map
+        ((error_details_pb2.ErrorInfo(reason="OWNERSHIP_UNCONFIRMED"),), "node n1 was stalled", True),
         # gRPC's own failures carry no details; only its words tell a call never sent
         ((), "failed to connect to all addresses; last error: Connection refused", False),
         ((), "errors resolving no-such-host.invalid:1: [...]: Domain name not found", False),

@@ -167,12 +167,22 @@ class Register(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., probe_address: _Optional[str] = ..., capacity: _Optional[int] = ..., hosted: _Optional[_Iterable[str]] = ..., disk_id: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("partitions", "map_version")
+    __slots__ = ("partitions", "map_version", "sequence")
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     partitions: _containers.RepeatedCompositeFieldContainer[_kv_pb2.PartitionStats]
     map_version: int
-    def __init__(self, partitions: _Optional[_Iterable[_Union[_kv_pb2.PartitionStats, _Mapping]]] = ..., map_version: _Optional[int] = ...) -> None: ...
+    sequence: int
+    def __init__(self, partitions: _Optional[_Iterable[_Union[_kv_pb2.PartitionStats, _Mapping]]] = ..., map_version: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
+
+class HeartbeatAck(_message.Message):
+    __slots__ = ("sequence", "map_version")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    map_version: int
+    def __init__(self, sequence: _Optional[int] = ..., map_version: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("map_version", "hosted", "failed")
@@ -185,20 +195,24 @@ class Ack(_message.Message):
     def __init__(self, map_version: _Optional[int] = ..., hosted: _Optional[_Iterable[str]] = ..., failed: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
-    __slots__ = ("welcome", "assignment")
+    __slots__ = ("welcome", "assignment", "heartbeat_ack")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_ACK_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     assignment: Assignment
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ...) -> None: ...
+    heartbeat_ack: HeartbeatAck
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("node_id", "heartbeat_interval_s")
+    __slots__ = ("node_id", "heartbeat_interval_s", "down_after_s")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    DOWN_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     heartbeat_interval_s: float
-    def __init__(self, node_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
+    down_after_s: float
+    def __init__(self, node_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., down_after_s: _Optional[float] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("map",)
