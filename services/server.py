@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 
@@ -45,6 +46,9 @@ class StorageProcess(GrpcProcess):
         self.sweeper = Sweeper(self.shards, config.sweep_interval_s)
         super().__init__(config)
         self.observability.watch_shards(self.shards, self.sweeper)
+
+    def described(self) -> dict[str, Any]:
+        return {"data": str(self.config.data), "partitions": len(self.shards.partitions)}
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         limits = Limits(max_value_bytes=self.config.max_value_bytes)

@@ -449,3 +449,18 @@ def test_a_heartbeat_from_a_process_control_no_longer_knows_as_the_node_is_refus
     with pytest.raises(NotAllowedError) as removed:
         state.heartbeat("a", [], T0 + 300, "disk1")
     assert removed.value.reason == "NODE_REMOVED"
+
+
+def test_a_node_going_suspect_is_a_warning_and_coming_back_is_not(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    state = make_state(tmp_path)
+    join(state, "a")
+    with caplog.at_level(logging.INFO, logger="keyspan.services.control.cluster"):
+        state.tick(T0 + 4_000)  # suspect after 3 s
+        state.heartbeat("a", [], T0 + 4_500)  # a heartbeat again
+        state.tick(T0 + 4_600)
+    changes = [(r.levelname, r.status, r.was) for r in caplog.records if r.getMessage() == "node status"]  # type: ignore[attr-defined]
+    assert changes == [("WARNING", "suspect", "up"), ("INFO", "up", "suspect")]

@@ -65,7 +65,9 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD)
-        line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.getMessage()}"
+        # a terminal's line: local time of day to the millisecond (JSON lines carry the date)
+        at = f"{self.formatTime(record, '%H:%M:%S')}.{int(record.msecs):03d}"
+        line = f"{at} {record.levelname:<7} {record.getMessage()}"
         line = f"{line}  {extra}" if extra else line
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)

@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from keyspan import __version__
 from keyspan.services.common.errors import wrap_errors
 from keyspan.services.common.logging import quiet_client_gone
 from keyspan.services.common.observability import Observability
@@ -208,6 +209,11 @@ class GrpcProcess:
     async def on_start(self) -> None:
         """Open what the process serves; health turns SERVING after this returns."""
 
+    def described(self) -> dict[str, Any]:
+        """What the start-up line says of this process besides its address (its data dir,
+        its node id, its control)."""
+        return {}
+
     async def on_stop(self) -> None:
         """Close what on_start opened, after the server stopped taking calls."""
 
@@ -253,7 +259,9 @@ class GrpcProcess:
             "serving",
             extra={
                 "component": self.name,
+                "version": __version__,
                 "address": self.address,
+                **self.described(),
                 "start_ms": round((time.monotonic() - started) * 1000, 1),
                 "open_files_limit": open_files,
             },

@@ -300,7 +300,9 @@ class ClusterState:
             if status != n["status"]:
                 self.store.upsert_node({"node_id": n["node_id"], "status": status})
                 self.store.log("status", node_id=n["node_id"], before=n["status"], after=status)
-                log.warning("node status", extra={"node_id": n["node_id"], "status": status})
+                level = logging.INFO if status == UP else logging.WARNING  # back up: not a warning
+                extra = {"node_id": n["node_id"], "status": status, "was": n["status"]}
+                log.log(level, "node status", extra=extra)
         return self._settle()
 
     def _schedulable(self) -> list[dict[str, Any]]:

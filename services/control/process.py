@@ -93,6 +93,9 @@ class ControlProcess(GrpcProcess):
         state.restarted(now_ms())
         return state
 
+    def described(self) -> dict[str, Any]:
+        return {"data": str(self.config.data)}
+
     async def on_start(self) -> None:
         loop = asyncio.get_running_loop()
         self.state = await loop.run_in_executor(self._executor, self._open)

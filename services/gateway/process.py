@@ -6,6 +6,8 @@ away it routes with the last map it saw. Health turns SERVING once the first map
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from keyspan.services.common.process import GrpcProcess
@@ -38,6 +40,9 @@ class GatewayProcess(GrpcProcess):
             GatewayServicer(self.router, self.config.call_timeout_s, self.stopping), server
         )
         return [KV_SERVICE]
+
+    def described(self) -> dict[str, Any]:
+        return {"control": self.config.control}
 
     async def on_start(self) -> None:
         self.watcher.start()

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import uuid
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -122,6 +123,9 @@ class NodeProcess(StorageProcess):
             )
         self.session.started = True
         self.sweeper.start()
+
+    def described(self) -> dict[str, Any]:
+        return {**super().described(), "node_id": self.node_id, "control": self.config.control}
 
     def _probe_address(self) -> str:
         if not self.probe_server:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
@@ -36,3 +37,26 @@ def test_a_client_gone_error_is_one_debug_line_shown_only_at_debug(
         assert "Traceback" not in err and "ERROR" not in err
     else:  # printed at WARNING as a DEBUG line, before the filter looked at the level
         assert err == ""
+
+
+@pytest.mark.asyncio
+async def test_the_start_up_line_names_the_version_address_and_data_dir(
+    start_server, caplog: pytest.LogCaptureFixture
+) -> None:
+    from keyspan import __version__
+
+    with caplog.at_level(logging.INFO, logger="keyspan.services.common.process"):
+        server = await start_server(split_points="m")
+    (line,) = [r for r in caplog.records if r.getMessage() == "serving"]
+    assert line.version == __version__  # type: ignore[attr-defined]
+    assert line.address == server.address  # type: ignore[attr-defined]
+    assert line.data == str(server.config.data) and line.partitions == 2  # type: ignore[attr-defined]
+
+
+def test_a_text_line_has_the_time_to_the_millisecond() -> None:
+    from keyspan.services.common.logging import TextFormatter
+
+    record = logging.LogRecord("keyspan.x", logging.INFO, __file__, 1, "hello", None, None)
+    record.partition_id = "p0001"
+    line = TextFormatter().format(record)
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} INFO    hello  partition_id=p0001", line), line
