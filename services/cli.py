@@ -8,6 +8,7 @@ Each group of commands lives in its own module and is added to `cli` at the bott
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -77,9 +78,13 @@ def run_process(make: Callable[[], GrpcProcess], log_level: str, log_format: str
         asyncio.run(run_until_signal(make))
     except (OSError, KeyspanError) as err:
         if isinstance(err, OSError) and err.filename:  # the data dir: a file, not writable...
-            click.echo(f"keyspan: cannot use {err.filename}: {err.strerror}", err=True)
+            said = f"cannot use {err.filename}: {err.strerror}"
         else:
-            click.echo(f"keyspan: {err}", err=True)
+            said = str(err)
+        if log_format == "json":  # asked for JSON lines: this one too, for the log pipeline
+            logging.getLogger("keyspan").critical("cannot start", extra={"error": said})
+        else:
+            click.echo(f"keyspan: {said}", err=True)
         sys.exit(EXIT_UNAVAILABLE)
 
 

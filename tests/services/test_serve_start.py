@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -166,8 +167,15 @@ def test_a_port_in_use_stops_the_start_with_one_line(tmp_path: Path) -> None:
         address = f"127.0.0.1:{taken.getsockname()[1]}"
         args = [KEYSPAN, "serve", "--address", address, "--data", str(tmp_path / "data")]
         started = subprocess.run(args, capture_output=True, text=True, timeout=60)  # gRPC's default log level
+        json_args = [*args, "--log-format", "json"]
+        as_json = subprocess.run(json_args, capture_output=True, text=True, timeout=60)
     assert started.returncode == 4
     assert started.stderr == f"keyspan: cannot listen on {address}: the port is in use\n"
+    # asked for JSON logs, a log pipeline gets the reason as one JSON line too
+    (line,) = as_json.stderr.splitlines()
+    event = json.loads(line)
+    assert as_json.returncode == 4 and (event["level"], event["msg"]) == ("CRITICAL", "cannot start")
+    assert event["error"] == f"cannot listen on {address}: the port is in use"
 
 
 @pytest.mark.parametrize(
