@@ -30,7 +30,7 @@ class ControlMetricsSource(Protocol):
         """Seconds since each node's last heartbeat, by node id."""
 
     def operations_in_flight(self) -> Mapping[str, int]:
-        """Operations under way per kind (split, merge, move, rebalance)."""
+        """Operations under way per kind (assign: partitions not acknowledged by their node)."""
 
 
 CONTROL_METRICS = (
@@ -63,7 +63,8 @@ class ControlCollector(Collector):
         )
         yield _labelled(
             "keyspan_control_operations_in_flight",
-            "Split, merge and move operations under way, by kind.",
+            "Operations under way, by kind: assign (partitions given to a node that has not "
+            "acknowledged them yet; moves and splits are not built).",
             "kind",
             src.operations_in_flight(),
         )
