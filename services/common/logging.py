@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 from opentelemetry import trace
 
@@ -101,11 +102,37 @@ def quiet_client_gone() -> None:
         grpc_logger.addFilter(ClientGoneFilter())
 
 
+class ExporterLogThrottle(logging.Filter):
+    """OpenTelemetry's exporter logs every failed export: with the collector down, an
+    ERROR and a WARNING every few seconds for as long as it stays down (and "Queue is
+    full" as spans are dropped). Its records pass at most once a minute for each message,
+    the next one saying how many were held back meanwhile."""
+
+    def __init__(self, interval_s: float = 60.0, clock: Any = time.monotonic) -> None:
+        super().__init__()
+        self.interval_s, self._clock = interval_s, clock
+        self._last: dict[tuple[str, Any], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("opentelemetry"):
+            return True
+        key, now = (record.name, record.msg), self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self.interval_s:
+            self._last[key] = (last[0], last[1] + 1)
+            return False
+        self._last[key] = (now, 0)
+        if last is not None and last[1]:
+            record.held_back = last[1]
+        return True
+
+
 def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
     handler = logging.StreamHandler(sys.stderr)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     handler.addFilter(TraceIdFilter())
+    handler.addFilter(ExporterLogThrottle())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -60,3 +60,23 @@ def test_a_text_line_has_the_time_to_the_millisecond() -> None:
     record.partition_id = "p0001"
     line = TextFormatter().format(record)
     assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} INFO    hello  partition_id=p0001", line), line
+
+
+def test_a_dead_collector_s_export_errors_pass_once_a_minute_with_a_count() -> None:
+    from keyspan.services.common.logging import ExporterLogThrottle
+
+    now = [0.0]
+    throttle = ExporterLogThrottle(clock=lambda: now[0])
+    exporter = "opentelemetry.exporter.otlp.proto.grpc.exporter"
+
+    def record(name: str, msg: str = "Failed to export %s to %s") -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, msg, ("traces", "x:4317"), None)
+
+    passed = []
+    for _ in range(20):  # every 3 s for a minute
+        passed.append(throttle.filter(r := record(exporter)))
+        now[0] += 3
+    assert passed == [True] + [False] * 19
+    assert throttle.filter(r := record(exporter)) and r.held_back == 19  # type: ignore[attr-defined]
+    assert throttle.filter(record(exporter, "Transient error %s %s"))  # another message
+    assert all(throttle.filter(record("keyspan.storage.writer")) for _ in range(5))  # ours pass
