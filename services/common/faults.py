@@ -100,6 +100,9 @@ def report_fault(err: BaseException, **tags: Any) -> bool:
         if ids is not None:
             scope.set_tag("trace_id", ids[0])
             scope.set_context("otel", {"trace_id": ids[0], "span_id": ids[1]})
+            # Sentry's own trace context, which its UI links events by, is the same trace
+            # (it drew an unrelated id of its own).
+            scope.set_context("trace", {"trace_id": ids[0], "span_id": ids[1]})
         for name, value in tags.items():
             scope.set_tag(name, value)
         sentry_sdk.capture_exception(err)

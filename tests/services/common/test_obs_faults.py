@@ -74,6 +74,7 @@ async def test_a_server_fault_is_one_event_and_one_log_line_with_the_trace_id(
         s for s in trace_receiver.named("/keyspan.v1.KV/Put") if s.kind == trace_pb2.Span.SPAN_KIND_SERVER
     ]
     assert tags["trace_id"] == rpc.trace_id.hex()
+    assert event["contexts"]["trace"]["trace_id"] == rpc.trace_id.hex()  # Sentry's own, the same
     assert rpc.status.code == trace_pb2.Status.STATUS_CODE_ERROR
     chain = [e["type"] for e in event["exception"]["values"]]
     assert chain == ["IOError", "StorageFaultError"]  # the cause first, as Sentry orders them
