@@ -151,7 +151,7 @@ def test_missed_heartbeats_make_a_node_suspect_then_down_then_up(tmp_path: Path)
     state.tick(T0 + 6_500)
     assert state.store.node("a")["status"] == DOWN
     assert {e.state for e in state.map.entries} == {UNAVAILABLE}
-    state.heartbeat("a", [("p0000", 5, 100)], T0 + 7_000)
+    state.heartbeat("a", [("p0000", 5, 100, 5)], T0 + 7_000)
     assert state.store.node("a")["status"] == UP
     assert {e.state for e in state.map.entries} == {SERVING}
     assert state.store.node("a")["entries"] == 5
@@ -284,6 +284,37 @@ def test_each_repair_gives_the_partition_a_revision_floor_above_any_before(tmp_p
     assert all(e.revision_floor == 0 for e in state.map.entries if e.partition_id != victim)
 
 
+def test_a_floor_passes_the_reported_revision_whatever_control_s_clock_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keyspan.services.control import cluster
+
+    state = make_state(tmp_path)
+    join(state, "a")
+    join(state, "b")
+    victim = state.map.owned_by("a")[0].partition_id
+    state.repair(victim, "b", force=True)
+    first = state.map.by_id(victim).revision_floor  # type: ignore[union-attr]
+    state.heartbeat("b", [(victim, 3, 300, first + 3)], T0 + 1_000)  # b wrote 3 etags past it
+    behind = time.time_ns() - 120 * 10**9  # control restarted on a clock 2 minutes behind
+    monkeypatch.setattr(cluster.time, "time_ns", lambda: behind)
+    state.repair(victim, "a", force=True)
+    assert state.map.by_id(victim).revision_floor >= first + 3 + cluster.REVISION_MARGIN  # type: ignore[union-attr]
+
+
+def test_partitions_a_forced_remove_leaves_get_a_floor_for_their_next_owner(tmp_path: Path) -> None:
+    state = make_state(tmp_path)
+    join(state, "a")
+    owned = [e.partition_id for e in state.map.owned_by("a")]
+    state.heartbeat("a", [(p, 1, 10, 7) for p in owned], T0 + 1_000)
+    join(state, "b", now_ms=T0 + 1_000)
+    before_ms = time.time_ns() // 1_000_000
+    state.remove("a", force=True)  # its disk is gone: b gets them empty
+    for partition_id in owned:
+        entry = state.map.by_id(partition_id)
+        assert entry is not None and entry.node_id == "b" and entry.revision_floor >= before_ms * 1000
+
+
 def test_repair_to_the_node_already_serving_the_partition_is_refused(tmp_path: Path) -> None:
     state = make_state(tmp_path)
     join(state, "a")
@@ -306,10 +337,10 @@ def test_a_map_that_does_not_tile_is_refused(tmp_path: Path) -> None:
 def test_a_heartbeat_commits_once_however_many_partitions_changed(tmp_path: Path) -> None:
     state = make_state(tmp_path)
     join(state, "a", hosted=("p0000", "p0001", "p0002", "p0003"))
-    state.heartbeat("a", [(f"p000{i}", 1, 10) for i in range(4)], T0 + 1_000)
+    state.heartbeat("a", [(f"p000{i}", 1, 10, 1) for i in range(4)], T0 + 1_000)
     statements: list[str] = []
     state.store._conn.set_trace_callback(statements.append)
-    state.heartbeat("a", [(f"p000{i}", 2, 20) for i in range(4)], T0 + 2_000)  # all four changed
+    state.heartbeat("a", [(f"p000{i}", 2, 20, 2) for i in range(4)], T0 + 2_000)  # all four changed
     state.store._conn.set_trace_callback(None)
     assert [s for s in statements if s.strip().upper().startswith("COMMIT")] == ["COMMIT"]
     assert [p["entries"] for p in state.store.partitions()] == [2, 2, 2, 2]
@@ -415,6 +446,7 @@ def test_a_new_control_db_waits_for_the_node_of_a_partition_no_registered_node_h
     """control.db lost: once --min-nodes had registered, a partition on a node that
     registered later went, empty, to another node, and its acknowledged writes read as
     not found."""
+    before_ms = time.time_ns() // 1_000_000
     state = make_state(tmp_path, min_nodes=2)
     join(state, "a", T0, hosted=("p0000", "p0001"))
     join(state, "b", T0 + 1_000)  # min_nodes reached: a recovery, since a holds partitions
@@ -429,6 +461,9 @@ def test_a_new_control_db_waits_for_the_node_of_a_partition_no_registered_node_h
     for node_id in ("a", "b", "c"):
         state.heartbeat(node_id, [], T0 + 1_000 + 15_001)  # the wait is over: no node has it
     assert state.map.by_id("p0003").node_id in ("a", "b", "c")  # type: ignore[union-attr]
+    # given out empty, its etags go on past any its lost copy may have handed out
+    assert state.map.by_id("p0003").revision_floor >= before_ms * 1000  # type: ignore[union-attr]
+    assert state.map.by_id("p0002").revision_floor == 0  # type: ignore[union-attr]  # c's own copy
 
 
 def test_a_new_cluster_assigns_at_once(tmp_path: Path) -> None:
@@ -436,6 +471,7 @@ def test_a_new_cluster_assigns_at_once(tmp_path: Path) -> None:
     join(state, "a", T0)
     join(state, "b", T0 + 1)  # nothing on any disk: a new cluster, no wait
     assert all(e.node_id for e in state.map.entries)
+    assert all(e.revision_floor == 0 for e in state.map.entries)  # its etags start at 1
 
 
 def test_a_heartbeat_from_a_process_control_no_longer_knows_as_the_node_is_refused(tmp_path: Path) -> None:

@@ -236,9 +236,9 @@ class ClusterState:
                     self.store.update_partition(p["partition_id"], acked=acked)
 
     def heartbeat(
-        self, node_id: str, stats: Sequence[tuple[str, int, int]], now_ms: int, disk_id: str = ""
+        self, node_id: str, stats: Sequence[tuple[str, int, int, int]], now_ms: int, disk_id: str = ""
     ) -> bool:
-        """A heartbeat with (partition_id, entries, bytes) per hosted partition, from the
+        """A heartbeat with (partition_id, entries, bytes, revision) per hosted partition, from the
         process that registered node_id from `disk_id`. NotAllowedError when control no
         longer knows that process as the node: removed (remove --force), or the id
         registered again from another disk. Its session went on, and it served the
@@ -263,10 +263,11 @@ class ClusterState:
                 {"node_id": node_id, "last_heartbeat_ms": now_ms, "entries": entries, "bytes": size}
             )
             rows = self.partition_rows()
-            for partition_id, n, b in stats:
+            for partition_id, n, b, revision in stats:
                 row = rows.get(partition_id)
-                if row is not None and row["node_id"] == node_id and (row["entries"], row["bytes"]) != (n, b):
-                    self.store.update_partition(partition_id, entries=n, bytes=b)
+                counts = (n, b, revision)
+                if row is not None and row["node_id"] == node_id and counts != _counts(row):
+                    self.store.update_partition(partition_id, entries=n, bytes=b, revision=revision)
         return self.tick(now_ms)
 
     def ack(self, node_id: str, hosted: Sequence[str]) -> bool:
@@ -347,7 +348,12 @@ class ClusterState:
                 continue
             owner = min(holders or load, key=lambda node_id: (load[node_id] / capacity[node_id], node_id))
             load[owner] += 1
-            self.store.update_partition(p["partition_id"], node_id=owner, acked=0)
+            changes: dict[str, Any] = {"node_id": owner, "acked": 0}
+            if not holders and self._recovering_from_ms is not None:
+                # given out empty after the recovery wait: its copy may have handed out
+                # etags that this control.db never heard of
+                changes["revision_floor"] = _next_floor(p)
+            self.store.update_partition(p["partition_id"], **changes)
             self.store.log("assign", partition_id=p["partition_id"], node_id=owner)
 
     # -- operator changes ------------------------------------------------------------------
@@ -375,8 +381,10 @@ class ClusterState:
                 "repair them elsewhere first, or remove with --force",
             )
         self.store.delete_node(node_id)
-        for partition_id in owned:
-            self.store.update_partition(partition_id, node_id="", acked=0)
+        rows = self.partition_rows()
+        for partition_id in owned:  # the next owner's copy goes on past the etags they gave
+            floor = _next_floor(rows[partition_id])
+            self.store.update_partition(partition_id, node_id="", acked=0, revision_floor=floor)
         self.store.log("remove", node_id=node_id, force=force, partitions=owned)
         self._settle()
         return owned
@@ -423,19 +431,37 @@ class ClusterState:
                 + (", draining" if target["draining"] else ""),
             )
         # The counts were the old owner's copy; the new owner's heartbeats report its own.
-        # Its copy continues from a revision above any the partition reached (it may be
-        # empty, or an older copy): a revision counts writes, ~4,000 a second at most here,
-        # and the floor grows by 1,000 a millisecond of the clock. A key's etags never
-        # repeat, so a precondition holding an old etag cannot match another value.
-        floor = max(row["revision_floor"] + 1, time.time_ns() // 1_000_000 * 1000)
+        # Its copy continues from a revision above any the partition reached: _next_floor.
         self.store.update_partition(
-            partition_id, node_id=to_node_id, acked=0, entries=0, bytes=0, revision_floor=floor
-        )
+            partition_id, node_id=to_node_id, acked=0, entries=0, bytes=0, revision=0,
+            revision_floor=_next_floor(row),
+        )  # fmt: skip
         self.store.log("repair", partition_id=partition_id, node_id=to_node_id)
         self._settle()
 
     def partition_rows(self) -> dict[str, dict[str, Any]]:
         return {p["partition_id"]: p for p in self.store.partitions()}
+
+
+# What a partition's copy may have written past the revision its owner last reported
+# (a heartbeat is a second old; a node cut off from control writes on for as long as it
+# is): a billion writes, days of this store's fastest partition.
+REVISION_MARGIN = 10**9
+
+
+def _next_floor(row: dict[str, Any]) -> int:
+    """The revision a partition's next copy continues from, above any etag a copy of it can
+    have handed out: past the last floor and the last reported revision by REVISION_MARGIN,
+    and no lower than the clock in ms x 1000 (a revision counts writes, ~4,000 a second at
+    most here; the clock adds 1,000,000 a second). Either bound alone holds the other's
+    failure: a control clock set back, or a copy whose revisions control never heard of
+    (a control.db lost and started afresh)."""
+    reached = max(row["revision_floor"], row["revision"]) + REVISION_MARGIN
+    return max(reached, time.time_ns() // 1_000_000 * 1000)
+
+
+def _counts(row: dict[str, Any]) -> tuple[int, int, int]:
+    return row["entries"], row["bytes"], row["revision"]
 
 
 def _fingerprint(entries: Sequence[MapEntry]) -> str:

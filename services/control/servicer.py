@@ -169,10 +169,11 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         async for message in requests:
             if message.HasField("heartbeat"):
                 stats = [
-                    (p.partition_id, p.approximate_entries, p.bytes) for p in message.heartbeat.partitions
+                    (p.partition_id, p.approximate_entries, p.bytes, p.revision)
+                    for p in message.heartbeat.partitions
                 ]
-                for i, (_, entries, size) in enumerate(stats):
-                    if max(entries, size) > MAX_COUNT:  # a uint64 that SQLite cannot store
+                for i, (_, entries, size, revision) in enumerate(stats):
+                    if max(entries, size, revision) > MAX_COUNT:  # a uint64 that SQLite cannot store
                         raise InvalidArgumentError(
                             f"heartbeat.partitions[{i}]", f"counts must be at most {MAX_COUNT}"
                         )

@@ -64,8 +64,10 @@ def _v2(db: sqlite_utils.Database) -> None:
 
 
 def _v3(db: sqlite_utils.Database) -> None:
-    # the revision a partition's next copy continues from (set by repair; 0: none)
+    # the revision a partition's next copy continues from (set when it changes copies; 0:
+    # none), and the revision its owner last reported (heartbeats)
     db["partitions"].add_column("revision_floor", int, not_null_default=0)
+    db["partitions"].add_column("revision", int, not_null_default=0)
 
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
