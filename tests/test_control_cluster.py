@@ -500,3 +500,23 @@ def test_a_node_going_suspect_is_a_warning_and_coming_back_is_not(
         state.tick(T0 + 4_600)
     changes = [(r.levelname, r.status, r.was) for r in caplog.records if r.getMessage() == "node status"]  # type: ignore[attr-defined]
     assert changes == [("WARNING", "suspect", "up"), ("INFO", "up", "suspect")]
+
+
+def test_a_control_that_was_stalled_counts_liveness_again_from_its_return(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGSTOP of control for 6 s: its first tick marked every node down (their heartbeats
+    waited unread), and the map made every partition unavailable for a moment."""
+    from keyspan.services.control import cluster
+
+    clock = [1000.0]
+    monkeypatch.setattr(cluster.time, "monotonic", lambda: clock[0])
+    state = make_state(tmp_path)  # suspect after 3 s, down after 6 s
+    join(state, "a")
+    clock[0] += 10  # control did not run for 10 s
+    state.tick(T0 + 10_000)
+    assert state.store.node("a")["status"] == UP  # type: ignore[index]
+    for step in range(1, 8):  # running again, ticking; a sends nothing: down after 6 s
+        clock[0] += 1
+        state.tick(T0 + 10_000 + step * 1_000)
+    assert state.store.node("a")["status"] == DOWN  # type: ignore[index]

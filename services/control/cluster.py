@@ -75,6 +75,7 @@ class ClusterState:
         self.recovery_wait_s = recovery_wait_s
         self._window_from_ms = 0  # when this control started: see restarted()
         self._now_ms = 0  # the latest time a register, heartbeat or tick was given
+        self._ticked_at = time.monotonic()  # this process's clock at the last tick
         # When a new control.db's first assignment found nodes holding partitions on their
         # disks (its cluster existed before): for recovery_wait_s from then, a partition no
         # registered node holds waits for one that may, rather than going to a node empty.
@@ -296,6 +297,16 @@ class ClusterState:
     def tick(self, now_ms: int) -> bool:
         """Apply liveness transitions; True when the map changed."""
         self._now_ms = max(self._now_ms, now_ms)
+        ticked_at, self._ticked_at = self._ticked_at, time.monotonic()
+        if self._ticked_at - ticked_at > self.liveness.suspect_after_s / 2:
+            # This process did not run (paused, its host frozen): the heartbeats that came
+            # meanwhile wait unread, and every node would look down. Liveness counts again
+            # from now, as after a restart.
+            log.warning(
+                "control was stalled: node liveness counts from now",
+                extra={"stall_s": round(self._ticked_at - ticked_at, 3)},
+            )
+            self.restarted(now_ms)
         for n in self.store.nodes():
             status = self.status_of(n, now_ms)
             if status != n["status"]:
