@@ -520,3 +520,15 @@ def test_a_control_that_was_stalled_counts_liveness_again_from_its_return(
         clock[0] += 1
         state.tick(T0 + 10_000 + step * 1_000)
     assert state.store.node("a")["status"] == DOWN  # type: ignore[index]
+
+
+def test_a_new_control_db_gives_a_partition_to_the_node_with_its_newest_copy(tmp_path: Path) -> None:
+    """control.db lost after a repair: the old owner's disk still held the older copy, and
+    the partition went to whichever holder came first by load and id."""
+    state = make_state(tmp_path, min_nodes=2)
+    stale, repaired = 7, 1_795_971_431_776_001  # a repair's floor put the new copy far past it
+    state.register("a", "127.0.0.1:1001", "", 1, ["p0000"], T0, "", {"p0000": stale})
+    state.register("b", "127.0.0.1:1002", "", 1, ["p0000"], T0 + 1, "", {"p0000": repaired})
+    entry = state.map.by_id("p0000")
+    assert entry is not None and entry.node_id == "b"
+    assert state.partition_rows()["p0000"]["revision"] == repaired  # what a later floor passes

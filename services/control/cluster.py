@@ -80,10 +80,11 @@ class ClusterState:
         # disks (its cluster existed before): for recovery_wait_s from then, a partition no
         # registered node holds waits for one that may, rather than going to a node empty.
         self._recovering_from_ms: int | None = None
-        # The partitions each node said it holds on its disk (its registration), so that
-        # a partition with no owner goes back to the node that has its data: after a
-        # control.db is lost, or a node forgotten with remove --force rejoins.
-        self._on_disk: dict[str, set[str]] = {}
+        # The partitions each node said it holds on its disk (its registration), with
+        # their copies' revisions, so that a partition with no owner goes back to the node
+        # that has its newest copy: after a control.db is lost, or a node forgotten with
+        # remove --force rejoins.
+        self._on_disk: dict[str, dict[str, int]] = {}
         self.map = PartitionMap()
         self._rebuild_map(initial=True)
 
@@ -180,7 +181,9 @@ class ClusterState:
         hosted: Sequence[str],
         now_ms: int,
         disk_id: str = "",
+        revisions: dict[str, int] | None = None,
     ) -> bool:
+        """A node's registration; `revisions` gives its hosted copies' revisions."""
         self._now_ms = max(self._now_ms, now_ms)
         known = self.store.node(node_id)
         if known is not None and known["disk_id"] and not disk_id:
@@ -212,7 +215,7 @@ class ClusterState:
         }
         if disk_id:
             row["disk_id"] = disk_id
-        self._on_disk[node_id] = set(hosted)
+        self._on_disk[node_id] = {p: (revisions or {}).get(p, 0) for p in hosted}
         if known is None:
             row |= {
                 "cordoned": 0,
@@ -354,13 +357,22 @@ class ClusterState:
             if p["node_id"] in load:
                 load[p["node_id"]] += 1
         for p in orphans:
-            holders = [n for n in load if p["partition_id"] in self._on_disk.get(n, ())]
+            pid = p["partition_id"]
+            copies = {n: self._on_disk[n][pid] for n in load if pid in self._on_disk.get(n, {})}
+            holders = list(copies)
             if not holders and recovering:  # its node may register yet: not given away empty
                 continue
+            if holders:
+                # The newest copy: a repair leaves the older one on its old owner's disk,
+                # and a copy that the repair's floor raised is far past it.
+                newest = max(copies.values())
+                holders = [n for n in holders if copies[n] == newest]
             owner = min(holders or load, key=lambda node_id: (load[node_id] / capacity[node_id], node_id))
             load[owner] += 1
             changes: dict[str, Any] = {"node_id": owner, "acked": 0}
-            if not holders and self._recovering_from_ms is not None:
+            if holders:
+                changes["revision"] = copies[owner]
+            elif self._recovering_from_ms is not None:
                 # given out empty after the recovery wait: its copy may have handed out
                 # etags that this control.db never heard of
                 changes["revision_floor"] = _next_floor(p)

@@ -117,6 +117,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             list(reg.hosted),
             now_ms(),
             reg.disk_id,
+            dict(reg.hosted_revisions),
         )
         self._on_register(reg.node_id, reg.probe_address)
         log.info("node session", extra={"node_id": reg.node_id, "address": reg.address})

@@ -92,6 +92,7 @@ class NodeSession:
                 probe_address=self.probe_address,
                 capacity=self.capacity,
                 hosted=[p.id for p in self.shards.partitions],
+                hosted_revisions={p.id: p.shard.revision for p in self.shards.partitions},
             )
         )
 

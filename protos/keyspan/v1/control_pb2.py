@@ -25,17 +25,19 @@ _sym_db = _symbol_database.Default()
 from keyspan.v1 import kv_pb2 as keyspan_dot_v1_dot_kv__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18keyspan/v1/control.proto\x12\nkeyspan.v1\x1a\x13keyspan/v1/kv.proto\"\xaf\x01\n\tPartition\x12\x14\n\x0cpartition_id\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x0c\x12\x10\n\x03\x65nd\x18\x03 \x01(\x0cH\x00\x88\x01\x01\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12)\n\x05state\x18\x06 \x01(\x0e\x32\x1a.keyspan.v1.PartitionState\x12\x16\n\x0erevision_floor\x18\x07 \x01(\x04\x42\x06\n\x04_end\"J\n\x0cPartitionMap\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12)\n\npartitions\x18\x02 \x03(\x0b\x32\x15.keyspan.v1.Partition\"\x0f\n\rGetMapRequest\"(\n\x0fWatchMapRequest\x12\x15\n\rafter_version\x18\x01 \x01(\x04\"\xff\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x15\n\rprobe_address\x18\x03 \x01(\t\x12&\n\x06status\x18\x04 \x01(\x0e\x32\x16.keyspan.v1.NodeStatus\x12\x10\n\x08\x63ordoned\x18\x05 \x01(\x08\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08\x12\x12\n\npartitions\x18\x07 \x01(\r\x12\x0f\n\x07\x65ntries\x18\x08 \x01(\x04\x12\r\n\x05\x62ytes\x18\t \x01(\x04\x12\x19\n\x11last_heartbeat_ms\x18\n \x01(\x03\x12\x10\n\x08\x63\x61pacity\x18\x0b \x01(\r\x12\r\n\x05probe\x18\x0c \x01(\t\"\x12\n\x10ListNodesRequest\"M\n\x11ListNodesResponse\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.keyspan.v1.NodeInfo\x12\x13\n\x0bmap_version\x18\x02 \x01(\x04\"\x1e\n\x0bNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"3\n\x11RemoveNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"=\n\x12RemoveNodeResponse\x12\x12\n\nreassigned\x18\x01 \x03(\t\x12\x13\n\x0bmap_version\x18\x02 \x01(\x04\"Q\n\x16RepairPartitionRequest\x12\x14\n\x0cpartition_id\x18\x01 \x01(\t\x12\x12\n\nto_node_id\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"\x8b\x01\n\x0bNodeMessage\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.keyspan.v1.RegisterH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.keyspan.v1.HeartbeatH\x00\x12\x1e\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x0f.keyspan.v1.AckH\x00\x42\x06\n\x04kind\"v\n\x08Register\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x15\n\rprobe_address\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x0e\n\x06hosted\x18\x05 \x03(\t\x12\x0f\n\x07\x64isk_id\x18\x06 \x01(\t\"b\n\tHeartbeat\x12.\n\npartitions\x18\x01 \x03(\x0b\x32\x1a.keyspan.v1.PartitionStats\x12\x13\n\x0bmap_version\x18\x02 \x01(\x04\x12\x10\n\x08sequence\x18\x03 \x01(\x04\"5\n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x13\n\x0bmap_version\x18\x02 \x01(\x04\":\n\x03\x41\x63k\x12\x13\n\x0bmap_version\x18\x01 \x01(\x04\x12\x0e\n\x06hosted\x18\x02 \x03(\t\x12\x0e\n\x06\x66\x61iled\x18\x03 \x03(\t\"\xa1\x01\n\x0e\x43ontrolMessage\x12&\n\x07welcome\x18\x01 \x01(\x0b\x32\x13.keyspan.v1.WelcomeH\x00\x12,\n\nassignment\x18\x02 \x01(\x0b\x32\x16.keyspan.v1.AssignmentH\x00\x12\x31\n\rheartbeat_ack\x18\x03 \x01(\x0b\x32\x18.keyspan.v1.HeartbeatAckH\x00\x42\x06\n\x04kind\"N\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x14\n\x0c\x64own_after_s\x18\x03 \x01(\x01\"3\n\nAssignment\x12%\n\x03map\x18\x01 \x01(\x0b\x32\x18.keyspan.v1.PartitionMap*l\n\nNodeStatus\x12\x1b\n\x17NODE_STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eNODE_STATUS_UP\x10\x01\x12\x17\n\x13NODE_STATUS_SUSPECT\x10\x02\x12\x14\n\x10NODE_STATUS_DOWN\x10\x03*\xad\x01\n\x0ePartitionState\x12\x1f\n\x1bPARTITION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17PARTITION_STATE_SERVING\x10\x01\x12\x1c\n\x18PARTITION_STATE_ASSIGNED\x10\x02\x12\x1f\n\x1bPARTITION_STATE_UNAVAILABLE\x10\x03\x12\x1e\n\x1aPARTITION_STATE_UNASSIGNED\x10\x04\x32\xf1\x04\n\x07\x43ontrol\x12\x42\n\x07Session\x12\x17.keyspan.v1.NodeMessage\x1a\x1a.keyspan.v1.ControlMessage(\x01\x30\x01\x12=\n\x06GetMap\x12\x19.keyspan.v1.GetMapRequest\x1a\x18.keyspan.v1.PartitionMap\x12\x43\n\x08WatchMap\x12\x1b.keyspan.v1.WatchMapRequest\x1a\x18.keyspan.v1.PartitionMap0\x01\x12H\n\tListNodes\x12\x1c.keyspan.v1.ListNodesRequest\x1a\x1d.keyspan.v1.ListNodesResponse\x12:\n\tDrainNode\x12\x17.keyspan.v1.NodeRequest\x1a\x14.keyspan.v1.NodeInfo\x12;\n\nCordonNode\x12\x17.keyspan.v1.NodeRequest\x1a\x14.keyspan.v1.NodeInfo\x12=\n\x0cUncordonNode\x12\x17.keyspan.v1.NodeRequest\x1a\x14.keyspan.v1.NodeInfo\x12K\n\nRemoveNode\x12\x1d.keyspan.v1.RemoveNodeRequest\x1a\x1e.keyspan.v1.RemoveNodeResponse\x12O\n\x0fRepairPartition\x12\".keyspan.v1.RepairPartitionRequest\x1a\x18.keyspan.v1.PartitionMapb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18keyspan/v1/control.proto\x12\nkeyspan.v1\x1a\x13keyspan/v1/kv.proto\"\xaf\x01\n\tPartition\x12\x14\n\x0cpartition_id\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x0c\x12\x10\n\x03\x65nd\x18\x03 \x01(\x0cH\x00\x88\x01\x01\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12)\n\x05state\x18\x06 \x01(\x0e\x32\x1a.keyspan.v1.PartitionState\x12\x16\n\x0erevision_floor\x18\x07 \x01(\x04\x42\x06\n\x04_end\"J\n\x0cPartitionMap\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12)\n\npartitions\x18\x02 \x03(\x0b\x32\x15.keyspan.v1.Partition\"\x0f\n\rGetMapRequest\"(\n\x0fWatchMapRequest\x12\x15\n\rafter_version\x18\x01 \x01(\x04\"\xff\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x15\n\rprobe_address\x18\x03 \x01(\t\x12&\n\x06status\x18\x04 \x01(\x0e\x32\x16.keyspan.v1.NodeStatus\x12\x10\n\x08\x63ordoned\x18\x05 \x01(\x08\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08\x12\x12\n\npartitions\x18\x07 \x01(\r\x12\x0f\n\x07\x65ntries\x18\x08 \x01(\x04\x12\r\n\x05\x62ytes\x18\t \x01(\x04\x12\x19\n\x11last_heartbeat_ms\x18\n \x01(\x03\x12\x10\n\x08\x63\x61pacity\x18\x0b \x01(\r\x12\r\n\x05probe\x18\x0c \x01(\t\"\x12\n\x10ListNodesRequest\"M\n\x11ListNodesResponse\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.keyspan.v1.NodeInfo\x12\x13\n\x0bmap_version\x18\x02 \x01(\x04\"\x1e\n\x0bNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"3\n\x11RemoveNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"=\n\x12RemoveNodeResponse\x12\x12\n\nreassigned\x18\x01 \x03(\t\x12\x13\n\x0bmap_version\x18\x02 \x01(\x04\"Q\n\x16RepairPartitionRequest\x12\x14\n\x0cpartition_id\x18\x01 \x01(\t\x12\x12\n\nto_node_id\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"\x8b\x01\n\x0bNodeMessage\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.keyspan.v1.RegisterH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.keyspan.v1.HeartbeatH\x00\x12\x1e\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x0f.keyspan.v1.AckH\x00\x42\x06\n\x04kind\"\xf3\x01\n\x08Register\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x15\n\rprobe_address\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x0e\n\x06hosted\x18\x05 \x03(\t\x12\x0f\n\x07\x64isk_id\x18\x06 \x01(\t\x12\x43\n\x10hosted_revisions\x18\x07 \x03(\x0b\x32).keyspan.v1.Register.HostedRevisionsEntry\x1a\x36\n\x14HostedRevisionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"b\n\tHeartbeat\x12.\n\npartitions\x18\x01 \x03(\x0b\x32\x1a.keyspan.v1.PartitionStats\x12\x13\n\x0bmap_version\x18\x02 \x01(\x04\x12\x10\n\x08sequence\x18\x03 \x01(\x04\"5\n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x13\n\x0bmap_version\x18\x02 \x01(\x04\":\n\x03\x41\x63k\x12\x13\n\x0bmap_version\x18\x01 \x01(\x04\x12\x0e\n\x06hosted\x18\x02 \x03(\t\x12\x0e\n\x06\x66\x61iled\x18\x03 \x03(\t\"\xa1\x01\n\x0e\x43ontrolMessage\x12&\n\x07welcome\x18\x01 \x01(\x0b\x32\x13.keyspan.v1.WelcomeH\x00\x12,\n\nassignment\x18\x02 \x01(\x0b\x32\x16.keyspan.v1.AssignmentH\x00\x12\x31\n\rheartbeat_ack\x18\x03 \x01(\x0b\x32\x18.keyspan.v1.HeartbeatAckH\x00\x42\x06\n\x04kind\"N\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x14\n\x0c\x64own_after_s\x18\x03 \x01(\x01\"3\n\nAssignment\x12%\n\x03map\x18\x01 \x01(\x0b\x32\x18.keyspan.v1.PartitionMap*l\n\nNodeStatus\x12\x1b\n\x17NODE_STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eNODE_STATUS_UP\x10\x01\x12\x17\n\x13NODE_STATUS_SUSPECT\x10\x02\x12\x14\n\x10NODE_STATUS_DOWN\x10\x03*\xad\x01\n\x0ePartitionState\x12\x1f\n\x1bPARTITION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17PARTITION_STATE_SERVING\x10\x01\x12\x1c\n\x18PARTITION_STATE_ASSIGNED\x10\x02\x12\x1f\n\x1bPARTITION_STATE_UNAVAILABLE\x10\x03\x12\x1e\n\x1aPARTITION_STATE_UNASSIGNED\x10\x04\x32\xf1\x04\n\x07\x43ontrol\x12\x42\n\x07Session\x12\x17.keyspan.v1.NodeMessage\x1a\x1a.keyspan.v1.ControlMessage(\x01\x30\x01\x12=\n\x06GetMap\x12\x19.keyspan.v1.GetMapRequest\x1a\x18.keyspan.v1.PartitionMap\x12\x43\n\x08WatchMap\x12\x1b.keyspan.v1.WatchMapRequest\x1a\x18.keyspan.v1.PartitionMap0\x01\x12H\n\tListNodes\x12\x1c.keyspan.v1.ListNodesRequest\x1a\x1d.keyspan.v1.ListNodesResponse\x12:\n\tDrainNode\x12\x17.keyspan.v1.NodeRequest\x1a\x14.keyspan.v1.NodeInfo\x12;\n\nCordonNode\x12\x17.keyspan.v1.NodeRequest\x1a\x14.keyspan.v1.NodeInfo\x12=\n\x0cUncordonNode\x12\x17.keyspan.v1.NodeRequest\x1a\x14.keyspan.v1.NodeInfo\x12K\n\nRemoveNode\x12\x1d.keyspan.v1.RemoveNodeRequest\x1a\x1e.keyspan.v1.RemoveNodeResponse\x12O\n\x0fRepairPartition\x12\".keyspan.v1.RepairPartitionRequest\x1a\x18.keyspan.v1.PartitionMapb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'keyspan.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODESTATUS']._serialized_start=1736
-  _globals['_NODESTATUS']._serialized_end=1844
-  _globals['_PARTITIONSTATE']._serialized_start=1847
-  _globals['_PARTITIONSTATE']._serialized_end=2020
+  _globals['_REGISTER_HOSTEDREVISIONSENTRY']._loaded_options = None
+  _globals['_REGISTER_HOSTEDREVISIONSENTRY']._serialized_options = b'8\001'
+  _globals['_NODESTATUS']._serialized_start=1862
+  _globals['_NODESTATUS']._serialized_end=1970
+  _globals['_PARTITIONSTATE']._serialized_start=1973
+  _globals['_PARTITIONSTATE']._serialized_end=2146
   _globals['_PARTITION']._serialized_start=62
   _globals['_PARTITION']._serialized_end=237
   _globals['_PARTITIONMAP']._serialized_start=239
@@ -60,20 +62,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPAIRPARTITIONREQUEST']._serialized_end=960
   _globals['_NODEMESSAGE']._serialized_start=963
   _globals['_NODEMESSAGE']._serialized_end=1102
-  _globals['_REGISTER']._serialized_start=1104
-  _globals['_REGISTER']._serialized_end=1222
-  _globals['_HEARTBEAT']._serialized_start=1224
-  _globals['_HEARTBEAT']._serialized_end=1322
-  _globals['_HEARTBEATACK']._serialized_start=1324
-  _globals['_HEARTBEATACK']._serialized_end=1377
-  _globals['_ACK']._serialized_start=1379
-  _globals['_ACK']._serialized_end=1437
-  _globals['_CONTROLMESSAGE']._serialized_start=1440
-  _globals['_CONTROLMESSAGE']._serialized_end=1601
-  _globals['_WELCOME']._serialized_start=1603
-  _globals['_WELCOME']._serialized_end=1681
-  _globals['_ASSIGNMENT']._serialized_start=1683
-  _globals['_ASSIGNMENT']._serialized_end=1734
-  _globals['_CONTROL']._serialized_start=2023
-  _globals['_CONTROL']._serialized_end=2648
+  _globals['_REGISTER']._serialized_start=1105
+  _globals['_REGISTER']._serialized_end=1348
+  _globals['_REGISTER_HOSTEDREVISIONSENTRY']._serialized_start=1294
+  _globals['_REGISTER_HOSTEDREVISIONSENTRY']._serialized_end=1348
+  _globals['_HEARTBEAT']._serialized_start=1350
+  _globals['_HEARTBEAT']._serialized_end=1448
+  _globals['_HEARTBEATACK']._serialized_start=1450
+  _globals['_HEARTBEATACK']._serialized_end=1503
+  _globals['_ACK']._serialized_start=1505
+  _globals['_ACK']._serialized_end=1563
+  _globals['_CONTROLMESSAGE']._serialized_start=1566
+  _globals['_CONTROLMESSAGE']._serialized_end=1727
+  _globals['_WELCOME']._serialized_start=1729
+  _globals['_WELCOME']._serialized_end=1807
+  _globals['_ASSIGNMENT']._serialized_start=1809
+  _globals['_ASSIGNMENT']._serialized_end=1860
+  _globals['_CONTROL']._serialized_start=2149
+  _globals['_CONTROL']._serialized_end=2774
 # @@protoc_insertion_point(module_scope)

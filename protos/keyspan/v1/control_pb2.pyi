@@ -151,20 +151,29 @@ class NodeMessage(_message.Message):
     def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("node_id", "address", "probe_address", "capacity", "hosted", "disk_id")
+    __slots__ = ("node_id", "address", "probe_address", "capacity", "hosted", "disk_id", "hosted_revisions")
+    class HostedRevisionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PROBE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     HOSTED_FIELD_NUMBER: _ClassVar[int]
     DISK_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTED_REVISIONS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     probe_address: str
     capacity: int
     hosted: _containers.RepeatedScalarFieldContainer[str]
     disk_id: str
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., probe_address: _Optional[str] = ..., capacity: _Optional[int] = ..., hosted: _Optional[_Iterable[str]] = ..., disk_id: _Optional[str] = ...) -> None: ...
+    hosted_revisions: _containers.ScalarMap[str, int]
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., probe_address: _Optional[str] = ..., capacity: _Optional[int] = ..., hosted: _Optional[_Iterable[str]] = ..., disk_id: _Optional[str] = ..., hosted_revisions: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("partitions", "map_version", "sequence")
