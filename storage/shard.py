@@ -666,6 +666,9 @@ class Shard:
             return
         with self._transaction():
             self._db.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (floor,))
+        # On the disk before the partition serves, even at synchronous=NORMAL (a checkpoint
+        # syncs the WAL first): a floor lost to a power cut would not be applied again.
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         self.revision = self._revision = floor
 
     def reclaim(self, m: Reclaim) -> Reclaimed | KeyspanError:
@@ -681,13 +684,14 @@ class Shard:
         if not self.reclaims:
             return Reclaimed(0, False)
         db = self._db
-        free = db.execute("PRAGMA freelist_count").fetchone()[0]
-        if not m.started and (
-            free < RECLAIM_MIN_PAGES or free < db.execute("PRAGMA page_count").fetchone()[0] // 16
-        ):
-            return Reclaimed(0, False)
-        pages = min(free, m.max_pages)
-        try:
+        try:  # after the batch committed: whatever fails here fails the reclaim alone
+            free = db.execute("PRAGMA freelist_count").fetchone()[0]
+            if not m.started and (
+                free < RECLAIM_MIN_PAGES or free < db.execute("PRAGMA page_count").fetchone()[0] // 16
+            ):
+                return Reclaimed(0, False)
+            pages = min(free, m.max_pages)
+            page_bytes = db.execute("PRAGMA page_size").fetchone()[0]
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()  # a step a page
@@ -711,7 +715,7 @@ class Shard:
             fault = StorageFaultError(self.partition_id, err)
             fault.__cause__ = err
             return fault
-        freed = pages * db.execute("PRAGMA page_size").fetchone()[0]
+        freed = pages * page_bytes
         self.reclaimed_bytes += freed
         return Reclaimed(freed, more)
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -133,6 +134,7 @@ class ShardSet:
         self._partitions: list[Partition] = []
         self._starts: list[bytes] = []
         self.dropped = DroppedCounts()
+        self._counts_lock = threading.Lock()  # a partition leaves and is counted as dropped at once
         self.on_missing: Callable[[bytes], KeyspanError] = WrongPartitionError
         self.start_below: Callable[[bytes | None], bytes | None] = lambda bound: None
         # The ranges this process is meant to hold now (serve: the whole key space; a node:
@@ -140,8 +142,9 @@ class ShardSet:
         self.should_hold: Callable[[], Sequence[KeyRange]] = lambda: ()
         # Timings of every writer opened after it is set (services/ turns them into metrics).
         self.write_observer: WriteObserver | None = None
-        # Called before and after every client read or write (True: after a write committed):
-        # raises to refuse it (a node's OwnershipFence); None: every one is answered.
+        # Called before every client write, after it (True: it committed, or False: it was
+        # refused, from a copy that may be stale) and after every client read: raises to
+        # refuse the call (a node's OwnershipFence); None: every one is answered.
         self.gate: Callable[[bool], None] | None = None
         self._warned_open_files = False
 
@@ -358,10 +361,15 @@ class ShardSet:
         """Stop serving a partition: its writer commits what is queued, then it closes."""
         for i, p in enumerate(self._partitions):
             if p.id == partition_id:
-                del self._partitions[i], self._starts[i]
+                # Counted as dropped in the same step, so a scrape never sees the node-wide
+                # totals fall; what the writer commits while it closes counts too.
+                with self._counts_lock:
+                    del self._partitions[i], self._starts[i]
+                    self.dropped.add(p)
+                mutations_before = p.writer.mutations
                 self._write_catalogue()
                 p.writer.close()
-                self.dropped.add(p)
+                self.dropped.writes += p.writer.mutations - mutations_before
                 p.shard.close()
                 if self.row_cache is not None:
                     self.row_cache.clear()
@@ -408,6 +416,12 @@ class ShardSet:
     @property
     def partitions(self) -> list[Partition]:
         return list(self._partitions)
+
+    def counted(self) -> tuple[list[Partition], DroppedCounts]:
+        """The partitions held and a copy of what dropped ones counted, from one moment
+        (the metrics scrape's thread)."""
+        with self._counts_lock:
+            return list(self._partitions), dataclasses.replace(self.dropped, faults=dict(self.dropped.faults))
 
     def locate(self, key: bytes) -> Partition:
         """The local partition that owns `key`; WrongPartitionError when none does."""
@@ -496,7 +510,11 @@ class ShardSet:
         if self.gate is None:
             return await self.locate(key).write(mutation)
         self.gate(False)
-        outcome = await self.locate(key).write(mutation)
+        try:
+            outcome = await self.locate(key).write(mutation)
+        except KeyspanError:  # refused (an etag mismatch): by a copy that may be stale?
+            self.gate(False)
+            raise
         self.gate(True)
         return outcome
 
@@ -580,12 +598,12 @@ class ShardSet:
         revision = partition.shard.revision
         if revision == partition.reclaim_checked_at:
             return 0
-        partition.reclaim_checked_at = revision
         freed, started = 0, False
-        while True:
+        while True:  # a step that fails raises: the next pass looks again
             outcome: Reclaimed = await partition.write(Reclaim(RECLAIM_STEP_PAGES, started))
             freed += outcome.freed_bytes
             if not outcome.more:
+                partition.reclaim_checked_at = revision
                 return freed
             started = True
 

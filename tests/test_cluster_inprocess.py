@@ -668,6 +668,35 @@ async def test_etags_never_repeat_when_a_repair_gives_a_partition_another_copy(t
         await control.stop(0)
 
 
+async def test_a_stalled_node_answers_again_once_control_acknowledges_a_later_heartbeat(
+    tmp_path: Path,
+) -> None:
+    """The session's heartbeat acknowledgements, end to end: a node whose ticker found a
+    stall refuses calls until control answers a heartbeat sent after it."""
+    control = fast_control(tmp_path / "control")
+    await control.start()
+    node = lone_node(control.address, "n", tmp_path / "n", sync_timeout_s=5)
+    await node.start()
+    try:
+        fence = node.fence
+        assert fence is not None and fence.max_gap_s == 0.4  # half of control's 0.8 s
+        fence.alive_at -= 5  # as if the process had not run for 5 s
+        async with grpc.aio.insecure_channel(node.address) as channel:
+            stub = kv_pb2_grpc.KVStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Put(kv_pb2.PutRequest(key=b"k", value=b"v"))
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "was stalled 5." in (refused.value.details() or "")
+            waited = time.monotonic()
+            while fence.closed and time.monotonic() - waited < 5:
+                await asyncio.sleep(0.02)
+            assert not fence.closed and time.monotonic() - waited < 1.0  # a heartbeat or so
+            await stub.Put(kv_pb2.PutRequest(key=b"k", value=b"v"))
+    finally:
+        await node.stop(0)
+        await control.stop(0)
+
+
 async def test_a_removed_node_that_still_runs_closes_its_partitions(tmp_path: Path) -> None:
     """remove --force of a running node left its session up: it went on serving what the
     map gave its id, beside a new process registered under that id."""

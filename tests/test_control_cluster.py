@@ -502,24 +502,33 @@ def test_a_node_going_suspect_is_a_warning_and_coming_back_is_not(
     assert changes == [("WARNING", "suspect", "up"), ("INFO", "up", "suspect")]
 
 
-def test_a_control_that_was_stalled_counts_liveness_again_from_its_return(
+def test_time_a_stalled_control_did_not_run_does_not_count_against_the_nodes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SIGSTOP of control for 6 s: its first tick marked every node down (their heartbeats
-    waited unread), and the map made every partition unavailable for a moment."""
+    waited unread), and the map made every partition unavailable for a moment. A node
+    that was already failing still goes down in time (resetting every window on a stall
+    kept a dead node up for as long as control kept stalling)."""
     from keyspan.services.control import cluster
 
     clock = [1000.0]
-    monkeypatch.setattr(cluster.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(cluster, "_running_clock", lambda: clock[0])
     state = make_state(tmp_path)  # suspect after 3 s, down after 6 s
     join(state, "a")
-    clock[0] += 10  # control did not run for 10 s
-    state.tick(T0 + 10_000)
-    assert state.store.node("a")["status"] == UP  # type: ignore[index]
-    for step in range(1, 8):  # running again, ticking; a sends nothing: down after 6 s
+    join(state, "dying")
+    for step in range(1, 5):  # 4 s of ticks; "dying" sends nothing from now on
         clock[0] += 1
-        state.tick(T0 + 10_000 + step * 1_000)
-    assert state.store.node("a")["status"] == DOWN  # type: ignore[index]
+        state.heartbeat("a", [], T0 + step * 1_000)
+    assert state.store.node("dying")["status"] == SUSPECT  # type: ignore[index]
+    clock[0] += 10  # control did not run for 10 s
+    state.tick(T0 + 14_000)
+    assert state.store.node("a")["status"] == UP  # type: ignore[index]
+    assert state.store.node("dying")["status"] == SUSPECT  # type: ignore[index]
+    for step in range(1, 6):  # running again: 4 s + 2.5 s without a heartbeat, over the 6 s
+        clock[0] += 0.5
+        state.heartbeat("a", [], T0 + 14_000 + step * 500)
+    assert state.store.node("dying")["status"] == DOWN  # type: ignore[index]
+    assert state.store.node("a")["status"] == UP  # type: ignore[index]
 
 
 def test_a_new_control_db_gives_a_partition_to_the_node_with_its_newest_copy(tmp_path: Path) -> None:
@@ -532,3 +541,39 @@ def test_a_new_control_db_gives_a_partition_to_the_node_with_its_newest_copy(tmp
     entry = state.map.by_id("p0000")
     assert entry is not None and entry.node_id == "b"
     assert state.partition_rows()["p0000"]["revision"] == repaired  # what a later floor passes
+
+
+def test_a_control_restarted_during_the_recovery_wait_goes_on_waiting(tmp_path: Path) -> None:
+    state = make_state(tmp_path, min_nodes=2)
+    join(state, "a", T0, hosted=("p0000", "p0001"))
+    join(state, "b", T0 + 1_000)  # a recovery: p0002 and p0003 wait for their nodes
+    state.store.close()
+    again = ClusterState(
+        ControlStore(tmp_path / "control.db"), Liveness(suspect_after_s=3, down_after_s=6), 2
+    )
+    join(again, "a", T0 + 2_000, hosted=("p0000", "p0001"))
+    join(again, "b", T0 + 2_000)
+    assert again.map.by_id("p0002").node_id == ""  # type: ignore[union-attr]  # still waiting
+    for node_id in ("a", "b"):
+        again.heartbeat(node_id, [], T0 + 1_000 + 15_001)  # the wait is over
+    assert again.map.by_id("p0002").node_id in ("a", "b")  # type: ignore[union-attr]
+    again.store.close()
+
+
+def test_a_migration_that_fails_halfway_leaves_the_database_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keyspan.services.control import store as store_module
+
+    def crashes_after_one_column(db: object) -> None:
+        db["partitions"].add_column("revision_floor", int, not_null_default=0)  # type: ignore[index]
+        raise OSError("the process died here")
+
+    real = list(store_module.MIGRATIONS)
+    monkeypatch.setattr(store_module, "MIGRATIONS", [*real[:2], crashes_after_one_column])
+    with pytest.raises(OSError):
+        ControlStore(tmp_path / "control.db")
+    monkeypatch.setattr(store_module, "MIGRATIONS", real)
+    store = ControlStore(tmp_path / "control.db")  # "duplicate column name" before
+    assert store.schema_version() == len(real)
+    store.close()

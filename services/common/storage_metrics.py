@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from keyspan.storage.shardset import Partition, ShardSet, now_ms, partition_stats
+from keyspan.storage.shardset import DroppedCounts, Partition, ShardSet, now_ms, partition_stats
 from keyspan.storage.writer import BatchTiming
 
 from .metrics import BATCH_BUCKETS, LATENCY_BUCKETS, le_label
@@ -54,7 +54,7 @@ class PartitionCollector(Collector):
         return ranked[: self.max_series]
 
     def collect(self) -> Iterator[Metric]:
-        partitions = self._shards.partitions
+        partitions, dropped = self._shards.counted()
         chosen = self.hottest(partitions)
         fams = _partition_families()
         for p in chosen:
@@ -76,16 +76,17 @@ class PartitionCollector(Collector):
             ):
                 fams[name].add_metric([p.id], value)
         yield from fams.values()
-        yield from self._node_families(partitions, len(chosen))
+        yield from self._node_families(partitions, dropped, len(chosen))
 
-    def _node_families(self, partitions: list[Partition], shown: int) -> Iterator[Metric]:
+    def _node_families(
+        self, partitions: list[Partition], dropped: DroppedCounts, shown: int
+    ) -> Iterator[Metric]:
         yield GaugeMetricFamily("keyspan_partitions", "Partitions held by this process.", len(partitions))
         yield GaugeMetricFamily(
             "keyspan_partitions_without_series",
             "Partitions over --max-partition-series that got no series of their own this scrape.",
             len(partitions) - shown,
         )
-        dropped = self._shards.dropped
         yield CounterMetricFamily(
             "keyspan_node_reads",
             "Reads over every partition this process has held.",

@@ -75,11 +75,17 @@ class ClusterState:
         self.recovery_wait_s = recovery_wait_s
         self._window_from_ms = 0  # when this control started: see restarted()
         self._now_ms = 0  # the latest time a register, heartbeat or tick was given
-        self._ticked_at = time.monotonic()  # this process's clock at the last tick
+        self._ticked_at = _running_clock()  # this process's clock at the last tick
+        self._ticked_ms = 0  # the time given to the last tick
+        # (from_ms, to_ms) of recent stretches this control did not run (stalls): time in
+        # them does not count against a node's heartbeats.
+        self._stalls: list[tuple[int, int]] = []
         # When a new control.db's first assignment found nodes holding partitions on their
         # disks (its cluster existed before): for recovery_wait_s from then, a partition no
         # registered node holds waits for one that may, rather than going to a node empty.
-        self._recovering_from_ms: int | None = None
+        # Kept in control.db: a control restarted during the wait goes on waiting.
+        recovering = store.get_meta("recovering_from_ms")
+        self._recovering_from_ms: int | None = None if recovering is None else int(recovering)
         # The partitions each node said it holds on its disk (its registration), with
         # their copies' revisions, so that a partition with no owner goes back to the node
         # that has its newest copy: after a control.db is lost, or a node forgotten with
@@ -290,7 +296,8 @@ class ClusterState:
         heard_ms = node["last_heartbeat_ms"] or 0
         if node["status"] != DOWN:  # a live node's window starts again with control
             heard_ms = max(heard_ms, self._window_from_ms)
-        age_s = (now_ms - heard_ms) / 1000
+        stalled_ms = sum(max(0, min(end, now_ms) - max(start, heard_ms)) for start, end in self._stalls)
+        age_s = (now_ms - heard_ms - stalled_ms) / 1000
         if age_s > self.liveness.down_after_s:
             return DOWN
         if age_s > self.liveness.suspect_after_s or node["probe"] in ("NOT_SERVING", "UNREACHABLE"):
@@ -300,16 +307,17 @@ class ClusterState:
     def tick(self, now_ms: int) -> bool:
         """Apply liveness transitions; True when the map changed."""
         self._now_ms = max(self._now_ms, now_ms)
-        ticked_at, self._ticked_at = self._ticked_at, time.monotonic()
-        if self._ticked_at - ticked_at > self.liveness.suspect_after_s / 2:
+        ticked_at, self._ticked_at = self._ticked_at, _running_clock()
+        ticked_ms, self._ticked_ms = self._ticked_ms, now_ms
+        stall_s = self._ticked_at - ticked_at
+        if stall_s > self.liveness.suspect_after_s / 2 and ticked_ms:
             # This process did not run (paused, its host frozen): the heartbeats that came
-            # meanwhile wait unread, and every node would look down. Liveness counts again
-            # from now, as after a restart.
-            log.warning(
-                "control was stalled: node liveness counts from now",
-                extra={"stall_s": round(self._ticked_at - ticked_at, 3)},
-            )
-            self.restarted(now_ms)
+            # meanwhile wait unread, and every node would look down. That stretch does not
+            # count against any node; a node dead before it still goes down in time.
+            log.warning("control was stalled: that time does not count against the nodes",
+                        extra={"stall_s": round(stall_s, 3)})  # fmt: skip
+            keep_from = now_ms - int(self.liveness.down_after_s * 1000) * 4
+            self._stalls = [(a, b) for a, b in self._stalls if b > keep_from] + [(ticked_ms, now_ms)]
         for n in self.store.nodes():
             status = self.status_of(n, now_ms)
             if status != n["status"]:
@@ -342,6 +350,7 @@ class ClusterState:
             self.store.set_meta("bootstrapped", True)
             if any(self._on_disk.values()):
                 self._recovering_from_ms = self._now_ms
+                self.store.set_meta("recovering_from_ms", self._now_ms)
                 log.warning(
                     "a new control.db, and nodes hold partitions on their disks: partitions none "
                     "of them holds wait for their node before they are assigned empty",
@@ -464,6 +473,12 @@ class ClusterState:
 
     def partition_rows(self) -> dict[str, dict[str, Any]]:
         return {p["partition_id"]: p for p in self.store.partitions()}
+
+
+def _running_clock() -> float:
+    """Seconds on a clock that also runs while the host is suspended (CLOCK_BOOTTIME),
+    where time.monotonic() stops."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 # What a partition's copy may have written past the revision its owner last reported

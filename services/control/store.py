@@ -120,9 +120,17 @@ class ControlStore:
                 f"{len(MIGRATIONS)}: run the keyspan release that wrote it"
             )
         for step in MIGRATIONS[version:]:
-            step(self.db)
-            version += 1
-            self._conn.execute("UPDATE schema_version SET version = ?", (version,))
+            # A step and its version number commit together: a crash between two ALTERs
+            # left control.db unopenable ("duplicate column name" on the next start).
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                step(self.db)
+                version += 1
+                self._conn.execute("UPDATE schema_version SET version = ?", (version,))
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
         return version
 
     def schema_version(self) -> int:

@@ -253,12 +253,9 @@ async def bulk_put_through(
                 continue
             yield await _forward_batch(router, calls, request, context)
         # The caller half-closed with every batch answered: so do the node streams, which
-        # then end OK (cancelled, each counted as a CANCELLED BulkPut on its node).
-        for address in list(calls):
-            call = calls.pop(address)
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                await call.done_writing()
-                await call.code()
+        # then end OK (cancelled, each counted as a CANCELLED BulkPut on its node). At
+        # most FINISH_S: a node that does not end its stream is cancelled below.
+        await asyncio.gather(*(finish(call) for call in calls.values()))
     finally:
         for call in calls.values():
             call.cancel()

@@ -2,13 +2,15 @@
 
 Control declares a node down after `down_after_s` without a heartbeat, and an operator
 may then repair its partitions onto other nodes. A node process that was paused that long
-(SIGSTOP, a VM frozen, an event loop blocked) does not know whether that happened: when it
+(SIGSTOP, a host suspended, an event loop blocked) does not know whether that happened: when it
 runs again, the Puts that waited in it would commit on a copy that may no longer be the
 partition's, and be acknowledged there; its Gets could answer from that stale copy.
 
 So the node watches for its own stalls: a ticker notes every `tick_s` that the process
-runs, and a gap of half `down_after_s` (or a read or write that finds the ticker that far
-behind) fences it. Fenced, the node refuses reads and writes with UNAVAILABLE (a write
+runs, on CLOCK_BOOTTIME (it runs on while the host is suspended, where monotonic stops),
+and a gap of half `down_after_s` (or a read or write that finds the ticker that far
+behind) fences it. A VM paused by its hypervisor shows as a gap only if the guest's
+clocks jump when it resumes. Fenced, the node refuses reads and writes with UNAVAILABLE (a write
 refused before it was queued was not applied; one that committed while the fence closed
 is answered OWNERSHIP_UNCONFIRMED, which clients treat as "may have applied") until
 control acknowledges a heartbeat sent after the stall at a map version the node holds:
@@ -34,7 +36,8 @@ RETRY_AFTER_S = 0.5
 
 
 class OwnershipFence:
-    def __init__(self, node_id: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, node_id: str, clock: Callable[[], float] | None = None) -> None:
+        clock = clock or (lambda: time.clock_gettime(time.CLOCK_BOOTTIME))
         self.node_id, self._clock = node_id, clock
         self.max_gap_s = 0.0  # 0: no stall detection (control did not say its down_after_s)
         self.tick_s = 0.1
@@ -95,7 +98,7 @@ class OwnershipFence:
             and control_version <= held_version
         ):
             self._confirm_from = None
-            log.warning(
+            log.info(
                 "control confirmed this node's map after its stall: serving again",
                 extra={"node_id": self.node_id, "map_version": held_version},
             )

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import apsw
+import pytest
 
 from keyspan.storage.errors import StorageFaultError
 from keyspan.storage.keys import KeyRange
@@ -140,3 +141,19 @@ def test_a_reclaim_that_fails_fails_alone_and_the_writer_goes_on(tmp_path: Path)
         assert shard.apply_batch([Reclaim(RECLAIM_STEP_PAGES)])[0].freed_bytes > 0
     finally:
         shard.close()
+
+
+async def test_a_reclaim_that_failed_is_tried_again_at_the_next_look(tmp_path: Path) -> None:
+    shards = ShardSet(tmp_path)
+    await asyncio.to_thread(shards.open, [("p0", KeyRange())])
+    try:
+        partition = shards.partitions[0]
+        await shards.bulk_put(Bulk(keys(), [b"v" * 100] * ROWS))
+        await asyncio.gather(*(shards.write(k, Delete(k)) for k in keys()[: ROWS // 2]))
+        partition.shard._db.set_commit_hook(lambda: True)  # the reclaim's COMMIT fails
+        with pytest.raises(StorageFaultError):
+            await shards.reclaim(partition)
+        partition.shard._db.set_commit_hook(None)
+        assert await shards.reclaim(partition) > 0  # looked at again, with no write between
+    finally:
+        await asyncio.to_thread(shards.close)

@@ -21,6 +21,7 @@ from keyspan.storage.errors import (
     KeyspanError,
     NotFoundError,
     NotJsonError,
+    UnavailableError,
     ValueTooLargeError,
     WrongPartitionError,
 )
@@ -929,3 +930,20 @@ def test_empty_shards_of_an_unfinished_first_start_are_used_again_under_other_sp
         ]
     finally:
         again.close()
+
+
+async def test_a_refused_write_asks_the_gate_again_before_it_answers(shards: ShardSet) -> None:
+    """A node fenced while a conditional write waited: its refusal (the current etag) came
+    from a copy that may no longer be the partition's."""
+    await shards.write(b"a", Put(b"a", b"1"))
+    asked: list[bool] = []
+
+    def gate(committed: bool) -> None:
+        asked.append(committed)
+        if len(asked) == 2:
+            raise UnavailableError("fenced meanwhile")
+
+    shards.gate = gate
+    with pytest.raises(UnavailableError, match="fenced meanwhile"):
+        await shards.write(b"a", Put(b"a", b"2", if_etag=99))  # an etag mismatch, at first
+    assert asked == [False, False]

@@ -95,10 +95,15 @@ class ControlServicer:
         `assignment` with the current map, and a new assignment whenever the map changes.
         The node reconciles (opens or creates the partitions assigned to it, closes the
         others, keeping their files) and answers each assignment with an `ack`. The node
-        sends a `heartbeat` every `heartbeat_interval_s` (from the welcome); a node whose
-        heartbeats stop becomes SUSPECT, then DOWN, and its partitions are reported
-        UNAVAILABLE in the map. When the stream breaks, the node keeps serving and
-        reconnects with backoff (0.1 s doubling to 2 s).
+        sends a `heartbeat` every `heartbeat_interval_s` (from the welcome), numbered by
+        `sequence`; control answers each with a `heartbeat_ack` at its map version, after any
+        assignment it had ready. A node whose heartbeats stop becomes SUSPECT, then DOWN
+        (after `down_after_s`, also in the welcome), and its partitions are reported
+        UNAVAILABLE in the map. A node that was stalled for half of `down_after_s` answers
+        no read or write until a heartbeat it sent after the stall is acknowledged at a map
+        version it holds. When the stream breaks, the node keeps serving and reconnects with
+        backoff (0.1 s doubling to 2 s). The first registration tells which partitions the
+        node holds on its disk, with their revisions.
         Errors: INVALID_ARGUMENT (first message is not register, bad address).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
