@@ -105,6 +105,20 @@ def fast_control(data: Path) -> ControlProcess:
     )  # fmt: skip
 
 
+@contextlib.asynccontextmanager
+async def control_and_node(tmp_path: Path, node_id: str) -> AsyncIterator[tuple[ControlProcess, NodeProcess]]:
+    """A fast_control and one node of its own, both stopped on the way out."""
+    control = fast_control(tmp_path / "control")
+    await control.start()
+    node = lone_node(control.address, node_id, tmp_path / node_id, sync_timeout_s=5)
+    try:
+        await node.start()
+        yield control, node
+    finally:
+        await node.stop(0)
+        await control.stop(0)
+
+
 def wrong_partition(err: grpc.aio.AioRpcError) -> errors_pb2.WrongPartition | None:
     for detail in rpc_status.from_call(err).details:  # type: ignore[arg-type, union-attr]
         if detail.Is(errors_pb2.WrongPartition.DESCRIPTOR):
@@ -673,11 +687,7 @@ async def test_a_stalled_node_answers_again_once_control_acknowledges_a_later_he
 ) -> None:
     """The session's heartbeat acknowledgements, end to end: a node whose ticker found a
     stall refuses calls until control answers a heartbeat sent after it."""
-    control = fast_control(tmp_path / "control")
-    await control.start()
-    node = lone_node(control.address, "n", tmp_path / "n", sync_timeout_s=5)
-    await node.start()
-    try:
+    async with control_and_node(tmp_path, "n") as (_, node):
         fence = node.fence
         assert fence is not None and fence.max_gap_s == 0.4  # half of control's 0.8 s
         fence.alive_at -= 5  # as if the process had not run for 5 s
@@ -692,19 +702,12 @@ async def test_a_stalled_node_answers_again_once_control_acknowledges_a_later_he
                 await asyncio.sleep(0.02)
             assert not fence.closed and time.monotonic() - waited < 1.0  # a heartbeat or so
             await stub.Put(kv_pb2.PutRequest(key=b"k", value=b"v"))
-    finally:
-        await node.stop(0)
-        await control.stop(0)
 
 
 async def test_a_removed_node_that_still_runs_closes_its_partitions(tmp_path: Path) -> None:
     """remove --force of a running node left its session up: it went on serving what the
     map gave its id, beside a new process registered under that id."""
-    control = fast_control(tmp_path / "control")
-    await control.start()
-    node = lone_node(control.address, "gone", tmp_path / "gone", sync_timeout_s=5)
-    await node.start()
-    try:
+    async with control_and_node(tmp_path, "gone") as (control, node):
         assert len(node.shards.partitions) == 2
         state = control.state
         assert state is not None
@@ -723,9 +726,6 @@ async def test_a_removed_node_that_still_runs_closes_its_partitions(tmp_path: Pa
             "this process is not that node any more" in node.session.refused
             or "was removed" in node.session.refused
         )
-    finally:
-        await node.stop(0)
-        await control.stop(0)
 
 
 async def test_a_node_whose_control_is_starting_leaves_no_pending_session_task(
@@ -831,17 +831,10 @@ async def test_a_gateway_scan_or_sweep_that_keeps_meeting_wrong_partition_ends_u
 async def test_a_removed_node_stays_out_of_the_cluster_until_restarted(tmp_path: Path) -> None:
     """Refused at its heartbeat, it registered again at once as a new node and took its
     partitions back (in a one-node cluster, all of them)."""
-    control = fast_control(tmp_path / "control")
-    await control.start()
-    node = lone_node(control.address, "gone", tmp_path / "gone", sync_timeout_s=5)
-    await node.start()
-    try:
+    async with control_and_node(tmp_path, "gone") as (control, node):
         state = control.state
         assert state is not None and len(node.shards.partitions) == 2
         await control.call(state.remove, "gone", True)
         await asyncio.sleep(2.0)  # ten heartbeat intervals
         assert state.store.node("gone") is None
         assert node.shards.partitions == [] and all(not e.node_id for e in state.map.entries)
-    finally:
-        await node.stop(0)
-        await control.stop(0)
