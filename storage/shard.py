@@ -270,7 +270,6 @@ class Shard:
         self.before_commit: Callable[[], None] | None = None
         self.on_commit: Callable[[list[bytes] | None], None] | None = None
         self._commit_began = False
-        self._reclaim_asked = False  # the batch being applied holds a Reclaim
         # One read connection per thread that reads (the node's few read threads). Held
         # weakly here: a thread's connections close when the thread ends.
         self._local = threading.local()
@@ -629,7 +628,6 @@ class Shard:
         revision_before = self._revision
         self._entries_delta = 0
         self._commit_began = False
-        self._reclaim_asked = False
         outcomes: list[Any] = []
         try:
             with self._transaction():
@@ -654,8 +652,6 @@ class Shard:
         self.entries += self._entries_delta
         if self.on_commit is not None:
             self.on_commit(_keys_of(mutations))
-        if self._reclaim_asked:  # each in a transaction of its own: see reclaim()
-            outcomes = [self.reclaim(o) if isinstance(o, Reclaim) else o for o in outcomes]
         return outcomes
 
     def raise_revision(self, floor: int) -> None:
@@ -672,7 +668,8 @@ class Shard:
         self.revision = self._revision = floor
 
     def reclaim(self, m: Reclaim) -> Reclaimed | KeyspanError:
-        """Give up to m.max_pages free pages back to the file system (writer thread only).
+        """Give up to m.max_pages free pages back to the file system (writer thread only;
+        the writer runs it after the batch it came with, whose writes are answered first).
 
         SQLite's incremental vacuum moves pages from the end of the file into free ones
         and cuts the file short; the WAL carries the moves, so the file shrinks once a
@@ -777,9 +774,6 @@ class Shard:
                 return self._bulk(m)
             case SweepBatch():
                 return self._sweep(m)
-            case Reclaim():
-                self._reclaim_asked = True
-                return m  # replaced by its outcome once the batch has committed
         raise TypeError(f"not a mutation: {m!r}")
 
     def _put(self, m: Put) -> int:

@@ -190,6 +190,15 @@ class PartitionWriter:
             for loop, pairs in by_loop.items():
                 reply(loop, pairs)
             return
+        reclaims = [entry for entry in batch if type(entry[1][0]) is Reclaim]
+        if reclaims:  # after the writes, which are answered first: see Shard.reclaim
+            batch = [entry for entry in batch if type(entry[1][0]) is not Reclaim]
+        if batch:
+            self._commit_writes(batch)
+        for loop, (m, done, _) in reclaims:
+            reply(loop, [(done, self._shard.reclaim(m))])
+
+    def _commit_writes(self, batch: list[tuple[asyncio.AbstractEventLoop, Any]]) -> None:
         outcomes, timing = self._apply([item for _, item in batch])
         self.batches += 1
         self.mutations += timing.written

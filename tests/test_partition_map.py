@@ -106,7 +106,8 @@ def test_map_router_routes_cuts_and_learns_from_wrong_partition() -> None:
     assert router.address_for_key(b"h") == "127.0.0.1:9"
     m.apply(to_message(4, entries()))
     assert router.address_for_key(b"h") == "127.0.0.1:2"
-    assert router.on_wrong_partition(errors_pb2.WrongPartition(key=b"h", map_version=4)) is False
+    # A node that knows no owner (recovering): asked again, not handed to the caller.
+    assert router.on_wrong_partition(errors_pb2.WrongPartition(key=b"h", map_version=4)) is True
     # A call sent under the old map reached a node already on the new one, which names the
     # owner this client's map now routes to (a repair the client learned of meanwhile):
     # retried there, not handed to the caller.
