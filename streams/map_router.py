@@ -125,9 +125,14 @@ class MapRouter:
             learned = (fresh is not None and self.map.apply(fresh)) or learned
         if learned or self.map.version > detail.map_version:
             return True
+        if not detail.address:
+            # The node knows no owner (a partition between owners, a new control.db
+            # recovering): asked again, the client's map says Unavailable (retryable) or
+            # routes to the owner once there is one; the hops are bounded.
+            return True
         # The same map on both sides: a call sent before this client's map changed, to the
         # node that then lost the key. A retry goes where both maps now agree the key is.
-        return bool(detail.address) and self._routes_to(detail.key, detail.address)
+        return self._routes_to(detail.key, detail.address)
 
     def _routes_to(self, key: bytes, address: str) -> bool:
         try:
