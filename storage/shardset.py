@@ -366,7 +366,7 @@ class ShardSet:
                 with self._counts_lock:
                     del self._partitions[i], self._starts[i]
                     self.dropped.add(p)
-                mutations_before = p.writer.mutations
+                    mutations_before = p.writer.mutations
                 self._write_catalogue()
                 p.writer.close()
                 self.dropped.writes += p.writer.mutations - mutations_before
@@ -512,8 +512,8 @@ class ShardSet:
         self.gate(False)
         try:
             outcome = await self.locate(key).write(mutation)
-        except KeyspanError:  # refused (an etag mismatch): by a copy that may be stale?
-            self.gate(False)
+        except KeyspanError as err:  # refused (an etag mismatch): by a copy that may be stale?
+            self.gate(getattr(err, "may_have_applied", False))  # a fault that may have applied
             raise
         self.gate(True)
         return outcome

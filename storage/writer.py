@@ -196,7 +196,19 @@ class PartitionWriter:
         if batch:
             self._commit_writes(batch)
         for loop, (m, done, _) in reclaims:
-            reply(loop, [(done, self._shard.reclaim(m))])
+            reply(loop, [(done, self._reclaim(m))])
+
+    def _reclaim(self, m: Reclaim) -> Any:
+        """A reclaim step's outcome; never after a commit that may have reached the disk
+        failed (the partition stopped), and never an exception out of this thread."""
+        if self.stopped_by is not None:
+            return self._refusal(self.stopped_by)
+        try:
+            return self._shard.reclaim(m)
+        except Exception as err:  # SQLite's own are returned by Shard.reclaim
+            fault = StorageFaultError(self._shard.partition_id, err)
+            fault.__cause__ = err
+            return fault
 
     def _commit_writes(self, batch: list[tuple[asyncio.AbstractEventLoop, Any]]) -> None:
         outcomes, timing = self._apply([item for _, item in batch])

@@ -8,9 +8,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-from keyspan.storage.errors import DiskFullError, InvalidArgumentError, UnavailableError, WrongPartitionError
+from keyspan.storage.errors import (
+    DiskFullError,
+    InvalidArgumentError,
+    StorageFaultError,
+    UnavailableError,
+    WrongPartitionError,
+)
 from keyspan.storage.keys import KeyRange, range_of
 from keyspan.storage.shardset import ShardSet
+from keyspan.storage.throttled_log import ThrottledLog
 from keyspan.streams.stopping import RERUN_SWEEP, server_stopping, unless_stopping
 from keyspan.v1 import kv_pb2
 
@@ -90,6 +97,8 @@ class Sweeper:
         self.deleted = 0
         self.deleted_last_pass = 0
         self.reclaimed_bytes = 0
+        # A reclaim that keeps failing (a full disk) is said at most every 10 s.
+        self._reclaim_log = ThrottledLog(log, "reclaim failed; tried again at the next sweep", "failures")
         self.on_fault: Callable[[BaseException], None] | None = None
 
     def start(self) -> None:
@@ -113,7 +122,10 @@ class Sweeper:
             before = deleted
             async for _, gone in sweep_range(self._shards, partition.range):
                 deleted = self.deleted_last_pass = before + gone
-            self.reclaimed_bytes += await self._shards.reclaim(partition)
+            try:
+                self.reclaimed_bytes += await self._shards.reclaim(partition)
+            except StorageFaultError as err:  # a full disk, an I/O error: the others go on
+                self._reclaim_log.note(partition_id=partition.id, cause=str(err))
         self.deleted += deleted
         return deleted
 

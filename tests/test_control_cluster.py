@@ -512,7 +512,7 @@ def test_time_a_stalled_control_did_not_run_does_not_count_against_the_nodes(
     from keyspan.services.control import cluster
 
     clock = [1000.0]
-    monkeypatch.setattr(cluster, "_running_clock", lambda: clock[0])
+    monkeypatch.setattr(cluster, "running_clock", lambda: clock[0])
     state = make_state(tmp_path)  # suspect after 3 s, down after 6 s
     join(state, "a")
     join(state, "dying")
@@ -541,6 +541,24 @@ def test_a_new_control_db_gives_a_partition_to_the_node_with_its_newest_copy(tmp
     entry = state.map.by_id("p0000")
     assert entry is not None and entry.node_id == "b"
     assert state.partition_rows()["p0000"]["revision"] == repaired  # what a later floor passes
+
+
+def test_a_newer_copy_registering_during_the_recovery_wait_takes_its_partition_over(
+    tmp_path: Path,
+) -> None:
+    """With --min-nodes 1 the first holder to register got the partition, though its copy
+    was the one a repair had left behind."""
+    state = make_state(tmp_path, min_nodes=1)
+    state.register("a", "127.0.0.1:1001", "", 1, ["p0000"], T0, "", {"p0000": 7})
+    assert state.map.by_id("p0000").node_id == "a"  # type: ignore[union-attr]
+    state.register("b", "127.0.0.1:1002", "", 1, ["p0000"], T0 + 1_000, "", {"p0000": 1_795_971_431_776_001})
+    assert state.map.by_id("p0000").node_id == "b"  # type: ignore[union-attr]
+    state.register("c", "127.0.0.1:1003", "", 1, ["p0000"], T0 + 2_000, "", {"p0000": 9})  # older
+    assert state.map.by_id("p0000").node_id == "b"  # type: ignore[union-attr]
+    for node_id in ("a", "b", "c"):  # the wait is over: a copy coming later does not move it
+        state.heartbeat(node_id, [], T0 + 16_001)
+    state.register("d", "127.0.0.1:1004", "", 1, ["p0000"], T0 + 16_002, "", {"p0000": 2 * 10**15})
+    assert state.map.by_id("p0000").node_id == "b"  # type: ignore[union-attr]
 
 
 def test_a_control_restarted_during_the_recovery_wait_goes_on_waiting(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from keyspan.services.common.clock import running_clock
 from keyspan.services.control.store import ControlStore
 from keyspan.storage.errors import FailedPreconditionError, KeyspanError, NotFoundError
 from keyspan.storage.keys import KeyRange
@@ -75,7 +76,7 @@ class ClusterState:
         self.recovery_wait_s = recovery_wait_s
         self._window_from_ms = 0  # when this control started: see restarted()
         self._now_ms = 0  # the latest time a register, heartbeat or tick was given
-        self._ticked_at = _running_clock()  # this process's clock at the last tick
+        self._ticked_at = running_clock()  # this process's clock at the last tick
         self._ticked_ms = 0  # the time given to the last tick
         # (from_ms, to_ms) of recent stretches this control did not run (stalls): time in
         # them does not count against a node's heartbeats.
@@ -233,9 +234,36 @@ class ClusterState:
             }
             self.store.log("join", node_id=node_id, address=address)
         self.store.upsert_node(row)
+        self._take_over_older_copies(node_id)
         self._assign_unassigned()
         self._mark_hosted(node_id, hosted)
         return self._settle()
+
+    def _take_over_older_copies(self, node_id: str) -> None:
+        """During a new control.db's recovery wait, a node that registers with a newer copy
+        of a partition already given to a node with an older one takes it over: the
+        first holder to register got it, perhaps the copy a repair had left behind, and
+        the newer copy's acknowledged writes read as gone."""
+        if not self._recovering():
+            return
+        rows = self.partition_rows()
+        for partition_id, revision in self._on_disk[node_id].items():
+            row = rows.get(partition_id)
+            if row is None or not row["node_id"] or row["node_id"] == node_id or revision <= row["revision"]:
+                continue
+            log.warning(
+                "a newer copy registered: the partition goes to its node",
+                extra={"partition_id": partition_id, "from": row["node_id"], "to": node_id,
+                       "revision": revision, "was": row["revision"]},
+            )  # fmt: skip
+            self.store.update_partition(partition_id, node_id=node_id, acked=0, revision=revision)
+            self.store.log("take_over", partition_id=partition_id, node_id=node_id)
+
+    def _recovering(self) -> bool:
+        return (
+            self._recovering_from_ms is not None
+            and self._now_ms - self._recovering_from_ms < self.recovery_wait_s * 1000
+        )
 
     def _mark_hosted(self, node_id: str, hosted: Sequence[str]) -> None:
         held = set(hosted)
@@ -307,7 +335,7 @@ class ClusterState:
     def tick(self, now_ms: int) -> bool:
         """Apply liveness transitions; True when the map changed."""
         self._now_ms = max(self._now_ms, now_ms)
-        ticked_at, self._ticked_at = self._ticked_at, _running_clock()
+        ticked_at, self._ticked_at = self._ticked_at, running_clock()
         ticked_ms, self._ticked_ms = self._ticked_ms, now_ms
         stall_s = self._ticked_at - ticked_at
         if stall_s > self.liveness.suspect_after_s / 2 and ticked_ms:
@@ -356,10 +384,7 @@ class ClusterState:
                     "of them holds wait for their node before they are assigned empty",
                     extra={"recovery_wait_s": self.recovery_wait_s},
                 )
-        recovering = (
-            self._recovering_from_ms is not None
-            and self._now_ms - self._recovering_from_ms < self.recovery_wait_s * 1000
-        )
+        recovering = self._recovering()
         load = {n["node_id"]: 0 for n in nodes}
         capacity = {n["node_id"]: n["capacity"] or 1 for n in nodes}
         for p in self.store.partitions():
@@ -473,12 +498,6 @@ class ClusterState:
 
     def partition_rows(self) -> dict[str, dict[str, Any]]:
         return {p["partition_id"]: p for p in self.store.partitions()}
-
-
-def _running_clock() -> float:
-    """Seconds on a clock that also runs while the host is suspended (CLOCK_BOOTTIME),
-    where time.monotonic() stops."""
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 # What a partition's copy may have written past the revision its owner last reported

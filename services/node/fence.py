@@ -26,9 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 
+from keyspan.services.common.clock import running_clock
 from keyspan.storage.errors import UnavailableError
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ RETRY_AFTER_S = 0.5
 
 class OwnershipFence:
     def __init__(self, node_id: str, clock: Callable[[], float] | None = None) -> None:
-        clock = clock or (lambda: time.clock_gettime(time.CLOCK_BOOTTIME))
+        clock = clock or running_clock
         self.node_id, self._clock = node_id, clock
         self.max_gap_s = 0.0  # 0: no stall detection (control did not say its down_after_s)
         self.tick_s = 0.1

@@ -115,3 +115,23 @@ async def test_the_sweeper_passes_over_a_stopped_partition_and_sweeps_the_others
         assert stopped.writer.faults["io"] == 0  # it was not even asked
     finally:
         await asyncio.to_thread(shards.close)
+
+
+async def test_a_reclaim_in_the_batch_whose_commit_failed_is_refused_not_run(
+    tmp_path: Path, failing_sync: _FailingSync
+) -> None:
+    from keyspan.storage.mutations import Reclaim
+
+    shard = Shard(tmp_path / "s.db", "p0", KeyRange())
+    writer = PartitionWriter(shard)
+    try:
+        failing_sync.fail = True
+        put, reclaim = await asyncio.gather(
+            writer.submit(Put(b"maybe", b"1")), writer.submit(Reclaim(512)), return_exceptions=True
+        )
+        assert isinstance(put, StorageFaultError) and put.may_have_applied
+        assert isinstance(reclaim, StorageFaultError) and "takes no more writes" in str(reclaim)
+    finally:
+        failing_sync.fail = False
+        await asyncio.to_thread(writer.close)
+        shard.close()

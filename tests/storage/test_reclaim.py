@@ -8,7 +8,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from keyspan.storage.errors import StorageFaultError
+from keyspan.storage.errors import DiskFullError, StorageFaultError
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.mutations import Bulk, Delete, Put, Reclaim, Reclaimed
 from keyspan.storage.shard import RECLAIM_STEP_PAGES, Shard
@@ -162,5 +162,23 @@ async def test_a_reclaim_that_failed_is_tried_again_at_the_next_look(tmp_path: P
             await shards.reclaim(partition)
         partition.shard._db.set_commit_hook(None)
         assert await shards.reclaim(partition) > 0  # looked at again, with no write between
+    finally:
+        await asyncio.to_thread(shards.close)
+
+
+async def test_a_partition_whose_reclaim_keeps_failing_does_not_stop_the_sweep_of_the_others(
+    tmp_path: Path,
+) -> None:
+    shards = ShardSet(tmp_path)
+    ranges = ranges_from_split_points([b"m"])
+    await asyncio.to_thread(shards.open, [(f"p{i}", r) for i, r in enumerate(ranges)])
+    try:
+        await shards.bulk_put(Bulk(keys(), [b"v" * 100] * ROWS))  # all in p0, [, m)
+        await asyncio.gather(*(shards.write(k, Delete(k)) for k in keys()[: ROWS // 2]))
+        await shards.write(b"x", Put(b"x", b"v", expires_at_ms=now_ms() - 1))  # p1 to sweep
+        full = DiskFullError("p0", apsw.FullError("database or disk is full"))
+        shards.partitions[0].shard.reclaim = lambda m: full  # type: ignore[method-assign]
+        assert await Sweeper(shards).sweep_once() == 1  # p1's expired entry, after p0's failure
+        assert shards.partitions[1].shard.entries == 0
     finally:
         await asyncio.to_thread(shards.close)
