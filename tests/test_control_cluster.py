@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -544,7 +545,7 @@ def test_a_new_control_db_gives_a_partition_to_the_node_with_its_newest_copy(tmp
 
 
 def test_a_newer_copy_registering_during_the_recovery_wait_takes_its_partition_over(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With --min-nodes 1 the first holder to register got the partition, though its copy
     was the one a repair had left behind."""
@@ -557,8 +558,11 @@ def test_a_newer_copy_registering_during_the_recovery_wait_takes_its_partition_o
     assert state.map.by_id("p0000").node_id == "b"  # type: ignore[union-attr]
     for node_id in ("a", "b", "c"):  # the wait is over: a copy coming later does not move it
         state.heartbeat(node_id, [], T0 + 16_001)
-    state.register("d", "127.0.0.1:1004", "", 1, ["p0000"], T0 + 16_002, "", {"p0000": 2 * 10**15})
+    with caplog.at_level(logging.WARNING, logger="keyspan.services.control.cluster"):
+        state.register("d", "127.0.0.1:1004", "", 1, ["p0000"], T0 + 16_002, "", {"p0000": 2 * 10**15})
     assert state.map.by_id("p0000").node_id == "b"  # type: ignore[union-attr]
+    [said] = [r for r in caplog.records if "newer copy of a partition than its owner" in r.getMessage()]
+    assert "keyspan admin repair p0000 --to d --force" in said.getMessage()
 
 
 def test_a_control_restarted_during_the_recovery_wait_goes_on_waiting(tmp_path: Path) -> None:

@@ -244,12 +244,19 @@ class ClusterState:
         of a partition already given to a node with an older one takes it over: the
         first holder to register got it, perhaps the copy a repair had left behind, and
         the newer copy's acknowledged writes read as gone."""
-        if not self._recovering():
-            return
+        recovering = self._recovering()
         rows = self.partition_rows()
         for partition_id, revision in self._on_disk[node_id].items():
             row = rows.get(partition_id)
             if row is None or not row["node_id"] or row["node_id"] == node_id or revision <= row["revision"]:
+                continue
+            if not recovering:  # too late to take it over unasked: say so, once a registration
+                log.warning(
+                    "a node holds a newer copy of a partition than its owner; it is not served "
+                    f"(`keyspan admin repair {partition_id} --to {node_id} --force` would serve it)",
+                    extra={"partition_id": partition_id, "node_id": node_id, "owner": row["node_id"],
+                           "revision": revision, "owner_revision": row["revision"]},
+                )  # fmt: skip
                 continue
             log.warning(
                 "a newer copy registered: the partition goes to its node",
