@@ -12,9 +12,7 @@ log of (revision, key) for every write, from which an online move catches up;
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
 import threading
 import time
 import weakref
@@ -36,9 +34,8 @@ from keyspan.storage.errors import (
     OpenFilesLimitError,
     StorageFaultError,
     ValueTooLargeError,
-    key_text,
-    text_excerpt,
 )
+from keyspan.storage.jsondocs import as_bytes, json_text, path_error, projected, projection
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.limits import check_paths
 from keyspan.storage.mutations import (
@@ -120,7 +117,6 @@ _LOG_PACKED = (
     f"INSERT INTO changes(revision, key) SELECT ?2 + rowid, substr(value, 5, {_KEY_LENGTH}) FROM {_PACKED}"
 )
 # SQLite's JSON functions refuse documents nested deeper than this (its JSON_MAX_DEPTH).
-MAX_JSON_DEPTH = 1000
 _CURRENT = "SELECT etag, expires_at_ms FROM entries WHERE key = ?"
 _ANY_BETWEEN = "SELECT 1 FROM entries WHERE key >= ? AND key <= ? LIMIT 1"
 # An EXISTS probe a key: ~25% faster here than `key IN carray(?)`
@@ -138,104 +134,6 @@ class Row(NamedTuple):
     json: bool
     etag: int
     expires_at_ms: int | None
-
-
-def _as_bytes(value: Any) -> bytes:
-    return value.encode() if isinstance(value, str) else bytes(value)
-
-
-def _projection(paths: Sequence[str], max_bytes: int | None = None) -> tuple[str, list[Any]]:
-    """SQL for a JSON object of path -> value, with its bindings.
-
-    With max_bytes and more than one path, the SQL first adds up the lengths of the
-    values the paths select, and when they pass max_bytes it yields that sum (an
-    integer) instead of building the object: overlapping paths over a big document
-    (`$`, `$.a`, `$.a.b`, ...) would otherwise build an object many times its size
-    before any check could see it. One path's object is about its document's size.
-    """
-    pairs = ", ".join("?, value -> ?" for _ in paths)
-    built = f"json_object({pairs})"
-    bindings: list[Any] = [p for path in paths for p in (path, path)]
-    if max_bytes is None or len(paths) < 2:
-        return built, bindings
-    # One path at a time (a row of json_each each), so only one value's text is held:
-    # a sum written out path by path held every one until the statement's step ended.
-    over = (
-        "(SELECT CASE WHEN total > ? THEN total END FROM "
-        "(SELECT sum(length(entries.value -> p.value)) AS total FROM json_each(?) AS p))"
-    )
-    return f"coalesce({over}, {built})", [max_bytes, json.dumps(list(paths)), *bindings]
-
-
-def _projected(value: Any, max_bytes: int | None, key: bytes) -> bytes:
-    """A projection's value as bytes; ValueTooLargeError when _projection's SQL found it
-    over max_bytes (it yields the size, an integer, in place of the object)."""
-    if isinstance(value, int) and max_bytes is not None:
-        raise ValueTooLargeError(value, max_bytes, "paths", f" or more, projected from {key_text(key)}")
-    return _as_bytes(value)
-
-
-# NULL: not JSON SQLite takes; '': valid; else the path of a member whose object names it
-# twice. SQLite stores such a member twice, and its JSON functions then read the first
-# copy while a patch (set, remove, a merge's null) changes one, and most JSON readers
-# keep the last: the same document would read differently from one tool to the next.
-_JSON_CHECK = """SELECT CASE WHEN json_valid(?1, 1) THEN coalesce(
-    (SELECT fullkey FROM json_tree(?1) WHERE typeof(key) = 'text' GROUP BY parent, key HAVING count(*) > 1),
-    '') END"""
-
-
-def json_text(db: apsw.Connection, value: bytes | str, field: str) -> str:
-    """`value` as JSON text, when it is valid JSON (RFC 8259) SQLite can store, with no
-    object naming a member twice; else InvalidArgumentError on `field` naming the first
-    fault. Any connection can judge."""
-    try:
-        text = value.decode() if isinstance(value, bytes) else value
-    except UnicodeDecodeError:
-        raise InvalidArgumentError(field, "must be UTF-8 JSON text") from None
-    # SQLite's JSON functions read text only up to a NUL, so one would cut the text
-    # short unseen; JSON has no raw NUL anywhere (inside a string it is \u0000).
-    repeated = db.execute(_JSON_CHECK, (text,)).fetchone()[0] if "\x00" not in text else None
-    if repeated == "":
-        return text
-    if repeated is not None:
-        rule = "must name each member of an object once (RFC 8259 leaves repeated names undefined)"
-        raise InvalidArgumentError(field, f"{rule}; {repeated} is repeated")
-    at = _first_json_fault(text)
-    where = f"; the first fault is at character {at}" if at else ""
-    rule = f"must be valid JSON text (RFC 8259) nested at most {MAX_JSON_DEPTH} levels deep"
-    raise InvalidArgumentError(field, rule + where)
-
-
-class _NotJsonConstant(Exception):
-    """NaN or Infinity met by Python's decoder, which would take them."""
-
-
-def _not_json_constant(name: str) -> Any:
-    raise _NotJsonConstant(name)
-
-
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_CONSTANT = re.compile(r"-?(?:NaN|Infinity)")
-
-
-def _first_json_fault(text: str) -> int | None:
-    """The 1-based character of the first fault in JSON text SQLite refused, or None when
-    it is none of the text's characters (it nests too deep). Only on the way to an error.
-
-    Python's strict decoder places the fault (SQLite's json_error_position follows JSON5:
-    it placed `{"a":1} x` at character 1, and found none in a trailing comma or NaN), but
-    takes NaN and Infinity, which are found outside strings here."""
-    try:
-        json.loads(text, parse_constant=_not_json_constant)
-    except json.JSONDecodeError as err:
-        return err.pos + 1
-    except _NotJsonConstant:
-        blanked = _STRING.sub(lambda m: "_" * len(m.group()), text)
-        constant = _CONSTANT.search(blanked)
-        return None if constant is None else constant.start() + 1
-    except RecursionError:
-        return None
-    return None
 
 
 class Shard:
@@ -517,7 +415,7 @@ class Shard:
         paths select add up past max_projection_bytes (then the projection is not built).
         """
         if paths:
-            value_sql, bindings = _projection(paths, max_projection_bytes)
+            value_sql, bindings = projection(paths, max_projection_bytes)
             sql = _GET.replace(_VALUE, f"CASE json WHEN 1 THEN {value_sql} END")
             args: tuple[Any, ...] = (*bindings, key)
         else:
@@ -527,7 +425,7 @@ class Shard:
             # read transaction open until its next read, pinning the WAL.
             rows = db.execute(sql, args).fetchall()
         except apsw.SQLError as err:
-            raise _path_error(db, paths, "paths", err) from err
+            raise path_error(db, paths, "paths", err) from err
         if not rows:
             return None
         value, is_json, etag, expires = rows[0]
@@ -535,7 +433,7 @@ class Shard:
             return None
         if paths and not is_json:
             raise NotJsonError(key)
-        return Row(key, _projected(value, max_projection_bytes, key), bool(is_json), etag, expires)
+        return Row(key, projected(value, max_projection_bytes, key), bool(is_json), etag, expires)
 
     @staticmethod
     def scan(
@@ -559,7 +457,7 @@ class Shard:
         empty). A row whose projection would pass max_projection_bytes (see `get`) ends
         the rows before it; ValueTooLargeError when it is the first.
         """
-        value_sql, bindings = (_VALUE, []) if not paths else _projection(paths, max_projection_bytes)
+        value_sql, bindings = (_VALUE, []) if not paths else projection(paths, max_projection_bytes)
         if paths:
             value_sql = f"CASE json WHEN 1 THEN {value_sql} ELSE value END"
         where = "key >= ?" + ("" if key_range.end is None else " AND key < ?")
@@ -578,7 +476,7 @@ class Shard:
             for key, value, is_json, etag, expires in db.execute(sql, (*args, now_ms, max_rows + 1)):
                 if full or (isinstance(value, int) and rows):
                     return rows, False  # a row after the batch: the range goes on
-                value = _projected(value, max_projection_bytes, key)
+                value = projected(value, max_projection_bytes, key)
                 row_size = len(key) + len(value) + 16
                 if rows and max_message_bytes is not None and size + row_size > max_message_bytes:
                     return rows, False  # it opens the next batch
@@ -586,7 +484,7 @@ class Shard:
                 size += row_size
                 full = len(rows) >= max_rows or size >= max_bytes
         except apsw.SQLError as err:
-            raise _path_error(db, paths, "paths", err) from err
+            raise path_error(db, paths, "paths", err) from err
         return rows, True
 
     @staticmethod
@@ -857,7 +755,7 @@ class Shard:
                 f"UPDATE entries SET value = {expr}, etag = ? WHERE key = ? RETURNING json(value)",
                 (*args, etag, m.key),
             ).fetchone()
-            value = _as_bytes(new[0])
+            value = as_bytes(new[0])
             if m.max_value_bytes and len(value) > m.max_value_bytes:
                 raise ValueTooLargeError(len(value), m.max_value_bytes, "value", " once patched")
         except apsw.SQLError as err:
@@ -865,7 +763,7 @@ class Shard:
             paths = [p for p, _ in m.set] + list(m.remove)
             fields = [f"set[{i}].path" for i in range(len(m.set))]
             fields += [f"remove[{i}]" for i in range(len(m.remove))]
-            raise _path_error(self._db, paths, fields, err, "set" if m.set else "merge_patch") from err
+            raise path_error(self._db, paths, fields, err, "set" if m.set else "merge_patch") from err
         except BaseException:
             self._db.execute("ROLLBACK TO patch")
             raise
@@ -957,28 +855,6 @@ def _keys_of(mutations: Sequence[Mutation]) -> list[bytes]:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _path_error(
-    db: apsw.Connection | apsw.Cursor,
-    paths: Sequence[str],
-    fields: str | Sequence[str],
-    err: apsw.SQLError,
-    whole: str = "paths",
-) -> KeyspanError:
-    """Name the first malformed JSON path, for an SQLite error raised by a JSON function;
-    when every path is well formed, blame `whole` with SQLite's reason."""
-    for i, path in enumerate(paths):
-        try:
-            db.execute("SELECT json_extract('{}', ?)", (path,)).fetchone()
-        except apsw.SQLError:
-            field = f"{fields}[{i}]" if isinstance(fields, str) else fields[i]
-            return InvalidArgumentError(
-                field, f"{text_excerpt(path)} is not a JSON path like $.a.b or $.items[0]"
-            )
-    if "nested too deep" in str(err):
-        return InvalidArgumentError(whole, f"the result would nest deeper than {MAX_JSON_DEPTH} levels")
-    return InvalidArgumentError(whole, f"rejected by SQLite's JSON functions: {err}")
 
 
 def _has_content(path: Path) -> bool:

@@ -26,12 +26,13 @@ import apsw
 
 from keyspan.storage.dirlock import lock_directory
 from keyspan.storage.errors import ConfigError, KeyspanError, UnavailableError, WrongPartitionError, key_text
+from keyspan.storage.jsondocs import json_text
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.mutations import Bulk, Mutation, Reclaim, Reclaimed, SweepBatch
 from keyspan.storage.openfiles import RESERVED_FILES, files_per_partition, open_files_limit
 from keyspan.storage.readers import ReadPool
 from keyspan.storage.rowcache import ABSENT, MISSING, RowCache
-from keyspan.storage.shard import RECLAIM_STEP_PAGES, Row, Shard, json_text
+from keyspan.storage.shard import RECLAIM_STEP_PAGES, Row, Shard
 from keyspan.storage.writer import PartitionWriter, WriteObserver
 
 log = logging.getLogger(__name__)

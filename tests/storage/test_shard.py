@@ -25,9 +25,10 @@ from keyspan.storage.errors import (
     ValueTooLargeError,
     WrongPartitionError,
 )
+from keyspan.storage.jsondocs import json_text
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.mutations import Bulk, BulkRow, Delete, Patch, Put, SweepBatch
-from keyspan.storage.shard import Shard, json_text
+from keyspan.storage.shard import Shard
 from keyspan.storage.shardset import (
     ShardSet,
     ShardSetOptions,
