@@ -172,7 +172,7 @@ def main() -> None:
 
 def _register_commands() -> None:
     """The command modules add their commands to `cli` when imported."""
-    from keyspan.services import cli_bench, cli_cluster, cli_data  # noqa: F401
+    from keyspan.services import cli_bench, cli_cluster, cli_data, cli_vacuum  # noqa: F401
 
 
 _register_commands()

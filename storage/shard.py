@@ -565,6 +565,15 @@ class Shard:
         self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         self.revision = self._revision = floor
 
+    def vacuum(self) -> None:
+        """Rewrite the file with incremental auto-vacuum and no free pages (SQLite's VACUUM),
+        so a shard made before it shrinks after deletes from then on. Offline only (the
+        data dir locked, nothing else open): it needs free disk about the file's size."""
+        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        self._db.execute("VACUUM")
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        self.reclaims = True
+
     def reclaim(self, m: Reclaim) -> Reclaimed | KeyspanError:
         """Give up to m.max_pages free pages back to the file system (writer thread only;
         the writer runs it after the batch it came with, whose writes are answered first).
