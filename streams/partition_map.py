@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import itertools
 import logging
 import random
@@ -21,6 +20,7 @@ import grpc
 
 from keyspan.storage.errors import KeyspanError, UnavailableError, WrongPartitionError
 from keyspan.storage.keys import KeyRange
+from keyspan.streams.stopping import cancel_and_wait
 from keyspan.v1 import control_pb2, control_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -214,10 +214,7 @@ class MapWatcher:
         self._task = asyncio.create_task(self._run(), name="map-watcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def wait_for(self, version: int, timeout_s: float) -> bool:
         """Wait until the map's version is at least `version`; False on timeout."""

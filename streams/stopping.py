@@ -10,8 +10,9 @@ slow one hold the shutdown for the whole grace period. Health watches end too
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from keyspan.storage.errors import UnavailableError
 
@@ -42,3 +43,11 @@ async def unless_stopping(awaitable: Awaitable[T], stopping: asyncio.Event, what
         return task.result()
     task.cancel()
     raise server_stopping(what)
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Stop a background task (None: never started) and wait until it has ended."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

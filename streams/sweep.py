@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +17,7 @@ from keyspan.storage.errors import (
 from keyspan.storage.keys import KeyRange, range_of
 from keyspan.storage.shardset import ShardSet
 from keyspan.storage.throttled_log import ThrottledLog
-from keyspan.streams.stopping import RERUN_SWEEP, server_stopping, unless_stopping
+from keyspan.streams.stopping import RERUN_SWEEP, cancel_and_wait, server_stopping, unless_stopping
 from keyspan.v1 import kv_pb2
 
 log = logging.getLogger(__name__)
@@ -105,10 +104,7 @@ class Sweeper:
         self._task = asyncio.create_task(self._run(), name="sweeper")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def sweep_once(self) -> int:
         """One pass over every partition, then a reclaim of each; returns how many entries

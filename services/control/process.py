@@ -8,7 +8,6 @@ published to WatchMap streams and node sessions.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import sqlite3
@@ -25,6 +24,7 @@ from keyspan.services.control.probes import ProbeWatchers
 from keyspan.services.control.servicer import ControlServicer, MapHub
 from keyspan.services.control.store import ControlStore, now_ms
 from keyspan.streams.partition_map import to_message
+from keyspan.streams.stopping import cancel_and_wait
 from keyspan.v1 import control_pb2, control_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -138,10 +138,7 @@ class ControlProcess(GrpcProcess):
 
     async def on_stop(self) -> None:
         for task in (self._ticker, self._backups):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(task)
         await self.probes.close()
         if self.state is not None:
             state = self.state

@@ -24,12 +24,12 @@ whose node is really gone, or stop it first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 from keyspan.services.common.clock import running_clock
 from keyspan.storage.errors import UnavailableError
+from keyspan.streams.stopping import cancel_and_wait
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 0.5
@@ -60,10 +60,7 @@ class OwnershipFence:
         self._task = asyncio.create_task(self._tick(), name="ownership-fence")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _tick(self) -> None:
         while True:

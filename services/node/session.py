@@ -20,6 +20,7 @@ from keyspan.services.node.reconcile import reconcile
 from keyspan.storage.shardset import ShardSet
 from keyspan.storage.throttled_log import ThrottledLog
 from keyspan.streams.partition_map import PartitionMap
+from keyspan.streams.stopping import cancel_and_wait
 from keyspan.v1 import control_pb2, control_pb2_grpc, kv_pb2
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,7 @@ class NodeSession:
         self._task = asyncio.create_task(self._run(), name="control-session")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     def _register(self) -> control_pb2.NodeMessage:
         return control_pb2.NodeMessage(
