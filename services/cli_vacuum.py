@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from keyspan.storage.dirlock import lock_directory
 from keyspan.storage.errors import KeyspanError
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.shard import Shard
-from keyspan.storage.shardset import CATALOGUE
+from keyspan.storage.shardset import CATALOGUE, ShardSet
 
 
 @cli.command()
@@ -46,14 +45,9 @@ def vacuum(data: Path) -> None:
 
 def _catalogued(data: Path) -> list[tuple[str, KeyRange]]:
     try:
-        listed = json.loads((data / CATALOGUE).read_text())["partitions"]
-        return [(p["id"], KeyRange(bytes.fromhex(p["start"]), _end(p["end"]))) for p in listed]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise _fail(f"cannot read {data / CATALOGUE}: {err}") from None
-
-
-def _end(end: str | None) -> bytes | None:
-    return None if end is None else bytes.fromhex(end)
+        return ShardSet(data).read_catalogue()  # the checks a server's start makes of it
+    except KeyspanError as err:
+        raise _fail(str(err)) from None
 
 
 def _vacuum_one(path: Path, partition_id: str, key_range: KeyRange) -> None:

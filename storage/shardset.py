@@ -167,7 +167,7 @@ class ShardSet:
         catalogue = self.data_dir / CATALOGUE
         catalogued = catalogue.exists()
         if catalogued:
-            wanted = self._read_catalogue(catalogue)
+            wanted = self.read_catalogue()
             self._check_catalogue_holds(catalogue, wanted)
         else:
             self._refuse_data_without_catalogue()
@@ -177,9 +177,11 @@ class ShardSet:
             self._serve(partition_id, key_range, *opened)
         self._write_catalogue()
 
-    def _read_catalogue(self, catalogue: Path) -> list[tuple[str, KeyRange]]:
+    def read_catalogue(self) -> list[tuple[str, KeyRange]]:
         """The catalogue's partitions, each with its shard file there: a shard file that is
-        gone would otherwise be created empty, and its range served with nothing in it."""
+        gone would otherwise be created empty, and its range served with nothing in it.
+        KeyspanError when the catalogue is unreadable or inconsistent."""
+        catalogue = self.data_dir / CATALOGUE
         try:
             listed = json.loads(catalogue.read_text())["partitions"]
             wanted = [(p["id"], _range_from_json(p)) for p in listed]
@@ -225,7 +227,7 @@ class ShardSet:
         """Refuse a catalogue that leaves out part of what this process must hold
         (`should_hold`: serve's whole key space): the server said SERVING and answered
         that part "starting" for ever, its shard files unread. (Its ranges do not overlap:
-        _read_catalogue checked.)"""
+        read_catalogue checked.)"""
         ordered = sorted((r for _, r in wanted), key=lambda r: r.start)
         for need in self.should_hold():
             edge: bytes | None = need.start  # what is held runs up to here
