@@ -532,6 +532,38 @@ def test_time_a_stalled_control_did_not_run_does_not_count_against_the_nodes(
     assert state.store.node("a")["status"] == UP  # type: ignore[index]
 
 
+def test_a_step_of_the_system_clock_neither_downs_live_nodes_nor_keeps_a_dead_one_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Control read liveness on the system clock: a step forward of an hour (NTP, `date
+    -s`) marked every node down at the next tick, and a step back kept a silent node up
+    for as long as the step."""
+    from keyspan.services.common import clock
+    from keyspan.services.control import cluster
+
+    running, wall_ns = [1000.0], [time.time_ns()]
+    for module in (clock, cluster):
+        monkeypatch.setattr(module, "running_clock", lambda: running[0])
+    monkeypatch.setattr(clock, "_ANCHOR_RUNNING", running[0])
+    monkeypatch.setattr(time, "time_ns", lambda: wall_ns[0])
+    state = make_state(tmp_path)  # suspect after 3 s, down after 6 s
+
+    def one_second(step_s: float = 0) -> None:
+        running[0] += 1
+        wall_ns[0] += int((1 + step_s) * 1e9)
+        state.heartbeat("a", [], now_ms())  # "silent" sends nothing
+
+    join(state, "a", now_ms())
+    join(state, "silent", now_ms())
+    one_second(step_s=3600)
+    assert [state.store.node(n)["status"] for n in ("a", "silent")] == [UP, UP]  # type: ignore[index]
+    one_second(step_s=-7200)
+    for _ in range(6):  # 7 s without a heartbeat in all
+        one_second()
+    assert state.store.node("silent")["status"] == DOWN  # type: ignore[index]
+    assert state.store.node("a")["status"] == UP  # type: ignore[index]
+
+
 def test_a_new_control_db_gives_a_partition_to_the_node_with_its_newest_copy(tmp_path: Path) -> None:
     """control.db lost after a repair: the old owner's disk still held the older copy, and
     the partition went to whichever holder came first by load and id."""

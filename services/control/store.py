@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlite_utils
 
+from keyspan.services.common.clock import steady_wall_ms
 from keyspan.storage.dirlock import lock_directory
 from keyspan.storage.errors import KeyspanError
 
@@ -74,7 +75,9 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
 
 
 def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    """Control's clock for liveness and the times it keeps: wall time that a step of the
+    system clock does not move (services.common.clock.steady_wall_ms)."""
+    return steady_wall_ms()
 
 
 _RESTORE = (
@@ -198,7 +201,8 @@ class ControlStore:
         self.db["partitions"].update(partition_id, values)
 
     def log(self, op: str, **detail: Any) -> None:
-        self.db["oplog"].insert({"at_ms": now_ms(), "op": op, "detail": json.dumps(detail, default=str)})
+        at_ms = time.time_ns() // 1_000_000  # the system clock, as the log lines beside it
+        self.db["oplog"].insert({"at_ms": at_ms, "op": op, "detail": json.dumps(detail, default=str)})
 
     def oplog(self, limit: int = 100) -> list[dict[str, Any]]:
         return list(self.db["oplog"].rows_where(order_by="id desc", limit=limit))
