@@ -1,5 +1,6 @@
 """JSON documents in SQLite: the check a value must pass to be stored as one, JSON path
-projections, and the errors that name the faulty field or path. Any connection can run them.
+projections, a Patch's change to a document, and the errors that name the faulty field
+or path. Any connection can run them (a patch: the writer's, in its transaction).
 """
 
 from __future__ import annotations
@@ -12,12 +13,17 @@ from typing import Any
 import apsw
 
 from keyspan.storage.errors import (
+    EtagMismatchError,
     InvalidArgumentError,
     KeyspanError,
+    NotFoundError,
+    NotJsonError,
     ValueTooLargeError,
     key_text,
     text_excerpt,
 )
+from keyspan.storage.limits import check_paths
+from keyspan.storage.mutations import Patch, PatchResult
 
 MAX_JSON_DEPTH = 1000
 
@@ -140,3 +146,64 @@ def path_error(
     if "nested too deep" in str(err):
         return InvalidArgumentError(whole, f"the result would nest deeper than {MAX_JSON_DEPTH} levels")
     return InvalidArgumentError(whole, f"rejected by SQLite's JSON functions: {err}")
+
+
+def apply_patch(db: apsw.Connection, m: Patch, etag: int, now_ms: int) -> PatchResult:
+    """A Patch's change to its row, under `etag`, in the writer's open transaction (the
+    caller logs it). Refused, it leaves the row and the rest of the batch as they were."""
+    expr, args = _patch_expression(db, m)  # the request first: INVALID_ARGUMENT before the row
+    found = db.execute("SELECT json, etag, expires_at_ms FROM entries WHERE key = ?", (m.key,)).fetchone()
+    if found is None or (found[2] is not None and found[2] <= now_ms):
+        if m.if_etag:
+            raise EtagMismatchError(m.key, m.if_etag, 0)
+        raise NotFoundError(m.key)
+    if not found[0]:
+        raise NotJsonError(m.key)
+    if m.if_etag and found[1] != m.if_etag:
+        raise EtagMismatchError(m.key, m.if_etag, found[1])
+    # In a savepoint: a document the patch grew past the value limit is known only once
+    # made, and must leave the row (and the rest of the batch) as it was.
+    db.execute("SAVEPOINT patch")
+    try:
+        return PatchResult(etag, _patched(db, m, expr, [*args, etag, m.key]))
+    except BaseException:
+        db.execute("ROLLBACK TO patch")
+        raise
+    finally:
+        db.execute("RELEASE patch")
+
+
+def _patch_expression(db: apsw.Connection, m: Patch) -> tuple[str, list[Any]]:
+    """The SQL expression of the patched document, with its bindings."""
+    check_paths([p for p, _ in m.set], "set", suffix=".path")
+    check_paths(m.remove, "remove")
+    for i, path in enumerate(m.remove):
+        if path == "$":
+            raise InvalidArgumentError(f"remove[{i}]", "cannot remove the whole document; use Delete")
+    expr, args = "value", []
+    if m.merge_patch:
+        expr = f"jsonb_patch({expr}, json(?))"
+        args.append(json_text(db, m.merge_patch, "merge_patch"))
+    for i, (path, text) in enumerate(m.set):
+        expr = f"jsonb_set({expr}, ?, json(?))"
+        args += [path, json_text(db, text, f"set[{i}].value")]
+    for path in m.remove:
+        expr = f"jsonb_remove({expr}, ?)"
+        args.append(path)
+    return expr, args
+
+
+def _patched(db: apsw.Connection, m: Patch, expr: str, args: list[Any]) -> bytes:
+    """Write the patched document; its JSON text."""
+    sql = f"UPDATE entries SET value = {expr}, etag = ? WHERE key = ? RETURNING json(value)"
+    try:
+        value = as_bytes(db.execute(sql, args).fetchone()[0])
+    except apsw.SQLError as err:
+        paths = [p for p, _ in m.set] + list(m.remove)
+        fields = [f"set[{i}].path" for i in range(len(m.set))] + [
+            f"remove[{i}]" for i in range(len(m.remove))
+        ]
+        raise path_error(db, paths, fields, err, "set" if m.set else "merge_patch") from err
+    if m.max_value_bytes and len(value) > m.max_value_bytes:
+        raise ValueTooLargeError(len(value), m.max_value_bytes, "value", " once patched")
+    return value

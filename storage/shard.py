@@ -27,17 +27,13 @@ from keyspan.storage.errors import (
     CommitFailed,
     DiskFullError,
     EtagMismatchError,
-    InvalidArgumentError,
     KeyspanError,
-    NotFoundError,
     NotJsonError,
     OpenFilesLimitError,
     StorageFaultError,
-    ValueTooLargeError,
 )
-from keyspan.storage.jsondocs import as_bytes, json_text, path_error, projected, projection
+from keyspan.storage.jsondocs import apply_patch, json_text, path_error, projected, projection
 from keyspan.storage.keys import KeyRange
-from keyspan.storage.limits import check_paths
 from keyspan.storage.mutations import (
     Bulk,
     Delete,
@@ -48,6 +44,21 @@ from keyspan.storage.mutations import (
     Reclaim,
     Reclaimed,
     SweepBatch,
+)
+from keyspan.storage.shard_sql import (
+    ANY_BETWEEN,
+    COUNT_STORED,
+    CURRENT,
+    GET,
+    LOG,
+    LOG_PACKED,
+    MAX_PACKED_KEY_BYTES,
+    SCHEMA,
+    UPSERT,
+    UPSERT_JSON,
+    UPSERT_PACKED,
+    VALUE,
+    packed_entries,
 )
 
 SCHEMA_VERSION = 1
@@ -68,61 +79,6 @@ BUSY_TIMEOUT_MS = 10_000
 # Below that they are kept for the partition's next writes, which reuse them.
 RECLAIM_MIN_PAGES = 256
 RECLAIM_STEP_PAGES = 512
-# `entries` is a rowid table with a unique index on key, not a WITHOUT ROWID table keyed
-# by it. A WITHOUT ROWID row keeps at most ~1 KB in its 4 KiB B-tree page, and the rest
-# of a bigger row goes to an overflow page of its own: a 1.1 KB value took 4.7 KB on disk
-# (4.2x; 2.3x at 2 KB), and such loads and point reads ran 4x and 3.5x slower. A rowid
-# row keeps up to ~4 KB in its page, and fills its overflow pages: 1.03-1.4x at any
-# size. The price is a second B-tree (the key index) for small values: ~1 us more a
-# point read in a tight loop. Shards made with the WITHOUT ROWID table (before
-# 2026-11-28) keep it; every statement here serves both.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries(
-    key BLOB NOT NULL UNIQUE,
-    value BLOB NOT NULL,
-    json INTEGER NOT NULL,
-    etag INTEGER NOT NULL,
-    expires_at_ms INTEGER
-);
-CREATE INDEX IF NOT EXISTS entries_by_expiry ON entries(expires_at_ms)
-    WHERE expires_at_ms IS NOT NULL;
-CREATE TABLE IF NOT EXISTS changes(revision INTEGER PRIMARY KEY, key BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
-"""
-_UPSERT = (
-    "INSERT INTO entries(key, value, json, etag, expires_at_ms) VALUES(?1, ?2, 0, ?3, ?4) "
-    "ON CONFLICT(key) DO UPDATE SET value = excluded.value, json = 0, "
-    "etag = excluded.etag, expires_at_ms = excluded.expires_at_ms"
-)
-_UPSERT_JSON = _UPSERT.replace("?2, 0,", "jsonb(?2), 1,").replace("json = 0", "json = 1")
-_LOG = "INSERT INTO changes(revision, key) VALUES(?, ?)"
-# A bulk load of bytes values with no TTL (the usual one) goes in as one statement per
-# table over an apsw.carray of packed entries. SQLite walks the array without the GIL,
-# where executemany takes the GIL back for every row and waits for it while the event
-# loop decodes the next batch: BulkPut went from ~120k to ~190k rows/s here.
-# An entry is packed as its key's length in 4 ASCII digits, the key, then the value;
-# ?2 is the revision before the first entry (carray's rowid counts from 1).
-_PACKED = "carray(?1)"
-_MAX_PACKED_KEY_BYTES = 9999
-_KEY_LENGTH = "CAST(CAST(substr(value, 1, 4) AS TEXT) AS INTEGER)"
-_UPSERT_PACKED = (
-    f"WITH packed(i, key_length, entry) AS (SELECT rowid, {_KEY_LENGTH}, value FROM {_PACKED}) "
-    "INSERT INTO entries(key, value, json, etag, expires_at_ms) "
-    "SELECT substr(entry, 5, key_length), substr(entry, 5 + key_length), 0, ?2 + i, NULL "
-    "FROM packed WHERE true "  # WHERE: lets SQLite parse the ON CONFLICT after a SELECT
-    "ON CONFLICT(key) DO UPDATE SET value = excluded.value, json = 0, "
-    "etag = excluded.etag, expires_at_ms = NULL"
-)
-_LOG_PACKED = (
-    f"INSERT INTO changes(revision, key) SELECT ?2 + rowid, substr(value, 5, {_KEY_LENGTH}) FROM {_PACKED}"
-)
-# SQLite's JSON functions refuse documents nested deeper than this (its JSON_MAX_DEPTH).
-_CURRENT = "SELECT etag, expires_at_ms FROM entries WHERE key = ?"
-_ANY_BETWEEN = "SELECT 1 FROM entries WHERE key >= ? AND key <= ? LIMIT 1"
-# An EXISTS probe a key: ~25% faster here than `key IN carray(?)`
-_COUNT_STORED = "SELECT count(*) FROM carray(?) AS c WHERE EXISTS (SELECT 1 FROM entries WHERE key = c.value)"
-_VALUE = "CASE json WHEN 1 THEN json(value) ELSE value END"
-_GET = f"SELECT {_VALUE}, json, etag, expires_at_ms FROM entries WHERE key = ?"
 
 
 class Row(NamedTuple):
@@ -182,7 +138,7 @@ class Shard:
             self.check()
             new = self._check_meta(catalogued)
             with self._db:
-                self._db.execute(_SCHEMA)
+                self._db.execute(SCHEMA)
                 self._db.execute(
                     "INSERT OR IGNORE INTO meta VALUES('schema_version', ?), ('revision', 0)",
                     (SCHEMA_VERSION,),
@@ -416,10 +372,10 @@ class Shard:
         """
         if paths:
             value_sql, bindings = projection(paths, max_projection_bytes)
-            sql = _GET.replace(_VALUE, f"CASE json WHEN 1 THEN {value_sql} END")
+            sql = GET.replace(VALUE, f"CASE json WHEN 1 THEN {value_sql} END")
             args: tuple[Any, ...] = (*bindings, key)
         else:
-            sql, args = _GET, (key,)
+            sql, args = GET, (key,)
         try:
             # All rows (one at most): a kept cursor left before SQLITE_DONE would hold its
             # read transaction open until its next read, pinning the WAL.
@@ -457,7 +413,7 @@ class Shard:
         empty). A row whose projection would pass max_projection_bytes (see `get`) ends
         the rows before it; ValueTooLargeError when it is the first.
         """
-        value_sql, bindings = (_VALUE, []) if not paths else projection(paths, max_projection_bytes)
+        value_sql, bindings = (VALUE, []) if not paths else projection(paths, max_projection_bytes)
         if paths:
             value_sql = f"CASE json WHEN 1 THEN {value_sql} ELSE value END"
         where = "key >= ?" + ("" if key_range.end is None else " AND key < ?")
@@ -661,7 +617,7 @@ class Shard:
 
     @staticmethod
     def _check_precondition(key: bytes, found: Any, if_etag: int, if_absent: bool) -> None:
-        """Raise EtagMismatchError unless the row `found` (_CURRENT's, or None) meets them."""
+        """Raise EtagMismatchError unless the row `found` (CURRENT's, or None) meets them."""
         etag, expires = found or (0, None)
         current = 0 if expires is not None and expires <= _now_ms() else int(etag)
         if if_absent and current:
@@ -688,10 +644,10 @@ class Shard:
         # (do not retry) whatever the entry's state, not ABORTED (read again and retry).
         if m.json:
             value: Any = self._json_text(m.value, "value")
-            sql = _UPSERT_JSON
+            sql = UPSERT_JSON
         else:
-            value, sql = m.value, _UPSERT
-        found = self._db.execute(_CURRENT, (m.key,)).fetchone()  # also counts a new row
+            value, sql = m.value, UPSERT
+        found = self._db.execute(CURRENT, (m.key,)).fetchone()  # also counts a new row
         if m.if_etag or m.if_absent:
             self._check_precondition(m.key, found, m.if_etag, m.if_absent)
         expires_at_ms = m.expires_at_ms
@@ -699,7 +655,7 @@ class Shard:
             expires_at_ms = found[1]  # a live entry's expiry; an expired one is absent: none
         etag = self._revision + 1
         self._db.execute(sql, (m.key, value, etag, expires_at_ms))
-        self._db.execute(_LOG, (self._next_revision(), m.key))
+        self._db.execute(LOG, (self._next_revision(), m.key))
         self._entries_delta += found is None
         return etag
 
@@ -707,8 +663,8 @@ class Shard:
         """Write bytes values with no TTL, in order, at the next len(keys) revisions: two
         statements whatever the count."""
         packed = packed_entries(keys, values)
-        self._db.execute(_UPSERT_PACKED, (packed, self._revision))
-        self._db.execute(_LOG_PACKED, (packed, self._revision))
+        self._db.execute(UPSERT_PACKED, (packed, self._revision))
+        self._db.execute(LOG_PACKED, (packed, self._revision))
         self._revision += len(keys)
 
     def _json_text(self, value: bytes | str, field: str) -> str:
@@ -716,70 +672,21 @@ class Shard:
 
     def _delete(self, m: Delete) -> bool:
         if m.if_etag:
-            self._check_precondition(m.key, self._db.execute(_CURRENT, (m.key,)).fetchone(), m.if_etag, False)
+            self._check_precondition(m.key, self._db.execute(CURRENT, (m.key,)).fetchone(), m.if_etag, False)
         gone = self._db.execute(
             "DELETE FROM entries WHERE key = ? RETURNING expires_at_ms", (m.key,)
         ).fetchone()
         if gone is None:
             return False
-        self._db.execute(_LOG, (self._next_revision(), m.key))
+        self._db.execute(LOG, (self._next_revision(), m.key))
         self._entries_delta -= 1
         expires = gone[0]
         return expires is None or expires > _now_ms()
 
     def _patch(self, m: Patch) -> PatchResult:
-        # The request is checked before the entry (as in _put): INVALID_ARGUMENT first.
-        check_paths([p for p, _ in m.set], "set", suffix=".path")
-        check_paths(m.remove, "remove")
-        for i, path in enumerate(m.remove):
-            if path == "$":
-                raise InvalidArgumentError(f"remove[{i}]", "cannot remove the whole document; use Delete")
-        expr, args = "value", []
-        if m.merge_patch:
-            expr = f"jsonb_patch({expr}, json(?))"
-            args.append(self._json_text(m.merge_patch, "merge_patch"))
-        for i, (path, text) in enumerate(m.set):
-            expr = f"jsonb_set({expr}, ?, json(?))"
-            args += [path, self._json_text(text, f"set[{i}].value")]
-        for path in m.remove:
-            expr = f"jsonb_remove({expr}, ?)"
-            args.append(path)
-        found = self._db.execute(
-            "SELECT json, etag, expires_at_ms FROM entries WHERE key = ?", (m.key,)
-        ).fetchone()
-        if found is None or (found[2] is not None and found[2] <= _now_ms()):
-            if m.if_etag:
-                raise EtagMismatchError(m.key, m.if_etag, 0)
-            raise NotFoundError(m.key)
-        if not found[0]:
-            raise NotJsonError(m.key)
-        if m.if_etag and found[1] != m.if_etag:
-            raise EtagMismatchError(m.key, m.if_etag, found[1])
-        etag = self._revision + 1
-        # In a savepoint: a document the patch grew past the value limit is known only
-        # once made, and must leave the row (and the rest of the batch) as it was.
-        self._db.execute("SAVEPOINT patch")
-        try:
-            new = self._db.execute(
-                f"UPDATE entries SET value = {expr}, etag = ? WHERE key = ? RETURNING json(value)",
-                (*args, etag, m.key),
-            ).fetchone()
-            value = as_bytes(new[0])
-            if m.max_value_bytes and len(value) > m.max_value_bytes:
-                raise ValueTooLargeError(len(value), m.max_value_bytes, "value", " once patched")
-        except apsw.SQLError as err:
-            self._db.execute("ROLLBACK TO patch")
-            paths = [p for p, _ in m.set] + list(m.remove)
-            fields = [f"set[{i}].path" for i in range(len(m.set))]
-            fields += [f"remove[{i}]" for i in range(len(m.remove))]
-            raise path_error(self._db, paths, fields, err, "set" if m.set else "merge_patch") from err
-        except BaseException:
-            self._db.execute("ROLLBACK TO patch")
-            raise
-        finally:
-            self._db.execute("RELEASE patch")
-        self._db.execute(_LOG, (self._next_revision(), m.key))
-        return PatchResult(etag, value)
+        result = apply_patch(self._db, m, self._revision + 1, _now_ms())
+        self._db.execute(LOG, (self._next_revision(), m.key))
+        return result
 
     def _bulk(self, m: Bulk) -> int:
         keys = m.keys
@@ -787,7 +694,7 @@ class Shard:
             return 0
         new = self._count_new(keys)
         plain_only = m.json is None and m.expires_at_ms is None
-        if plain_only and max(map(len, keys)) <= _MAX_PACKED_KEY_BYTES:
+        if plain_only and max(map(len, keys)) <= MAX_PACKED_KEY_BYTES:
             with self._db:  # a savepoint: the rows go in whole or not at all
                 self._upsert_plain(keys, m.values)
             self._entries_delta += new
@@ -802,10 +709,10 @@ class Shard:
             else:
                 plain.append((row.key, row.value, first + i, row.expires_at_ms))
         with self._db:  # a savepoint, as above
-            self._db.executemany(_UPSERT, plain)
+            self._db.executemany(UPSERT, plain)
             if docs:
-                self._db.executemany(_UPSERT_JSON, docs)
-            self._db.executemany(_LOG, zip(range(first, first + len(keys)), keys, strict=True))
+                self._db.executemany(UPSERT_JSON, docs)
+            self._db.executemany(LOG, zip(range(first, first + len(keys)), keys, strict=True))
         self._revision += len(keys)
         self._entries_delta += new
         return len(keys)
@@ -813,9 +720,9 @@ class Shard:
     def _count_new(self, keys: Sequence[bytes]) -> int:
         """How many of the sorted `keys` are not stored yet. A load of keys that none
         stored falls between (the usual one: a new range, or past the end) costs one probe."""
-        if self._db.execute(_ANY_BETWEEN, (keys[0], keys[-1])).fetchone() is None:
+        if self._db.execute(ANY_BETWEEN, (keys[0], keys[-1])).fetchone() is None:
             return len(keys)
-        return len(keys) - self._db.execute(_COUNT_STORED, (apsw.carray(tuple(keys)),)).fetchone()[0]
+        return len(keys) - self._db.execute(COUNT_STORED, (apsw.carray(tuple(keys)),)).fetchone()[0]
 
     def _sweep(self, m: SweepBatch) -> tuple[int, int]:
         end_sql = "" if m.end is None else " AND key < ?"
@@ -830,7 +737,7 @@ class Shard:
             )
         ]
         for key in keys:
-            self._db.execute(_LOG, (self._next_revision(), key))
+            self._db.execute(LOG, (self._next_revision(), key))
         self._entries_delta -= len(keys)
         return len(keys), len(keys)
 
@@ -843,11 +750,6 @@ class Shard:
                 (revision, limit),
             )
         ]
-
-
-def packed_entries(keys: Sequence[bytes], values: Sequence[bytes]) -> apsw.carray:
-    """The carray that _UPSERT_PACKED and _LOG_PACKED read (keys of at most 9999 bytes)."""
-    return apsw.carray(tuple(map(b"%04d%s%s".__mod__, zip(map(len, keys), keys, values, strict=True))))
 
 
 def _keys_of(mutations: Sequence[Mutation]) -> list[bytes]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import apsw
 
 from integration.perf.keys import sorted_key
-from keyspan.storage.shard import _SCHEMA
+from keyspan.storage.shard_sql import SCHEMA
 
 ROWS_PER_TXN = 1000
 _INSERT = "INSERT INTO entries(key, value, json, etag, expires_at_ms) VALUES(?, ?, 0, ?, NULL)"
@@ -31,7 +31,7 @@ def _connect(path: Path, synchronous: str) -> apsw.Connection:
 def bulk_insert(path: Path, rows: int, value_bytes: int, synchronous: str) -> float:
     """Rows/s inserting `rows` sorted rows, ROWS_PER_TXN per transaction."""
     db = _connect(path, synchronous)
-    db.execute(_SCHEMA)
+    db.execute(SCHEMA)
     value = random.Random(1).randbytes(value_bytes)
     started = time.perf_counter()
     for first in range(0, rows, ROWS_PER_TXN):
@@ -47,7 +47,7 @@ def single_commits(path: Path, commits: int, value_bytes: int, synchronous: str)
     """Durable commits/s of one-row transactions (BEGIN, one upsert, COMMIT), one thread:
     the most a writer that committed every Put alone could do."""
     db = _connect(path, synchronous)
-    db.execute(_SCHEMA)
+    db.execute(SCHEMA)
     value = random.Random(3).randbytes(value_bytes)
     started = time.perf_counter()
     for n in range(commits):
@@ -66,18 +66,18 @@ def keyspan_statements_insert(path: Path, rows: int, value_bytes: int, synchrono
     Not a limit to beat but a split of the gap: BulkPut / this is what gRPC, protobuf and
     the servicer cost; this / bulk_insert is what keyspan's schema costs.
     """
-    from keyspan.storage.shard import _LOG_PACKED, _UPSERT_PACKED, packed_entries
+    from keyspan.storage.shard_sql import LOG_PACKED, UPSERT_PACKED, packed_entries
 
     db = _connect(path, synchronous)
-    db.execute(_SCHEMA)
+    db.execute(SCHEMA)
     value = random.Random(1).randbytes(value_bytes)
     started = time.perf_counter()
     for first in range(0, rows, ROWS_PER_TXN):
         ns = range(first, min(rows, first + ROWS_PER_TXN))
         packed = packed_entries([sorted_key(n) for n in ns], [value] * len(ns))
         with db:
-            db.execute(_UPSERT_PACKED, (packed, first))
-            db.execute(_LOG_PACKED, (packed, first))
+            db.execute(UPSERT_PACKED, (packed, first))
+            db.execute(LOG_PACKED, (packed, first))
     elapsed = time.perf_counter() - started
     db.close()
     return rows / elapsed
