@@ -1,8 +1,12 @@
-"""What a gateway answers when its node's connection fails: whether a write may have applied."""
+"""What a gateway answers when its node's connection fails: whether a write may have applied.
+And how long it waits for a node that stops answering."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
+from typing import Any
 
 import grpc
 import pytest
@@ -12,7 +16,7 @@ from keyspan.services.gateway.routing import node_unreachable
 from keyspan.storage.keys import KeyRange
 from keyspan.streams.errors import from_rpc_error
 from keyspan.streams.partition_map import SERVING, MapEntry
-from keyspan.v1 import kv_pb2
+from keyspan.v1 import kv_pb2, kv_pb2_grpc
 
 ENTRY = MapEntry("p3", KeyRange(b"g", b"n"), "b", "127.0.0.1:7431", SERVING)
 
@@ -84,3 +88,49 @@ async def test_a_bulk_put_batch_after_a_node_ended_its_stream_goes_on_a_new_one(
     batch = kv_pb2.BulkPutRequest(entries=[kv_pb2.Entry(key=b"a1", value=b"v")])
     answer = await _forward_batch(router, calls, batch, context=None)  # type: ignore[arg-type]
     assert answer.accepted == 1 and fresh.sent == [batch] and calls["n1:1"] is fresh
+
+
+async def test_a_gateway_bulk_put_ends_though_its_node_never_ends_its_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once its caller half-closed, the gateway half-closed its node streams and waited for
+    their status with no bound: a node that never ended its stream held the caller's."""
+    from keyspan.services.gateway.streams import bulk_put_through
+    from keyspan.streams import calls
+
+    class NeverEnds(kv_pb2_grpc.KVServicer):  # answers every batch, never ends the stream
+        def __init__(self) -> None:
+            self.cancelled = asyncio.Event()
+
+        async def BulkPut(self, requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                async for request in requests:
+                    yield kv_pb2.BulkPutResponse(accepted=len(request.entries))
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+
+    monkeypatch.setattr(calls, "FINISH_S", 0.2)
+    node = NeverEnds()
+    server = grpc.aio.server()
+    kv_pb2_grpc.add_KVServicer_to_server(node, server)
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            router = SimpleNamespace(
+                owner=lambda key: SimpleNamespace(address=address),
+                channels=SimpleNamespace(stub=lambda _address: kv_pb2_grpc.KVStub(channel)),
+            )
+
+            async def one_batch() -> AsyncIterator[kv_pb2.BulkPutRequest]:
+                yield kv_pb2.BulkPutRequest(entries=[kv_pb2.Entry(key=b"a1", value=b"v")])
+
+            load = bulk_put_through(router, one_batch(), None, asyncio.Event())  # type: ignore[arg-type]
+            async with asyncio.timeout(2):  # FINISH_S, and the cancel
+                answers = [answer.accepted async for answer in load]
+                await node.cancelled.wait()  # the gateway gave up on the node's stream
+            assert answers == [1]
+    finally:
+        await server.stop(0)
