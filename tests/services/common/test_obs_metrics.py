@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -210,6 +211,46 @@ async def test_node_counters_keep_what_a_dropped_partition_counted(tmp_path: Pat
         assert sample(m, "keyspan_node_writes_total") == 3
         assert sample(m, "keyspan_node_reads_total") == 1
         assert sample(m, "keyspan_partitions") == 1
+    finally:
+        shards.close()
+
+
+@pytest.mark.asyncio
+async def test_node_counters_do_not_fall_in_a_scrape_while_a_partition_leaves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scrape that came while a partition left (its writer closing) found it neither held
+    nor yet counted as dropped: the node totals fell for it, read by Prometheus as a reset."""
+    shards = ShardSet(tmp_path)
+    shards.open([(f"p{i}", r) for i, r in enumerate(_ranges(b"m"))])
+    try:
+        registry = CollectorRegistry()
+        registry.register(PartitionCollector(shards))
+        for key in (b"a", b"b", b"x"):
+            await shards.write(key, Put(key, b"v", False, None, 0, False))
+        await shards.get(b"a")
+        seen: list[tuple[float, float]] = []
+        scrapers: list[threading.Thread] = []
+
+        def scrape() -> None:
+            m = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+            seen.append((sample(m, "keyspan_node_writes_total"), sample(m, "keyspan_node_reads_total")))
+
+        def scrape_meanwhile(wait_s: float | None) -> None:  # as the metrics server's thread would
+            scrapers.append(threading.Thread(target=scrape))
+            scrapers[-1].start()
+            scrapers[-1].join(wait_s)
+
+        leaving = shards.locate(b"a")
+        close, count = leaving.writer.close, shards.dropped.add
+        monkeypatch.setattr(leaving.writer, "close", lambda: (scrape_meanwhile(None), close()))
+        # As the partition is counted as dropped: a scrape then waits for that to end.
+        monkeypatch.setattr(shards.dropped, "add", lambda p: (scrape_meanwhile(0.2), count(p)))
+        shards.drop_partition("p0")  # [, m)
+        for scraper in scrapers:
+            scraper.join()
+        scrape()
+        assert seen == [(3, 1)] * 3
     finally:
         shards.close()
 
