@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pytest
@@ -182,3 +183,35 @@ async def test_a_partition_whose_reclaim_keeps_failing_does_not_stop_the_sweep_o
         assert shards.partitions[1].shard.entries == 0
     finally:
         await asyncio.to_thread(shards.close)
+
+
+class _FailingPragma:
+    """A shard's write connection whose `PRAGMA <name>` fails with an I/O error."""
+
+    def __init__(self, db: apsw.Connection, name: str) -> None:
+        self._db, self._name = db, name
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == f"PRAGMA {self._name}":
+            raise apsw.IOError("injected: disk I/O error")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+def test_a_reclaim_whose_look_at_the_free_pages_fails_returns_the_fault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its first SQLite calls (how many pages are free) were outside its try: their fault
+    was raised, where a reclaim's faults are returned and fail the reclaim alone."""
+    shard = Shard(tmp_path / "s.db", "s", KeyRange())
+    try:
+        monkeypatch.setattr(shard, "_db", _FailingPragma(shard._db, "freelist_count"))
+        failed = shard.reclaim(Reclaim(RECLAIM_STEP_PAGES))
+        assert isinstance(failed, StorageFaultError) and isinstance(failed.__cause__, apsw.IOError)
+        monkeypatch.undo()
+        assert shard.reclaim(Reclaim(RECLAIM_STEP_PAGES)) == Reclaimed(0, False)
+        assert shard.apply_batch([Put(b"a", b"1")]) == [1]
+    finally:
+        shard.close()
