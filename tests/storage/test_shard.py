@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -948,3 +949,27 @@ async def test_a_refused_write_asks_the_gate_again_before_it_answers(shards: Sha
     with pytest.raises(UnavailableError, match="fenced meanwhile"):
         await shards.write(b"a", Put(b"a", b"2", if_etag=99))  # an etag mismatch, at first
     assert asked == [False, False]
+
+
+async def test_a_raised_revision_floor_is_in_the_shard_file_before_the_partition_serves(
+    tmp_path: Path,
+) -> None:
+    """A repair's floor that sat only in the WAL (synchronous=NORMAL syncs it at checkpoints)
+    was lost with it: the copy's etags started again below the floor, handing out twice
+    etags its earlier copies had given."""
+    floor = 7_000_000_000
+    shards = ShardSet(tmp_path / "d", ShardSetOptions(synchronous="NORMAL"))
+    await asyncio.to_thread(shards.open)
+    try:
+        partition = await asyncio.to_thread(shards.add_partition, "p9", KeyRange(), floor)
+        assert partition.shard.revision == floor
+        # The shard file alone, as a power cut that lost the WAL would leave it.
+        shutil.copyfile(partition.shard.path, tmp_path / "p9.db")
+    finally:
+        await asyncio.to_thread(shards.close)
+    copy = Shard(tmp_path / "p9.db", "p9", KeyRange(), catalogued=True)
+    try:
+        assert copy.revision == floor
+        assert copy.apply_batch([Put(b"k", b"v")]) == [floor + 1]
+    finally:
+        copy.close()
