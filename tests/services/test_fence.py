@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import apsw
 import grpc
 import pytest
+import pytest_asyncio
 from google.rpc import error_details_pb2, status_pb2
 
 from keyspan.services.common.errors import to_status
 from keyspan.services.node.fence import OwnershipFence
-from keyspan.storage.errors import UnavailableError
+from keyspan.storage.errors import StorageFaultError, UnavailableError
+from keyspan.storage.keys import KeyRange
+from keyspan.storage.mutations import Mutation, Put
+from keyspan.storage.shardset import ShardSet
 
 
 class Clock:
@@ -69,3 +79,58 @@ def test_without_control_s_down_timeout_no_stall_closes_it() -> None:
     clock.now += 60
     fence.check(committed=True)
     assert not fence.closed
+
+
+@pytest_asyncio.fixture
+async def fenced_shards(tmp_path: Path) -> AsyncIterator[tuple[ShardSet, Clock]]:
+    """One partition behind a fence (as on a node), its key b"a" at etag 1."""
+    shards = ShardSet(tmp_path)
+    await asyncio.to_thread(shards.open, [("p0", KeyRange())])
+    try:
+        await shards.write(b"a", Put(b"a", b"1"))
+        clock = Clock()
+        fence = OwnershipFence("n1", clock=clock)
+        fence.configure(down_after_s=2.5)
+        shards.gate = fence.check
+        yield shards, clock
+    finally:
+        await asyncio.to_thread(shards.close)
+
+
+async def test_a_write_refused_for_its_etag_on_a_node_stalled_meanwhile_is_unavailable_not_aborted(
+    fenced_shards: tuple[ShardSet, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node stalled while the write waited in it: the etag it was refused against is
+    its copy's, which may no longer be the partition's (repaired elsewhere meanwhile)."""
+    shards, clock = fenced_shards
+    partition = shards.locate(b"a")
+    write = partition.write
+
+    async def stalled_while_queued(mutation: Mutation) -> Any:
+        clock.now += 3.0  # the process did not run for 3 s
+        return await write(mutation)
+
+    monkeypatch.setattr(partition, "write", stalled_while_queued)
+    with pytest.raises(UnavailableError, match=r"node n1 was stalled 3\.0 s") as refused:
+        await shards.write(b"a", Put(b"a", b"2", if_etag=99))  # etag 1 on this copy
+    assert not refused.value.may_have_applied and refused.value.code == "UNAVAILABLE"
+    status = to_status(refused.value)
+    assert status is not None and status.code == grpc.StatusCode.UNAVAILABLE  # not ABORTED
+
+
+async def test_a_write_that_may_have_applied_on_a_node_stalled_meanwhile_says_so(
+    fenced_shards: tuple[ShardSet, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fenced node's refusal of a write whose commit failed as it may have reached the
+    disk said it was not applied."""
+    shards, clock = fenced_shards
+    partition = shards.locate(b"a")
+
+    async def fails_in_its_commit(mutation: Mutation) -> Any:
+        clock.now += 3.0  # the process did not run for 3 s
+        raise StorageFaultError("p0", apsw.IOError("injected: fsync failed"), may_have_applied=True)
+
+    monkeypatch.setattr(partition, "write", fails_in_its_commit)
+    with pytest.raises(UnavailableError) as refused:
+        await shards.write(b"a", Put(b"a", b"2"))
+    assert refused.value.may_have_applied and refused.value.code == "OWNERSHIP_UNCONFIRMED"
