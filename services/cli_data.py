@@ -572,7 +572,8 @@ def dump(conn: Conn, start: str | None, end: str | None) -> None:
     type=click.IntRange(min=1),
     default=200_000,
     show_default=True,
-    help="Entries sorted in memory.",
+    help="Entries sorted in memory at a time; a bigger input is sorted in runs of this many, "
+    "spilled to temp files and merged 64 runs at a time.",
 )
 @click.option(
     "--batch-bytes",

@@ -46,6 +46,12 @@ from keyspan.streams.router import MAX_MESSAGE_BYTES
 Record = tuple[bytes, bytes, bool, float]
 DEFAULT_CHUNK_ENTRIES = 200_000
 DEFAULT_CHUNK_BYTES = 256 << 20
+# Most sorted runs merged at once: each holds a file open and a read buffer. A sort with
+# more runs merges them in passes (groups of this many into one run each), so a small
+# --chunk-entries or a low open-files limit (macOS: 256) does not end in "Too many open
+# files". A pass over 1M entries of 100 bytes takes about a second.
+MERGE_FAN_IN = 64
+_RUN_BUFFER_BYTES = 256 << 10
 # A CSV field may be as long as a value can be: the csv module's default limit is 128 KiB.
 csv.field_size_limit(max(csv.field_size_limit(), MAX_MESSAGE_BYTES))
 # A line that is not UTF-8 reaches the reader with its bad bytes as lone surrogates
@@ -237,7 +243,7 @@ def _spill(chunk: list[Record], directory: str) -> Path:
 
 
 def _read_run(path: Path) -> Iterator[Record]:
-    with path.open("rb", buffering=1 << 20) as run:
+    with path.open("rb", buffering=_RUN_BUFFER_BYTES) as run:
         while True:
             try:
                 yield marshal.load(run)
@@ -272,12 +278,14 @@ def sorted_records(
     records: Iterable[Record],
     chunk_entries: int = DEFAULT_CHUNK_ENTRIES,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    fan_in: int = MERGE_FAN_IN,
 ) -> Iterator[tuple[int, LastOfEachKey]]:
     """(count, records in key order, last of each key), holding at most `chunk_entries`
     records, and about `chunk_bytes` of keys and values, in memory: larger inputs are
-    sorted in runs spilled to temporary files and merged (by count alone, 200,000 values
-    of 1 MiB would have been held before the first spill). `count` counts input records
-    (duplicates included; the merged records' `replaced` says how many were dropped).
+    sorted in runs spilled to temporary files and merged, at most `fan_in` runs at once
+    (by count alone, 200,000 values of 1 MiB would have been held before the first
+    spill). `count` counts input records (duplicates included; the merged records'
+    `replaced` says how many were dropped).
     Temp files are removed on exit."""
     with tempfile.TemporaryDirectory(prefix="keyspan-load-") as directory:
         runs: list[Path] = []
@@ -290,15 +298,43 @@ def sorted_records(
             if len(chunk) >= chunk_entries or held >= chunk_bytes:
                 runs.append(_spill(chunk, directory))
                 chunk, held = [], 0
-        if runs:
-            if chunk:
-                runs.append(_spill(chunk, directory))
-            # heapq.merge is stable across runs, so equal keys stay in input order.
-            merged: Iterable[Record] = heapq.merge(*(_read_run(r) for r in runs), key=itemgetter(0))
-        else:
+        if not runs:
             chunk.sort(key=itemgetter(0))
-            merged = chunk
-        yield count, LastOfEachKey(merged)
+            yield count, LastOfEachKey(chunk)
+            return
+        if chunk:
+            runs.append(_spill(chunk, directory))
+        while len(runs) > fan_in:
+            runs = [_merged_run(runs[i : i + fan_in], directory) for i in range(0, len(runs), fan_in)]
+        with _merging(runs) as merged:
+            yield count, LastOfEachKey(merged)
+
+
+@contextlib.contextmanager
+def _merging(runs: list[Path]) -> Iterator[Iterator[Record]]:
+    """The runs' records in key order; equal keys in run order (heapq.merge is stable), so a
+    later line still wins. Every run's file is closed on exit, before the temp dir goes
+    (with all of them open, its removal could fail for want of a file descriptor)."""
+    readers = [_read_run(r) for r in runs]
+    try:
+        yield heapq.merge(*readers, key=itemgetter(0))
+    finally:
+        for reader in readers:
+            reader.close()
+
+
+def _merged_run(runs: list[Path], directory: str) -> Path:
+    """Consecutive runs merged into one (a later run's records stay after an earlier
+    one's of the same key); the runs merged are removed."""
+    with (
+        _merging(runs) as merged,
+        tempfile.NamedTemporaryFile("wb", dir=directory, delete=False, suffix=".run") as out,
+    ):
+        for record in merged:
+            marshal.dump(record, out)
+    for run in runs:
+        run.unlink()
+    return Path(out.name)
 
 
 def dump_object(entry: Entry, hex_keys: bool = False, now_s: float | None = None) -> dict[str, Any]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import re
+import resource
 import sys
 import tempfile
 from datetime import UTC, datetime, timedelta
@@ -105,6 +107,34 @@ def test_sort_keeps_the_last_of_equal_keys_across_runs() -> None:
     records += [(b"c", b"1", False, 0.0), (b"b", b"3", False, 0.0)]
     with sorted_records(records, chunk_entries=2) as (_, merged):
         assert list(merged) == [(b"a", b"1", False, 0.0), (b"b", b"3", False, 0.0), (b"c", b"1", False, 0.0)]
+
+
+def test_a_sort_of_more_runs_than_it_merges_at_once_keeps_key_order_and_the_last_line() -> None:
+    keys = [b"k%03d" % (i % 97) for i in range(500)]  # each key ~5 times, in runs far apart
+    records = [(k, b"%d" % i, False, 0.0) for i, k in enumerate(keys)]
+    random.Random(3).shuffle(records)
+    last = {r[0]: r for r in records}
+    with sorted_records(records, chunk_entries=7, fan_in=3) as (count, merged):  # 72 runs, 4 passes
+        assert (list(merged), count) == ([last[k] for k in sorted(last)], 500)
+
+
+def test_a_sort_of_more_runs_than_the_open_files_limit_loads_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every run was opened at once: 2,000 runs under `ulimit -n 1024` (a small
+    --chunk-entries) failed with "Too many open files" and left the temp dir behind."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    records = [(b"k%04d" % i, b"v", False, 0.0) for i in range(400)]
+    random.Random(5).shuffle(records)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 100, hard))
+    try:
+        with sorted_records(records, chunk_entries=1) as (_, merged):  # 400 runs
+            keys = [r[0] for r in merged]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert keys == sorted(r[0] for r in records)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sort_spills_by_bytes_too_and_counts_the_lines_it_replaced(tmp_path: object) -> None:
