@@ -228,7 +228,9 @@ def expected_errors() -> Iterator[None]:
         _fail(f"precondition failed: {err.message} (current etag {err.current_etag})", EXIT_PRECONDITION)
     except (e.NotJson, e.WrongPartition) as err:
         _fail(f"precondition failed: {err.message}", EXIT_PRECONDITION)
-    except (e.Unavailable, e.DeadlineExceeded) as err:
+    except e.DeadlineExceeded as err:
+        _fail(f"timed out: {err.message} (--timeout sets the limit)", EXIT_UNAVAILABLE)
+    except e.Unavailable as err:
         _fail(f"unavailable: {err.message}", EXIT_UNAVAILABLE)
     except e.KeyspanClientError as err:
         _fail(f"{err.code.name.lower()}: {err.message}", EXIT_SERVER_ERROR)
@@ -318,7 +320,8 @@ def put(
 ) -> None:
     """Write VALUE (or stdin when VALUE is -) under KEY and print the new etag.
 
-    Without --ttl or --keep-ttl the entry is written with no expiry.
+    Without --ttl or --keep-ttl the entry is written with no expiry. A KEY or VALUE that
+    begins with - (a negative number) goes after --, with every option before it.
 
     \b
     Examples:
@@ -326,6 +329,7 @@ def put(
       keyspan put doc/1 '{"name": "ann"}' --json --ttl 3600
       keyspan put counter 2 --json --if-etag 41     # exit 3 if the etag moved on
       keyspan put session/9 "$STATE" --keep-ttl     # still expires when it did
+      keyspan put --json temperature -- -5
     """
     if keep_ttl and ttl_s:
         raise click.UsageError("--keep-ttl keeps the entry's expiry: give it or --ttl, not both")
@@ -374,6 +378,8 @@ def delete(conn: Conn, key: str, if_etag: int | None) -> None:
         deleted = kv.delete(conn.key(key), if_etag=if_etag or 0)
     if not deleted:
         _fail(f"not found: {key}", EXIT_NOT_FOUND)
+    if conn.output == "json":
+        click.echo(json.dumps({"deleted": True}))
 
 
 def _path_value(text: str) -> tuple[str, bytes]:
@@ -406,7 +412,12 @@ def _split_at_equals(text: str) -> tuple[str, str, str]:
 
 @cli.command()
 @click.argument("key")
-@click.option("--merge", type=Utf8Text(), help="An RFC 7396 merge patch (JSON object).")
+@click.option(
+    "--merge",
+    type=Utf8Text(),
+    help="An RFC 7396 merge patch: an object merges member by member (null removes one); "
+    "any other JSON value replaces the whole document.",
+)
 @click.option(
     "--set", "sets", multiple=True, type=Utf8Text(), help="PATH=JSON to set, like '$.a.b=42' (repeatable)."
 )
@@ -423,7 +434,10 @@ def patch(
 ) -> None:
     """Change part of the JSON document at KEY atomically; print the new document.
 
-    The merge applies first, then every --set in order, then every --remove.
+    The merge applies first, then every --set in order, then every --remove. As in
+    SQLite's json_set, a --set whose path cannot be made (an array index past the end,
+    a member under a value that is not an object) and a --remove of an absent path
+    change nothing; the etag moves on all the same.
 
     \b
     Example:

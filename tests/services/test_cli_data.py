@@ -633,6 +633,31 @@ def test_timeout_bounds_a_stream_commands_wait_for_a_server_that_never_answers(c
         silent.close()
 
 
+def test_a_call_that_runs_out_of_its_timeout_says_so_not_unavailable() -> None:
+    """It said "unavailable: Deadline Exceeded", naming neither the wait nor the option."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        result = CliRunner().invoke(cli, ["get", "k", "--timeout", "0.5", "--address", address])
+    finally:
+        silent.close()
+    assert result.exit_code == 4
+    assert result.output == "keyspan: timed out: Deadline Exceeded (--timeout sets the limit)\n"
+
+
+def test_delete_with_json_output_prints_what_it_did(server_address: str) -> None:
+    """It printed nothing, so a script reading JSON got no document."""
+    assert invoke(server_address, "put", "gone", "v")[0] == 0
+    assert invoke(server_address, "delete", "gone", "--output", "json") == (0, '{"deleted": true}\n')
+
+
+def test_a_value_that_begins_with_a_dash_goes_after_double_dash(server_address: str) -> None:
+    assert invoke(server_address, "put", "--json", "temperature", "--", "-5")[0] == 0  # as put --help shows
+    assert invoke(server_address, "get", "temperature") == (0, "-5")
+
+
 def test_stream_commands_set_no_deadline_on_their_streams() -> None:
     # A sweep at --rate, or a scan read by a pager, takes as long as it takes: with the
     # client's 300 s stream deadline such a sweep was cut off, DEADLINE_EXCEEDED, exit 4.
