@@ -692,7 +692,7 @@ def _bulk_load(
 ) -> Any:
     from tqdm import tqdm
 
-    from keyspan.streams.errors import InvalidArgument
+    from keyspan.streams.errors import DeadlineExceeded, InvalidArgument, Unavailable
 
     with tqdm(
         total=total, unit="entries", unit_scale=total >= 10_000, disable=not progress, file=sys.stderr
@@ -705,11 +705,25 @@ def _bulk_load(
             bar.update(result.entries - done)
             done = result.entries
 
+        def loaded() -> str:
+            return f"{done:,} of {bar.total:,} entries were loaded"
+
         try:
             return kv.bulk_put_ex(entries, batch_bytes=batch_bytes, on_progress=advance, policy=policy)
         except InvalidArgument as err:  # an entry refused (RESOURCE_EXHAUSTED too), named by its key
             what = "entry" if done == 1 else "entries"
             _fail(f"{err.message}; {done:,} {what} before it in key order were loaded", EXIT_USAGE)
+        except (Unavailable, DeadlineExceeded) as err:  # RIDE_OUT_S went by with no progress
+            bar.close()
+            _fail(
+                f"unavailable: {err.message}; {loaded()} before the server stopped answering "
+                f"(waited {RIDE_OUT_S:.0f} s); the same load again finishes it (rewriting those)",
+                EXIT_UNAVAILABLE,
+            )
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (_Terminated)
+            bar.close()
+            click.echo(f"keyspan: interrupted: {loaded()}; the same load again finishes it", err=True)
+            raise
 
 
 @cli.command()

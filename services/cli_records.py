@@ -320,7 +320,10 @@ def _merging(runs: list[Path]) -> Iterator[Iterator[Record]]:
         yield heapq.merge(*readers, key=itemgetter(0))
     finally:
         for reader in readers:
-            reader.close()
+            # A load's client reads the merge on its own thread: on Ctrl-C a reader may be
+            # running there ("generator already executing"); it closes when it is let go.
+            with contextlib.suppress(ValueError):
+                reader.close()
 
 
 def _merged_run(runs: list[Path], directory: str) -> Path:

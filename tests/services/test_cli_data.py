@@ -731,6 +731,50 @@ def test_a_load_ended_by_sigterm_removes_its_sort_files_and_exits_143(
     assert list(spill.iterdir()) == []  # 34 MB of runs were left behind
 
 
+def test_a_load_ctrl_c_ends_says_how_far_it_got(server_address: str, tmp_path: Path) -> None:
+    """Ctrl-C mid-load printed only click's "Aborted!", though part of the load was in."""
+    (tmp_path / "big.jsonl").write_text(
+        "".join(line({"key": f"k{i:06d}", "value": "v" * 100}) + "\n" for i in range(200_000))
+    )
+    args = [KEYSPAN, "load", str(tmp_path / "big.jsonl"), "--no-progress"]
+    env = {**os.environ, "KEYSPAN_ADDRESS": server_address}
+    load = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with Client(server_address) as kv:
+        deadline = time.monotonic() + 60
+        while kv.get("k000000") is None and time.monotonic() < deadline:  # the first batch is in
+            time.sleep(0.01)
+    load.send_signal(signal.SIGINT)
+    _, err = load.communicate(timeout=60)
+    assert load.returncode == 130, err
+    said = err.decode().splitlines()[0]
+    assert said.startswith("keyspan: interrupted: ") and said.endswith(
+        " of 200,000 entries were loaded; the same load again finishes it"
+    )
+
+
+def test_a_load_that_gives_up_on_its_server_says_how_far_it_got(capsys: pytest.CaptureFixture[str]) -> None:
+    """After RIDE_OUT_S with no progress it printed only gRPC's message, though part of
+    the load was in."""
+    from types import SimpleNamespace
+
+    from keyspan.services.cli_data import _bulk_load
+    from keyspan.streams.errors import Unavailable
+
+    class GoneAfterOneBatch:  # stands in for the client: the failure path only
+        def bulk_put_ex(self, entries: object, *, on_progress: object, **_: object) -> None:
+            on_progress(SimpleNamespace(entries=1_000))  # type: ignore[operator]
+            raise Unavailable("failed to connect to all addresses")
+
+    with pytest.raises(SystemExit) as ended:
+        _bulk_load(GoneAfterOneBatch(), iter(()), 5_000, 1 << 20, False, None, SimpleNamespace(replaced=0))
+    assert ended.value.code == 4
+    assert capsys.readouterr().err == (
+        "keyspan: unavailable: failed to connect to all addresses; 1,000 of 5,000 entries were loaded "
+        "before the server stopped answering (waited 60 s); the same load again finishes it (rewriting "
+        "those)\n"
+    )
+
+
 def test_ctrl_c_exits_130(tmp_path: Path) -> None:
     silent = socket.socket()  # a server that never answers: the scan waits for --timeout
     silent.bind(("127.0.0.1", 0))
