@@ -39,6 +39,7 @@ MAX_UINT64 = (1 << 64) - 1  # etags and scan limits on the wire (keyspan.streams
 MAX_TIMEOUT_S = 365 * 24 * 3600  # a call's deadline at the most (keyspan.streams.arguments)
 MAX_BATCH_BYTES = 8 << 20  # keyspan.streams.bulk_sender; not imported, so Tab completion stays fast
 MAX_DELETES_PER_S = 1e9  # the server's bound on a sweep's rate
+_COUNT_EVERY = 1000  # entries between updates of a running count (tqdm's update costs ~1 us)
 
 
 class Etag(click.IntRange):
@@ -550,24 +551,39 @@ def scan(
 @cli.command()
 @click.argument("start", required=False)
 @click.argument("end", required=False)
+@click.option(
+    "--progress/--no-progress",
+    default=True,
+    show_default=True,
+    help="A running count of entries on stderr, when stderr is a terminal.",
+)
 @client_options
-def dump(conn: Conn, start: str | None, end: str | None) -> None:
+def dump(conn: Conn, start: str | None, end: str | None, progress: bool) -> None:
     """Write [START, END) as JSON lines in key order, for `keyspan load`.
 
     Each entry is as it was when its batch was read; on a live store the dump is not a
     point-in-time snapshot (for an exact copy, stop the server and copy its data dir).
+    The lines are JSON whatever --output says.
 
     \b
     Example:
       keyspan dump > backup.jsonl && keyspan load backup.jsonl --address other:7420
     """
+    from tqdm import tqdm
+
     from keyspan.services.cli_records import dump_line
 
     lower, upper = _range(conn, start, end)
     out = sys.stdout.buffer  # UTF-8 whatever the locale, as load reads it (latin-1 raised)
-    with expected_errors(), conn.client() as kv:
+    count = tqdm(unit=" entries", disable=None if progress else True, file=sys.stderr)
+    with expected_errors(), conn.client() as kv, count:
+        written = 0
         for entry in kv.scan_ex(lower, upper, policy=_ride_out(kv, conn.timeout_s)):
             out.write((dump_line(entry, conn.hex_keys) + "\n").encode())
+            written += 1
+            if not written % _COUNT_EVERY:
+                count.update(_COUNT_EVERY)
+        count.update(written % _COUNT_EVERY)
     out.flush()
 
 
@@ -624,7 +640,7 @@ def load(conn: Conn, file: str, fmt: str, chunk_entries: int, batch_bytes: int, 
     with _terminate_as_interrupt(), expected_errors(), conn.client() as kv, _open_input(file) as stream:
         policy = _ride_out(kv, conn.timeout_s)  # before the sort: an address that is wrong fails at once
         try:
-            records = read_records(stream, fmt, conn.hex_keys, name)
+            records = _counted(read_records(stream, fmt, conn.hex_keys, name), progress)
             with sorted_records(records, chunk_entries) as (count, merged):
                 entries = (wire_entry(*record) for record in merged)
                 result = _bulk_load(kv, entries, count, batch_bytes, progress, policy, merged)
@@ -645,6 +661,21 @@ def load(conn: Conn, file: str, fmt: str, chunk_entries: int, batch_bytes: int, 
             f"loaded {result.entries:,} {what} in {elapsed_s:.1f} s ({rate:,.0f} entries/s){replaced}",
             err=True,
         )
+
+
+def _counted(records: Iterator[Any], progress: bool) -> Iterator[Any]:
+    """The records, counted on stderr while a load reads and sorts them (silent before,
+    for seconds a million lines)."""
+    from tqdm import tqdm
+
+    with tqdm(desc="reading", unit=" lines", leave=False, disable=not progress, file=sys.stderr) as bar:
+        read = 0
+        for record in records:
+            yield record
+            read += 1
+            if not read % _COUNT_EVERY:
+                bar.update(_COUNT_EVERY)
+        bar.update(read % _COUNT_EVERY)
 
 
 @contextlib.contextmanager

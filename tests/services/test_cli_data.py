@@ -6,6 +6,7 @@ use click's CliRunner in-process (same code, faster).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -773,6 +774,44 @@ def test_a_load_that_gives_up_on_its_server_says_how_far_it_got(capsys: pytest.C
         "before the server stopped answering (waited 60 s); the same load again finishes it (rewriting "
         "those)\n"
     )
+
+
+def test_a_load_counts_the_lines_it_reads_before_it_sends(server_address: str, tmp_path: Path) -> None:
+    """Nothing showed while a load read and sorted its input (7 s for a million lines)."""
+    (tmp_path / "in.jsonl").write_text(
+        "".join(line({"key": f"k{i}", "value": i}) + "\n" for i in range(3_000))
+    )
+    loaded = run_cli(server_address, "load", str(tmp_path / "in.jsonl"))
+    assert loaded.returncode == 0
+    assert b"reading: 0 lines" in loaded.stderr  # at the start; it goes once the load begins
+
+
+def test_a_dump_counts_its_entries_on_a_terminal_only(server_address: str) -> None:
+    """A dump of a million entries showed nothing for its 8 s."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    with Client(server_address) as kv:
+        for i in range(2_500):
+            kv.put(f"d{i:05d}", b"v")
+    env = {**os.environ, "KEYSPAN_ADDRESS": server_address, "GRPC_VERBOSITY": "ERROR"}
+    terminal, stderr = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # a window of 80 columns
+    try:
+        dump = subprocess.run([KEYSPAN, "dump"], stdout=subprocess.PIPE, stderr=stderr, env=env, timeout=60)
+        os.close(stderr)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once the pty's other end is closed and drained
+            while chunk := os.read(terminal, 1 << 16):
+                shown += chunk
+    finally:
+        os.close(terminal)
+    assert dump.returncode == 0 and len(dump.stdout.splitlines()) == 2_500
+    assert b"2500 entries [" in shown
+    piped = run_cli(server_address, "dump")  # stderr a pipe: no count in a script's log
+    assert piped.returncode == 0 and piped.stderr == b""
 
 
 def test_ctrl_c_exits_130(tmp_path: Path) -> None:
