@@ -25,6 +25,7 @@ from typing import Any
 
 from keyspan.services.common.clock import running_clock
 from keyspan.services.control.store import ControlStore
+from keyspan.services.control.store import now_ms as wall_ms
 from keyspan.storage.errors import FailedPreconditionError, KeyspanError, NotFoundError
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.shardset import ranges_from_split_points
@@ -39,6 +40,10 @@ from keyspan.streams.partition_map import (
 )
 
 log = logging.getLogger(__name__)
+# A difference between how far the system clock and the running clock moved between two
+# calls above which the system clock is taken to have stepped (_clock). The two are read
+# together; NTP's slewing moves them apart by 0.5 ms a second at most.
+CLOCK_STEP_MS = 500
 UP, SUSPECT, DOWN = "up", "suspect", "down"
 # A map version a node or watcher reports is taken up to this (a bogus one must not push
 # the count past what SQLite stores).
@@ -81,6 +86,8 @@ class ClusterState:
         # (from_ms, to_ms) of recent stretches this control did not run (stalls): time in
         # them does not count against a node's heartbeats.
         self._stalls: list[tuple[int, int]] = []
+        # (system clock in ms, running clock in s) at the last call that read them: _clock
+        self._clock_read: tuple[int, float] | None = None
         # When a new control.db's first assignment found nodes holding partitions on their
         # disks (its cluster existed before): for recovery_wait_s from then, a partition no
         # registered node holds waits for one that may, rather than going to a node empty.
@@ -186,11 +193,12 @@ class ClusterState:
         probe_address: str,
         capacity: int,
         hosted: Sequence[str],
-        now_ms: int,
+        now_ms: int | None = None,
         disk_id: str = "",
         revisions: dict[str, int] | None = None,
     ) -> bool:
         """A node's registration; `revisions` gives its hosted copies' revisions."""
+        now_ms = self._clock(now_ms)
         self._now_ms = max(self._now_ms, now_ms)
         known = self.store.node(node_id)
         if known is not None and known["disk_id"] and not disk_id:
@@ -281,7 +289,11 @@ class ClusterState:
                     self.store.update_partition(p["partition_id"], acked=acked)
 
     def heartbeat(
-        self, node_id: str, stats: Sequence[tuple[str, int, int, int]], now_ms: int, disk_id: str = ""
+        self,
+        node_id: str,
+        stats: Sequence[tuple[str, int, int, int]],
+        now_ms: int | None = None,
+        disk_id: str = "",
     ) -> bool:
         """A heartbeat with (partition_id, entries, bytes, revision) per hosted partition, from the
         process that registered node_id from `disk_id`. NotAllowedError when control no
@@ -299,6 +311,7 @@ class ClusterState:
                 f"node {node_id} registered again from another data dir ({node['address']}): "
                 "this process is not that node any more; stop it",
             )
+        now_ms = self._clock(now_ms)
         entries = sum(s[1] for s in stats)
         size = sum(s[2] for s in stats)
         # Every second from every node: one commit for the node and its partitions, not one
@@ -321,7 +334,7 @@ class ClusterState:
         self._mark_hosted(node_id, hosted)
         return self._settle()
 
-    def probe(self, node_id: str, status: str, now_ms: int) -> bool:
+    def probe(self, node_id: str, status: str, now_ms: int | None = None) -> bool:
         if self.store.node(node_id) is None:
             return False
         self.store.upsert_node({"node_id": node_id, "probe": status})
@@ -339,8 +352,9 @@ class ClusterState:
             return SUSPECT
         return UP
 
-    def tick(self, now_ms: int) -> bool:
+    def tick(self, now_ms: int | None = None) -> bool:
         """Apply liveness transitions; True when the map changed."""
+        now_ms = self._clock(now_ms)
         self._now_ms = max(self._now_ms, now_ms)
         ticked_at, self._ticked_at = self._ticked_at, running_clock()
         ticked_ms, self._ticked_ms = self._ticked_ms, now_ms
@@ -362,6 +376,39 @@ class ClusterState:
                 extra = {"node_id": n["node_id"], "status": status, "was": n["status"]}
                 log.log(level, "node status", extra=extra)
         return self._settle()
+
+    def _clock(self, now_ms: int | None) -> int:
+        """The time of a call, in ms since the epoch: `now_ms` when given (tests drive a
+        fake clock), else the system clock's, read here on the store's thread beside the
+        running clock. A step of the system clock between two calls (NTP, `date -s`) is
+        followed: the times kept so far move with it (see _shift)."""
+        if now_ms is not None:
+            return now_ms
+        now_ms, running = wall_ms(), running_clock()
+        if self._clock_read is not None:
+            wall_before, running_before = self._clock_read
+            step_ms = (now_ms - wall_before) - round((running - running_before) * 1000)
+            if abs(step_ms) > CLOCK_STEP_MS:
+                self._shift(step_ms)
+        self._clock_read = (now_ms, running)
+        return now_ms
+
+    def _shift(self, step_ms: int) -> None:
+        """Move every time this control keeps for liveness and the recovery wait by a step
+        of its system clock, so they read on the clock as it is now. Read as they were, a
+        step forward of more than --down-after-s turned every node down at the next tick,
+        and a step back kept a silent node up for as long as the step. A step taken while
+        control is down is not seen."""
+        log.warning("control's system clock stepped: the heartbeat times it keeps move with it",
+                    extra={"step_s": step_ms / 1000})  # fmt: skip
+        self.store.shift_heartbeats(step_ms)
+        self._window_from_ms += step_ms if self._window_from_ms else 0
+        self._ticked_ms += step_ms if self._ticked_ms else 0
+        self._now_ms += step_ms if self._now_ms else 0
+        self._stalls = [(start + step_ms, end + step_ms) for start, end in self._stalls]
+        if self._recovering_from_ms is not None:
+            self._recovering_from_ms += step_ms
+            self.store.set_meta("recovering_from_ms", self._recovering_from_ms)
 
     def _schedulable(self) -> list[dict[str, Any]]:
         return [

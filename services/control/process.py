@@ -123,14 +123,14 @@ class ControlProcess(GrpcProcess):
 
     async def _report_probe(self, node_id: str, status: str) -> None:
         assert self.state is not None
-        await self.call(self.state.probe, node_id, status, now_ms())
+        await self.call(self.state.probe, node_id, status)
 
     async def _tick_forever(self) -> None:
         assert self.state is not None
         period_s = min(self.config.heartbeat_interval_s, self.config.suspect_after_s / 4)
         while True:
             await asyncio.sleep(period_s)
-            await self.call(self.state.tick, now_ms())
+            await self.call(self.state.tick)  # the time is read on the store's thread
 
     async def stop(self, grace_s: float | None = None) -> None:
         await self.hub.close()  # ends WatchMap and Session streams, so the grace is not spent on them

@@ -13,7 +13,6 @@ import grpc
 
 from keyspan.services.config import parse_address
 from keyspan.services.control.cluster import DOWN, SUSPECT, UP, ClusterState
-from keyspan.services.control.store import now_ms
 from keyspan.storage.errors import (
     ConfigError,
     InvalidArgumentError,
@@ -115,7 +114,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             reg.probe_address,
             reg.capacity,
             list(reg.hosted),
-            now_ms(),
+            None,  # the time: read on the store's thread (ClusterState._clock)
             reg.disk_id,
             dict(reg.hosted_revisions),
         )
@@ -178,7 +177,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                         raise InvalidArgumentError(
                             f"heartbeat.partitions[{i}]", f"counts must be at most {MAX_COUNT}"
                         )
-                await self._call(self._state.heartbeat, node_id, stats, now_ms(), disk_id)
+                await self._call(self._state.heartbeat, node_id, stats, disk_id=disk_id)
                 if message.heartbeat.map_version > self._state.map.version:  # a new control.db
                     await self._call(self._state.observe_version, message.heartbeat.map_version)
                 if message.heartbeat.sequence:  # recorded: the map it is answered at is published

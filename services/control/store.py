@@ -19,7 +19,6 @@ from typing import Any
 
 import sqlite_utils
 
-from keyspan.services.common.clock import steady_wall_ms
 from keyspan.storage.dirlock import lock_directory
 from keyspan.storage.errors import KeyspanError
 
@@ -75,9 +74,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
 
 
 def now_ms() -> int:
-    """Control's clock for liveness and the times it keeps: wall time that a step of the
-    system clock does not move (services.common.clock.steady_wall_ms)."""
-    return steady_wall_ms()
+    return time.time_ns() // 1_000_000
 
 
 _RESTORE = (
@@ -188,6 +185,14 @@ class ControlStore:
     def upsert_node(self, row: dict[str, Any]) -> None:
         self.db["nodes"].upsert(row, pk="node_id")
 
+    def shift_heartbeats(self, step_ms: int) -> None:
+        """Move every node's last heartbeat time by step_ms (a step of the system clock)."""
+        with self.transaction():
+            self.db.execute(
+                "UPDATE nodes SET last_heartbeat_ms = last_heartbeat_ms + ? WHERE last_heartbeat_ms > 0",
+                [step_ms],
+            )
+
     def delete_node(self, node_id: str) -> None:
         self.db["nodes"].delete_where("node_id = ?", [node_id])
 
@@ -201,8 +206,7 @@ class ControlStore:
         self.db["partitions"].update(partition_id, values)
 
     def log(self, op: str, **detail: Any) -> None:
-        at_ms = time.time_ns() // 1_000_000  # the system clock, as the log lines beside it
-        self.db["oplog"].insert({"at_ms": at_ms, "op": op, "detail": json.dumps(detail, default=str)})
+        self.db["oplog"].insert({"at_ms": now_ms(), "op": op, "detail": json.dumps(detail, default=str)})
 
     def oplog(self, limit: int = 100) -> list[dict[str, Any]]:
         return list(self.db["oplog"].rows_where(order_by="id desc", limit=limit))
