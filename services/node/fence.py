@@ -103,7 +103,7 @@ class OwnershipFence:
     def check(self, committed: bool = False) -> None:
         """Raise UnavailableError while fenced. `committed`: asked after a write committed
         (its refusal then says it may have applied)."""
-        self._check_gap(self._clock())
+        self.note_alive()  # a stall found here is counted once, as by the ticker
         if self._confirm_from is None:
             return
         why = (

@@ -72,6 +72,19 @@ def test_a_stall_refuses_reads_and_writes_until_a_later_heartbeat_is_acknowledge
     fence.check(committed=True)
 
 
+def test_a_stall_found_by_a_call_closes_the_fence_once() -> None:
+    """A call found the stall but left the time the node was last seen running as it
+    was: once control confirmed, the next call, before the ticker ran, found the same
+    stall again and closed the fence for another heartbeat."""
+    fence, _ = fence_after_a_stall(3.0)
+    with pytest.raises(UnavailableError):
+        fence.check()
+    fence.sent(8)
+    fence.acknowledged(8, control_version=5, held_version=5)
+    fence.check()  # no tick in between
+    assert not fence.closed
+
+
 def test_without_control_s_down_timeout_no_stall_closes_it() -> None:
     clock = Clock()
     fence = OwnershipFence("n1", clock=clock)
