@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest_asyncio
 
-from keyspan.storage.shardset import ShardSet, ranges_from_split_points
-
-
-async def open_set(path: Path, split: list[bytes] | None = None) -> ShardSet:
-    shards = ShardSet(path)
-    ranges = ranges_from_split_points(split if split is not None else [b"m"])
-    await asyncio.to_thread(shards.open, [(f"p{i}", r) for i, r in enumerate(ranges)])
-    return shards
+from keyspan.storage.shardset import ShardSet
+from tests.storage.shardsets import open_set
 
 
 @pytest_asyncio.fixture

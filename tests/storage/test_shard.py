@@ -27,7 +27,7 @@ from keyspan.storage.keys import KeyRange
 from keyspan.storage.mutations import Bulk, BulkRow, Delete, Patch, Put, SweepBatch
 from keyspan.storage.shard import Shard
 from keyspan.storage.shardset import ShardSet, ShardSetOptions, now_ms, partition_stats
-from tests.storage.conftest import open_set
+from tests.storage.shardsets import open_set
 
 
 async def test_the_shard_file_is_in_wal_mode_with_full_sync(shards: ShardSet) -> None:

@@ -16,7 +16,7 @@ from keyspan.storage.keys import KeyRange
 from keyspan.storage.mutations import Bulk, Put
 from keyspan.storage.shard import Shard
 from keyspan.storage.shardset import ShardSet, ranges_from_split_points
-from tests.storage.conftest import open_set
+from tests.storage.shardsets import open_set
 
 
 async def test_a_shard_file_that_cannot_be_opened_is_named_and_the_others_are_closed(tmp_path: Path) -> None:
