@@ -566,11 +566,47 @@ def test_a_step_of_the_system_clock_neither_downs_live_nodes_nor_keeps_a_dead_on
     assert heard == now_ms()  # kept on the clock as it is now
     state.store.close()
     again = ClusterState(ControlStore(tmp_path / "control.db"), Liveness(suspect_after_s=3, down_after_s=6))
-    again.restarted(now_ms())
+    again.restarted()
     running[0] += 1
-    wall_ns[0] += 10**9
+    wall_ns[0] += 10**9 + 3600 * 10**9  # a step before the restarted control's first call
     again.tick()
     assert [again.store.node(n)["status"] for n in ("a", "silent")] == [UP, DOWN]  # type: ignore[index]
+
+
+def test_a_shift_that_fails_to_commit_moves_nothing_and_is_made_once_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heartbeats were moved in a commit of their own and the recovery wait's start
+    after it: a failure between them (a full disk) left the first moved, and the next
+    call found the same step and moved them again."""
+    from keyspan.services.control import cluster
+
+    running, wall_ns = [1000.0], [time.time_ns()]
+    monkeypatch.setattr(cluster, "running_clock", lambda: running[0])
+    monkeypatch.setattr(time, "time_ns", lambda: wall_ns[0])
+    state = make_state(tmp_path, min_nodes=2)
+    state.register("a", "127.0.0.1:1001", "", 1, ["p0000"])  # a recovery: a holds a partition
+    state.register("b", "127.0.0.1:1002", "", 1, [])
+    heard, waiting_from = (
+        state.store.node("b")["last_heartbeat_ms"],
+        state.store.get_meta("recovering_from_ms"),
+    )  # type: ignore[index]
+    set_meta, failing = state.store.set_meta, [True]
+
+    def full_disk_once(name: str, value: object) -> None:
+        if failing.pop() if failing else False:
+            raise OSError("No space left on device")
+        set_meta(name, value)
+
+    monkeypatch.setattr(state.store, "set_meta", full_disk_once)
+    running[0] += 1
+    wall_ns[0] += 10**9 - 3600 * 10**9  # set back an hour
+    with pytest.raises(OSError):
+        state.heartbeat("a", [])
+    assert state.store.node("b")["last_heartbeat_ms"] == heard  # type: ignore[index]
+    state.heartbeat("a", [])
+    assert state.store.node("b")["last_heartbeat_ms"] == heard - 3600 * 1000  # type: ignore[index]
+    assert state.store.get_meta("recovering_from_ms") == waiting_from - 3600 * 1000
 
 
 def test_a_new_control_db_gives_a_partition_to_the_node_with_its_newest_copy(tmp_path: Path) -> None:
@@ -640,3 +676,27 @@ def test_a_migration_that_fails_halfway_leaves_the_database_as_it_was(
     store = ControlStore(tmp_path / "control.db")  # "duplicate column name" before
     assert store.schema_version() == len(real)
     store.close()
+
+
+def test_a_pause_between_the_two_clock_reads_is_not_taken_for_a_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keyspan.services.control import cluster
+
+    running, wall_ns = [1000.0], [time.time_ns()]
+    monkeypatch.setattr(cluster, "running_clock", lambda: running[0])
+    monkeypatch.setattr(time, "time_ns", lambda: wall_ns[0])
+    state = make_state(tmp_path)
+    state.register("a", "127.0.0.1:1001", "", 1, [])
+    heard = state.store.node("a")["last_heartbeat_ms"]  # type: ignore[index]
+
+    def read_after_a_pause() -> float:  # control stopped 5 s right after reading the system clock
+        wall_ns[0] += 5 * 10**9
+        running[0] += 5
+        return running[0]
+
+    monkeypatch.setattr(cluster, "running_clock", read_after_a_pause)
+    running[0] += 1
+    wall_ns[0] += 10**9
+    state.tick()
+    assert state.store.node("a")["last_heartbeat_ms"] == heard  # type: ignore[index]

@@ -119,12 +119,12 @@ class ClusterState:
         self._rebuild_map()
         return True
 
-    def restarted(self, now_ms: int) -> None:
+    def restarted(self, now_ms: int | None = None) -> None:
         """After a control restart, give every live node a fresh heartbeat window: its
         liveness counts from now, while last_heartbeat_ms keeps when its last heartbeat
         came (it was overwritten, and `admin nodes` showed a node dead for seconds as
         heard from just now)."""
-        self._window_from_ms = now_ms
+        self._window_from_ms = self._clock(now_ms)  # also the clocks' first read: see _clock
 
     # -- the map ---------------------------------------------------------------------------
 
@@ -384,7 +384,9 @@ class ClusterState:
         followed: the times kept so far move with it (see _shift)."""
         if now_ms is not None:
             return now_ms
-        now_ms, running = wall_ms(), running_clock()
+        now_ms, running, again_ms = wall_ms(), running_clock(), wall_ms()
+        if again_ms - now_ms > CLOCK_STEP_MS // 50:  # paused between the reads: not a step
+            return now_ms
         if self._clock_read is not None:
             wall_before, running_before = self._clock_read
             step_ms = (now_ms - wall_before) - round((running - running_before) * 1000)
@@ -401,14 +403,13 @@ class ClusterState:
         control is down is not seen."""
         log.warning("control's system clock stepped: the heartbeat times it keeps move with it",
                     extra={"step_s": step_ms / 1000})  # fmt: skip
-        self.store.shift_heartbeats(step_ms)
+        recovering = None if self._recovering_from_ms is None else self._recovering_from_ms + step_ms
+        self.store.shift_times(step_ms, recovering)  # one commit; a failure leaves all as it was
+        self._recovering_from_ms = recovering
         self._window_from_ms += step_ms if self._window_from_ms else 0
         self._ticked_ms += step_ms if self._ticked_ms else 0
         self._now_ms += step_ms if self._now_ms else 0
         self._stalls = [(start + step_ms, end + step_ms) for start, end in self._stalls]
-        if self._recovering_from_ms is not None:
-            self._recovering_from_ms += step_ms
-            self.store.set_meta("recovering_from_ms", self._recovering_from_ms)
 
     def _schedulable(self) -> list[dict[str, Any]]:
         return [

@@ -22,7 +22,7 @@ from keyspan.services.control.cluster import ClusterState, Liveness, uniform_spl
 from keyspan.services.control.metrics_source import ControlSnapshot
 from keyspan.services.control.probes import ProbeWatchers
 from keyspan.services.control.servicer import ControlServicer, MapHub
-from keyspan.services.control.store import ControlStore, now_ms
+from keyspan.services.control.store import ControlStore
 from keyspan.streams.partition_map import to_message
 from keyspan.streams.stopping import cancel_and_wait
 from keyspan.v1 import control_pb2, control_pb2_grpc
@@ -90,7 +90,7 @@ class ControlProcess(GrpcProcess):
         state = ClusterState(store, liveness, self.config.min_nodes, self.config.recovery_wait_s)
         split = self.config.split_keys() or uniform_split_points(self.config.partitions)
         state.create(split)
-        state.restarted(now_ms())
+        state.restarted()
         return state
 
     def described(self) -> dict[str, Any]:

@@ -185,13 +185,16 @@ class ControlStore:
     def upsert_node(self, row: dict[str, Any]) -> None:
         self.db["nodes"].upsert(row, pk="node_id")
 
-    def shift_heartbeats(self, step_ms: int) -> None:
-        """Move every node's last heartbeat time by step_ms (a step of the system clock)."""
+    def shift_times(self, step_ms: int, recovering_from_ms: int | None) -> None:
+        """Move every node's last heartbeat time by step_ms (a step of the system clock), and
+        write the recovery wait's start as moved, in one commit."""
         with self.transaction():
             self.db.execute(
                 "UPDATE nodes SET last_heartbeat_ms = last_heartbeat_ms + ? WHERE last_heartbeat_ms > 0",
                 [step_ms],
             )
+            if recovering_from_ms is not None:
+                self.set_meta("recovering_from_ms", recovering_from_ms)
 
     def delete_node(self, node_id: str) -> None:
         self.db["nodes"].delete_where("node_id = ?", [node_id])

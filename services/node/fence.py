@@ -77,6 +77,10 @@ class OwnershipFence:
         if self.max_gap_s and gap > self.max_gap_s and not self.closed:
             self._confirm_from = self._last_sent + 1
             self.stall_s = gap
+            # Counted: a call that finds it before the ticker does must not find it again
+            # once control confirms. Only here: calls in a loop turn that runs long (many
+            # short tasks) must not hide that the ticker, and the heartbeats, fell behind.
+            self.alive_at = now
             log.warning(
                 "this node was stalled: answering no read or write until control confirms its map",
                 extra={"node_id": self.node_id, "stall_s": round(gap, 3)},
@@ -103,7 +107,7 @@ class OwnershipFence:
     def check(self, committed: bool = False) -> None:
         """Raise UnavailableError while fenced. `committed`: asked after a write committed
         (its refusal then says it may have applied)."""
-        self.note_alive()  # a stall found here is counted once, as by the ticker
+        self._check_gap(self._clock())
         if self._confirm_from is None:
             return
         why = (

@@ -85,6 +85,21 @@ def test_a_stall_found_by_a_call_closes_the_fence_once() -> None:
     assert not fence.closed
 
 
+def test_calls_in_a_loop_turn_that_runs_long_do_not_hide_that_the_ticker_fell_behind() -> None:
+    """One loop turn of 30 tasks of 0.1 s, each asking the fence: the ticker (and the
+    heartbeats) wait 3 s all the same. Each call marking the node seen running would
+    have hidden that."""
+    fence, clock = fence_after_a_stall(0.0)
+    refused = 0
+    for _ in range(30):
+        clock.now += 0.1
+        try:
+            fence.check()
+        except UnavailableError:
+            refused += 1
+    assert fence.closed and refused == 18  # from 1.3 s behind on
+
+
 def test_without_control_s_down_timeout_no_stall_closes_it() -> None:
     clock = Clock()
     fence = OwnershipFence("n1", clock=clock)
