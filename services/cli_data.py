@@ -24,7 +24,14 @@ from typing import IO, Any
 
 import click
 
-from keyspan.services.cli import EXIT_NOT_FOUND, EXIT_PRECONDITION, EXIT_UNAVAILABLE, EXIT_USAGE, cli
+from keyspan.services.cli import (
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_PRECONDITION,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    cli,
+)
 from keyspan.services.config import DEFAULT_ADDRESS
 from keyspan.storage.errors import key_text
 
@@ -575,15 +582,21 @@ def dump(conn: Conn, start: str | None, end: str | None, progress: bool) -> None
 
     lower, upper = _range(conn, start, end)
     out = sys.stdout.buffer  # UTF-8 whatever the locale, as load reads it (latin-1 raised)
-    count = tqdm(unit=" entries", disable=None if progress else True, file=sys.stderr)
-    with expected_errors(), conn.client() as kv, count:
-        written = 0
-        for entry in kv.scan_ex(lower, upper, policy=_ride_out(kv, conn.timeout_s)):
-            out.write((dump_line(entry, conn.hex_keys) + "\n").encode())
-            written += 1
-            if not written % _COUNT_EVERY:
-                count.update(_COUNT_EVERY)
-        count.update(written % _COUNT_EVERY)
+    count = None  # made at the first entry: a dump that reaches no server shows no "0 entries"
+    try:
+        with expected_errors(), conn.client() as kv:
+            written = 0
+            for entry in kv.scan_ex(lower, upper, policy=_ride_out(kv, conn.timeout_s)):
+                if count is None:
+                    count = tqdm(unit=" entries", disable=None if progress else True, file=sys.stderr)
+                out.write((dump_line(entry, conn.hex_keys) + "\n").encode())
+                written += 1
+                if not written % _COUNT_EVERY:
+                    count.update(_COUNT_EVERY)
+    finally:
+        if count is not None:
+            count.update(written % _COUNT_EVERY)
+            count.close()
     out.flush()
 
 
@@ -602,8 +615,8 @@ def dump(conn: Conn, start: str | None, end: str | None, progress: bool) -> None
     type=click.IntRange(min=1),
     default=200_000,
     show_default=True,
-    help="Entries sorted in memory at a time; a bigger input is sorted in runs of this many, "
-    "spilled to temp files and merged 64 runs at a time.",
+    help="Entries sorted in memory at a time (or 256 MiB of keys and values, whichever comes "
+    "first); a bigger input is sorted in runs, spilled to temp files and merged 64 runs at a time.",
 )
 @click.option(
     "--batch-bytes",
@@ -641,11 +654,20 @@ def load(conn: Conn, file: str, fmt: str, chunk_entries: int, batch_bytes: int, 
         policy = _ride_out(kv, conn.timeout_s)  # before the sort: an address that is wrong fails at once
         try:
             records = _counted(read_records(stream, fmt, conn.hex_keys, name), progress)
-            with sorted_records(records, chunk_entries) as (count, merged):
+            with sorted_records(records, chunk_entries, on_pass=_merge_pass_shown(progress)) as (
+                count,
+                merged,
+            ):
                 entries = (wire_entry(*record) for record in merged)
                 result = _bulk_load(kv, entries, count, batch_bytes, progress, policy, merged)
         except RecordError as err:
             _fail(str(err), EXIT_USAGE)
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (_Terminated); the temp files are gone
+            if not getattr(err, "said", False):
+                click.echo(
+                    "keyspan: interrupted while reading and sorting the input: nothing was loaded", err=True
+                )
+            raise SystemExit(EXIT_TERMINATED if isinstance(err, _Terminated) else EXIT_INTERRUPTED) from None
     elapsed_s = time.monotonic() - started
     rate = result.entries / elapsed_s if elapsed_s else 0.0
     summary = {"entries": result.entries, "bytes": result.bytes, "seconds": round(elapsed_s, 3)}
@@ -661,6 +683,17 @@ def load(conn: Conn, file: str, fmt: str, chunk_entries: int, batch_bytes: int, 
             f"loaded {result.entries:,} {what} in {elapsed_s:.1f} s ({rate:,.0f} entries/s){replaced}",
             err=True,
         )
+
+
+def _merge_pass_shown(progress: bool) -> Callable[[int, int], None] | None:
+    """What a load says before each merge pass of its sort (seconds each, with many runs)."""
+    if not progress:
+        return None
+
+    def shown(number: int, runs: int) -> None:
+        click.echo(f"merging {runs:,} sorted runs (pass {number})", err=True)
+
+    return shown
 
 
 def _counted(records: Iterator[Any], progress: bool) -> Iterator[Any]:
@@ -736,8 +769,8 @@ def _bulk_load(
             bar.update(result.entries - done)
             done = result.entries
 
-        def loaded() -> str:
-            return f"{done:,} of {bar.total:,} entries were loaded"
+        def loaded() -> str:  # batches in flight may be in too; a repeated key is one entry
+            return f"at least {done:,} entries were loaded (of {total:,} lines)"
 
         try:
             return kv.bulk_put_ex(entries, batch_bytes=batch_bytes, on_progress=advance, policy=policy)
@@ -751,9 +784,10 @@ def _bulk_load(
                 f"(waited {RIDE_OUT_S:.0f} s); the same load again finishes it (rewriting those)",
                 EXIT_UNAVAILABLE,
             )
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (_Terminated)
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (_Terminated)
             bar.close()
             click.echo(f"keyspan: interrupted: {loaded()}; the same load again finishes it", err=True)
+            err.said = True  # type: ignore[attr-defined]
             raise
 
 

@@ -727,9 +727,12 @@ def test_a_load_ended_by_sigterm_removes_its_sort_files_and_exits_143(
     while not list(spill.glob("keyspan-load-*/*.run")) and time.monotonic() < deadline:
         time.sleep(0.01)
     load.send_signal(signal.SIGTERM)
-    load.communicate(timeout=60)
+    _, err = load.communicate(timeout=60)
     assert load.returncode == 143
     assert list(spill.iterdir()) == []  # 34 MB of runs were left behind
+    assert err.decode().splitlines() == [  # it said nothing
+        "keyspan: interrupted while reading and sorting the input: nothing was loaded"
+    ]
 
 
 def test_a_load_ctrl_c_ends_says_how_far_it_got(server_address: str, tmp_path: Path) -> None:
@@ -747,9 +750,9 @@ def test_a_load_ctrl_c_ends_says_how_far_it_got(server_address: str, tmp_path: P
     load.send_signal(signal.SIGINT)
     _, err = load.communicate(timeout=60)
     assert load.returncode == 130, err
-    said = err.decode().splitlines()[0]
-    assert said.startswith("keyspan: interrupted: ") and said.endswith(
-        " of 200,000 entries were loaded; the same load again finishes it"
+    (said,) = err.decode().splitlines()  # not followed by click's "Aborted!"
+    assert said.startswith("keyspan: interrupted: at least ") and said.endswith(
+        " entries were loaded (of 200,000 lines); the same load again finishes it"
     )
 
 
@@ -770,9 +773,9 @@ def test_a_load_that_gives_up_on_its_server_says_how_far_it_got(capsys: pytest.C
         _bulk_load(GoneAfterOneBatch(), iter(()), 5_000, 1 << 20, False, None, SimpleNamespace(replaced=0))
     assert ended.value.code == 4
     assert capsys.readouterr().err == (
-        "keyspan: unavailable: failed to connect to all addresses; 1,000 of 5,000 entries were loaded "
-        "before the server stopped answering (waited 60 s); the same load again finishes it (rewriting "
-        "those)\n"
+        "keyspan: unavailable: failed to connect to all addresses; at least 1,000 entries were loaded "
+        "(of 5,000 lines) before the server stopped answering (waited 60 s); the same load again "
+        "finishes it (rewriting those)\n"
     )
 
 
@@ -786,21 +789,19 @@ def test_a_load_counts_the_lines_it_reads_before_it_sends(server_address: str, t
     assert b"reading: 0 lines" in loaded.stderr  # at the start; it goes once the load begins
 
 
-def test_a_dump_counts_its_entries_on_a_terminal_only(server_address: str) -> None:
-    """A dump of a million entries showed nothing for its 8 s."""
+def on_a_terminal(address: str, *args: str) -> tuple[subprocess.CompletedProcess[bytes], bytes]:
+    """Run the CLI with stderr on a pseudo-terminal of 80 columns; its result, and what
+    the terminal showed."""
     import fcntl
     import pty
     import struct
     import termios
 
-    with Client(server_address) as kv:
-        for i in range(2_500):
-            kv.put(f"d{i:05d}", b"v")
-    env = {**os.environ, "KEYSPAN_ADDRESS": server_address, "GRPC_VERBOSITY": "ERROR"}
+    env = {**os.environ, "KEYSPAN_ADDRESS": address, "GRPC_VERBOSITY": "ERROR"}
     terminal, stderr = pty.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # a window of 80 columns
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     try:
-        dump = subprocess.run([KEYSPAN, "dump"], stdout=subprocess.PIPE, stderr=stderr, env=env, timeout=60)
+        done = subprocess.run([KEYSPAN, *args], stdout=subprocess.PIPE, stderr=stderr, env=env, timeout=60)
         os.close(stderr)
         shown = b""
         with contextlib.suppress(OSError):  # EIO once the pty's other end is closed and drained
@@ -808,10 +809,21 @@ def test_a_dump_counts_its_entries_on_a_terminal_only(server_address: str) -> No
                 shown += chunk
     finally:
         os.close(terminal)
+    return done, shown
+
+
+def test_a_dump_counts_its_entries_on_a_terminal_only(server_address: str) -> None:
+    """A dump of a million entries showed nothing for its 8 s."""
+    with Client(server_address) as kv:
+        for i in range(2_500):
+            kv.put(f"d{i:05d}", b"v")
+    dump, shown = on_a_terminal(server_address, "dump")
     assert dump.returncode == 0 and len(dump.stdout.splitlines()) == 2_500
     assert b"2500 entries [" in shown
     piped = run_cli(server_address, "dump")  # stderr a pipe: no count in a script's log
     assert piped.returncode == 0 and piped.stderr == b""
+    failed, shown = on_a_terminal("127.0.0.1:1", "dump", "--timeout", "0.5")
+    assert failed.returncode == 4 and b"entries" not in shown  # no "0 entries" before the error
 
 
 def test_ctrl_c_exits_130(tmp_path: Path) -> None:

@@ -114,8 +114,13 @@ def test_a_sort_of_more_runs_than_it_merges_at_once_keeps_key_order_and_the_last
     records = [(k, b"%d" % i, False, 0.0) for i, k in enumerate(keys)]
     random.Random(3).shuffle(records)
     last = {r[0]: r for r in records}
-    with sorted_records(records, chunk_entries=7, fan_in=3) as (count, merged):  # 72 runs, 4 passes
+    passes: list[tuple[int, int]] = []
+    with sorted_records(records, chunk_entries=7, fan_in=3, on_pass=lambda *p: passes.append(p)) as (
+        count,
+        merged,
+    ):
         assert (list(merged), count) == ([last[k] for k in sorted(last)], 500)
+    assert passes == [(1, 72), (2, 24), (3, 8)]  # what a load shows before each
 
 
 def test_a_sort_of_more_runs_than_the_open_files_limit_loads_and_leaves_no_file(
