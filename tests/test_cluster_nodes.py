@@ -174,16 +174,26 @@ async def test_etags_never_repeat_when_a_repair_gives_a_partition_another_copy(t
             await asyncio.sleep(0.05)
         raise AssertionError(f"{partition} was never served by {by} alone")
 
+    async def repair_to(node_id: str) -> None:
+        """Once the node is up: a node that just started is suspect until its probe says
+        SERVING (it reconciles first), and a repair to it is refused meanwhile."""
+        for _ in range(100):
+            if (await control.call(state.store.node, node_id))["status"] == "up":
+                await control.call(state.repair, partition, node_id, True)
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"node {node_id} never came up")
+
     partition = state.map.locate(b"k").partition_id
     try:
         assert state.map.locate(b"k").node_id == "a"
         first = await put_when_served(b"on a", "a")
-        await control.call(state.repair, partition, "b", True)
+        await repair_to("b")
         on_b = await put_when_served(b"on b, an empty copy", "b")
         assert on_b > first and on_b > state.map.by_id(partition).revision_floor - 1_000  # type: ignore[union-attr]
         with pytest.raises(EtagMismatch):  # the old etag names nothing here
             await client.put(b"k", b"x", if_etag=first)
-        await control.call(state.repair, partition, "a", True)  # back to a's older copy
+        await repair_to("a")  # back to a's older copy
         again = await put_when_served(b"on a again", "a")
         assert again > on_b
     finally:
