@@ -488,6 +488,24 @@ def test_a_heartbeat_from_a_process_control_no_longer_knows_as_the_node_is_refus
     assert removed.value.reason == "NODE_REMOVED"
 
 
+def test_a_node_that_just_registered_and_is_still_syncing_is_no_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every node start logged a WARNING: its probe says NOT_SERVING until it has
+    reconciled with its map, a moment after it registered."""
+    import logging
+
+    state = make_state(tmp_path)
+    join(state, "a")
+    with caplog.at_level(logging.INFO, logger="keyspan.services.control.cluster"):
+        state.probe("a", "NOT_SERVING", T0 + 50)  # reconciling
+        state.probe("a", "SERVING", T0 + 80)
+        state.heartbeat("a", [], T0 + 5_000)
+        state.probe("a", "NOT_SERVING", T0 + 5_050)  # long after it registered
+    changes = [(r.levelname, r.status) for r in caplog.records if r.getMessage() == "node status"]  # type: ignore[attr-defined]
+    assert changes == [("INFO", "suspect"), ("INFO", "up"), ("WARNING", "suspect")]
+
+
 def test_a_node_going_suspect_is_a_warning_and_coming_back_is_not(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -88,6 +88,7 @@ class ClusterState:
         self._stalls: list[tuple[int, int]] = []
         # (system clock in ms, running clock in s) at the last call that read them: _clock
         self._clock_read: tuple[int, float] | None = None
+        self._registered_ms: dict[str, int] = {}  # when each node last registered with this control
         # When a new control.db's first assignment found nodes holding partitions on their
         # disks (its cluster existed before): for recovery_wait_s from then, a partition no
         # registered node holds waits for one that may, rather than going to a node empty.
@@ -231,6 +232,7 @@ class ClusterState:
         if disk_id:
             row["disk_id"] = disk_id
         self._on_disk[node_id] = {p: (revisions or {}).get(p, 0) for p in hosted}
+        self._registered_ms[node_id] = now_ms
         if known is None:
             row |= {
                 "cordoned": 0,
@@ -372,10 +374,20 @@ class ClusterState:
             if status != n["status"]:
                 self.store.upsert_node({"node_id": n["node_id"], "status": status})
                 self.store.log("status", node_id=n["node_id"], before=n["status"], after=status)
-                level = logging.INFO if status == UP else logging.WARNING  # back up: not a warning
                 extra = {"node_id": n["node_id"], "status": status, "was": n["status"]}
-                log.log(level, "node status", extra=extra)
+                log.log(self._status_level(n, status, now_ms), "node status", extra=extra)
         return self._settle()
+
+    def _status_level(self, node: dict[str, Any], status: str, now_ms: int) -> int:
+        """INFO for a node back up, and for one whose probe says NOT_SERVING within
+        --suspect-after-s of registering (it reconciles with its map first: every start
+        logged a warning); WARNING otherwise."""
+        starting = (
+            now_ms - self._registered_ms.get(node["node_id"], 0) <= self.liveness.suspect_after_s * 1000
+        )
+        if status == UP or (status == SUSPECT and starting and node["probe"] == "NOT_SERVING"):
+            return logging.INFO
+        return logging.WARNING
 
     def _clock(self, now_ms: int | None) -> int:
         """The time of a call, in ms since the epoch: `now_ms` when given (tests drive a
@@ -410,6 +422,7 @@ class ClusterState:
         self._ticked_ms += step_ms if self._ticked_ms else 0
         self._now_ms += step_ms if self._now_ms else 0
         self._stalls = [(start + step_ms, end + step_ms) for start, end in self._stalls]
+        self._registered_ms = {node_id: ms + step_ms for node_id, ms in self._registered_ms.items()}
 
     def _schedulable(self) -> list[dict[str, Any]]:
         return [
