@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -187,7 +188,7 @@ async def test_only_the_busiest_partitions_get_series_beyond_the_limit(tmp_path:
         for key, n in ((b"c1", 3), (b"e1", 5), (b"a1", 1)):
             for i in range(n):
                 await shards.write(key, Put(key + b"%d" % i, b"v", False, None, 0, False))
-        m = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+        m = families(registry)
         shown = {s.labels["partition_id"] for s in m["keyspan_partition_writes"].samples}
         assert shown == {"p2", "p4"}  # ranges [c, d) and [e, f): the two busiest
         assert sample(m, "keyspan_partitions_without_series") == 4
@@ -198,16 +199,10 @@ async def test_only_the_busiest_partitions_get_series_beyond_the_limit(tmp_path:
 
 @pytest.mark.asyncio
 async def test_node_counters_keep_what_a_dropped_partition_counted(tmp_path: Path) -> None:
-    shards = ShardSet(tmp_path)
-    shards.open([(f"p{i}", r) for i, r in enumerate(_ranges(b"m"))])
+    shards, registry = await two_partitions_three_writes_one_read(tmp_path)
     try:
-        registry = CollectorRegistry()
-        registry.register(PartitionCollector(shards))
-        for key in (b"a", b"b", b"x"):
-            await shards.write(key, Put(key, b"v", False, None, 0, False))
-        await shards.get(b"a")
         shards.drop_partition("p0")  # [, m): reassigned to another node, say
-        m = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+        m = families(registry)
         assert sample(m, "keyspan_node_writes_total") == 3
         assert sample(m, "keyspan_node_reads_total") == 1
         assert sample(m, "keyspan_partitions") == 1
@@ -221,19 +216,13 @@ async def test_node_counters_do_not_fall_in_a_scrape_while_a_partition_leaves(
 ) -> None:
     """A scrape that came while a partition left (its writer closing) found it neither held
     nor yet counted as dropped: the node totals fell for it, read by Prometheus as a reset."""
-    shards = ShardSet(tmp_path)
-    shards.open([(f"p{i}", r) for i, r in enumerate(_ranges(b"m"))])
+    shards, registry = await two_partitions_three_writes_one_read(tmp_path)
     try:
-        registry = CollectorRegistry()
-        registry.register(PartitionCollector(shards))
-        for key in (b"a", b"b", b"x"):
-            await shards.write(key, Put(key, b"v", False, None, 0, False))
-        await shards.get(b"a")
         seen: list[tuple[float, float]] = []
         scrapers: list[threading.Thread] = []
 
         def scrape() -> None:
-            m = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+            m = families(registry)
             seen.append((sample(m, "keyspan_node_writes_total"), sample(m, "keyspan_node_reads_total")))
 
         def scrape_meanwhile(wait_s: float | None) -> None:  # as the metrics server's thread would
@@ -264,7 +253,7 @@ def _ranges(points: bytes) -> list:
 def test_control_metrics_come_from_the_registered_source() -> None:
     registry = CollectorRegistry()
     register_control_metrics(registry, FakeControl())
-    m = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    m = families(registry)
     assert set(CONTROL_METRICS) <= set(m)
     assert sample(m, "keyspan_control_nodes", status="down") == 1
     assert sample(m, "keyspan_control_partitions", state="moving") == 1
@@ -280,7 +269,7 @@ def test_client_metrics_count_retries_refreshes_and_redirects() -> None:
     metrics.retried("Put")
     metrics.map_refreshed()
     metrics.redirected("p1")
-    m = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    m = families(registry)
     assert sample(m, "keyspan_client_retries_total", method="Put") == 2
     assert sample(m, "keyspan_client_map_refreshes_total") == 1
     assert sample(m, "keyspan_client_wrong_partition_redirects_total") == 1
@@ -314,7 +303,7 @@ async def test_client_streams_count_messages_in() -> None:
             assert await send(iter([b"ab", b"c", b"def"])) == b"6"
     finally:
         await server.stop(None)
-    m = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    m = families(registry)
     assert sample(m, "keyspan_rpc_stream_messages_received_total", grpc_method="Send") == 3
     assert sample(m, "keyspan_rpc_handled_total", grpc_type="client_stream", grpc_code="OK") == 1
 
@@ -476,3 +465,25 @@ async def test_writes_count_entries_written_not_queued_mutations(start_server, c
     assert sample(m, "keyspan_partition_writes_total", partition_id="p0001") == 0
     assert sample(m, "keyspan_write_batch_size_sum") == 200
     assert sample(m, "keyspan_write_batch_size_count") == 1
+
+
+def families(registry: CollectorRegistry) -> dict[str, Any]:
+    """What a scrape of the registry shows, by metric family."""
+    return {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+
+
+async def two_partitions_three_writes_one_read(tmp_path: Path) -> tuple[ShardSet, CollectorRegistry]:
+    """Partitions p0 [, m) and p1 [m, ), written a, b and x, read a once; and a registry
+    scraping them."""
+    shards = ShardSet(tmp_path)
+    shards.open([(f"p{i}", r) for i, r in enumerate(_ranges(b"m"))])
+    try:
+        registry = CollectorRegistry()
+        registry.register(PartitionCollector(shards))
+        for key in (b"a", b"b", b"x"):
+            await shards.write(key, Put(key, b"v", False, None, 0, False))
+        await shards.get(b"a")
+    except BaseException:
+        shards.close()
+        raise
+    return shards, registry
