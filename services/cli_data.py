@@ -662,12 +662,11 @@ def load(conn: Conn, file: str, fmt: str, chunk_entries: int, batch_bytes: int, 
                 result = _bulk_load(kv, entries, count, batch_bytes, progress, policy, merged)
         except RecordError as err:
             _fail(str(err), EXIT_USAGE)
-        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (_Terminated); the temp files are gone
-            if not getattr(err, "said", False):
-                click.echo(
-                    "keyspan: interrupted while reading and sorting the input: nothing was loaded", err=True
-                )
-            raise SystemExit(EXIT_TERMINATED if isinstance(err, _Terminated) else EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as err:  # before sending (_bulk_load says its own); temp files gone
+            click.echo(
+                "keyspan: interrupted while reading and sorting the input: nothing was loaded", err=True
+            )
+            raise SystemExit(_interrupted_exit(err)) from None
     elapsed_s = time.monotonic() - started
     rate = result.entries / elapsed_s if elapsed_s else 0.0
     summary = {"entries": result.entries, "bytes": result.bytes, "seconds": round(elapsed_s, 3)}
@@ -733,6 +732,10 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C would be, so every cleanup on that path runs."""
 
 
+def _interrupted_exit(err: KeyboardInterrupt) -> int:
+    return EXIT_TERMINATED if isinstance(err, _Terminated) else EXIT_INTERRUPTED
+
+
 @contextlib.contextmanager
 def _open_input(file: str) -> Iterator[IO[str]]:
     """FILE (or stdin for -) as UTF-8 text: a BOM (Excel) is not data, bytes that are not
@@ -787,8 +790,7 @@ def _bulk_load(
         except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (_Terminated)
             bar.close()
             click.echo(f"keyspan: interrupted: {loaded()}; the same load again finishes it", err=True)
-            err.said = True  # type: ignore[attr-defined]
-            raise
+            raise SystemExit(_interrupted_exit(err)) from None  # one line: no click "Aborted!" after it
 
 
 @cli.command()
