@@ -590,6 +590,13 @@ class ShardSet:
             self.gate(False)
         return batch
 
+    def check_gate(self) -> None:
+        """Raise the gate's refusal when no client call may be answered now (a fenced
+        node); for the calls that are neither a read nor a client's write: Stats, and
+        the Sweep stream between its batches."""
+        if self.gate is not None:
+            self.gate(False)
+
     async def sweep_batch(self, partition: Partition, key_range: KeyRange, limit: int) -> tuple[int, int]:
         return await partition.write(SweepBatch(key_range.start, key_range.end, now_ms(), limit))
 
@@ -613,10 +620,16 @@ class ShardSet:
     async def stats(self, *, complete: bool = True) -> list[PartitionStats]:
         """Every partition's stats, read on the read threads (the Stats RPC's source); with
         `complete`, the on_missing error while a range of `should_hold` is not open
-        (starting, opening), else the partitions open now."""
+        (starting, opening) and the gate's refusal on a fenced node, else the partitions
+        open now."""
+        if complete:  # the Stats RPC: not from a fenced node's copies (heartbeats: always)
+            self.check_gate()
         for key_range in self.should_hold() if complete else ():
             self.covering(key_range)
-        return [await self.reads.run(lambda p=p: partition_stats(p)) for p in self._partitions]
+        stats = [await self.reads.run(lambda p=p: partition_stats(p)) for p in self._partitions]
+        if complete:
+            self.check_gate()
+        return stats
 
 
 def partition_stats(p: Partition) -> PartitionStats:

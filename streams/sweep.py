@@ -75,9 +75,15 @@ async def serve_sweep(
         )
     key_range = range_of(first.start, first.end if first.HasField("end") else None)
     shards.covering(key_range)  # a range with a part not here is not swept as if empty
+    # A fenced node (stalled, not yet confirmed by control) neither sweeps nor reports
+    # progress from copies that may no longer be the partitions': checked before the
+    # first batch and after each (what a batch deleted was expired, never visible).
+    shards.check_gate()
     scanned = deleted = 0
     async for scanned, deleted in sweep_range(shards, key_range, first.max_deletes_per_s, stopping):
+        shards.check_gate()
         yield kv_pb2.SweepResponse(scanned=scanned, deleted=deleted)
+    shards.check_gate()
     yield kv_pb2.SweepResponse(scanned=scanned, deleted=deleted, done=True)
 
 

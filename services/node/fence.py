@@ -10,11 +10,12 @@ So the node watches for its own stalls: a ticker notes every `tick_s` that the p
 runs, on CLOCK_BOOTTIME (it runs on while the host is suspended, where monotonic stops),
 and a gap of half `down_after_s` (or a read or write that finds the ticker that far
 behind) fences it. A VM paused by its hypervisor shows as a gap only if the guest's
-clocks jump when it resumes. Fenced, the node refuses reads and writes with UNAVAILABLE (a write
-refused before it was queued was not applied; one that committed while the fence closed
-is answered OWNERSHIP_UNCONFIRMED, which clients treat as "may have applied") until
-control acknowledges a heartbeat sent after the stall at a map version the node holds:
-by then any reassignment made meanwhile has reached it, and its partitions are its own.
+clocks jump when it resumes. Fenced, the node refuses reads, writes, Stats and the Sweep
+stream with UNAVAILABLE (a write refused before it was queued was not applied; one that
+committed while the fence closed is answered OWNERSHIP_UNCONFIRMED, which clients treat
+as "may have applied") until control acknowledges a heartbeat sent after the stall at a
+map version the node holds: by then any reassignment made meanwhile has reached it, and
+its partitions are its own.
 
 A node that is not stalled keeps serving while control is unreachable (no lease): a node
 cut off from control by the network, while running, is not fenced. Repair only partitions

@@ -18,7 +18,9 @@ from keyspan.services.node.fence import OwnershipFence
 from keyspan.storage.errors import StorageFaultError, UnavailableError
 from keyspan.storage.keys import KeyRange
 from keyspan.storage.mutations import Mutation, Put
-from keyspan.storage.shardset import ShardSet
+from keyspan.storage.shardset import ShardSet, now_ms
+from keyspan.streams.sweep import serve_sweep
+from keyspan.v1 import kv_pb2
 
 
 class Clock:
@@ -162,3 +164,31 @@ async def test_a_write_that_may_have_applied_on_a_node_stalled_meanwhile_says_so
     with pytest.raises(UnavailableError) as refused:
         await shards.write(b"a", Put(b"a", b"2"))
     assert refused.value.may_have_applied and refused.value.code == "OWNERSHIP_UNCONFIRMED"
+
+
+async def test_a_stalled_node_answers_no_stats_but_still_counts_for_its_heartbeats(
+    fenced_shards: tuple[ShardSet, Clock],
+) -> None:
+    """Stats from a copy that may no longer be the partition's is refused like a read;
+    the heartbeats' own count (complete=False) goes on: they are how the fence reopens."""
+    shards, clock = fenced_shards
+    clock.now += 3.0
+    with pytest.raises(UnavailableError, match=r"node n1 was stalled 3\.0 s"):
+        await shards.stats()
+    assert [s.revision for s in await shards.stats(complete=False)] == [1]
+
+
+async def test_a_stalled_node_sweeps_nothing_for_a_client_and_reports_no_progress(
+    fenced_shards: tuple[ShardSet, Clock],
+) -> None:
+    shards, clock = fenced_shards
+    await shards.write(b"b", Put(b"b", b"2", expires_at_ms=now_ms() - 1))  # expired
+
+    async def one_request() -> AsyncIterator[kv_pb2.SweepRequest]:
+        yield kv_pb2.SweepRequest()
+
+    clock.now += 3.0
+    with pytest.raises(UnavailableError, match=r"node n1 was stalled 3\.0 s"):
+        async for _ in serve_sweep(shards, one_request(), asyncio.Event()):
+            pass
+    assert [s.expired_entries for s in await shards.stats(complete=False)] == [1]  # not swept

@@ -144,8 +144,9 @@ class KVServicer:
         Errors: UNAVAILABLE while a partition the server should hold is not open (`keyspan
         serve` starting: "the server is starting"; a node's assigned partition opening, or
         failed to open, with the reason), from a gateway with no map yet or a partition with
-        no routable owner or whose node it cannot reach; UNAVAILABLE OPEN_FILES_LIMIT when a
-        count needs a file the process cannot open. Retry after RetryInfo's delay.
+        no routable owner or whose node it cannot reach, or a cluster node back from a stall
+        until control confirms its map; UNAVAILABLE OPEN_FILES_LIMIT when a count needs a file
+        the process cannot open. Retry after RetryInfo's delay.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -234,8 +235,9 @@ class KVServicer:
         FAILED_PRECONDITION with WrongPartition at once, nothing swept, when a node does not
         hold all of the range (sweep each part on its owner, or through a gateway);
         UNAVAILABLE when the server begins to stop (before the next batch: run the sweep
-        again), from a gateway when a node cannot be reached, and STREAM_LIMIT at once
-        when the server has its most streams open.
+        again), from a gateway when a node cannot be reached, from a cluster node back from
+        a stall until control confirms its map (what it deleted was expired: run it again),
+        and STREAM_LIMIT at once when the server has its most streams open.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
