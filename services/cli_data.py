@@ -650,7 +650,7 @@ def load(conn: Conn, file: str, fmt: str, chunk_entries: int, batch_bytes: int, 
     fmt = ("csv" if file.lower().endswith(".csv") else "jsonl") if fmt == "auto" else fmt
     started = time.monotonic()
     # One client for the probe and the load: one event loop, one connection.
-    with _terminate_as_interrupt(), expected_errors(), conn.client() as kv, _open_input(file) as stream:
+    with _interrupts_once(), expected_errors(), conn.client() as kv, _open_input(file) as stream:
         policy = _ride_out(kv, conn.timeout_s)  # before the sort: an address that is wrong fails at once
         try:
             records = _counted(read_records(stream, fmt, conn.hex_keys, name), progress)
@@ -711,21 +711,36 @@ def _counted(records: Iterator[Any], progress: bool) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds as Ctrl-C does (the sort's temporary files are removed; they were
-    left behind), and exits 143, as a process the signal ends."""
+def _interrupts_once() -> Iterator[None]:
+    """Ctrl-C or SIGTERM stops a load once. The first unwinds (SIGTERM as Ctrl-C does, so
+    the sort's temporary files are removed, and exits 143); a second, while that cleanup
+    runs, only says so (it cut the cleanup short: the temp files stayed, and a second
+    message said that nothing was loaded); a third ends the process at once."""
     import signal
 
-    def stop(signum: int, frame: Any) -> None:
-        raise _Terminated
+    signals = (signal.SIGINT, signal.SIGTERM)
+    seen = 0
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == 1:
+            raise _Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        if seen == 2:
+            os.write(2, b"keyspan: still stopping; interrupt again to quit at once, leaving temp files\n")
+            return
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in signals}
     try:
         yield
     except _Terminated:
         sys.exit(EXIT_TERMINATED)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if not seen:  # else the process is on its way out: a second still only says so
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 class _Terminated(KeyboardInterrupt):

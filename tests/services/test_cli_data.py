@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -753,6 +754,44 @@ def test_a_load_ctrl_c_ends_says_how_far_it_got(server_address: str, tmp_path: P
     (said,) = err.decode().splitlines()  # not followed by click's "Aborted!"
     assert said.startswith("keyspan: interrupted: at least ") and said.endswith(
         " entries were loaded (of 200,000 lines); the same load again finishes it"
+    )
+
+
+@pytest.fixture
+def signal_handlers_kept() -> Iterator[None]:
+    """SIGINT's and SIGTERM's handlers as they were, whatever the test installed."""
+    kept = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in kept.items():
+        signal.signal(signum, handler)
+
+
+@pytest.mark.parametrize(
+    ("first", "stopped_by"), [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)]
+)
+def test_a_second_interrupt_while_a_load_stops_does_not_cut_its_cleanup_short(
+    first: signal.Signals,
+    stopped_by: type[BaseException],
+    signal_handlers_kept: None,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A second Ctrl-C during the cleanup the first began left the sort's temp files
+    behind and said "nothing was loaded" after "at least N entries were loaded"."""
+    from keyspan.services.cli_data import _interrupts_once
+
+    cleaned_up = False
+    with pytest.raises(stopped_by), _interrupts_once():
+        try:
+            os.kill(os.getpid(), first)
+            time.sleep(5)  # the handler raises before this ends
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)  # while cleaning up
+            time.sleep(0.01)  # the handler runs at once: this is where it raised
+            cleaned_up = True
+    assert cleaned_up
+    assert (
+        capfd.readouterr().err
+        == "keyspan: still stopping; interrupt again to quit at once, leaving temp files\n"
     )
 
 
