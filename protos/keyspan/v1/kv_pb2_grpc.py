@@ -159,10 +159,11 @@ class KVServicer:
         requests carry only `credits`. Credits count entries: the server never sends more
         entries than were credited, and waits when credits run out while the range holds
         more. `done` carries no entry and needs no credit: credits that cover exactly the
-        entries left are answered with them and `done`. Every ScanResponse
-        carries `resume_key`: to resume a broken forward stream, open a new one with
-        `start = resume_key` (a reverse one with `end = resume_key`) and it continues right
-        after the last delivered entry. The server sends `done = true` after the range's
+        entries left are answered with them and `done` (which may come in a response of its
+        own, with no entries, when later partitions of the range are empty). Every
+        ScanResponse carries `resume_key`: to resume a broken forward stream, open a new one
+        with `start = resume_key` (a reverse one with `end = resume_key`) and it continues
+        right after the last delivered entry. The server sends `done = true` after the range's
         last entry (or after `limit` entries) and ends the stream with OK. Entries are
         packed into responses by a byte budget (about 256 KiB), so one response may carry
         hundreds of small entries. Expired entries are never returned.
