@@ -118,7 +118,7 @@ class Shard:
             raise self._damaged("it is empty (0 bytes)")
         wal = Path(f"{path}-wal")
         wal_existed = wal.exists()
-        self._db = self._connect()
+        self._db = self._connect(catalogued)
         # Called right before a batch's COMMIT, and with the keys it wrote once the COMMIT
         # is over, committed or failed (None: keys unknown): the row cache's fence.
         self.before_commit: Callable[[], None] | None = None
@@ -246,18 +246,25 @@ class Shard:
         finally:
             db.close()
 
-    def _connect(self) -> apsw.Connection:
+    def _connect(self, catalogued: bool = True) -> apsw.Connection:
+        """A connection to the shard's file, in WAL mode; `catalogued`: see __init__."""
         db = None
         try:
             db = apsw.Connection(str(self.path), vfs=SHARD_VFS)
             db.set_busy_timeout(BUSY_TIMEOUT_MS)
             # Every shard file is made in WAL mode, which its header keeps. One that is not
             # was not written by keyspan: setting the mode would change its header before the
-            # checks refuse it, and it is to be left as it was found.
+            # checks refuse it, and it is to be left as it was found. Except a file of a first
+            # start that stopped while making it (killed, a full disk: SQLite writes its
+            # first page in rollback mode, then sets WAL): not catalogued, and no tables.
             current = db.execute("PRAGMA journal_mode").fetchone()
             has_content = _has_content(self.path)
             if current is not None and str(current[0]).lower() != "wal" and has_content:
-                raise self._damaged(f"it is not in WAL mode ({current[0]}): not a shard file keyspan wrote")
+                if catalogued or db.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchone():
+                    raise self._damaged(
+                        f"it is not in WAL mode ({current[0]}): not a shard file keyspan wrote"
+                    )
+                has_content = False  # made again: it never held anything
             if not has_content:
                 # Only a database with no tables takes it, and setting the WAL mode below
                 # already writes the header that fixes it: here, first.

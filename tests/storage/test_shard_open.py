@@ -86,6 +86,52 @@ async def test_empty_shards_of_a_first_start_with_no_catalogue_are_a_new_data_di
         again.close()
 
 
+def a_first_page_in_rollback_mode(path: Path) -> None:
+    """What a first start killed while making a shard leaves (or one that found the disk
+    full): SQLite wrote the file's first page in rollback mode, and never set WAL."""
+    db = apsw.Connection(str(path))
+    db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    db.execute("PRAGMA user_version=0")  # writes page 1
+    db.close()
+    assert path.stat().st_size > 0
+
+
+async def test_a_shard_file_a_first_start_stopped_making_is_made_again(tmp_path: Path) -> None:
+    """It was refused as "not in WAL mode: restore it from a copy" for ever, on a data dir
+    that never held anything."""
+    data = tmp_path / "d"
+    data.mkdir()
+    a_first_page_in_rollback_mode(data / "q1.db")
+    shards = ShardSet(data)
+    try:
+        shards.open(ranges_from_split_points_as_ids([b"x"]))
+        await shards.write(b"y", Put(b"y", b"1"))
+        assert (await shards.get(b"y")).etag == 1  # type: ignore[union-attr]
+        shard = shards.locate(b"y").shard
+        assert shard.reclaims  # made with incremental auto-vacuum, as every new shard
+    finally:
+        shards.close()
+    db = apsw.Connection(str(data / "q1.db"))
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    db.close()
+
+
+async def test_a_listed_shard_file_in_rollback_mode_is_still_refused(tmp_path: Path) -> None:
+    """Listed in the catalogue, it was made before: a file in rollback mode replaced it."""
+    (await open_set(tmp_path / "d", [b"g"])).close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{tmp_path / 'd' / 'p1.db'}{suffix}").unlink(missing_ok=True)
+    a_first_page_in_rollback_mode(tmp_path / "d" / "p1.db")
+    raw = (tmp_path / "d" / "p1.db").read_bytes()
+    again = ShardSet(tmp_path / "d")
+    try:
+        with pytest.raises(KeyspanError, match=r"p1\.db is damaged: it is not in WAL mode \(delete\)"):
+            again.open()
+    finally:
+        again.close()
+    assert (tmp_path / "d" / "p1.db").read_bytes() == raw
+
+
 async def test_a_listed_shard_file_that_is_gone_is_refused_not_created_empty(tmp_path: Path) -> None:
     shards = await open_set(tmp_path / "d", [b"g", b"n"])
     await shards.write(b"h", Put(b"h", b"1"))
