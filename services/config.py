@@ -8,6 +8,7 @@ process shares; each process's config extends it.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,9 +27,22 @@ DEFAULT_MAX_STREAMS = 256
 
 
 def parse_address(address: str, name: str = "address") -> tuple[str, int]:
+    """(HOST, PORT) of HOST:PORT; an IPv6 HOST in brackets, `[::1]:7420`, and kept so.
+    ConfigError naming `name` for anything else: gRPC refused `[127.0.0.1]:7420` or
+    `::1:7420` only when it came to listen, with a log line of its own and "in use"."""
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536 or host != host.strip():
         raise ConfigError(f"{name}: {address!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ConfigError(f"{name}: {host[1:-1]!r} in {address!r} is not an IPv6 address") from None
+    elif any(c in host for c in ":[]/ "):
+        raise ConfigError(
+            f"{name}: {address!r} is not HOST:PORT (a host name or IPv4 address, or an IPv6 "
+            "address in brackets: [::1]:7420)"
+        )
     return host, int(port)
 
 
@@ -81,7 +95,10 @@ def _help(text: str, **more: Any) -> dict[str, Any]:
 class ProcessConfig:
     """Settings every keyspan process has."""
 
-    address: str = field(default=DEFAULT_ADDRESS, metadata=_help("HOST:PORT the gRPC server listens on."))
+    address: str = field(
+        default=DEFAULT_ADDRESS,
+        metadata=_help("HOST:PORT the gRPC server listens on (an IPv6 host in brackets: [::1]:7420)."),
+    )
     shutdown_grace_s: float = field(
         default=10.0,
         metadata=_help(
@@ -283,7 +300,10 @@ def config_fields(cls: type) -> list[tuple[str, Any, dict[str, Any]]]:
 class ControlConfig(ProcessConfig):
     """`keyspan control`: the partition map and the node registry."""
 
-    address: str = field(default="127.0.0.1:7400", metadata=_help("HOST:PORT the gRPC server listens on."))
+    address: str = field(
+        default="127.0.0.1:7400",
+        metadata=_help("HOST:PORT the gRPC server listens on (an IPv6 host in brackets: [::1]:7420)."),
+    )
 
     data: Path = field(default=Path("keyspan-control"), metadata=_help("Directory of control.db."))
     partitions: int = field(
@@ -358,7 +378,10 @@ class ControlConfig(ProcessConfig):
 class NodeConfig(StorageConfig):
     """`keyspan node`: a data node that joins a cluster."""
 
-    address: str = field(default="127.0.0.1:7410", metadata=_help("HOST:PORT the gRPC server listens on."))
+    address: str = field(
+        default="127.0.0.1:7410",
+        metadata=_help("HOST:PORT the gRPC server listens on (an IPv6 host in brackets: [::1]:7420)."),
+    )
 
     control: str = field(default="127.0.0.1:7400", metadata=_help("HOST:PORT of keyspan control."))
     id: str = field(

@@ -66,6 +66,24 @@ def test_a_listen_address_that_is_not_host_port_is_refused(address: str) -> None
         ServeConfig(address=address).validate()
 
 
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("[127.0.0.1]:7420", r"'127\.0\.0\.1' in '\[127\.0\.0\.1\]:7420' is not an IPv6 address"),
+        ("::1:7420", r"'::1:7420' is not HOST:PORT \(.*IPv6 address in brackets: \[::1\]:7420\)"),
+        ("[::1:7420", r"'\[::1:7420' is not HOST:PORT \("),
+    ],
+)
+def test_a_listen_address_with_a_malformed_host_is_refused_naming_it(address: str, why: str) -> None:
+    """gRPC refused these only when it came to listen: its own log line, then "in use"."""
+    with pytest.raises(ConfigError, match=rf"^address: {why}"):
+        ServeConfig(address=address).validate()
+
+
+def test_an_ipv6_listen_address_in_brackets_is_taken() -> None:
+    ServeConfig(address="[::1]:7420").validate()
+
+
 @pytest.mark.parametrize("cls", CONFIGS, ids=[c.__name__ for c in CONFIGS])
 def test_every_number_setting_has_a_range_that_help_shows(cls: type) -> None:
     numbers = [
