@@ -1,5 +1,5 @@
 """`python -m keyspan.services ...` is the `keyspan` command (used where no script is on PATH)."""
 
-from keyspan.services.cli import main
+from keyspan.services.entry import main
 
 main()

@@ -371,3 +371,32 @@ async def test_a_connection_with_no_call_open_is_closed_once_idle(
             assert not (await kv_pb2_grpc.KVStub(channel).Get(kv_pb2.GetRequest(key=b"k"))).found  # again
     finally:
         await server.stop(0)
+
+
+@pytest.mark.parametrize(
+    ("command", "sent", "code"),
+    [("serve", "SIGTERM", 0), ("serve", "SIGINT", 0), ("get", "SIGINT", 130)],
+)
+def test_a_signal_while_the_command_still_imports_ends_it_as_a_later_one_would(
+    tmp_path: Path, command: str, sent: str, code: int
+) -> None:
+    """In the first ~0.3 s (imports), SIGTERM killed the server (exit -15, where --help
+    says 0) and Ctrl-C printed a KeyboardInterrupt traceback from inside an import."""
+    import signal
+    import time
+
+    address = f"127.0.0.1:{free_port()}"
+    args = {"serve": ["serve", "--data", str(tmp_path / "d")], "get": ["get", "k"]}[command]
+    env = {**os.environ, "GRPC_VERBOSITY": "ERROR"}
+    started = subprocess.Popen(
+        [KEYSPAN, *args, "--address", address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    time.sleep(0.15)  # past the interpreter's own start, well before the command runs
+    started.send_signal(getattr(signal, sent))
+    _, err = started.communicate(timeout=60)
+    assert started.returncode == code, err
+    assert "Traceback" not in err
