@@ -21,7 +21,7 @@ def keyspan_command() -> list[str]:
     script = Path(sys.executable).with_name("keyspan")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from keyspan.services.cli import main; main()"]
+    return [sys.executable, "-m", "keyspan.services"]
 
 
 def wait_serving(
