@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,11 +35,18 @@ def reply(loop: asyncio.AbstractEventLoop, pairs: Sequence[tuple[asyncio.Future[
 
 class Handoff:
     """Collects what the loop submits in one turn and queues it as a single item:
-    ``(loop, [item, ...])``. Use it from event-loop threads only."""
+    ``(loop, [item, ...])``. Use it from event-loop threads only; each item is a tuple
+    whose second element is the future its outcome settles.
+
+    The thread that reads the queue calls `seal` on its way out, before it refuses what is
+    left there: an item still collecting in a loop turn then gets that refusal on the loop,
+    where it went onto a queue nobody read again, and its caller waited for ever."""
 
     def __init__(self, target: queue.SimpleQueue[Any]) -> None:
         self._target = target
         self._pending: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        self._lock = threading.Lock()
+        self._sealed: BaseException | None = None
 
     def put(self, loop: asyncio.AbstractEventLoop, item: Any) -> None:
         pending = self._pending.get(loop)
@@ -47,7 +55,19 @@ class Handoff:
             loop.call_soon(self._flush, loop)
         pending.append(item)
 
+    def seal(self, refusal: BaseException) -> None:
+        """From the reading thread, before its last look at the queue: whatever is
+        flushed from now on is refused with `refusal` instead of queued."""
+        with self._lock:
+            self._sealed = refusal
+
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         items = self._pending.pop(loop, None)
-        if items:
-            self._target.put((loop, items))
+        if not items:
+            return
+        with self._lock:
+            refusal = self._sealed
+            if refusal is None:
+                self._target.put((loop, items))
+                return
+        settle([(item[1], refusal) for item in items])

@@ -30,6 +30,15 @@ from keyspan.storage.handoff import Handoff, reply
 
 T = TypeVar("T")
 _STOP = object()
+# A read whose partition was dropped (moved away) under it, on a connection Shard.close
+# closed: the caller's answer is "not here now, retry", not an internal error.
+_CLOSED = (apsw.ConnectionClosedError, apsw.CursorClosedError)
+
+
+def _closed_under(err: Exception) -> UnavailableError:
+    closed = UnavailableError("the partition closed during the read (moved or dropped); retry")
+    closed.__cause__ = err
+    return closed
 
 
 class ReadPool:
@@ -76,6 +85,8 @@ class ReadPool:
                     result = fn(True)
                 except apsw.BusyError:
                     pass  # it would have to wait on a lock: a read thread may
+                except _CLOSED as err:
+                    raise _closed_under(err) from err
                 else:
                     self._after_inline(started, time.perf_counter())
                     return result
@@ -91,7 +102,11 @@ class ReadPool:
         self._last_inline_slow = slow
 
     def close(self, timeout_s: float = 10.0) -> None:
+        """Run the reads handed over so far, refuse any later one, stop the threads."""
         self._closed = True
+        # Reads flushed before the seal are queued ahead of every stop sentinel, so the
+        # threads run them; one still collecting in a loop turn is refused on the loop.
+        self._handoff.seal(UnavailableError("the read pool is closed"))
         for _ in self._threads:
             self._queue.put(_STOP)
         for thread in self._threads:
@@ -110,6 +125,8 @@ class ReadPool:
                     continue
                 try:
                     outcome: Any = fn()
+                except _CLOSED as err:
+                    outcome = _closed_under(err)
                 except Exception as err:
                     outcome = err
                 pairs.append((done, outcome))

@@ -31,6 +31,7 @@ from keyspan.storage.errors import (
     NotJsonError,
     OpenFilesLimitError,
     StorageFaultError,
+    UnavailableError,
 )
 from keyspan.storage.jsondocs import apply_patch, json_text, path_error, projected, projection
 from keyspan.storage.keys import KeyRange
@@ -129,6 +130,7 @@ class Shard:
         self._local = threading.local()
         self._readers: weakref.WeakSet[apsw.Connection] = weakref.WeakSet()
         self._readers_lock = threading.Lock()
+        self._closed = False
         # One more for the counts any thread may ask for, one thread at a time.
         self._stats_db: apsw.Connection | None = None
         self._stats_lock = threading.Lock()
@@ -305,11 +307,25 @@ class Shard:
                 faults = faults[:300] + " ..."
             raise self._damaged(f"SQLite's quick_check found: {faults}")
 
-    def close(self) -> None:
+    def close(self, busy_timeout_s: float = 30.0) -> None:
+        """Close every connection. A read connection busy on another thread (a read that
+        found the partition before it was dropped) is closed once that read is over:
+        apsw refuses to close it meanwhile, and the close stopped there, leaving the
+        other connections open and the dropped partition's files in place."""
         with self._readers_lock:
-            for db in list(self._readers):
-                db.close()
+            self._closed = True  # no new read connection from now on
+            readers = list(self._readers)
             self._readers.clear()
+        deadline = time.monotonic() + busy_timeout_s
+        for db in readers:
+            while True:
+                try:
+                    db.close()
+                    break
+                except apsw.ThreadingViolationError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.001)
         self._db.close()
 
     # -- reads -------------------------------------------------------------------------
@@ -354,13 +370,21 @@ class Shard:
             yield self._stats_db
 
     def _open_reader(self, wait: bool) -> apsw.Connection:
+        if self._closed:
+            raise self._gone()
         db = self._connect()
         db.execute("PRAGMA query_only=1")
         if not wait:
             db.set_busy_timeout(0)
         with self._readers_lock:
+            if self._closed:  # closed meanwhile: it would never be closed
+                db.close()
+                raise self._gone()
             self._readers.add(db)
         return db
+
+    def _gone(self) -> UnavailableError:
+        return UnavailableError(f"partition {self.partition_id} is no longer served here")
 
     @staticmethod
     def get(

@@ -373,9 +373,11 @@ class ShardSet:
                 self._write_catalogue()
                 p.writer.close()
                 self.dropped.writes += p.writer.mutations - mutations_before
-                p.shard.close()
-                if self.row_cache is not None:
-                    self.row_cache.clear()
+                try:
+                    p.shard.close()  # waits for reads still on its connections
+                finally:
+                    if self.row_cache is not None:
+                        self.row_cache.clear()
                 if delete_files:
                     for suffix in ("", "-wal", "-shm"):
                         Path(f"{p.shard.path}{suffix}").unlink(missing_ok=True)

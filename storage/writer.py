@@ -170,8 +170,10 @@ class PartitionWriter:
                 self._commit(batch)
             if stopping and not self._carry:
                 break
-        # Whatever reached the queue after the stop sentinel is refused, never dropped.
+        # Whatever reached the queue after the stop sentinel is refused, never dropped, and
+        # so is what the loop hands over from now on (Handoff.seal).
         refused = UnavailableError(f"partition {self._shard.partition_id} is closed")
+        self._handoff.seal(refused)
         while True:
             try:
                 got = self._queue.get_nowait()
