@@ -304,3 +304,29 @@ async def test_a_removed_node_stays_out_of_the_cluster_until_restarted(tmp_path:
         await asyncio.sleep(2.0)  # ten heartbeat intervals
         assert state.store.node("gone") is None
         assert node.shards.partitions == [] and all(not e.node_id for e in state.map.entries)
+
+
+async def test_a_node_whose_map_failed_to_apply_starts_a_new_session_and_takes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error other than gRPC's while applying a map (closing a partition whose read
+    connection was busy raised ThreadingViolationError) ended the session task: the node
+    sent no heartbeat and took no map again, and control soon had it down."""
+    from keyspan.services.node import session
+
+    real = session.reconcile
+    calls = 0
+
+    async def fails_once(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("injected: applying the map failed")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(session, "reconcile", fails_once)
+    with caplog.at_level(logging.ERROR, logger="keyspan.services.node.session"):
+        async with control_and_node(tmp_path, "n") as (_, node):
+            assert len(node.shards.partitions) == 2  # synced, by the second session
+    assert calls >= 2
+    assert any("control session failed; starting a new one" in r.getMessage() for r in caplog.records)

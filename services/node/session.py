@@ -145,6 +145,11 @@ class NodeSession:
                         "control session broke",
                         extra={"code": err.code().name, "control": self.control_address},
                     )
+            except Exception:
+                # A fault of this node's own (applying a map): it ended the session task, and
+                # the node sent no heartbeat and took no map again. A new session registers
+                # afresh and is given the map again.
+                log.exception("control session failed; starting a new one", extra={"node_id": self.node_id})
             finally:
                 self.connected = False
                 helpers = [task for task in (beats, sender) if task is not None]
