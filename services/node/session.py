@@ -150,6 +150,7 @@ class NodeSession:
                 # the node sent no heartbeat and took no map again. A new session registers
                 # afresh and is given the map again.
                 log.exception("control session failed; starting a new one", extra={"node_id": self.node_id})
+                attempt = max(attempt, 4)  # the next try ~1 s later: a fault that repeats is not a loop
             finally:
                 self.connected = False
                 helpers = [task for task in (beats, sender) if task is not None]
