@@ -260,17 +260,19 @@ class Shard:
             # start that stopped while making it (killed, a full disk: SQLite writes its
             # first page in rollback mode, then sets WAL): not catalogued, and no tables.
             current = db.execute("PRAGMA journal_mode").fetchone()
-            has_content = _has_content(self.path)
+            has_content, remake = _has_content(self.path), False
             if current is not None and str(current[0]).lower() != "wal" and has_content:
                 if catalogued or db.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchone():
                     raise self._damaged(
                         f"it is not in WAL mode ({current[0]}): not a shard file keyspan wrote"
                     )
-                has_content = False  # made again: it never held anything
+                has_content, remake = False, True  # made again: it never held anything
             if not has_content:
                 # Only a database with no tables takes it, and setting the WAL mode below
                 # already writes the header that fixes it: here, first.
                 db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                if remake:  # its first page is written: only a VACUUM (of nothing) applies it
+                    db.execute("VACUUM")
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()  # opens the WAL
             if mode is None or str(mode[0]).lower() != "wal":
                 raise KeyspanError(f"{self.path}: cannot enable WAL mode")

@@ -86,22 +86,25 @@ async def test_empty_shards_of_a_first_start_with_no_catalogue_are_a_new_data_di
         again.close()
 
 
-def a_first_page_in_rollback_mode(path: Path) -> None:
+def a_first_page_in_rollback_mode(path: Path, auto_vacuum: str = "INCREMENTAL") -> None:
     """What a first start killed while making a shard leaves (or one that found the disk
     full): SQLite wrote the file's first page in rollback mode, and never set WAL."""
     db = apsw.Connection(str(path))
-    db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    db.execute(f"PRAGMA auto_vacuum={auto_vacuum}")
     db.execute("PRAGMA user_version=0")  # writes page 1
     db.close()
     assert path.stat().st_size > 0
 
 
-async def test_a_shard_file_a_first_start_stopped_making_is_made_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("auto_vacuum", ["INCREMENTAL", "NONE"])  # NONE: a file of an older keyspan
+async def test_a_shard_file_a_first_start_stopped_making_is_made_again(
+    tmp_path: Path, auto_vacuum: str
+) -> None:
     """It was refused as "not in WAL mode: restore it from a copy" for ever, on a data dir
     that never held anything."""
     data = tmp_path / "d"
     data.mkdir()
-    a_first_page_in_rollback_mode(data / "q1.db")
+    a_first_page_in_rollback_mode(data / "q1.db", auto_vacuum)
     shards = ShardSet(data)
     try:
         shards.open(ranges_from_split_points_as_ids([b"x"]))
