@@ -26,13 +26,18 @@ DEFAULT_MAX_PENDING_CALLS = 10_000
 DEFAULT_MAX_STREAMS = 256
 
 
-def parse_address(address: str, name: str = "address") -> tuple[str, int]:
-    """(HOST, PORT) of HOST:PORT; an IPv6 HOST in brackets, `[::1]:7420`, and kept so.
-    ConfigError naming `name` for anything else: gRPC refused `[127.0.0.1]:7420` or
+def parse_address(address: str, name: str = "address", *, listen: bool = False) -> tuple[str, int]:
+    """(HOST, PORT) of HOST:PORT, the port 0..65535 in ASCII digits; ConfigError naming
+    `name` for anything else. A gRPC target to dial (`--control`) may carry a scheme
+    (`dns:///control.svc:7400`). One to `listen` on is a host name, an IPv4 address or an
+    IPv6 address in brackets (`[::1]:7420`), kept so: gRPC refused `[127.0.0.1]:7420` or
     `::1:7420` only when it came to listen, with a log line of its own and "in use"."""
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536 or host != host.strip():
+    digits = port.isascii() and port.isdigit()  # int() refused "²", which isdigit() takes
+    if not sep or not host or not digits or not 0 <= int(port) < 65536 or host != host.strip():
         raise ConfigError(f"{name}: {address!r} is not HOST:PORT")
+    if not listen:
+        return host, int(port)
     if host.startswith("[") and host.endswith("]"):
         try:
             ipaddress.IPv6Address(host[1:-1])
@@ -170,9 +175,9 @@ class ProcessConfig:
             bounds = f.metadata.get("bounds")
             if bounds is not None and not bounds.holds(value):
                 raise ConfigError(f"{f.name}: {value} must be {bounds.says()}")
-        parse_address(self.address)
+        parse_address(self.address, listen=True)
         if self.metrics_address:
-            parse_address(self.metrics_address, "metrics_address")
+            parse_address(self.metrics_address, "metrics_address", listen=True)
         if self.otlp_endpoint:
             parse_address(otlp_target(self.otlp_endpoint), "otlp_endpoint")
         if self.sentry_dsn:
@@ -407,7 +412,7 @@ class NodeConfig(StorageConfig):
         super().validate()
         parse_address(self.control, "control")
         if self.probe_address:
-            parse_address(self.probe_address, "probe_address")
+            parse_address(self.probe_address, "probe_address", listen=True)
         return self
 
 

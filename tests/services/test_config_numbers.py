@@ -84,6 +84,21 @@ def test_an_ipv6_listen_address_in_brackets_is_taken() -> None:
     ServeConfig(address="[::1]:7420").validate()
 
 
+@pytest.mark.parametrize("control", ["dns:///control.keyspan.svc:7400", "ipv4:10.0.0.1:7400"])
+def test_a_control_target_may_carry_a_grpc_scheme(control: str) -> None:
+    """The listen addresses' host checks refused these --control targets, which gRPC dials."""
+    from keyspan.services.config import NodeConfig
+
+    NodeConfig(control=control, id="n1").validate()
+
+
+@pytest.mark.parametrize("port", ["\u00b2", "\u0667\u0664"])  # a superscript 2; Arabic-Indic 74
+def test_a_port_in_digits_other_than_ascii_is_refused_naming_it(port: str) -> None:
+    """str.isdigit() takes them, then int() raised ValueError: a traceback and exit 1."""
+    with pytest.raises(ConfigError, match=r"^address: .* is not HOST:PORT$"):
+        ServeConfig(address=f"127.0.0.1:{port}").validate()
+
+
 @pytest.mark.parametrize("cls", CONFIGS, ids=[c.__name__ for c in CONFIGS])
 def test_every_number_setting_has_a_range_that_help_shows(cls: type) -> None:
     numbers = [
