@@ -732,15 +732,17 @@ def _interrupts_once() -> Iterator[None]:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
-    previous = {signum: signal.signal(signum, stop) for signum in signals}
+    # One ignored (`keyspan load ... &` from a script ignores SIGINT) stays ignored.
+    previous = {s: h for s in signals if (h := signal.getsignal(s)) is not signal.SIG_IGN}
+    for signum in previous:
+        signal.signal(signum, stop)
     try:
         yield
     except _Terminated:
         sys.exit(EXIT_TERMINATED)
-    finally:
-        if not seen:  # else the process is on its way out: a second still only says so
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+    finally:  # the cleanup this guarded is done; a program that ran the load goes on as it was
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class _Terminated(KeyboardInterrupt):

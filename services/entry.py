@@ -22,13 +22,20 @@ def main() -> None:
     def early(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(0 if server else 128 + signum)
 
-    signal.signal(signal.SIGINT, early)
-    signal.signal(signal.SIGTERM, early)
+    # A signal the process was started with ignored (`cmd &` from a script ignores SIGINT,
+    # `trap '' TERM`) stays ignored, as it did before this entry point.
+    previous = {
+        signum: handler
+        for signum in (signal.SIGINT, signal.SIGTERM)
+        if (handler := signal.getsignal(signum)) is not signal.SIG_IGN
+    }
+    for signum in previous:
+        signal.signal(signum, early)
     from keyspan.services.cli import main as run
 
     if not server:  # a server keeps them until its event loop sets its own
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     run()
 
 

@@ -793,6 +793,33 @@ def test_a_second_interrupt_while_a_load_stops_does_not_cut_its_cleanup_short(
         capfd.readouterr().err
         == "keyspan: still stopping; interrupt again to quit at once, leaving temp files\n"
     )
+    # A program that ran the load goes on with its own handlers (its next Ctrl-C only said
+    # "still stopping", and the one after killed it).
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_command_started_with_sigint_and_sigterm_ignored_keeps_them_ignored() -> None:
+    """`keyspan get ... &` from a script starts with SIGINT ignored: the entry point set it
+    back to the default, and the command died of a signal it was meant to ignore."""
+    with socket.socket() as silent:  # listens, never answers: the call runs to its timeout
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+
+        def ignore_both() -> None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+        args = [KEYSPAN, "get", "k", "--address", address, "--timeout", "3"]
+        get = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=ignore_both)
+        for sent in (0.2, 1.0):  # while it imports, then while it waits for its answer
+            time.sleep(sent)
+            get.send_signal(signal.SIGINT)
+            get.send_signal(signal.SIGTERM)
+        _, err = get.communicate(timeout=60)
+    assert get.returncode == 4, err
+    assert b"timed out" in err
 
 
 def test_a_load_that_gives_up_on_its_server_says_how_far_it_got(capsys: pytest.CaptureFixture[str]) -> None:
