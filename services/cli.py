@@ -147,8 +147,9 @@ def serve(**settings: Any) -> None:
     """Run the all-in-one server: KV, health and reflection over local partitions.
 
     Data lives in --data (created on first start, cut into partitions at
-    --split-points). SIGTERM or Ctrl-C shuts down cleanly: in-flight writes
-    finish and are committed before the process exits. SIGUSR1 logs what each
+    --split-points). SIGTERM or Ctrl-C (or SIGHUP, its terminal closing, unless
+    started under nohup) shuts down cleanly: in-flight writes finish and are
+    committed before the process exits. SIGUSR1 logs what each
     asyncio task and stream is waiting on, and the server goes on.
 
     While it runs, --data is this process's alone: a second server on it is
@@ -156,7 +157,7 @@ def serve(**settings: Any) -> None:
     shell; read through the RPCs or `keyspan dump`.
 
     Flags win over the KEYSPAN_* environment variables, which win over the
-    defaults. Exit codes: 0 after SIGTERM or Ctrl-C; 2 for a bad setting (named,
+    defaults. Exit codes: 0 after SIGTERM, Ctrl-C or SIGHUP; 2 for a bad setting (named,
     with its range); 4 when it cannot start (the address, the data dir, a
     damaged or missing shard; one line says which).
     """

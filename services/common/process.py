@@ -293,7 +293,7 @@ def freeze_startup_objects() -> None:
 
 
 async def run_until_signal(make: Callable[[], GrpcProcess]) -> None:
-    """Create and start the process, wait for SIGTERM or SIGINT, then stop it cleanly.
+    """Create and start the process, wait for SIGTERM, SIGINT or SIGHUP, then stop it cleanly.
     SIGUSR1 logs every asyncio task and what it is waiting on (services/common/taskdump.py).
 
     The process is made inside the running loop: grpc.aio binds its server to it.
@@ -314,6 +314,10 @@ async def run_until_signal(make: Callable[[], GrpcProcess]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    # SIGHUP, when the terminal that ran it closes, too: it killed the process with no
+    # shutdown. Not when it was started with SIGHUP ignored (nohup): that stays so.
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        loop.add_signal_handler(signal.SIGHUP, on_signal)
     loop.add_signal_handler(signal.SIGUSR1, on_usr1)
     await process.start()
     freeze_startup_objects()

@@ -400,3 +400,36 @@ def test_a_signal_while_the_command_still_imports_ends_it_as_a_later_one_would(
     _, err = started.communicate(timeout=60)
     assert started.returncode == code, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("nohup", [False, True])
+def test_sighup_stops_the_server_cleanly_unless_started_under_nohup(tmp_path: Path, nohup: bool) -> None:
+    """SIGHUP (the terminal that ran it closing) killed it with no shutdown."""
+    import signal
+    import time
+
+    def hup_ignored() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    args = [KEYSPAN, "serve", "--address", f"127.0.0.1:{free_port()}", "--data", str(tmp_path / "d")]
+    env = {**os.environ, "GRPC_VERBOSITY": "ERROR"}
+    server = subprocess.Popen(
+        args, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=hup_ignored if nohup else None
+    )
+    try:
+        assert server.stderr is not None
+        for line in server.stderr:  # its log: JSON lines
+            if '"msg": "serving"' in line:
+                break
+        server.send_signal(signal.SIGHUP)
+        if nohup:
+            time.sleep(1.0)
+            assert server.poll() is None  # still serving
+            server.send_signal(signal.SIGTERM)
+        rest = server.stderr.read()
+        assert server.wait(timeout=60) == 0
+        assert '"msg": "stopped"' in rest
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
