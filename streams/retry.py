@@ -181,6 +181,11 @@ async def scan_ex_batches(
                         remaining -= len(batch)
                         if remaining <= 0:
                             return
+                    if upper is not None and lower >= upper:
+                        # Nothing is left (the last key was the range's first, or the one
+                        # before its end): a stream broken before its `done` was resumed
+                        # with start >= end, refused INVALID_ARGUMENT.
+                        return
 
 
 async def scan_ex(

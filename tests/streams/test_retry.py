@@ -89,6 +89,41 @@ async def test_scan_ex_resumes_a_reverse_scan_below_the_last_delivered_key(
     assert plan.calls["Scan"] == 3
 
 
+@pytest.mark.parametrize(
+    ("start", "end", "reverse", "wanted"),
+    [
+        (b"L", b"N", True, [b"M", b"L"]),  # reverse down to its start key
+        (b"L", b"M\0", False, [b"L", b"M"]),  # forward up to the key before its end
+    ],
+)
+async def test_scan_ex_broken_after_its_last_entry_ends_instead_of_resuming_an_empty_range(
+    kv: AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+    start: bytes,
+    end: bytes,
+    reverse: bool,
+    wanted: list[bytes],
+) -> None:
+    """Resumed with start >= end, it was refused INVALID_ARGUMENT after delivering all."""
+    await kv.bulk_put([(b"L", b"0"), (b"M", b"1")])
+    real = kv.scan_batches
+    broke: list[bool] = []
+
+    def breaks_before_done(lower: bytes, upper: bytes | None, **kw: Any) -> AsyncIterator[Any]:
+        async def batches() -> AsyncIterator[Any]:
+            async for batch in real(lower, upper, **kw):
+                yield batch
+            if not broke:  # the connection lost after the last entry, before `done`
+                broke.append(True)
+                raise Unavailable("injected: connection lost before done")
+
+        return batches()
+
+    monkeypatch.setattr(kv, "scan_batches", breaks_before_done)
+    got = [e.key async for e in kv.scan_ex(start, end, reverse=reverse, policy=FAST)]
+    assert got == wanted
+
+
 async def test_scan_ex_keeps_the_limit_across_resumes(kv: AsyncClient, plan: Plan) -> None:
     wanted = await load(kv, 6_000)
     plan.fail_stream("Scan", StreamFault(after_reads=1))
