@@ -161,7 +161,7 @@ def _parts(value: Any) -> Iterator[str]:
     elif isinstance(value, dict):
         yield "{"
         for i, (name, item) in enumerate(value.items()):
-            yield f"{',' if i else ''}{_ENCODER.encode(name)}:"
+            yield f"{',' if i else ''}{_member_name(name)}:"
             yield from _parts(item)
         yield "}"
     elif isinstance(value, list | tuple):
@@ -173,6 +173,14 @@ def _parts(value: Any) -> Iterator[str]:
         yield "]"
     else:
         yield _ENCODER.encode(value)
+
+
+def _member_name(name: Any) -> str:
+    """A member name as json.dumps writes it: a str, or an int, float, bool or None turned
+    into one; any other key is its TypeError (a tuple key was written as an array, `{[1]:2}`,
+    and sent)."""
+    text = _ENCODER.encode({name: 0})
+    return text[1 : text.rindex(":")]
 
 
 def to_utf8(text: str) -> bytes:

@@ -547,3 +547,14 @@ def test_a_number_a_float_cannot_hold_is_decoded_exactly_and_written_back_as_it_
     assert after["n"] == 1
     client.patch("nums", set={"$.more": Decimal("1e999")})
     assert client.get("nums", json=True).value["more"] == Decimal("1e999")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("value", [{(1,): 2}, {"a": {(1, 2): "x"}}])
+def test_a_document_with_a_member_name_json_cannot_write_is_a_type_error_naming_it(value: Any) -> None:
+    """A tuple key was written as an array (`{[1]:2}`) and sent: the server's "not JSON at
+    character 2", or Unavailable with no server, where it is refused before sending."""
+    with Client("127.0.0.1:1") as kv:  # nothing listens: refused before anything is sent
+        with pytest.raises(TypeError, match=r"value: keys must be str, int, float, bool or None, not tuple"):
+            kv.put("k", value)
+        with pytest.raises(TypeError, match=r"merge: keys must be str, int, float, bool or None, not tuple"):
+            kv.patch("k", merge=value)
