@@ -43,7 +43,7 @@ from keyspan.streams.arguments import (
     check_ttl,
     check_uint64,
 )
-from keyspan.streams.bulk_sender import BulkItem, BulkPutResult
+from keyspan.streams.bulk_sender import MESSAGE_BUDGET, BulkItem, BulkPutResult
 from keyspan.streams.client_metrics import ClientMetrics
 from keyspan.streams.entry import (
     Entry,
@@ -60,6 +60,7 @@ from keyspan.streams.entry import (
 from keyspan.streams.errors import (
     ClientClosed,
     KeyspanClientError,
+    ResourceExhausted,
     Unavailable,
     WrongPartition,
     from_rpc_error,
@@ -325,6 +326,8 @@ class AsyncClient:
         )
         server_rule(check_conditions, request.if_etag, request.if_absent)
         server_rule(check_keep_ttl, request.keep_ttl, request.ttl_s)
+        if len(data) > MESSAGE_BUDGET // 2:  # else it fits: not counted exactly
+            _fits_a_message("value", request.ByteSize())
         return (await self._unary("Put", raw, request, timeout_s)).etag
 
     async def delete(self, key: KeyLike, if_etag: int = 0, *, timeout_s: float | None = None) -> bool:
@@ -361,6 +364,10 @@ class AsyncClient:
             remove=check_paths(remove, "remove"),
             if_etag=_if_etag(if_etag),
         )
+        parts = [("merge", len(request.merge_patch.encode()))]
+        parts += [(f"set[{pv.path!r}]", len(pv.path) + len(pv.value.encode())) for pv in request.set]
+        if sum(size for _, size in parts) > MESSAGE_BUDGET // 2:  # else it fits: not counted exactly
+            _fits_a_message(max(parts, key=lambda part: part[1])[0], request.ByteSize())
         response = await self._unary("Patch", raw, request, timeout_s)
         value = document(response.value) if json else response.value
         return Entry(raw, value, response.etag, None, True)
@@ -611,3 +618,12 @@ class AsyncClient:
 
 
 __all__ = ["AsyncClient", "BulkPutResult", "Entry", "KeyspanClientError", "Stats"]
+
+
+def _fits_a_message(field: str, size: int) -> None:
+    """ResourceExhausted naming `field` when a request of `size` bytes is past what one gRPC
+    message carries: gRPC refused it with its own text ("CLIENT: Sent message larger than
+    max"), with no field or rule to branch on."""
+    if size > MESSAGE_BUDGET:
+        rule = f"makes a request of {size} bytes; a message carries at most {MESSAGE_BUDGET}"
+        raise ResourceExhausted(f"{field}: {rule}", field, rule)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from keyspan.streams import AsyncClient, Client, InvalidArgument, Unavailable
+from keyspan.streams import AsyncClient, Client, InvalidArgument, ResourceExhausted, Unavailable
 from keyspan.streams.errors import ClientClosed
 from keyspan.streams.jsontext import MAX_DEPTH
 
@@ -558,3 +558,19 @@ def test_a_document_with_a_member_name_json_cannot_write_is_a_type_error_naming_
             kv.put("k", value)
         with pytest.raises(TypeError, match=r"merge: keys must be str, int, float, bool or None, not tuple"):
             kv.patch("k", merge=value)
+
+
+def test_a_put_or_patch_past_what_a_grpc_message_carries_is_refused_unsent_naming_its_field() -> None:
+    """gRPC refused them with its own text ("CLIENT: Sent message larger than max"), with no
+    field or rule: bulk_put_ex named the same fault."""
+    big = "x" * (17 << 20)
+    calls: list[tuple[Callable[[Client], object], str]] = [
+        (lambda kv: kv.put("k", big), "value"),
+        (lambda kv: kv.patch("k", merge={"a": big}), "merge"),
+        (lambda kv: kv.patch("k", set={"$.a": big}), "set['$.a']"),
+    ]
+    with Client("127.0.0.1:1") as kv:  # nothing listens: refused before anything is sent
+        for call, field in calls:
+            with pytest.raises(ResourceExhausted, match=r"a message carries at most 1676\d{4}$") as refused:
+                call(kv)
+            assert refused.value.field == field
