@@ -240,8 +240,10 @@ class AsyncClient:
         whose channel close() closed. Left as it was, asyncio would take that error for the
         calling task's own cancellation (a TaskGroup would swallow it); a task that is
         really being cancelled keeps its CancelledError."""
+        if not self._closed:
+            return
         task = asyncio.current_task()
-        if self._closed and (task is None or not task.cancelling()):
+        if task is None or not task.cancelling():
             raise ClientClosed("this keyspan AsyncClient was closed during the call") from None
 
     def _deadline(self, timeout_s: float | None, stream: bool = False) -> float | None:
@@ -493,6 +495,7 @@ class AsyncClient:
         async with contextlib.aclosing(batches):
             async for batch in batches:
                 for entry in batch:
+                    self.raise_if_closed()  # close() cut the scan short: not the batch in hand either
                     yield entry
 
     async def bulk_put(

@@ -220,6 +220,7 @@ async def scan_ex(
     async with contextlib.aclosing(batches):
         async for batch in batches:
             for entry in batch:
+                client.raise_if_closed()  # close() cut the scan short: not the batch in hand either
                 yield entry
 
 

@@ -365,6 +365,23 @@ def test_a_scan_cut_short_by_close_hands_out_nothing_more(client: Client) -> Non
         next(entries)
 
 
+@pytest.mark.parametrize("method", ["scan", "scan_ex"])
+async def test_an_async_scan_cut_short_by_close_hands_out_nothing_more(
+    server_address: str, method: str
+) -> None:
+    """The async client handed out the rest of the batch in hand (255 entries) after close()
+    returned, and only then raised ClientClosed; the blocking client stopped at once."""
+    async with AsyncClient(server_address) as seed:
+        await seed.bulk_put((f"c{i:04d}", b"v") for i in range(1000))
+    aio = AsyncClient(server_address)
+    entries = getattr(aio, method)("c", "d").__aiter__()
+    await anext(entries)
+    await aio.close()
+    with pytest.raises(ClientClosed):
+        await anext(entries)
+    await entries.aclose()
+
+
 # -- a name that does not resolve ---------------------------------------------------------
 
 
