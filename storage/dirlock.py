@@ -3,19 +3,53 @@
 from __future__ import annotations
 
 import fcntl
+import os
 from pathlib import Path
 from typing import IO
 
 from keyspan.storage.errors import KeyspanError
 
 
-def lock_directory(directory: Path) -> IO[str]:
-    """Take an exclusive lock on `directory`'s LOCK file, held until the file returned is
-    closed (or the process ends); KeyspanError when another process holds it."""
-    lock_file = open(directory / "LOCK", "a+")  # noqa: SIM115 - held by the caller
+class DirectoryLock:
+    """Exclusive locks on a directory and on its LOCK file, held until `close` (or the
+    process ends). The directory's own lock still holds when LOCK is deleted under a
+    running process: a second one then took a new LOCK, started, and failed only ~11 s
+    later on SQLite's "database is locked". LOCK stays, for a look with `ls` and for
+    keyspan releases that lock only it."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory_fd: int | None = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        self._lock_file: IO[str] | None = None
+        try:
+            _exclusive(self._directory_fd, directory, required=False)
+            self._lock_file = open(directory / "LOCK", "a+")  # noqa: SIM115 - held until close
+            _exclusive(self._lock_file.fileno(), directory)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+        if self._directory_fd is not None:
+            os.close(self._directory_fd)
+            self._directory_fd = None
+
+
+def lock_directory(directory: Path) -> DirectoryLock:
+    """Take an exclusive lock on `directory`, held until the lock returned is closed (or the
+    process ends); KeyspanError when another process holds it."""
+    return DirectoryLock(directory)
+
+
+def _exclusive(fd: int, directory: Path, required: bool = True) -> None:
+    """Lock `fd`; not `required`: a file system that cannot lock it (a directory on some
+    network file systems) is let be, the LOCK file's lock still holding."""
     try:
-        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        lock_file.close()
         raise KeyspanError(f"{directory} is in use by another keyspan process") from None
-    return lock_file
+    except OSError:
+        if required:
+            raise

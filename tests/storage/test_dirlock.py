@@ -1,0 +1,30 @@
+"""A data directory's lock: one keyspan process at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from keyspan.storage.dirlock import lock_directory
+from keyspan.storage.errors import KeyspanError
+
+
+def test_a_second_lock_is_refused_until_the_first_is_closed(tmp_path: Path) -> None:
+    held = lock_directory(tmp_path)
+    with pytest.raises(KeyspanError, match="is in use by another keyspan process"):
+        lock_directory(tmp_path)
+    held.close()
+    lock_directory(tmp_path).close()
+
+
+def test_a_data_dir_whose_lock_file_was_deleted_is_still_refused(tmp_path: Path) -> None:
+    """A second server took a new LOCK file, started, and failed only ~11 s later on
+    SQLite's "database is locked"."""
+    held = lock_directory(tmp_path)
+    try:
+        (tmp_path / "LOCK").unlink()
+        with pytest.raises(KeyspanError, match="is in use by another keyspan process"):
+            lock_directory(tmp_path)
+    finally:
+        held.close()
