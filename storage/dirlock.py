@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import weakref
 from pathlib import Path
 from typing import IO
 
@@ -18,10 +19,13 @@ class DirectoryLock:
     keyspan releases that lock only it."""
 
     def __init__(self, directory: Path) -> None:
-        self._directory_fd: int | None = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        # Closed with this object too, as the LOCK file is: a start that failed and was let
+        # go (no close) kept the directory locked for the rest of the process.
+        self._release_directory = weakref.finalize(self, os.close, directory_fd)
         self._lock_file: IO[str] | None = None
         try:
-            _exclusive(self._directory_fd, directory, required=False)
+            _exclusive(directory_fd, directory, required=False)
             self._lock_file = open(directory / "LOCK", "a+")  # noqa: SIM115 - held until close
             _exclusive(self._lock_file.fileno(), directory)
         except BaseException:
@@ -32,9 +36,7 @@ class DirectoryLock:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
-        if self._directory_fd is not None:
-            os.close(self._directory_fd)
-            self._directory_fd = None
+        self._release_directory()  # once; later calls do nothing
 
 
 def lock_directory(directory: Path) -> DirectoryLock:

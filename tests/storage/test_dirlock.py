@@ -28,3 +28,13 @@ def test_a_data_dir_whose_lock_file_was_deleted_is_still_refused(tmp_path: Path)
             lock_directory(tmp_path)
     finally:
         held.close()
+
+
+def test_a_lock_let_go_without_close_frees_the_directory(tmp_path: Path) -> None:
+    """A start that failed after taking it (a damaged catalogue) never closed it: the
+    directory's descriptor kept its lock, and a retry in the same process was refused."""
+    import gc
+
+    lock_directory(tmp_path)  # dropped at once, never closed
+    gc.collect()
+    lock_directory(tmp_path).close()
