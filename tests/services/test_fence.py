@@ -188,7 +188,8 @@ async def test_a_stalled_node_sweeps_nothing_for_a_client_and_reports_no_progres
         yield kv_pb2.SweepRequest()
 
     clock.now += 3.0
+    answered: list[kv_pb2.SweepResponse] = []
     with pytest.raises(UnavailableError, match=r"node n1 was stalled 3\.0 s"):
-        async for _ in serve_sweep(shards, one_request(), asyncio.Event()):
-            pass
+        answered.extend([r async for r in serve_sweep(shards, one_request(), asyncio.Event())])
+    assert answered == []  # no progress from the stale copy either
     assert [s.expired_entries for s in await shards.stats(complete=False)] == [1]  # not swept
