@@ -532,8 +532,7 @@ class ShardSet:
         partition = self.locate(keys[0])
         end = partition.range.end
         accepted = len(keys) if end is None or keys[-1] < end else bisect.bisect_left(keys, end)
-        if self.gate is not None:
-            self.gate(False)
+        self.check_gate()
         await partition.write(batch.prefix(accepted))
         if self.gate is not None:
             self.gate(True)
@@ -588,14 +587,13 @@ class ShardSet:
             raise UnavailableError(f"partition {partition.id} is no longer served here")
         partition.reads += 1
         batch = await self.reads.run(read)
-        if self.gate is not None:
-            self.gate(False)
+        self.check_gate()
         return batch
 
     def check_gate(self) -> None:
         """Raise the gate's refusal when no client call may be answered now (a fenced
-        node); for the calls that are neither a read nor a client's write: Stats, and
-        the Sweep stream between its batches."""
+        node): before a write, after a read, around Stats and between a Sweep's batches.
+        (`get` asks the gate itself: it is the hot path.)"""
         if self.gate is not None:
             self.gate(False)
 

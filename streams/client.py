@@ -366,9 +366,9 @@ class AsyncClient:
             remove=check_paths(remove, "remove"),
             if_etag=_if_etag(if_etag),
         )
-        parts = [("merge", len(request.merge_patch.encode()))]
-        parts += [(f"set[{pv.path!r}]", len(pv.path) + len(pv.value.encode())) for pv in request.set]
-        if sum(size for _, size in parts) > MESSAGE_BUDGET // 2:  # else it fits: not counted exactly
+        parts = [("merge", len(request.merge_patch))]
+        parts += [(f"set[{pv.path!r}]", len(pv.path) + len(pv.value)) for pv in request.set]
+        if 4 * sum(size for _, size in parts) > MESSAGE_BUDGET:  # characters: 4 bytes at most each
             _fits_a_message(max(parts, key=lambda part: part[1])[0], request.ByteSize())
         response = await self._unary("Patch", raw, request, timeout_s)
         value = document(response.value) if json else response.value
